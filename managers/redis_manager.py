@@ -1,0 +1,1163 @@
+"""Redis access for the bot that survives Redis going away.
+
+`RedisManager` wraps a `redis.asyncio` client (or, with no URL, the embedded fakeredis stand-in)
+and puts every operation behind a circuit breaker. While Redis answers, operations go to Redis and
+what they read or write is mirrored into a bounded in-memory `FallbackStore`. While Redis is down
+(connection/timeout errors, or the circuit is open), the same operations are served by that store,
+so the bot keeps answering, and writes are kept in a `PendingWrites` log. When a probe finds Redis
+back, the log is replayed into Redis before any operation reaches Redis again.
+
+Reconciliation rule (what the replay does, key by key, in the order the keys were last written):
+  * Last write per key wins: a SET (without NX) or a DELETE made during the outage replaces every
+    earlier pending write of that key; other writes (INCRBY, HSET, HDEL, SADD, SREM, EXPIRE) are
+    replayed in order after it, as deltas, so a counter bumped during the outage is added to what
+    Redis holds instead of overwriting it.
+  * A key whose TTL (set or changed during the outage) ran out before Redis came back is skipped:
+    none of its writes are replayed. Because without the outage the key would now be gone, it is
+    deleted from Redis instead, so an older value does not come back; the exception is a key
+    whose writes began with SET NX, which never touches a value Redis already holds.
+  * A SET NX made during the outage is replayed as SET NX: if a value appeared in Redis meanwhile
+    (another instance took the lock, say), Redis' value wins, the key's other pending writes are
+    dropped and the local copy is forgotten, so the next read takes Redis' value.
+  * TTLs are replayed as what is left of them (PX/PEXPIRE), never restarted from scratch.
+  * Each key's writes go in one MULTI/EXEC. If Redis fails mid-way, the unapplied keys stay pending
+    for the next probe. A write whose connection timed out may have reached Redis: replaying it is
+    harmless for SET/DEL/HSET/SADD/…, but an INCRBY can then count twice.
+
+What the fallback can answer during an outage: the keys read or written through the manager
+before it (LRU-bounded); for hashes and sets, the fields and members it has seen. A key it never
+saw reads as missing, so code that writes a default when a read finds nothing should use NX.
+
+Raw access (`manager.client`: pipelines, Lua, streams, pub/sub) is not mirrored; while the circuit
+is not closed it raises `RedisUnavailable` at once rather than letting callers wait on timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from cachetools import LRUCache
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from managers.circuit_breaker import CircuitBreaker, CircuitState
+
+T = TypeVar("T")
+
+errors_log = logging.getLogger("alertbot.redis.errors")
+performance_log = logging.getLogger("alertbot.redis.performance")
+
+# What counts as "Redis is not there" (as opposed to "Redis answered with an error").
+# redis' ConnectionError covers refused/reset/closed connections, auth and BusyLoading;
+# OSError covers socket errors that escape unwrapped and the builtin TimeoutError.
+FAILURES: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+Value = str | bytes | int | float
+
+
+class RedisUnavailable(redis.exceptions.ConnectionError, ConnectionError):
+    """Redis cannot be used right now (circuit open or manager closed); raised instead of waiting."""
+
+
+def redact_url(url: str | None) -> str:
+    """redis://user:secret@host/0 -> redis://user:***@host/0 (also hides ?password=...)."""
+    if url is None:
+        return "embedded"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable redis url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        if ":" in userinfo:
+            user, _, _ = userinfo.partition(":")
+            userinfo = f"{user}:***"
+        netloc = f"{userinfo}@{hostinfo}"
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _url_password(url: str | None) -> str | None:
+    if url is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return urlsplit(url).password
+    return None
+
+
+def _encode(value: Value) -> str:
+    """Store what Redis would store, as text (the client uses decode_responses=True)."""
+    if isinstance(value, bool):
+        # redis-py refuses bools too; accepting them here would make the fallback disagree.
+        raise redis.exceptions.DataError("Invalid input of type: 'bool'")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return repr(value)
+
+
+def _seconds(ex: int | float | timedelta | None, px: int | timedelta | None) -> float | None:
+    if ex is not None:
+        return ex.total_seconds() if isinstance(ex, timedelta) else float(ex)
+    if px is not None:
+        return px.total_seconds() if isinstance(px, timedelta) else px / 1000.0
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The in-memory stand-in
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    value: str | dict[str, str] | set[str]
+    expires_at: float | None  # on the store's clock; None = no TTL
+
+
+class FallbackStore:
+    """Strings, hashes and sets with per-key TTLs, bounded by an LRU, on an injectable clock.
+
+    Follows Redis semantics where the bot can tell (empty hashes/sets disappear, INCR keeps the
+    TTL, SET clears it, WRONGTYPE on type clashes). Expired keys are dropped when touched and by
+    `purge_expired()`, which the health loop calls.
+    """
+
+    def __init__(self, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._data: LRUCache[str, _Entry] = LRUCache(maxsize=max_keys)
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._live(key) is not None
+
+    def purge_expired(self) -> int:
+        now = self._clock()
+        dead = [k for k, e in list(self._data.items()) if e.expires_at is not None and e.expires_at <= now]
+        for key in dead:
+            self._data.pop(key, None)
+        return len(dead)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def forget(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    def deadline(self, key: str) -> float | None:
+        entry = self._live(key)
+        return entry.expires_at if entry else None
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def delete(self, key: str) -> bool:
+        existed = self._live(key) is not None
+        self._data.pop(key, None)
+        return existed
+
+    def exists(self, key: str) -> bool:
+        return self._live(key) is not None
+
+    def expire(self, key: str, seconds: float) -> bool:
+        entry = self._live(key)
+        if entry is None:
+            return False
+        if seconds <= 0:
+            self.forget(key)  # Redis deletes a key given a non-positive TTL
+        else:
+            entry.expires_at = self._clock() + seconds
+        return True
+
+    def ttl(self, key: str) -> int:
+        entry = self._live(key)
+        if entry is None:
+            return -2
+        if entry.expires_at is None:
+            return -1
+        remaining_ms = max(0, int((entry.expires_at - self._clock()) * 1000))
+        return (remaining_ms + 500) // 1000  # Redis rounds TTL to the nearest second
+
+    # -- strings -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        entry = self._typed(key, str)
+        return entry.value if entry else None  # type: ignore[return-value]
+
+    def set(self, key: str, value: str, ttl: float | None = None, nx: bool = False, keepttl: bool = False) -> bool:
+        existing = self._live(key)
+        if nx and existing is not None:
+            return False
+        if ttl is not None and ttl <= 0:
+            raise redis.exceptions.ResponseError("invalid expire time in 'set' command")
+        expires_at = self._clock() + ttl if ttl is not None else None
+        if keepttl and existing is not None:
+            expires_at = existing.expires_at
+        self._data[key] = _Entry(value, expires_at)
+        return True
+
+    def incrby(self, key: str, amount: int) -> int:
+        entry = self._typed(key, str)
+        try:
+            current = int(entry.value) if entry else 0  # type: ignore[arg-type]
+        except ValueError:
+            raise redis.exceptions.ResponseError("value is not an integer or out of range") from None
+        result = current + amount
+        self._data[key] = _Entry(str(result), entry.expires_at if entry else None)
+        return result
+
+    # -- hashes --------------------------------------------------------------------------------
+
+    def hget(self, key: str, field: str) -> str | None:
+        entry = self._typed(key, dict)
+        return entry.value.get(field) if entry else None  # type: ignore[union-attr]
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        entry = self._typed(key, dict)
+        return dict(entry.value) if entry else {}  # type: ignore[arg-type]
+
+    def hset(self, key: str, mapping: Mapping[str, str]) -> int:
+        entry = self._typed(key, dict)
+        if entry is None:
+            entry = _Entry({}, None)
+            self._data[key] = entry
+        fields: dict[str, str] = entry.value  # type: ignore[assignment]
+        added = sum(1 for name in mapping if name not in fields)
+        fields.update(mapping)
+        return added
+
+    def hdel(self, key: str, names: Iterable[str]) -> int:
+        entry = self._typed(key, dict)
+        if entry is None:
+            return 0
+        fields: dict[str, str] = entry.value  # type: ignore[assignment]
+        removed = sum(1 for name in set(names) if fields.pop(name, None) is not None)
+        if not fields:
+            self.forget(key)
+        return removed
+
+    # -- sets ----------------------------------------------------------------------------------
+
+    def sadd(self, key: str, members: Iterable[str]) -> int:
+        entry = self._typed(key, set)
+        if entry is None:
+            entry = _Entry(set(), None)
+            self._data[key] = entry
+        current: set[str] = entry.value  # type: ignore[assignment]
+        new = set(members) - current
+        current |= new
+        return len(new)
+
+    def srem(self, key: str, members: Iterable[str]) -> int:
+        entry = self._typed(key, set)
+        if entry is None:
+            return 0
+        current: set[str] = entry.value  # type: ignore[assignment]
+        gone = current & set(members)
+        current -= gone
+        if not current:
+            self.forget(key)
+        return len(gone)
+
+    def smembers(self, key: str) -> set[str]:
+        entry = self._typed(key, set)
+        return set(entry.value) if entry else set()  # type: ignore[arg-type]
+
+    def sismember(self, key: str, member: str) -> bool:
+        entry = self._typed(key, set)
+        return entry is not None and member in entry.value
+
+    # -- copying what Redis answered -----------------------------------------------------------
+
+    def mirror(self, key: str, value: str | dict[str, str] | set[str] | None, pttl: int) -> None:
+        """Keep a copy of a whole key read from Redis, with its remaining TTL (PTTL reply)."""
+        if value is None or pttl == -2 or (isinstance(value, (dict, set)) and not value):
+            self.forget(key)
+            return
+        copy: str | dict[str, str] | set[str] = value if isinstance(value, str) else type(value)(value)
+        self._data[key] = _Entry(copy, self._deadline_from_pttl(pttl))
+
+    def mirror_field(self, key: str, name: str, value: str | None, pttl: int) -> None:
+        """Keep a copy of one hash field read from Redis (the rest of the hash stays as known)."""
+        if pttl == -2:
+            self.forget(key)
+            return
+        entry = self._live(key)
+        if entry is None or not isinstance(entry.value, dict):
+            if value is None:
+                return
+            entry = _Entry({}, None)
+            self._data[key] = entry
+        fields: dict[str, str] = entry.value  # type: ignore[assignment]
+        if value is None:
+            fields.pop(name, None)
+        else:
+            fields[name] = value
+        entry.expires_at = self._deadline_from_pttl(pttl)
+        if not fields:
+            self.forget(key)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _deadline_from_pttl(self, pttl: int) -> float | None:
+        return None if pttl is None or pttl < 0 else self._clock() + pttl / 1000.0
+
+    def _live(self, key: str) -> _Entry | None:
+        entry = self._data.get(key)
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
+            self._data.pop(key, None)
+            return None
+        return entry
+
+    def _typed(self, key: str, kind: type) -> _Entry | None:
+        entry = self._live(key)
+        if entry is not None and not isinstance(entry.value, kind):
+            raise redis.exceptions.ResponseError(WRONGTYPE)
+        return entry
+
+
+# --------------------------------------------------------------------------------------------
+# Writes waiting for Redis to come back
+# --------------------------------------------------------------------------------------------
+
+Command = Literal["set", "delete", "incrby", "hset", "hdel", "sadd", "srem", "expire"]
+
+
+@dataclass
+class PendingOp:
+    command: Command
+    args: tuple[Any, ...] = ()
+    expires_at: float | None = None  # set / expire: absolute deadline on the manager's clock
+    nx: bool = False
+
+    @property
+    def overwrites(self) -> bool:
+        """After this op the key's earlier history does not matter any more."""
+        return self.command == "delete" or (self.command == "set" and not self.nx)
+
+
+@dataclass
+class PendingKey:
+    ops: list[PendingOp] = field(default_factory=list)
+
+    @property
+    def deadline(self) -> float | None:
+        """The key's TTL after these ops: SET and EXPIRE set it, DELETE clears it, the rest keep it."""
+        deadline: float | None = None
+        for op in self.ops:
+            if op.command in ("set", "expire"):
+                deadline = op.expires_at
+            elif op.command == "delete":
+                deadline = None
+        return deadline
+
+
+class PendingWrites:
+    """Per-key write log, oldest key first, bounded (the oldest key's writes are dropped first)."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self._keys: OrderedDict[str, PendingKey] = OrderedDict()
+        self._max_keys = max_keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def op_count(self) -> int:
+        return sum(len(entry.ops) for entry in self._keys.values())
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def record(self, key: str, op: PendingOp) -> int:
+        """Log a write; returns how many keys' writes were dropped to stay within the bound."""
+        entry = self._keys.get(key)
+        if entry is None or op.overwrites:
+            # Last write wins: drop the key's history and move it to the end of the replay order.
+            self._keys.pop(key, None)
+            entry = PendingKey()
+            self._keys[key] = entry
+        entry.ops.append(op)
+        dropped = 0
+        while len(self._keys) > self._max_keys:
+            self._keys.popitem(last=False)
+            dropped += 1
+        return dropped
+
+    def pop_first(self) -> tuple[str, PendingKey] | None:
+        if not self._keys:
+            return None
+        return self._keys.popitem(last=False)
+
+    def restore(self, key: str, entry: PendingKey) -> None:
+        """Put back a key whose replay failed, ahead of writes recorded for it in the meantime."""
+        newer = self._keys.pop(key, None)
+        if newer is not None:
+            if newer.ops and newer.ops[0].overwrites:
+                entry = newer
+            else:
+                entry = PendingKey(entry.ops + newer.ops)
+        self._keys[key] = entry
+        self._keys.move_to_end(key, last=False)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# The manager
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    max_connections: int = 50
+    socket_timeout: float = 2.0  # read/write; also how long a caller waits for a free pooled connection
+    socket_connect_timeout: float = 2.0
+    # One immediate retry on a connection error, so a pooled socket that died while idle is
+    # replaced transparently. Timeouts are not retried: the command may have run already.
+    retries: int = 1
+    health_interval: float = 30.0  # seconds between pings while the circuit is closed
+    reconnect_base: float = 0.5  # backoff between reconnect attempts while the circuit is open
+    reconnect_max: float = 30.0
+    slow_ms: float = 50.0  # operations slower than this are logged to the performance log
+    failure_threshold: int = 5
+    cooldown: float = 5.0  # circuit breaker: wait before the first probe, doubled per failed probe
+    max_cooldown: float = 60.0
+    fallback_max_keys: int = 10_000
+    pending_max_keys: int = 10_000
+    mirror_reads: bool = True  # copy read keys (with their PTTL, same round trip) into the fallback
+
+
+@dataclass
+class RedisCounters:
+    operations: int = 0
+    errors: int = 0
+    fallback_reads: int = 0
+    fallback_writes: int = 0
+    reconciled: int = 0  # keys whose pending writes were applied to Redis
+    reconcile_conflicts: int = 0  # SET NX replays where Redis' value won
+    reconcile_skipped: int = 0  # keys whose TTL ran out before Redis came back
+    reconcile_errors: int = 0  # replays Redis rejected (e.g. WRONGTYPE); dropped
+    pending_dropped: int = 0  # pending keys dropped because the log was full
+    slow_operations: int = 0
+
+
+class RedisManager:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        url: str | None,
+        options: RedisOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        """Prefer `from_url`. `clock` drives fallback TTLs and the breaker's cool-downs."""
+        self.options = options or RedisOptions()
+        self._client = client
+        self._url = url
+        self.safe_url = redact_url(url)
+        self._password = _url_password(url)
+        self._clock = clock
+        self.breaker = breaker or CircuitBreaker(
+            failure_threshold=self.options.failure_threshold,
+            cooldown=self.options.cooldown,
+            max_cooldown=self.options.max_cooldown,
+            clock=clock,
+        )
+        self.fallback = FallbackStore(self.options.fallback_max_keys, clock)
+        self.pending = PendingWrites(self.options.pending_max_keys)
+        self.counters = RedisCounters()
+        self._reconcile_lock = asyncio.Lock()
+        self._health_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # set on close, so the health loop's sleep ends at once
+        self._started = False
+        self._closed = False
+        self.last_latency_ms: float | None = None
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None,
+        options: RedisOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None,
+    ) -> RedisManager:
+        """A manager on `url`, or on a private embedded fakeredis server when `url` is None."""
+        options = options or RedisOptions()
+        client: aioredis.Redis
+        if url is None:
+            import fakeredis
+
+            # A server of its own: fakeredis would otherwise share one per host:port in-process.
+            client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=options.max_connections,
+                timeout=options.socket_timeout,
+                socket_timeout=options.socket_timeout,
+                socket_connect_timeout=options.socket_connect_timeout,
+                retry=Retry(NoBackoff(), options.retries, supported_errors=(redis.exceptions.ConnectionError,)),
+                decode_responses=True,
+                client_name="alertbot",
+            )
+            client = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
+        return cls(client, url=url, options=options, clock=clock, breaker=breaker)
+
+    @property
+    def embedded(self) -> bool:
+        return self._url is None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and ping; if Redis is down, start degraded (fallback) and keep trying."""
+        if self._started:
+            return
+        self._started = True
+        self._closed = False
+        self._wake.clear()
+        try:
+            latency = await self._timed_ping()
+        except FAILURES as exc:
+            self._note_error("start", exc)
+            self.breaker.trip()
+            self._log(
+                errors_log,
+                logging.ERROR,
+                "Redis at %s unreachable at start (%s); serving from the in-memory fallback until it answers",
+                self.safe_url,
+                exc,
+            )
+        else:
+            self.breaker.record_success()
+            self._log(performance_log, logging.INFO, "connected to Redis at %s in %.2f ms", self.safe_url, latency)
+        self._health_task = asyncio.create_task(self._health_loop(), name="redis-health")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._wake.set()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
+        if self.pending and self.breaker.state is CircuitState.CLOSED:
+            with contextlib.suppress(*FAILURES):
+                await self._reconcile()
+        if self.pending:
+            self._log(
+                errors_log,
+                logging.ERROR,
+                "closing with %d keys of writes never applied to Redis at %s: %s",
+                len(self.pending),
+                self.safe_url,
+                ", ".join(self.pending.keys()[:20]),
+            )
+        self._closed = True
+        self._started = False
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+    async def __aenter__(self) -> RedisManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- health ----------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Would an operation go to Redis now (circuit closed, not closed down)?"""
+        return not self._closed and self.breaker.state is CircuitState.CLOSED
+
+    async def ping(self) -> float | None:
+        """Round trip to Redis in ms, through the breaker; None when Redis is not reachable."""
+        if not await self._redis_ready():
+            return None
+        try:
+            latency = await self._timed_ping()
+        except FAILURES as exc:
+            self._on_failure("ping", exc)
+            return None
+        self.breaker.record_success()
+        return latency
+
+    def health(self) -> dict[str, Any]:
+        if not self._started or self._closed:
+            status = "down"
+        elif self.breaker.state is not CircuitState.CLOSED or self.pending or self.breaker.consecutive_failures:
+            status = "degraded"
+        else:
+            status = "ok"
+        return {
+            "status": status,
+            "mode": "embedded" if self.embedded else "redis",
+            "url": self.safe_url,
+            "latency_ms": None if self.last_latency_ms is None else round(self.last_latency_ms, 3),
+            "circuit": self.breaker.state.value,
+            "retry_in": round(self.breaker.retry_in(), 3),
+            "fallback_keys": len(self.fallback),
+            "pending_writes": len(self.pending),
+            "pending_ops": self.pending.op_count(),
+            "errors": self.counters.errors,
+            "last_error": self.last_error,
+        }
+
+    def metrics(self) -> dict[str, int]:
+        """Monotonic counters for the metrics endpoint."""
+        return {**asdict(self.counters), "circuit_opens": self.breaker.opens, "failed_probes": self.breaker.failed_probes}
+
+    # -- raw access ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The redis.asyncio client, for pipelines, Lua, streams and pub/sub (not mirrored).
+
+        Raises RedisUnavailable while the circuit is not closed, so callers fail fast.
+        """
+        self._check_usable()
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def guarded(self) -> AsyncIterator[aioredis.Redis]:
+        """`async with manager.guarded() as r:` raw access whose connection failures feed the breaker
+        and come out as RedisUnavailable."""
+        client = self.client
+        try:
+            yield client
+        except FAILURES as exc:
+            if isinstance(exc, RedisUnavailable):
+                raise
+            self._on_failure("raw", exc)
+            raise RedisUnavailable(f"Redis at {self.safe_url} failed: {self._redact(str(exc))}") from exc
+        else:
+            self.breaker.record_success()
+
+    # -- keys and strings ------------------------------------------------------------------------
+
+    async def get(self, key: str) -> str | None:
+        async def remote(client: aioredis.Redis) -> str | None:
+            if not self.options.mirror_reads:
+                return await client.get(key)
+            value, pttl = await client.pipeline(transaction=False).get(key).pttl(key).execute()
+            self.fallback.mirror(key, value, pttl)
+            return value
+
+        return await self._run("get", remote, lambda: self.fallback.get(key))
+
+    async def set(
+        self,
+        key: str,
+        value: Value,
+        ex: int | float | timedelta | None = None,
+        px: int | timedelta | None = None,
+        nx: bool = False,
+    ) -> bool:
+        """SET; True if stored (False when `nx` and the key exists). `ex` in seconds, `px` in ms."""
+        text = _encode(value)
+        ttl = _seconds(ex, px)
+        if ex is not None and isinstance(ex, float):
+            ex, px = None, int(ex * 1000)  # Redis' EX takes whole seconds only
+
+        async def remote(client: aioredis.Redis) -> bool:
+            stored = bool(await client.set(key, text, ex=ex, px=px, nx=nx))
+            if stored:
+                self.fallback.set(key, text, ttl)
+            return stored
+
+        def local() -> bool:
+            stored = self.fallback.set(key, text, ttl, nx=nx)
+            if stored:
+                self._pend(key, PendingOp("set", (text,), self.fallback.deadline(key), nx=nx))
+            return stored
+
+        return await self._run("set", remote, local, write=True)
+
+    async def delete(self, *keys: str) -> int:
+        async def remote(client: aioredis.Redis) -> int:
+            removed = int(await client.delete(*keys))
+            for key in keys:
+                self.fallback.forget(key)
+            return removed
+
+        def local() -> int:
+            removed = 0
+            for key in keys:
+                removed += self.fallback.delete(key)
+                self._pend(key, PendingOp("delete"))  # Redis may hold keys we never saw
+            return removed
+
+        return await self._run("delete", remote, local, write=True)
+
+    async def exists(self, *keys: str) -> int:
+        return await self._run(
+            "exists",
+            lambda client: client.exists(*keys),
+            lambda: sum(self.fallback.exists(key) for key in keys),
+        )
+
+    async def expire(self, key: str, seconds: int | timedelta) -> bool:
+        """EXPIRE. During an outage: True only if the fallback knows the key; the expiry is
+        replayed either way (Redis may hold the key)."""
+        ttl = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+
+        async def remote(client: aioredis.Redis) -> bool:
+            done = bool(await client.expire(key, seconds))
+            if done:
+                self.fallback.expire(key, ttl)
+            else:
+                self.fallback.forget(key)
+            return done
+
+        def local() -> bool:
+            done = self.fallback.expire(key, ttl)
+            if ttl <= 0:
+                self._pend(key, PendingOp("delete"))  # what Redis does with such a TTL
+            else:
+                self._pend(key, PendingOp("expire", expires_at=self._clock() + ttl))
+            return done
+
+        return await self._run("expire", remote, local, write=True)
+
+    async def ttl(self, key: str) -> int:
+        """Seconds left; -1 without TTL, -2 when missing (in the fallback: as far as it knows)."""
+
+        async def remote(client: aioredis.Redis) -> int:
+            left = int(await client.ttl(key))
+            if left == -2:
+                self.fallback.forget(key)
+            return left
+
+        return await self._run("ttl", remote, lambda: self.fallback.ttl(key))
+
+    async def incr(self, key: str, amount: int = 1) -> int:
+        return await self.incrby(key, amount)
+
+    async def incrby(self, key: str, amount: int = 1) -> int:
+        async def remote(client: aioredis.Redis) -> int:
+            result = int(await client.incrby(key, amount))
+            self.fallback.set(key, str(result), keepttl=True)
+            return result
+
+        def local() -> int:
+            result = self.fallback.incrby(key, amount)
+            self._pend(key, PendingOp("incrby", (amount,)))
+            return result
+
+        return await self._run("incrby", remote, local, write=True)
+
+    # -- hashes ----------------------------------------------------------------------------------
+
+    async def hget(self, key: str, name: str) -> str | None:
+        async def remote(client: aioredis.Redis) -> str | None:
+            if not self.options.mirror_reads:
+                return await client.hget(key, name)
+            value, pttl = await client.pipeline(transaction=False).hget(key, name).pttl(key).execute()
+            self.fallback.mirror_field(key, name, value, pttl)
+            return value
+
+        return await self._run("hget", remote, lambda: self.fallback.hget(key, name))
+
+    async def hset(
+        self, key: str, name: str | None = None, value: Value | None = None, mapping: Mapping[str, Value] | None = None
+    ) -> int:
+        """HSET one field and/or a mapping; returns the number of fields added."""
+        fields = {k: _encode(v) for k, v in (mapping or {}).items()}
+        if name is not None:
+            if value is None:
+                raise redis.exceptions.DataError("hset needs a value for the field")
+            fields[name] = _encode(value)
+        if not fields:
+            raise redis.exceptions.DataError("'hset' with no key value pairs")
+
+        async def remote(client: aioredis.Redis) -> int:
+            added = int(await client.hset(key, mapping=fields))
+            self._mirror(key, lambda: self.fallback.hset(key, fields))
+            return added
+
+        def local() -> int:
+            added = self.fallback.hset(key, fields)
+            self._pend(key, PendingOp("hset", (fields,)))
+            return added
+
+        return await self._run("hset", remote, local, write=True)
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        async def remote(client: aioredis.Redis) -> dict[str, str]:
+            if not self.options.mirror_reads:
+                return dict(await client.hgetall(key))
+            value, pttl = await client.pipeline(transaction=False).hgetall(key).pttl(key).execute()
+            self.fallback.mirror(key, dict(value), pttl)
+            return dict(value)
+
+        return await self._run("hgetall", remote, lambda: self.fallback.hgetall(key))
+
+    async def hdel(self, key: str, *names: str) -> int:
+        async def remote(client: aioredis.Redis) -> int:
+            removed = int(await client.hdel(key, *names))
+            self._mirror(key, lambda: self.fallback.hdel(key, names))
+            return removed
+
+        def local() -> int:
+            removed = self.fallback.hdel(key, names)
+            self._pend(key, PendingOp("hdel", names))
+            return removed
+
+        return await self._run("hdel", remote, local, write=True)
+
+    # -- sets ------------------------------------------------------------------------------------
+
+    async def sadd(self, key: str, *members: Value) -> int:
+        items = tuple(_encode(m) for m in members)
+
+        async def remote(client: aioredis.Redis) -> int:
+            added = int(await client.sadd(key, *items))
+            self._mirror(key, lambda: self.fallback.sadd(key, items))
+            return added
+
+        def local() -> int:
+            added = self.fallback.sadd(key, items)
+            self._pend(key, PendingOp("sadd", items))
+            return added
+
+        return await self._run("sadd", remote, local, write=True)
+
+    async def srem(self, key: str, *members: Value) -> int:
+        items = tuple(_encode(m) for m in members)
+
+        async def remote(client: aioredis.Redis) -> int:
+            removed = int(await client.srem(key, *items))
+            self._mirror(key, lambda: self.fallback.srem(key, items))
+            return removed
+
+        def local() -> int:
+            removed = self.fallback.srem(key, items)
+            self._pend(key, PendingOp("srem", items))
+            return removed
+
+        return await self._run("srem", remote, local, write=True)
+
+    async def smembers(self, key: str) -> set[str]:
+        async def remote(client: aioredis.Redis) -> set[str]:
+            if not self.options.mirror_reads:
+                return set(await client.smembers(key))
+            value, pttl = await client.pipeline(transaction=False).smembers(key).pttl(key).execute()
+            self.fallback.mirror(key, set(value), pttl)
+            return set(value)
+
+        return await self._run("smembers", remote, lambda: self.fallback.smembers(key))
+
+    async def sismember(self, key: str, member: Value) -> bool:
+        item = _encode(member)
+
+        async def remote(client: aioredis.Redis) -> bool:
+            return bool(await client.sismember(key, item))
+
+        return await self._run("sismember", remote, lambda: self.fallback.sismember(key, item))
+
+    # -- the breaker around every operation ------------------------------------------------------
+
+    async def _run(
+        self,
+        name: str,
+        remote: Callable[[aioredis.Redis], Awaitable[T]],
+        local: Callable[[], T],
+        *,
+        write: bool = False,
+    ) -> T:
+        """Run `remote` on Redis if the breaker allows, else (or on failure) `local` on the fallback."""
+        self._check_open()
+        self.counters.operations += 1
+        if await self._redis_ready():
+            started = time.perf_counter()
+            try:
+                result = await remote(self._client)
+            except FAILURES as exc:
+                self._on_failure(name, exc)
+            except redis.exceptions.RedisError:
+                # Redis answered (WRONGTYPE, …): it is up; the error is the caller's.
+                self.breaker.record_success()
+                raise
+            else:
+                self.breaker.record_success()
+                self._observe(name, started)
+                return result
+        if write:
+            self.counters.fallback_writes += 1
+        else:
+            self.counters.fallback_reads += 1
+        return local()
+
+    async def _redis_ready(self) -> bool:
+        """May this call use Redis? Takes the half-open probe if it is due; replays pending writes first."""
+        if not self.breaker.allow():
+            return False
+        if self.breaker.state is CircuitState.HALF_OPEN:
+            return await self._probe()
+        if self.pending:
+            # Writes made while Redis failed must land before anything reads or writes Redis again.
+            try:
+                await self._reconcile()
+            except FAILURES as exc:
+                self._on_failure("reconcile", exc)
+                return False
+        return True
+
+    async def _probe(self) -> bool:
+        """The one half-open call: ping, replay pending writes, then close the circuit."""
+        ok = False
+        latency = 0.0
+        try:
+            # Connections pooled before the outage are dead; start the probe on fresh ones.
+            with contextlib.suppress(Exception):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
+            latency = await self._timed_ping()
+            await self._reconcile()
+            ok = True
+        except FAILURES as exc:
+            self._note_error("probe", exc)
+        finally:
+            # Also on cancellation: a probe that never reports would leave the circuit half-open.
+            if ok:
+                self.breaker.record_success()
+                self._log(
+                    errors_log,
+                    logging.WARNING,
+                    "Redis at %s is back (ping %.2f ms); circuit closed",
+                    self.safe_url,
+                    latency,
+                )
+            else:
+                self.breaker.record_failure()
+        return ok
+
+    async def _reconcile(self) -> None:
+        """Replay the pending writes into Redis (see the module docstring for the rule)."""
+        async with self._reconcile_lock:
+            applied = skipped = conflicts = 0
+            while (item := self.pending.pop_first()) is not None:
+                key, entry = item
+                try:
+                    outcome = await self._replay(key, entry)
+                except FAILURES:
+                    self.pending.restore(key, entry)
+                    raise
+                except redis.exceptions.RedisError as exc:
+                    self.counters.reconcile_errors += 1
+                    self.fallback.forget(key)
+                    self._log(errors_log, logging.ERROR, "Redis rejected the pending writes of %r: %s", key, exc)
+                    continue
+                if outcome == "applied":
+                    applied += 1
+                elif outcome == "skipped":
+                    skipped += 1
+                else:
+                    conflicts += 1
+            self.counters.reconciled += applied
+            self.counters.reconcile_skipped += skipped
+            self.counters.reconcile_conflicts += conflicts
+            if applied or skipped or conflicts:
+                self._log(
+                    errors_log,
+                    logging.WARNING,
+                    "reconciled writes made while Redis was down: %d keys applied, %d expired, %d NX conflicts",
+                    applied,
+                    skipped,
+                    conflicts,
+                )
+
+    async def _replay(self, key: str, entry: PendingKey) -> Literal["applied", "skipped", "conflict"]:
+        now = self._clock()
+        ops = entry.ops
+        deadline = entry.deadline
+        if deadline is not None and deadline <= now:
+            # Expired before Redis came back: the key would be gone by now, so make it gone.
+            if not (ops[0].command == "set" and ops[0].nx):
+                await self._client.delete(key)
+            self.fallback.forget(key)
+            return "skipped"
+        if ops[0].command == "set" and ops[0].nx:
+            first, ops = ops[0], ops[1:]
+            stored = await self._client.set(key, first.args[0], px=_left_ms(first.expires_at, now), nx=True)
+            if not stored:
+                # A value appeared in Redis meanwhile: it wins; drop our copy so reads take Redis'.
+                self.fallback.forget(key)
+                self._log(errors_log, logging.WARNING, "SET NX of %r made during the outage lost to Redis' value", key)
+                return "conflict"
+        if not ops:
+            return "applied"
+        pipe = self._client.pipeline(transaction=True)
+        for op in ops:
+            if op.command == "set":
+                # A SET whose own TTL ran out is only still alive through a later EXPIRE, replayed after it.
+                pipe.set(key, op.args[0], px=_left_ms(op.expires_at, now), nx=op.nx)
+            elif op.command == "delete":
+                pipe.delete(key)
+            elif op.command == "incrby":
+                pipe.incrby(key, op.args[0])
+            elif op.command == "hset":
+                pipe.hset(key, mapping=op.args[0])
+            elif op.command == "hdel":
+                pipe.hdel(key, *op.args)
+            elif op.command == "sadd":
+                pipe.sadd(key, *op.args)
+            elif op.command == "srem":
+                pipe.srem(key, *op.args)
+            elif op.command == "expire":
+                left = _left_ms(op.expires_at, now)
+                if left is not None:  # an EXPIRE already past was overtaken by a later SET/EXPIRE
+                    pipe.pexpire(key, left)
+        results = await pipe.execute(raise_on_error=False)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            self.counters.reconcile_errors += 1
+            self.fallback.forget(key)
+            self._log(errors_log, logging.ERROR, "Redis rejected part of the pending writes of %r: %s", key, failed[0])
+        return "applied"
+
+    # -- health loop -----------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        attempt = 0
+        while not self._closed:
+            if self.breaker.state is CircuitState.CLOSED:
+                attempt = 0
+                delay = self.options.health_interval
+            else:
+                backoff = min(self.options.reconnect_base * 2**attempt, self.options.reconnect_max)
+                delay = max(backoff, self.breaker.retry_in())
+                attempt += 1
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            if self._wake.is_set():
+                return
+            try:
+                await self._health_tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the loop must outlive any surprise
+                self._log(errors_log, logging.ERROR, "Redis health check crashed: %r", exc)
+
+    async def _health_tick(self) -> None:
+        self.fallback.purge_expired()
+        latency = await self.ping()
+        if latency is not None:
+            self._log(performance_log, logging.INFO, "redis ping %.2f ms (%s)", latency, self.safe_url)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _timed_ping(self) -> float:
+        started = time.perf_counter()
+        await self._client.ping()
+        latency = (time.perf_counter() - started) * 1000
+        self.last_latency_ms = latency
+        return latency
+
+    def _observe(self, name: str, started: float) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if elapsed_ms > self.options.slow_ms:
+            self.counters.slow_operations += 1
+            self._log(performance_log, logging.WARNING, "slow redis %s: %.1f ms", name, elapsed_ms)
+
+    def _on_failure(self, name: str, exc: BaseException) -> None:
+        before = self.breaker.state
+        self.breaker.record_failure()
+        self._note_error(name, exc)
+        if before is CircuitState.CLOSED and self.breaker.state is CircuitState.OPEN:
+            self._log(
+                errors_log,
+                logging.ERROR,
+                "circuit opened after %d failures: Redis at %s is down; serving from the in-memory fallback",
+                self.breaker.failure_threshold,
+                self.safe_url,
+            )
+
+    def _note_error(self, name: str, exc: BaseException) -> None:
+        self.counters.errors += 1
+        self.last_error = self._redact(f"{name}: {type(exc).__name__}: {exc}")
+        self._log(errors_log, logging.WARNING, "redis %s failed (%s): %s: %s", name, self.safe_url, type(exc).__name__, exc)
+
+    def _pend(self, key: str, op: PendingOp) -> None:
+        """Record a write made to the fallback, to be replayed into Redis when it is back."""
+        dropped = self.pending.record(key, op)
+        if dropped:
+            before = self.counters.pending_dropped
+            self.counters.pending_dropped += dropped
+            # Logged at the first loss and then once per thousand, so a long outage cannot flood the log.
+            if before == 0 or before // 1000 != self.counters.pending_dropped // 1000:
+                self._log(
+                    errors_log,
+                    logging.ERROR,
+                    "pending-write log full (%d keys): the oldest keys' writes are lost (%d so far)",
+                    self.options.pending_max_keys,
+                    self.counters.pending_dropped,
+                )
+
+    def _mirror(self, key: str, update: Callable[[], object]) -> None:
+        """Apply a successful write to the fallback copy; a stale copy of another type is dropped."""
+        try:
+            update()
+        except redis.exceptions.ResponseError:
+            self.fallback.forget(key)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RedisUnavailable(f"RedisManager for {self.safe_url} is closed")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if self.breaker.state is not CircuitState.CLOSED:
+            raise RedisUnavailable(
+                f"Redis at {self.safe_url} is unavailable (circuit {self.breaker.state.value}, "
+                f"next probe in {self.breaker.retry_in():.1f}s)"
+            )
+
+    def _redact(self, text: str) -> str:
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _log(self, logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+        # Format here so the password can be scrubbed from whatever ended up in the message.
+        if logger.isEnabledFor(level):
+            logger.log(level, self._redact(msg % args if args else msg), stacklevel=2)
+
+
+def _left_ms(deadline: float | None, now: float) -> int | None:
+    """Milliseconds left until `deadline`, None if there is none or it has passed."""
+    if deadline is None:
+        return None
+    left = math.ceil((deadline - now) * 1000)
+    return left if left > 0 else None
