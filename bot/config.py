@@ -1,0 +1,173 @@
+"""Typed settings, read from the environment and `.env`, exactly as CONTRACT.md names them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# What each setting expects, in the words an operator reads when it is wrong.
+EXPECTED: dict[str, str] = {
+    "BOT_TOKEN": "the bot token from @BotFather, like 123456:ABC-DEF...",
+    "TELEGRAM_API_URL": "an http(s) URL of a Bot API server",
+    "ADMIN_IDS": "comma-separated numeric Telegram user ids",
+    "REDIS_URL": "a redis:// or rediss:// URL",
+    "DATABASE_URL": "a postgresql:// URL",
+    "STREAM_URL": "a ws:// or wss:// URL",
+    "STREAM_POLL_URL": "an http(s) URL",
+    "PUMPPORTAL_URL": "a ws:// or wss:// URL",
+    "PUMPPORTAL_API_KEY": "a PumpPortal API key",
+    "HTTP_HOST": "a host name or IP address to listen on",
+    "HTTP_PORT": "a port number 1..65535",
+    "WEBHOOK_URL": "a public https URL",
+    "SOLANA_RPC_URL": "one or more comma-separated http(s) URLs",
+    "SOL_RECEIVER": "a base58 Solana address",
+    "NOWPAYMENTS_API_URL": "an http(s) URL",
+    "NOWPAYMENTS_API_KEY": "a NOWPayments API key",
+    "NOWPAYMENTS_IPN_SECRET": "a NOWPayments IPN secret",
+    "PUBLIC_BASE_URL": "an http(s) URL",
+    "LOG_DIR": "a folder path",
+}
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; `str()` is the one line shown to the operator."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+        super().__init__(f"{name}: {problem}; expected {EXPECTED.get(name, 'a valid value')}")
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_scheme(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None or value == "":
+        return None
+    if not value.startswith(tuple(f"{scheme}://" for scheme in schemes)):
+        raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    bot_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    redis_url: SecretStr | None = None
+    database_url: SecretStr | None = None
+    stream_url: str | None = None
+    stream_poll_url: str | None = None
+    pumpportal_url: str | None = None
+    pumpportal_api_key: SecretStr | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    webhook_url: str | None = None
+    solana_rpc_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://api.mainnet-beta.solana.com"]
+    )
+    sol_receiver: str | None = None
+    nowpayments_api_url: str = "https://api.nowpayments.io/v1"
+    nowpayments_api_key: SecretStr | None = None
+    nowpayments_ipn_secret: SecretStr | None = None
+    public_base_url: str | None = None
+    log_dir: Path = Path("./logs")
+
+    @field_validator("admin_ids", "solana_rpc_url", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("solana_rpc_url")
+    @classmethod
+    def _rpc_urls(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one URL is needed")
+        for url in value:
+            _check_scheme(url, ("http", "https"))
+        return value
+
+    @field_validator("telegram_api_url", "nowpayments_api_url")
+    @classmethod
+    def _http_required(cls, value: str) -> str:
+        checked = _check_scheme(value, ("http", "https"))
+        if checked is None:
+            raise ValueError("must not be empty")
+        return checked.rstrip("/")
+
+    @field_validator("stream_poll_url", "public_base_url", "webhook_url")
+    @classmethod
+    def _http_optional(cls, value: str | None) -> str | None:
+        return _check_scheme(value, ("http", "https"))
+
+    @field_validator("stream_url", "pumpportal_url")
+    @classmethod
+    def _ws_optional(cls, value: str | None) -> str | None:
+        return _check_scheme(value, ("ws", "wss"))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        _check_scheme(value.get_secret_value(), ("redis", "rediss", "unix"))
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        _check_scheme(value.get_secret_value(), ("postgresql", "postgres"))
+        return value
+
+    @field_validator("bot_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        head, sep, tail = value.get_secret_value().partition(":")
+        if not (sep and head.isdigit() and tail):
+            raise ValueError("not a bot token")
+        return value
+
+    @property
+    def admin_id_set(self) -> frozenset[int]:
+        return frozenset(self.admin_ids)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in force, so log redaction can hide them wherever they appear."""
+        values: list[str] = []
+        for name in ("bot_token", "pumpportal_api_key", "nowpayments_api_key", "nowpayments_ipn_secret"):
+            secret = getattr(self, name)
+            if secret is not None and secret.get_secret_value():
+                values.append(secret.get_secret_value())
+        return values
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; any problem becomes a `SettingsError` naming the one setting at fault.
+
+    The message never repeats the value given, since it may be a secret.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise SettingsError(field.upper(), f"invalid ({reason})") from None
+
+
+def require(settings: Settings, *names: str) -> None:
+    """Fail with a `SettingsError` for the first of `names` that is not set."""
+    for name in names:
+        if getattr(settings, name.lower()) in (None, "", []):
+            raise SettingsError(name.upper(), "missing")

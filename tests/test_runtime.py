@@ -1,0 +1,147 @@
+"""The service shell end to end: real stores, the real dispatcher, the Bot API double."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiogram import Router
+from aiogram.filters import Command
+from aiogram.types import Message
+
+from bot.config import Settings
+from bot.runtime import Runtime, webhook_secret
+from bot.texts import TEXTS
+from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer
+
+USER = 4242
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegramServer]:
+    async with FakeTelegramServer() as server:
+        yield server
+
+
+def make_settings(telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path, **extra: object) -> Settings:
+    return Settings(
+        _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=telegram.base_url, redis_url=redis_url,
+        database_url=database_url, http_port=free_port(), log_dir=tmp_path / "logs", **extra,
+    )
+
+
+async def test_polling_answers_start_and_errors_never_reach_the_user(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    runtime = Runtime(make_settings(telegram, redis_url, database_url, tmp_path))
+    await runtime.start()
+    boom = Router(name="boom")
+
+    @boom.message(Command("boom"))
+    async def explode(message: Message) -> None:
+        raise RuntimeError("database exploded: secret internals")
+
+    assert runtime.dispatcher is not None
+    runtime.dispatcher.include_router(boom)
+    try:
+        await runtime.begin_receiving()
+        telegram.inject_message(USER, "/start", first_name="Bob")
+        [welcome] = await telegram.wait_for_sent(lambda r: r.chat_id == USER, timeout=10)
+        assert "Welcome to Token Alert Bot, Bob!" in (welcome.text or "")
+        telegram.inject_message(USER, "/boom")
+        replies = await telegram.wait_for_sent(lambda r: r.chat_id == USER, count=2, timeout=10)
+        assert replies[-1].text == TEXTS["en"]["error"]
+        assert "exploded" not in "".join(r.raw_text or "" for r in replies)
+        telegram.inject_message(USER, "/help", language_code="ru")
+        replies = await telegram.wait_for_sent(lambda r: r.chat_id == USER, count=3, timeout=10)
+        assert "Что я умею" in (replies[-1].text or "")
+        assert {c["command"] for c in telegram.commands} >= {"start", "help"}
+    finally:
+        await runtime.stop()
+
+
+async def test_health_and_metrics_endpoints(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(telegram, redis_url, database_url, tmp_path)
+    runtime = Runtime(settings)
+    await runtime.start()
+    base = f"http://127.0.0.1:{runtime.http_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/health") as response:
+                assert response.status == 503  # started, but not yet receiving updates
+            await runtime.begin_receiving()
+            async with http.get(f"{base}/health") as response:
+                assert response.status == 200
+                body = await response.json()
+            assert body["status"] == "ok"
+            assert body["redis"]["status"] == "ok" and body["postgres"]["status"] == "ok"
+            async with http.get(f"{base}/metrics") as response:
+                assert response.status == 200
+                metrics = await response.text()
+            assert "alertbot_redis_operations" in metrics
+    finally:
+        await runtime.stop()
+
+
+async def test_webhook_mode_receives_updates_over_http(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = make_settings(telegram, redis_url, database_url, tmp_path, webhook_url=f"http://127.0.0.1:{port}/tg/hook")
+    settings.http_port = port
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        await runtime.begin_receiving()
+        info = await runtime.bot.get_webhook_info()  # type: ignore[union-attr]
+        assert info.url == f"http://127.0.0.1:{port}/tg/hook"
+        telegram.inject_message(USER, "/start", first_name="Web")
+        [welcome] = await telegram.wait_for_sent(lambda r: r.chat_id == USER, timeout=10)
+        assert "Web" in (welcome.text or "")
+        # A forged call without Telegram's secret header is refused.
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/tg/hook", json={"update_id": 1}) as response:
+                assert response.status == 401
+        assert webhook_secret(DEFAULT_TOKEN) != webhook_secret("1:other")
+    finally:
+        await runtime.stop()
+
+
+async def test_run_stops_cleanly_on_sigterm(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    env.update(
+        BOT_TOKEN=DEFAULT_TOKEN, TELEGRAM_API_URL=telegram.base_url, REDIS_URL=redis_url, DATABASE_URL=database_url,
+        HTTP_PORT=str(free_port()), LOG_DIR=str(tmp_path / "logs"),
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        telegram.inject_message(USER, "/start", first_name="Proc")
+        await telegram.wait_for_sent(lambda r: r.chat_id == USER, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0, stderr.decode()
+        assert "stopped" in (tmp_path / "logs" / "bot.log").read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
