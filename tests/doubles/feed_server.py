@@ -61,7 +61,7 @@ def poll_element(text: str) -> str:
     """
     try:
         json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested arrays exhaust the decoder's recursion
         return json.dumps(text, ensure_ascii=False)
     return text
 
