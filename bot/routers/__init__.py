@@ -2,14 +2,22 @@
 
 Each module builds its router in `build_router()` rather than at import, because an aiogram
 router can belong to one dispatcher only, and tests and the demo build several.
+
+Every router after `errors` gets the subscriber middleware, so its message and callback handlers
+may ask for `subscriber` and `language` (and `subscriber_loaded`: False when the stores were down
+and `subscriber` is a stand-in built from the Telegram user).
 """
 
 from __future__ import annotations
 
 from aiogram import Router
 
-from bot.routers import common, errors
+from bot.middlewares.subscriber import attach_subscriber_middleware
+from bot.routers import admin, alerts_control, common, errors, filters
 
 
 def get_routers() -> list[Router]:
-    return [errors.build_router(), common.build_router()]
+    user_routers = [filters.build_router(), alerts_control.build_router(), admin.build_router(), common.build_router()]
+    for router in user_routers:
+        attach_subscriber_middleware(router)
+    return [errors.build_router(), *user_routers]

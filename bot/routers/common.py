@@ -11,15 +11,16 @@ from aiogram.types import Message
 from bot.texts import pick_language, text
 
 
-async def start(message: Message) -> None:
+async def start(message: Message, language: str | None = None) -> None:
     user = message.from_user
-    language = pick_language(user.language_code if user else None)
+    # `language` comes from the subscriber middleware (their stored choice); Telegram's as a fallback.
+    language = language or pick_language(user.language_code if user else None)
     name = html.escape(user.first_name if user and user.first_name else "there")
     await message.answer(text("welcome", language, name=name))
 
 
-async def help_command(message: Message) -> None:
-    language = pick_language(message.from_user.language_code if message.from_user else None)
+async def help_command(message: Message, language: str | None = None) -> None:
+    language = language or pick_language(message.from_user.language_code if message.from_user else None)
     await message.answer(text("help", language))
 
 

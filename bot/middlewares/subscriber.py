@@ -1,0 +1,70 @@
+"""Hands every message and callback handler the `subscriber` who sent it and their `language`.
+
+Registered as an inner middleware (it runs only when a handler matched, so updates nobody handles
+cost no store lookups). The user is loaded through the dispatcher's `store` (SubscriberStore),
+and registered on first contact. Banned users' updates are dropped without an answer.
+
+If the stores cannot answer, the handler still runs, with a minimal Subscriber built from the
+Telegram user and ``subscriber_loaded=False`` in data: a user gets a reply, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram import BaseMiddleware, Router
+from aiogram.types import TelegramObject, User
+
+from bot.texts import pick_language
+from services.subscribers import PG_FAILURES, StoreUnavailable, Subscriber, SubscriberStore
+
+logger = logging.getLogger("alertbot.subscribers")
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+class SubscriberMiddleware(BaseMiddleware):
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        user: User | None = data.get("event_from_user")
+        if user is None or user.is_bot:
+            return await handler(event, data)
+        store: SubscriberStore | None = data.get("store")
+        subscriber = await _load(store, user) if store is not None else None
+        if subscriber is not None and subscriber.status == "banned":
+            logger.info("dropped an update from banned user %s", user.id)
+            return None
+        data["subscriber_loaded"] = subscriber is not None
+        if subscriber is None:
+            subscriber = Subscriber(
+                telegram_id=user.id,
+                is_admin=store is not None and user.id in store.admin_ids,
+                language=pick_language(user.language_code),
+                username=user.username,
+                first_name=user.first_name,
+            )
+        data["subscriber"] = subscriber
+        data["language"] = pick_language(subscriber.language)
+        return await handler(event, data)
+
+
+async def _load(store: SubscriberStore, user: User) -> Subscriber | None:
+    """The stored subscriber (registered now if new), or None when the stores cannot say."""
+    try:
+        subscriber = await store.get(user.id)
+        if subscriber is None:
+            subscriber = await store.register(
+                user.id, username=user.username, first_name=user.first_name, language_code=user.language_code
+            )
+        return subscriber
+    except (StoreUnavailable, ConnectionError, *PG_FAILURES) as exc:
+        logger.warning("stores unavailable for user %s (%r); answering with defaults", user.id, exc)
+        return None
+
+
+def attach_subscriber_middleware(router: Router) -> None:
+    """Give `router`'s message and callback handlers `subscriber` and `language`."""
+    middleware = SubscriberMiddleware()
+    router.message.middleware(middleware)
+    router.callback_query.middleware(middleware)

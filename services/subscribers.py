@@ -1,0 +1,583 @@
+"""Subscribers: who they are, their filters, their plan; and the rule of who receives alerts.
+
+`SubscriberStore` keeps one subscriber in three places, fastest first:
+
+* the in-process SmartCache layer "user_settings" (telegram_id -> Subscriber), dropped in every
+  process through `CacheRegistry.invalidate` whenever the subscriber changes;
+* Redis, the real-time store (written first on every change):
+    ``subscriber:{telegram_id}``  hash: filters (JSON), paused ("0"/"1"), status, is_admin ("0"/"1"),
+                                  plan_expires_at (epoch seconds, "" for none), language,
+                                  username, first_name
+    ``subscribers``               set of every registered telegram_id
+    ``subscribers:pg_retry``      list of JSON retry entries (see below)
+* PostgreSQL, the permanent store (users, user_settings, settings_history, subscriptions).
+
+A PostgreSQL failure while saving a filter or pause change does not lose it: Redis already holds
+it, and an entry goes onto the ``subscribers:pg_retry`` list (or an in-memory list while Redis
+itself is down). `flush_pending()` writes the entries to PostgreSQL, taking the subscriber's
+*current* filters and pause flag from Redis, plus the settings_history row the change made. It
+runs after every successful PostgreSQL write of a change, before `receiving()` builds the match
+index, and may be called on a timer. Plans (grant/revoke) live in PostgreSQL only: if it is down
+those raise `StoreUnavailable` and the admin retries.
+
+No Telegram imports here: the bot, the matcher and the schedulers all share this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+
+from managers.postgres import PostgresManager, PostgresNotStarted
+from managers.redis_manager import RedisManager
+from services.cache import CacheRegistry
+from services.filters import Filters
+
+logger = logging.getLogger("alertbot.subscribers")
+settings_log = logging.getLogger("alertbot.settings")
+
+SUBSCRIBERS_KEY = "subscribers"
+RETRY_KEY = "subscribers:pg_retry"
+CHANGE_CACHES = frozenset({"user_settings", "subscriptions"})
+STATUSES = frozenset({"active", "blocked", "banned"})
+
+# What PostgreSQL being unreachable looks like (as opposed to a query that is wrong).
+PG_FAILURES: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    asyncio.TimeoutError,
+    PostgresNotStarted,
+)
+# Errors that retrying cannot fix: such a retry entry is dropped (and logged) instead of looping.
+_PG_PERMANENT: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.SyntaxOrAccessError,
+)
+_REDIS_FAILURES: tuple[type[BaseException], ...] = (ConnectionError, redis.exceptions.RedisError)
+
+
+def subscriber_key(telegram_id: int) -> str:
+    return f"subscriber:{telegram_id}"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StoreUnavailable(RuntimeError):
+    """The stores could not answer (PostgreSQL down and Redis without the subscriber)."""
+
+
+class UnknownSubscriber(LookupError):
+    """No subscriber with this telegram_id (they never sent /start)."""
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    telegram_id: int
+    filters: Filters = field(default_factory=Filters)
+    paused: bool = False
+    status: str = "active"  # active / blocked / banned
+    is_admin: bool = False
+    plan_expires_at: datetime | None = None
+    language: str = "en"
+    username: str | None = None
+    first_name: str | None = None
+
+    def has_active_plan(self, now: datetime) -> bool:
+        return self.plan_expires_at is not None and self.plan_expires_at > now
+
+    def receives_alerts(self, now: datetime) -> bool:
+        """Only subscribers with an active plan, and admins, receive token alerts (CONTRACT.md)."""
+        if self.status != "active" or self.paused:
+            return False
+        return self.is_admin or self.has_active_plan(now)
+
+
+def language_of(language_code: str | None) -> str:
+    """What users.language may hold: 'pt-BR' -> 'pt'; anything odd -> 'en'."""
+    base = (language_code or "").split("-")[0].split("_")[0].lower()
+    return base if 2 <= len(base) <= 3 and base.isascii() and base.isalpha() else "en"
+
+
+def _filters_json(filters: Filters) -> str:
+    return json.dumps(filters.to_dict(), sort_keys=True, ensure_ascii=False)
+
+
+def _to_hash(sub: Subscriber) -> dict[str, str]:
+    return {
+        "filters": _filters_json(sub.filters),
+        "paused": "1" if sub.paused else "0",
+        "status": sub.status,
+        "is_admin": "1" if sub.is_admin else "0",
+        "plan_expires_at": _epoch(sub.plan_expires_at),
+        "language": sub.language,
+        "username": sub.username or "",
+        "first_name": sub.first_name or "",
+    }
+
+
+def _jsonb(value: Any) -> str | None:
+    """A filter value as jsonb text; an unset filter is SQL NULL."""
+    return None if value is None else json.dumps(value)
+
+
+def _epoch(moment: datetime | None) -> str:
+    return "" if moment is None else repr(moment.timestamp())
+
+
+def _from_epoch(raw: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(raw), UTC) if raw else None
+
+
+# One row per subscriber; the plan is the latest expiry of their unrevoked subscriptions
+# (grants chain from the previous expiry, so the latest is when the plan runs out).
+_SELECT = """
+SELECT u.telegram_id, u.username, u.first_name, u.language, u.status, u.paused,
+       COALESCE(s.filters, '{}'::jsonb) AS filters,
+       (SELECT max(sub.expires_at) FROM subscriptions sub
+         WHERE sub.user_id = u.id AND sub.revoked_at IS NULL) AS plan_expires_at
+  FROM users u
+  LEFT JOIN user_settings s ON s.user_id = u.id
+"""
+
+
+class SubscriberStore:
+    """Business queries on subscribers over SmartCache, Redis and PostgreSQL (see the module doc)."""
+
+    def __init__(
+        self,
+        redis: RedisManager,
+        postgres: PostgresManager,
+        caches: CacheRegistry,
+        admin_ids: frozenset[int],
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.redis = redis
+        self.postgres = postgres
+        self.caches = caches
+        self.admin_ids = frozenset(admin_ids)
+        self.clock = clock
+        self._cache = caches["user_settings"]
+        # Retry entries made while Redis was down too; flushed like the Redis list.
+        self._local_retry: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self._flush_lock = asyncio.Lock()
+        # Bumped on every invalidation: a read that raced one must not cache what it read.
+        self._generation = 0
+        caches.add_listener(self._on_invalidation)
+
+    def _on_invalidation(self, name: str, key: str) -> None:
+        if name in CHANGE_CACHES:
+            self._generation += 1
+
+    # ------------------------------------------------------------------ reading
+
+    async def get(self, telegram_id: int) -> Subscriber | None:
+        """The subscriber, or None if unknown. Raises StoreUnavailable when no store can say."""
+        cached = self._cache.get(telegram_id)
+        if cached is not None:
+            return cached
+        generation = self._generation
+        sub = await self._from_redis(telegram_id)
+        if sub is None:
+            try:
+                sub = await self._from_pg(telegram_id)
+            except PG_FAILURES as exc:
+                raise StoreUnavailable(f"cannot load subscriber {telegram_id}: {exc!r}") from exc
+            if sub is None:
+                return None
+            # Redis lost it (restart of the embedded stand-in, eviction): put it back.
+            await self._write_redis(sub)
+        if generation == self._generation:
+            self._cache.set(telegram_id, sub)
+        return sub
+
+    async def receiving(self) -> list[Subscriber]:
+        """Everyone who receives alerts now, from PostgreSQL in one query (to build the match index)."""
+        await self.flush_pending()  # so PostgreSQL has every change Redis already holds
+        rows = await self.postgres.fetch(
+            _SELECT
+            + """
+             WHERE u.status = 'active' AND NOT u.paused
+               AND (u.telegram_id = ANY($1::bigint[])
+                    OR EXISTS (SELECT 1 FROM subscriptions sub
+                                WHERE sub.user_id = u.id AND sub.revoked_at IS NULL
+                                  AND sub.expires_at > $2))
+             ORDER BY u.telegram_id
+            """,
+            sorted(self.admin_ids),
+            self.clock(),
+        )
+        return [self._from_row(row) for row in rows]
+
+    def on_change(self, callback: Callable[[int], None]) -> None:
+        """`callback(telegram_id)` whenever a subscriber changes in any process (may repeat)."""
+
+        def listener(name: str, key: str) -> None:
+            if name in CHANGE_CACHES and key.lstrip("-").isdigit():
+                callback(int(key))
+
+        self.caches.add_listener(listener)
+
+    # ------------------------------------------------------------------ writing
+
+    async def register(
+        self, telegram_id: int, *, username: str | None, first_name: str | None, language_code: str | None
+    ) -> Subscriber:
+        """Create the subscriber, or refresh a returning one's name and role (their filters and
+        chosen language stay). Raises StoreUnavailable when PostgreSQL is down."""
+        role = "admin" if telegram_id in self.admin_ids else "user"
+        try:
+            async with self.postgres.transaction() as conn:
+                user_id = await conn.fetchval(
+                    """
+                    INSERT INTO users (telegram_id, username, first_name, language, role, last_seen_at)
+                    VALUES ($1, $2, $3, $4, $5, $6)
+                    ON CONFLICT (telegram_id) DO UPDATE
+                       SET username = EXCLUDED.username, first_name = EXCLUDED.first_name,
+                           role = EXCLUDED.role, last_seen_at = EXCLUDED.last_seen_at
+                    RETURNING id
+                    """,
+                    telegram_id, username, first_name, language_of(language_code), role, self.clock(),
+                )
+                await conn.execute(
+                    "INSERT INTO user_settings (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING", user_id
+                )
+            sub = await self._from_pg(telegram_id)
+        except PG_FAILURES as exc:
+            raise StoreUnavailable(f"cannot register subscriber {telegram_id}: {exc!r}") from exc
+        assert sub is not None
+        await self._merge_redis(sub, ("username", "first_name", "is_admin"))
+        await self.redis.sadd(SUBSCRIBERS_KEY, telegram_id)
+        # A new admin receives alerts at once: the matchers must hear of them.
+        await self.caches.invalidate("user_settings", telegram_id)
+        logger.info("registered subscriber %s (%s)", telegram_id, role)
+        return await self._require(telegram_id)
+
+    async def update_filters(
+        self, telegram_id: int, new: Filters, *, name: str, source: str = "command"
+    ) -> Subscriber:
+        """Save `new` (a change of filter `name`): Redis, then PostgreSQL with a history row, then
+        the settings log, then every process's cache. A PostgreSQL failure defers its part."""
+        current = await self._require(telegram_id)
+        old_value = current.filters.to_dict().get(name)
+        new_value = new.to_dict().get(name)
+        await self.redis.hset(subscriber_key(telegram_id), "filters", _filters_json(new))
+        history = {
+            "name": name, "old": old_value, "new": new_value, "source": source,
+            "changed_at": self.clock().isoformat(),
+        }
+        saved = await self._save_to_pg(telegram_id, filters=new, history=history)
+        settings_log.info(
+            "user %s %s: %s -> %s (source=%s%s)",
+            telegram_id, name, json.dumps(old_value), json.dumps(new_value), source,
+            "" if saved else ", postgres deferred",
+        )
+        return await self._changed(replace(current, filters=new))
+
+    async def set_paused(self, telegram_id: int, paused: bool) -> Subscriber:
+        current = await self._require(telegram_id)
+        await self.redis.hset(subscriber_key(telegram_id), "paused", "1" if paused else "0")
+        saved = await self._save_to_pg(telegram_id, paused=paused)
+        settings_log.info(
+            "user %s %s alerts%s", telegram_id, "paused" if paused else "resumed",
+            "" if saved else " (postgres deferred)",
+        )
+        return await self._changed(replace(current, paused=paused))
+
+    async def set_status(self, telegram_id: int, status: str) -> Subscriber:
+        """'active', 'blocked' (the user blocked the bot) or 'banned' (an admin did); saved like
+        a filter change: Redis first, PostgreSQL deferred on failure."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {sorted(STATUSES)}")
+        current = await self._require(telegram_id)
+        await self.redis.hset(subscriber_key(telegram_id), "status", status)
+        saved = await self._save_to_pg(telegram_id, status=status)
+        settings_log.info(
+            "user %s status %s -> %s%s", telegram_id, current.status, status, "" if saved else " (postgres deferred)"
+        )
+        return await self._changed(replace(current, status=status))
+
+    async def grant(self, telegram_id: int, days: int, *, granted_by: int) -> datetime:
+        """Add `days` to the plan, from its current expiry or from now; returns the new expiry.
+        Raises UnknownSubscriber, or StoreUnavailable when PostgreSQL is down."""
+        if days <= 0:
+            raise ValueError("days must be positive")
+        now = self.clock()
+        try:
+            async with self.postgres.transaction() as conn:
+                # The row lock makes concurrent grants to one user chain instead of overlap.
+                user_id = await conn.fetchval(
+                    "SELECT id FROM users WHERE telegram_id = $1 FOR UPDATE", telegram_id
+                )
+                if user_id is None:
+                    raise UnknownSubscriber(telegram_id)
+                current = await conn.fetchval(
+                    "SELECT max(expires_at) FROM subscriptions WHERE user_id = $1 AND revoked_at IS NULL",
+                    user_id,
+                )
+                starts = max(now, current) if current is not None else now
+                expires = starts + timedelta(days=days)
+                await conn.execute(
+                    """
+                    INSERT INTO subscriptions (user_id, source, granted_by, starts_at, expires_at)
+                    VALUES ($1, 'grant', $2, $3, $4)
+                    """,
+                    user_id, granted_by, starts, expires,
+                )
+        except PG_FAILURES as exc:
+            raise StoreUnavailable(f"cannot grant to {telegram_id}: {exc!r}") from exc
+        await self.refresh(telegram_id)
+        logger.info("granted %s days to %s by %s: plan until %s", days, telegram_id, granted_by, expires)
+        return expires
+
+    async def revoke(self, telegram_id: int) -> bool:
+        """End every active subscription now; False when there was none (or the user is unknown)."""
+        now = self.clock()
+        try:
+            status = await self.postgres.execute(
+                """
+                UPDATE subscriptions SET revoked_at = $2
+                 WHERE user_id = (SELECT id FROM users WHERE telegram_id = $1)
+                   AND revoked_at IS NULL AND expires_at > $2
+                """,
+                telegram_id, now,
+            )
+        except PG_FAILURES as exc:
+            raise StoreUnavailable(f"cannot revoke {telegram_id}: {exc!r}") from exc
+        revoked = int(status.split()[-1]) > 0
+        if revoked:
+            await self.refresh(telegram_id)
+            logger.info("revoked the plan of %s", telegram_id)
+        return revoked
+
+    async def refresh(self, telegram_id: int) -> Subscriber | None:
+        """Re-read the plan from PostgreSQL into Redis and every process's caches; call it after
+        changing subscriptions in PostgreSQL (payments do)."""
+        try:
+            fresh = await self._from_pg(telegram_id)
+        except PG_FAILURES as exc:
+            raise StoreUnavailable(f"cannot reload subscriber {telegram_id}: {exc!r}") from exc
+        if fresh is None:
+            return None
+        await self._merge_redis(fresh, ("plan_expires_at",))
+        await self.caches.invalidate("subscriptions", telegram_id)
+        await self.caches.invalidate("user_settings", telegram_id)
+        return await self.get(telegram_id)
+
+    async def log_activity(
+        self, actor: int | None, action: str, details: Mapping[str, Any] | None = None, *, subject: int | None = None
+    ) -> bool:
+        """A row in activity_log (user_id: `subject`'s row, else the actor's). Never raises:
+        the audit trail must not break the command it records; a failure is logged."""
+        try:
+            await self.postgres.execute(
+                """
+                INSERT INTO activity_log (user_id, actor_telegram_id, action, details)
+                VALUES ((SELECT id FROM users WHERE telegram_id = $1), $2, $3, $4)
+                """,
+                subject if subject is not None else actor, actor, action, dict(details or {}),
+            )
+        except PG_FAILURES as exc:
+            logger.error("activity_log lost %s by %s %s: %r", action, actor, dict(details or {}), exc)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ the PostgreSQL retry queue
+
+    async def flush_pending(self) -> int:
+        """Write deferred changes to PostgreSQL; returns how many entries were written. Stops at
+        the first outage (the entry goes back to the front); never raises."""
+        written = 0
+        async with self._flush_lock:
+            while (entry := await self._pop_retry()) is not None:
+                try:
+                    await self._write_entry(entry)
+                except (*_PG_PERMANENT, KeyError, ValueError, TypeError) as exc:
+                    # Retrying cannot fix a malformed entry or one PostgreSQL rejects: drop it, loudly.
+                    logger.error("dropping a deferred settings write that cannot be applied: %s (%r)", entry, exc)
+                    continue
+                except PG_FAILURES as exc:
+                    await self._push_retry(entry, front=True)
+                    logger.warning("PostgreSQL still failing (%r); deferred settings writes kept", exc)
+                    break
+                written += 1
+        if written:
+            logger.info("wrote %d deferred settings change(s) to PostgreSQL", written)
+        return written
+
+    async def pending_count(self) -> int:
+        try:
+            async with self.redis.guarded() as client:
+                remote = int(await client.llen(RETRY_KEY))
+        except _REDIS_FAILURES:
+            remote = 0
+        return remote + len(self._local_retry)
+
+    async def _save_to_pg(
+        self,
+        telegram_id: int,
+        *,
+        filters: Filters | None = None,
+        paused: bool | None = None,
+        status: str | None = None,
+        history: dict[str, Any] | None = None,
+    ) -> bool:
+        """Write the fields given (None = not changed) to PostgreSQL, or queue them for retry."""
+        entry = {
+            "telegram_id": telegram_id,
+            "filters": None if filters is None else filters.to_dict(),
+            "paused": paused,
+            "status": status,
+            "history": history,
+        }
+        try:
+            await self._write_entry(entry)
+        except PG_FAILURES as exc:
+            logger.error("PostgreSQL write of %s's settings failed (%r); kept in Redis, queued for retry",
+                         telegram_id, exc)
+            await self._push_retry(entry)
+            return False
+        await self.flush_pending()  # PostgreSQL answers again: catch up on older deferred writes
+        return True
+
+    async def _write_entry(self, entry: Mapping[str, Any]) -> None:
+        """Write the entry's fields to PostgreSQL, with the values Redis holds now (the latest;
+        the entry's own only if Redis lost them), and its history row stamped with when the
+        change really happened. Fields the entry did not change are left alone."""
+        telegram_id = int(entry["telegram_id"])
+        stored = await self.redis.hgetall(subscriber_key(telegram_id))
+        filters = paused = status = None
+        if entry.get("filters") is not None:
+            filters = json.loads(stored["filters"]) if "filters" in stored else entry["filters"]
+        if entry.get("paused") is not None:
+            paused = stored["paused"] == "1" if "paused" in stored else bool(entry["paused"])
+        if entry.get("status") is not None:
+            status = stored["status"] if stored.get("status") in STATUSES else entry["status"]
+        history = entry.get("history")
+        async with self.postgres.transaction() as conn:
+            user_id = await conn.fetchval(
+                """
+                UPDATE users SET paused = COALESCE($2, paused), status = COALESCE($3, status)
+                 WHERE telegram_id = $1 RETURNING id
+                """,
+                telegram_id, paused, status,
+            )
+            if user_id is None:
+                logger.warning("settings of unknown user %s not written to PostgreSQL", telegram_id)
+                return
+            if filters is not None:
+                await conn.execute(
+                    """
+                    INSERT INTO user_settings (user_id, filters) VALUES ($1, $2)
+                    ON CONFLICT (user_id) DO UPDATE SET filters = EXCLUDED.filters
+                    """,
+                    user_id, filters,
+                )
+            if history is not None:
+                await conn.execute(
+                    """
+                    INSERT INTO settings_history (user_id, name, old_value, new_value, source, changed_at)
+                    VALUES ($1, $2, $3, $4, $5, $6)
+                    """,
+                    user_id, history["name"], _jsonb(history["old"]), _jsonb(history["new"]),
+                    history["source"], datetime.fromisoformat(history["changed_at"]),
+                )
+
+    async def _push_retry(self, entry: Mapping[str, Any], *, front: bool = False) -> None:
+        payload = json.dumps(entry, ensure_ascii=False)
+        try:
+            async with self.redis.guarded() as client:
+                await (client.lpush(RETRY_KEY, payload) if front else client.rpush(RETRY_KEY, payload))
+        except _REDIS_FAILURES:
+            # Both stores down: this process remembers it (lost only if it also restarts).
+            (self._local_retry.appendleft if front else self._local_retry.append)(dict(entry))
+
+    async def _pop_retry(self) -> dict[str, Any] | None:
+        if self._local_retry:
+            return self._local_retry.popleft()
+        try:
+            async with self.redis.guarded() as client:
+                raw = await client.lpop(RETRY_KEY)
+        except _REDIS_FAILURES:
+            return None
+        return json.loads(raw) if raw else None
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _require(self, telegram_id: int) -> Subscriber:
+        sub = await self.get(telegram_id)
+        if sub is None:
+            raise UnknownSubscriber(telegram_id)
+        return sub
+
+    async def _changed(self, sub: Subscriber) -> Subscriber:
+        await self.caches.invalidate("user_settings", sub.telegram_id)
+        self._cache.set(sub.telegram_id, sub)
+        return sub
+
+    async def _merge_redis(self, sub: Subscriber, fields: tuple[str, ...]) -> None:
+        """Write only `fields` of `sub` when Redis has the subscriber (it may hold changes
+        PostgreSQL has not caught up with), else all of it."""
+        if await self.redis.hget(subscriber_key(sub.telegram_id), "status") is None:
+            await self._write_redis(sub)
+            return
+        whole = _to_hash(sub)
+        await self.redis.hset(subscriber_key(sub.telegram_id), mapping={name: whole[name] for name in fields})
+
+    async def _write_redis(self, sub: Subscriber) -> None:
+        await self.redis.hset(subscriber_key(sub.telegram_id), mapping=_to_hash(sub))
+        await self.redis.sadd(SUBSCRIBERS_KEY, sub.telegram_id)
+
+    async def _from_redis(self, telegram_id: int) -> Subscriber | None:
+        try:
+            stored = await self.redis.hgetall(subscriber_key(telegram_id))
+        except _REDIS_FAILURES as exc:
+            logger.warning("Redis read of subscriber %s failed (%r); reading PostgreSQL", telegram_id, exc)
+            return None
+        if "status" not in stored or "filters" not in stored:
+            return None  # absent, or a partial hash: PostgreSQL has the whole subscriber
+        try:
+            return Subscriber(
+                telegram_id=telegram_id,
+                filters=Filters.from_dict(json.loads(stored["filters"])),
+                paused=stored.get("paused") == "1",
+                status=stored["status"],
+                # ADMIN_IDS decides, so a changed setting takes effect without touching the stores.
+                is_admin=telegram_id in self.admin_ids,
+                plan_expires_at=_from_epoch(stored.get("plan_expires_at")),
+                language=stored.get("language") or "en",
+                username=stored.get("username") or None,
+                first_name=stored.get("first_name") or None,
+            )
+        except (ValueError, TypeError) as exc:
+            logger.error("unreadable Redis hash for subscriber %s (%r); reading PostgreSQL", telegram_id, exc)
+            return None
+
+    async def _from_pg(self, telegram_id: int) -> Subscriber | None:
+        row = await self.postgres.fetchrow(_SELECT + " WHERE u.telegram_id = $1", telegram_id)
+        return None if row is None else self._from_row(row)
+
+    def _from_row(self, row: Mapping[str, Any]) -> Subscriber:
+        return Subscriber(
+            telegram_id=int(row["telegram_id"]),
+            filters=Filters.from_dict(row["filters"] or {}),
+            paused=bool(row["paused"]),
+            status=row["status"],
+            is_admin=int(row["telegram_id"]) in self.admin_ids,
+            plan_expires_at=row["plan_expires_at"],
+            language=row["language"],
+            username=row["username"],
+            first_name=row["first_name"],
+        )

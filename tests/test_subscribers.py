@@ -1,0 +1,243 @@
+"""SubscriberStore against real Redis and PostgreSQL: caches, Redis hash, PostgreSQL, retry queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from managers.migrations import apply_migrations
+from managers.postgres import PostgresManager
+from managers.redis_manager import RedisManager
+from services.cache import CacheRegistry
+from services.filters import Filters, set_filter, unset_filter
+from services.subscribers import (
+    RETRY_KEY,
+    SUBSCRIBERS_KEY,
+    SubscriberStore,
+    UnknownSubscriber,
+    subscriber_key,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+ADMIN = 1000
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Stores:
+    redis: RedisManager
+    postgres: PostgresManager
+    caches: CacheRegistry
+    database_url: str
+    redis_url: str
+
+    def store(self, clock: Callable[[], datetime] = lambda: NOW) -> SubscriberStore:
+        return SubscriberStore(self.redis, self.postgres, self.caches, frozenset({ADMIN}), clock=clock)
+
+
+@pytest.fixture
+async def stores(redis_url: str, database_url: str) -> AsyncIterator[Stores]:
+    await apply_migrations(database_url)
+    redis = RedisManager.from_url(redis_url)
+    await redis.start()
+    postgres = PostgresManager(database_url, min_size=1, max_size=4)
+    await postgres.start()
+    caches = CacheRegistry(redis)
+    await caches.start()
+    yield Stores(redis, postgres, caches, database_url, redis_url)
+    await caches.stop()
+    await postgres.close()
+    await redis.close()
+
+
+@pytest.fixture
+def store(stores: Stores) -> SubscriberStore:
+    return stores.store()
+
+
+async def register(store: SubscriberStore, telegram_id: int, language_code: str = "en") -> None:
+    await store.register(telegram_id, username=f"user{telegram_id}", first_name="Ann", language_code=language_code)
+
+
+async def test_register_and_get_round_trip(stores: Stores, store: SubscriberStore) -> None:
+    created = await store.register(42, username="alice", first_name="Alice", language_code="ru-RU")
+    assert (created.telegram_id, created.username, created.first_name, created.language) == (42, "alice", "Alice", "ru")
+    assert created.filters == Filters() and not created.paused and created.status == "active"
+    assert not created.is_admin and created.plan_expires_at is None
+
+    stored = await stores.redis.hgetall(subscriber_key(42))
+    assert stored["status"] == "active" and stored["filters"] == "{}" and stored["language"] == "ru"
+    assert "42" in await stores.redis.smembers(SUBSCRIBERS_KEY)
+
+    # A second process (its own caches) reads the same subscriber.
+    other = SubscriberStore(stores.redis, stores.postgres, CacheRegistry(stores.redis), frozenset({ADMIN}))
+    assert await other.get(42) == created
+    assert await store.get(999) is None
+
+    # A returning user keeps their filters and the language they had.
+    await store.update_filters(42, set_filter(Filters(), "min_holders", "100"), name="min_holders")
+    again = await store.register(42, username="alice2", first_name="Alice", language_code="en")
+    assert again.filters.min_holders == 100 and again.username == "alice2" and again.language == "ru"
+    assert await stores.postgres.fetchval("SELECT count(*) FROM users") == 1
+
+
+async def test_admins_come_from_admin_ids(stores: Stores, store: SubscriberStore) -> None:
+    admin = await store.register(ADMIN, username=None, first_name=None, language_code=None)
+    assert admin.is_admin and admin.receives_alerts(NOW) and admin.language == "en"
+    assert await stores.postgres.fetchval("SELECT role FROM users WHERE telegram_id = $1", ADMIN) == "admin"
+    assert await stores.redis.hget(subscriber_key(ADMIN), "is_admin") == "1"
+
+
+async def test_update_filters_writes_redis_postgres_history_and_log(
+    stores: Stores, store: SubscriberStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await register(store, 7)
+    with caplog.at_level(logging.INFO, logger="alertbot.settings"):
+        first = await store.update_filters(7, set_filter(Filters(), "min_mcap", "50k"), name="min_mcap")
+        second = await store.update_filters(7, set_filter(first.filters, "min_mcap", "1.5m"), name="min_mcap")
+        await store.update_filters(7, unset_filter(second.filters, "min_mcap"), name="min_mcap", source="menu")
+
+    assert json.loads(await stores.redis.hget(subscriber_key(7), "filters")) == {}
+    assert (await store.get(7)).filters == Filters()
+    history = await stores.postgres.fetch(
+        """SELECT h.name, h.old_value, h.new_value, h.source FROM settings_history h
+           JOIN users u ON u.id = h.user_id WHERE u.telegram_id = 7 ORDER BY h.id"""
+    )
+    assert [tuple(row) for row in history] == [
+        ("min_mcap", None, 50000.0, "command"),
+        ("min_mcap", 50000.0, 1500000.0, "command"),
+        ("min_mcap", 1500000.0, None, "menu"),
+    ]
+    lines = [r.getMessage() for r in caplog.records if r.name == "alertbot.settings"]
+    assert len(lines) == 3 and "user 7 min_mcap: null -> 50000.0" in lines[0]
+
+    await store.update_filters(7, set_filter(Filters(), "channels", "@Alpha, -100123"), name="channels")
+    pg_filters = await stores.postgres.fetchval(
+        "SELECT s.filters FROM user_settings s JOIN users u ON u.id = s.user_id WHERE u.telegram_id = 7"
+    )
+    assert pg_filters == {"channels": ["-100123", "@alpha"]}
+    with pytest.raises(UnknownSubscriber):
+        await store.update_filters(8, Filters(min_holders=1), name="min_holders")
+
+
+async def test_get_reads_postgres_when_redis_lost_the_hash_and_refills_it(
+    stores: Stores, store: SubscriberStore
+) -> None:
+    await register(store, 7, "ru")
+    await store.update_filters(7, set_filter(Filters(), "max_age", "2h"), name="max_age")
+    await store.grant(7, 30, granted_by=ADMIN)
+    expected = await store.get(7)
+    await stores.redis.delete(subscriber_key(7))
+
+    fresh = SubscriberStore(stores.redis, stores.postgres, CacheRegistry(stores.redis), frozenset({ADMIN}))
+    assert await fresh.get(7) == expected
+    stored = await stores.redis.hgetall(subscriber_key(7))
+    assert json.loads(stored["filters"]) == {"max_age": 120} and stored["language"] == "ru"
+    assert float(stored["plan_expires_at"]) == (NOW + timedelta(days=30)).timestamp()
+
+
+async def test_grant_extends_from_the_current_expiry_or_from_now(stores: Stores) -> None:
+    past = NOW - timedelta(days=100)
+    await register(stores.store(), 5)
+    expired = await stores.store(clock=lambda: past).grant(5, 30, granted_by=ADMIN)
+    assert expired == past + timedelta(days=30)
+
+    store = stores.store()
+    assert not (await store.get(5)).has_active_plan(NOW)
+    first = await store.grant(5, 10, granted_by=ADMIN)  # the old plan ran out: count from now
+    assert first == NOW + timedelta(days=10)
+    second = await store.grant(5, 30, granted_by=ADMIN)  # still running: extend it
+    assert second == NOW + timedelta(days=40)
+    sub = await store.get(5)
+    assert sub.plan_expires_at == second and sub.receives_alerts(NOW)
+    assert float(await stores.redis.hget(subscriber_key(5), "plan_expires_at")) == second.timestamp()
+    rows = await stores.postgres.fetch("SELECT source, granted_by FROM subscriptions")
+    assert [tuple(r) for r in rows] == [("grant", ADMIN)] * 3
+
+    with pytest.raises(UnknownSubscriber):
+        await store.grant(6, 10, granted_by=ADMIN)
+    assert await store.revoke(5) is True
+    assert not (await store.get(5)).receives_alerts(NOW)
+    assert await store.revoke(5) is False
+
+
+async def test_receiving_is_admins_and_live_plans_only(stores: Stores) -> None:
+    store = stores.store()
+    for telegram_id in (ADMIN, 1, 2, 3, 4, 5, 6):
+        await register(store, telegram_id)
+    await store.grant(1, 30, granted_by=ADMIN)  # receives
+    await store.grant(2, 30, granted_by=ADMIN)
+    await store.set_paused(2, True)  # paused
+    await stores.store(clock=lambda: NOW - timedelta(days=60)).grant(3, 30, granted_by=ADMIN)  # expired
+    await store.grant(4, 30, granted_by=ADMIN)
+    await store.revoke(4)  # revoked
+    await store.grant(5, 30, granted_by=ADMIN)
+    await stores.postgres.execute("UPDATE users SET status = 'banned' WHERE telegram_id = 5")  # banned
+    # 6 never had a plan.
+
+    receiving = await store.receiving()
+    assert [s.telegram_id for s in receiving] == [1, ADMIN]
+    by_id = {s.telegram_id: s for s in receiving}
+    assert by_id[ADMIN].is_admin and by_id[1].plan_expires_at == NOW + timedelta(days=30)
+    await store.set_paused(2, False)
+    assert {s.telegram_id for s in await store.receiving()} == {1, 2, ADMIN}
+
+
+async def test_on_change_fires_in_another_process(stores: Stores, store: SubscriberStore) -> None:
+    await register(store, 7)
+    # A second "process": its own Redis connection, cache registry and store.
+    other_redis = RedisManager.from_url(stores.redis_url)
+    await other_redis.start()
+    other_caches = CacheRegistry(other_redis)
+    await other_caches.start()
+    try:
+        other = SubscriberStore(other_redis, stores.postgres, other_caches, frozenset({ADMIN}))
+        assert (await other.get(7)).filters == Filters()  # now cached over there
+        changed: asyncio.Queue[int] = asyncio.Queue()
+        other.on_change(changed.put_nowait)
+
+        await store.update_filters(7, set_filter(Filters(), "min_holders", "50"), name="min_holders")
+        assert await asyncio.wait_for(changed.get(), timeout=5) == 7
+        assert (await other.get(7)).filters.min_holders == 50  # its cache was dropped
+
+        await store.grant(7, 3, granted_by=ADMIN)
+        assert await asyncio.wait_for(changed.get(), timeout=5) == 7
+    finally:
+        await other_caches.stop()
+        await other_redis.close()
+
+
+async def test_postgres_failure_keeps_the_change_and_writes_it_later(stores: Stores, store: SubscriberStore) -> None:
+    await register(store, 7)
+    await stores.postgres.close()  # PostgreSQL is gone for this process
+
+    saved = await store.update_filters(7, set_filter(Filters(), "min_holders", "100"), name="min_holders")
+    assert saved.filters.min_holders == 100
+    assert (await store.get(7)).filters.min_holders == 100
+    assert json.loads(await stores.redis.hget(subscriber_key(7), "filters")) == {"min_holders": 100}
+    assert await store.pending_count() == 1
+    assert await store.flush_pending() == 0  # still down: kept
+    assert await stores.redis.client.llen(RETRY_KEY) == 1
+
+    conn = await asyncpg.connect(stores.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM settings_history") == 0
+        await stores.postgres.start()  # back
+        await store.set_paused(7, True)  # the next successful write catches up
+        assert await store.pending_count() == 0
+        assert await conn.fetchval(
+            "SELECT s.filters::text FROM user_settings s JOIN users u ON u.id = s.user_id WHERE u.telegram_id = 7"
+        ) == '{"min_holders": 100}'
+        row = await conn.fetchrow("SELECT name, old_value::text, new_value::text, changed_at FROM settings_history")
+        assert tuple(row) == ("min_holders", None, "100", NOW)
+        assert await conn.fetchval("SELECT paused FROM users WHERE telegram_id = 7") is True
+    finally:
+        await conn.close()
