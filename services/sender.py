@@ -1,0 +1,561 @@
+"""Delivery of bot messages at the pace Telegram allows, without losing any.
+
+Telegram's limits (bots FAQ): about 30 messages per second per bot, 1 per second per private
+chat, 20 per minute per group or channel; beyond them it answers 429 with `retry_after`.
+`AlertSender` keeps below all three on its own:
+
+* one pacer task hands out sends one at a time through `AsyncLimiter(1, 1/global_rate)`, i.e.
+  evenly spaced with no bucket to burst from after an idle spell;
+* every chat has a "next allowed" time, set from when its previous send *completed* (Telegram
+  recorded the send before our answer came back, so the spacing it sees is never shorter);
+* the pacer picks the best message among the chats that are ready now, so a message waiting on
+  its chat's interval never holds up messages to other chats (no head-of-line blocking);
+* at most one send per chat is in flight, which keeps each chat's messages in order;
+* `workers` sends may be in flight at once, because one HTTP round trip takes longer than the
+  1/global_rate gap between sends.
+
+A 429 pauses all sending for `retry_after` (the flood wait is per bot) and the message is tried
+again; a recipient that went away (blocked, deleted, kicked) is reported through `on_gone` and
+never retried; network and server errors are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import itertools
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from aiogram import Bot
+from aiogram.enums import ParseMode
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import LinkPreviewOptions, Message
+from aiolimiter import AsyncLimiter
+
+__all__ = ["AlertSender", "DeliveryError", "OnGone", "OnSent"]
+
+logger = logging.getLogger("alertbot.sender")
+sent_logger = logging.getLogger("alertbot.sent")
+
+OnGone = Callable[[int, str], Awaitable[None] | None]
+OnSent = Callable[[int, Message, dict[str, Any]], Awaitable[None] | None]
+
+LATENCY_WINDOW = 1000  # deliveries the latency percentiles are computed over
+_META_VALUE_MAX = 100
+
+# Errors after which the same request may well succeed: retried with backoff.
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TelegramServerError,  # 5xx, including RestartingTelegram
+    TelegramNetworkError,  # aiogram's wrapper for timeouts and connection errors
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+
+class DeliveryError(Exception):
+    """`send_now` could not deliver: the recipient is gone, or the send failed for good."""
+
+    def __init__(self, chat_id: int, reason: str, *, gone: bool = False) -> None:
+        super().__init__(f"chat {chat_id}: {reason}")
+        self.chat_id = chat_id
+        self.reason = reason
+        self.gone = gone
+
+
+@dataclass(eq=False)
+class _Job:
+    priority: int
+    seq: int  # submission order: FIFO within a priority
+    chat_id: int
+    html: str
+    reply_markup: Any
+    meta: dict[str, Any]
+    future: asyncio.Future[Message] | None = None
+    failures: int = 0  # transient failures so far
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.priority, self.seq)
+
+
+@dataclass
+class _Counters:
+    sent: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+    failed: int = 0
+    gone: int = 0
+    dropped: int = 0  # still queued when stop(drain=False) gave up
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+
+class AlertSender:
+    """Queue messages with `submit` (or `send_now` for the result); they go out at Telegram's pace."""
+
+    def __init__(
+        self,
+        bot: Bot,
+        *,
+        global_rate: float = 30,
+        per_chat_interval: float = 1.0,
+        group_rate_per_minute: float = 20,
+        workers: int = 8,
+        max_retries: int = 5,
+        on_gone: OnGone | None = None,
+        on_sent: OnSent | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        request_timeout: float = 20.0,
+        link_preview: bool = False,
+    ) -> None:
+        if global_rate <= 0 or per_chat_interval < 0 or group_rate_per_minute <= 0:
+            raise ValueError("rates must be positive")
+        if workers < 1 or max_retries < 0:
+            raise ValueError("workers must be at least 1 and max_retries not negative")
+        self._bot = bot
+        self._limiter = AsyncLimiter(1, 1 / global_rate)
+        self._private_interval = per_chat_interval
+        self._group_interval = 60.0 / group_rate_per_minute
+        self._workers = workers
+        self._max_retries = max_retries
+        self._on_gone = on_gone
+        self._on_sent = on_sent
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._request_timeout = request_timeout
+        self._link_preview = None if link_preview else LinkPreviewOptions(is_disabled=True)
+
+        # Per chat: its own heap of (priority, seq, job), so each chat keeps priority + FIFO order.
+        self._queues: dict[int, list[tuple[int, int, _Job]]] = {}
+        # Candidate chats: (priority, seq, chat) of the chat's head when it was ready. Entries go
+        # stale (head changed, chat busy or waiting again) and are checked when they surface.
+        self._ready: list[tuple[int, int, int]] = []
+        self._sleeping: list[tuple[float, int]] = []  # (time the chat may send again, chat)
+        self._next_allowed: dict[int, float] = {}
+        self._busy: set[int] = set()  # chats with a send in flight
+        self._queued = 0
+        self._active = 0  # sends taken from the queue and not finished yet
+        self._paused_until = 0.0
+        self._seq = itertools.count()
+        self._counters = _Counters()
+
+        self._wakeup = asyncio.Event()  # a chat may have become ready
+        self._progress = asyncio.Event()  # a send finished (or the pacer ended); stop(drain=True) re-checks
+        self._slots: asyncio.Semaphore | None = None
+        self._pacer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._pacer is not None:
+            raise RuntimeError("sender already started")
+        if not self._accepting:
+            raise RuntimeError("a stopped sender cannot be restarted")
+        self._slots = asyncio.Semaphore(self._workers)
+        self._pacer = asyncio.create_task(self._pace(), name="alert-sender")
+        self._pacer.add_done_callback(self._pacer_ended)
+
+    async def stop(self, drain: bool = True, *, timeout: float | None = None) -> None:
+        """Stop taking messages; with `drain`, first deliver what is queued (up to `timeout` s).
+
+        Whatever is still queued afterwards is dropped (counted and logged); sends already in
+        flight are allowed to finish.
+        """
+        self._accepting = False
+        if drain and self._pacer is not None:
+            try:
+                await asyncio.wait_for(self._drained(), timeout)
+            except asyncio.TimeoutError:
+                logger.warning("stop: %d message(s) still pending after %.1fs", self.pending(), timeout)
+        if self._pacer is not None:
+            self._pacer.cancel()
+            await asyncio.gather(self._pacer, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._drop_queued()
+
+    async def __aenter__(self) -> AlertSender:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Leaving normally delivers what was queued; leaving on an error does not wait for it.
+        await self.stop(drain=exc_type is None)
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(
+        self,
+        chat_id: int,
+        html: str,
+        *,
+        priority: int = 10,
+        reply_markup: Any = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue a message (Telegram HTML); returns at once. Lower `priority` goes sooner."""
+        self._enqueue(chat_id, html, priority, reply_markup, meta, None)
+
+    async def send_now(
+        self,
+        chat_id: int,
+        html: str,
+        *,
+        priority: int = 0,
+        reply_markup: Any = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Message:
+        """Queue a message ahead of alerts by default and wait for Telegram's answer.
+
+        Raises `DeliveryError` when the recipient is gone or the send failed for good.
+        """
+        if self._pacer is None:
+            raise RuntimeError("send_now needs a started sender")
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._enqueue(chat_id, html, priority, reply_markup, meta, future)
+        return await future
+
+    def pending(self) -> int:
+        """Messages queued or being sent."""
+        return self._queued + self._active
+
+    def stats(self) -> dict[str, Any]:
+        counters = self._counters
+        latencies = sorted(counters.latencies)
+
+        def percentile(share: float) -> float | None:
+            if not latencies:
+                return None
+            return latencies[min(len(latencies) - 1, math.ceil(share * len(latencies)) - 1)]
+
+        return {
+            "sent": counters.sent,
+            "retried": counters.retried,
+            "rate_limited": counters.rate_limited,
+            "failed": counters.failed,
+            "gone": counters.gone,
+            "dropped": counters.dropped,
+            "pending": self.pending(),
+            "in_flight": self._active,
+            "paused_for": max(0.0, self._paused_until - time.monotonic()),
+            "latency_p50": percentile(0.50),
+            "latency_p95": percentile(0.95),
+            "latency_max": latencies[-1] if latencies else None,
+        }
+
+    # ------------------------------------------------------------------ queue
+
+    def _enqueue(
+        self,
+        chat_id: int,
+        html: str,
+        priority: int,
+        reply_markup: Any,
+        meta: dict[str, Any] | None,
+        future: asyncio.Future[Message] | None,
+    ) -> None:
+        if not self._accepting:
+            raise RuntimeError("the sender is stopped")
+        job = _Job(priority, next(self._seq), int(chat_id), html, reply_markup, dict(meta or {}), future)
+        self._push(job)
+
+    def _push(self, job: _Job) -> None:
+        queue = self._queues.setdefault(job.chat_id, [])
+        new_head = not queue or job.key < queue[0][:2]
+        heapq.heappush(queue, (job.priority, job.seq, job))
+        self._queued += 1
+        if new_head:
+            self._schedule(job.chat_id)
+
+    def _schedule(self, chat_id: int) -> None:
+        """Make an idle chat with queued messages a candidate now, or when its interval ends."""
+        queue = self._queues.get(chat_id)
+        if not queue or chat_id in self._busy:
+            return
+        allowed = self._next_allowed.get(chat_id, 0.0)
+        if allowed > time.monotonic():
+            heapq.heappush(self._sleeping, (allowed, chat_id))
+        else:
+            priority, seq, _ = queue[0]
+            heapq.heappush(self._ready, (priority, seq, chat_id))
+        self._wakeup.set()
+
+    def _wake_sleepers(self, now: float) -> None:
+        while self._sleeping and self._sleeping[0][0] <= now:
+            _, chat_id = heapq.heappop(self._sleeping)
+            self._schedule(chat_id)
+
+    def _has_ready(self, now: float) -> bool:
+        """Whether the top candidate is valid, discarding stale ones on the way."""
+        while self._ready:
+            priority, seq, chat_id = self._ready[0]
+            queue = self._queues.get(chat_id)
+            if (
+                queue
+                and chat_id not in self._busy
+                and queue[0][:2] == (priority, seq)
+                and self._next_allowed.get(chat_id, 0.0) <= now
+            ):
+                return True
+            heapq.heappop(self._ready)
+        return False
+
+    def _pop_ready(self) -> _Job | None:
+        now = time.monotonic()
+        self._wake_sleepers(now)
+        if not self._has_ready(now):
+            return None
+        _, _, chat_id = heapq.heappop(self._ready)
+        queue = self._queues[chat_id]
+        _, _, job = heapq.heappop(queue)
+        if not queue:
+            del self._queues[chat_id]
+        self._queued -= 1
+        self._active += 1
+        self._busy.add(chat_id)
+        return job
+
+    async def _wait_ready(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._wake_sleepers(now)
+            if self._has_ready(now):
+                return
+            self._wakeup.clear()
+            delay = self._sleeping[0][0] - now if self._sleeping else None
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _wait_unpaused(self) -> None:
+        while (delay := self._paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+
+    async def _drained(self) -> None:
+        while self.pending() and self._pacer is not None and not self._pacer.done():
+            self._progress.clear()
+            await self._progress.wait()
+
+    def _pacer_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the sender's pacer crashed; nothing more will be sent", exc_info=task.exception())
+        self._progress.set()  # a drain waiting for it must not wait forever
+
+    def _drop_queued(self) -> None:
+        dropped = [job for queue in self._queues.values() for _, _, job in queue]
+        self._queues.clear()
+        self._ready.clear()
+        self._sleeping.clear()
+        self._queued = 0
+        for job in dropped:
+            self._counters.dropped += 1
+            if job.future is not None and not job.future.done():
+                job.future.set_exception(DeliveryError(job.chat_id, "the sender stopped"))
+        if dropped:
+            logger.warning("stop: dropped %d queued message(s)", len(dropped))
+
+    # ------------------------------------------------------------------ sending
+
+    async def _pace(self) -> None:
+        assert self._slots is not None
+        while True:
+            await self._slots.acquire()
+            try:
+                job = await self._next_job()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.create_task(self._deliver(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _next_job(self) -> _Job:
+        while True:
+            await self._wait_unpaused()
+            await self._wait_ready()
+            # The limiter comes after a message is ready, so time spent idle is never saved up
+            # into a burst; the job is picked after it, so a message submitted meanwhile with a
+            # better priority still goes first.
+            await self._limiter.acquire()
+            if self._paused_until > time.monotonic():
+                continue  # a flood wait began while we waited; sending now earns another 429
+            job = self._pop_ready()
+            if job is not None:
+                return job
+
+    def _interval(self, chat_id: int) -> float:
+        # Positive ids are users; groups, supergroups and channels are negative.
+        return self._private_interval if chat_id > 0 else self._group_interval
+
+    async def _deliver(self, job: _Job) -> None:
+        assert self._slots is not None
+        chat_id = job.chat_id
+        message: Message | None = None
+        gone: tuple[str, list[_Job]] | None = None  # (reason, messages that will never go)
+        migrated: str | None = None
+        try:
+            message = await self._bot.send_message(
+                chat_id=chat_id,
+                text=job.html,
+                parse_mode=ParseMode.HTML,
+                reply_markup=job.reply_markup,
+                link_preview_options=self._link_preview,
+                request_timeout=math.ceil(self._request_timeout),
+            )
+        except TelegramRetryAfter as exc:
+            self._counters.rate_limited += 1
+            self._paused_until = max(self._paused_until, time.monotonic() + exc.retry_after)
+            logger.warning("429 from Telegram: all sending paused for %ss", exc.retry_after)
+            self._retry(job)
+        except TelegramMigrateToChat as exc:
+            # The group became a supergroup: its messages go to the new id, in their order.
+            migrated = f"migrated to {exc.migrate_to_chat_id}"
+            self._move_chat(chat_id, exc.migrate_to_chat_id, job)
+        except TelegramForbiddenError as exc:
+            gone = (exc.message, self._take_chat(chat_id, job))
+        except TelegramBadRequest as exc:
+            if "chat not found" in exc.message.lower():
+                gone = (exc.message, self._take_chat(chat_id, job))
+            else:  # bad markup, text too long...: the same request would fail again
+                self._fail(job, exc.message)
+        except TelegramEntityTooLarge as exc:  # a TelegramNetworkError, but not a transient one
+            self._fail(job, exc.message)
+        except _TRANSIENT_ERRORS as exc:
+            job.failures += 1
+            if job.failures > self._max_retries:
+                self._fail(job, f"{type(exc).__name__}: {exc} (after {self._max_retries} retries)")
+            else:
+                backoff = min(self._backoff_base * 2 ** (job.failures - 1), self._backoff_max)
+                # Only this chat waits out the backoff; the others keep going.
+                self._next_allowed[chat_id] = time.monotonic() + backoff
+                logger.info("send to chat %s failed (%s); retry %d in %.2fs",
+                            chat_id, type(exc).__name__, job.failures, backoff)
+                self._retry(job)
+        except TelegramAPIError as exc:  # 401, 404, 409: not something a retry fixes
+            self._fail(job, f"{type(exc).__name__}: {exc.message}")
+        except Exception as exc:  # noqa: BLE001 - a surprise must not kill the sender
+            logger.exception("unexpected error sending to chat %s", chat_id)
+            self._fail(job, f"{type(exc).__name__}: {exc}")
+        else:
+            self._next_allowed[chat_id] = time.monotonic() + self._interval(chat_id)
+        finally:
+            self._active -= 1
+            self._busy.discard(chat_id)
+            self._schedule(chat_id)
+            self._prune_next_allowed()
+            self._slots.release()
+            self._progress.set()
+
+        # Callbacks run after the bookkeeping, so a slow one never holds a chat or a worker slot.
+        if message is not None:
+            await self._succeeded(job, message)
+        elif gone is not None:
+            await self._report_gone(chat_id, *gone)
+        elif migrated is not None and self._on_gone is not None:
+            await _call(self._on_gone, chat_id, migrated)
+
+    def _retry(self, job: _Job) -> None:
+        self._counters.retried += 1
+        self._push(job)
+
+    def _fail(self, job: _Job, reason: str) -> None:
+        self._counters.failed += 1
+        logger.error("send to chat %s failed for good: %s %s", job.chat_id, reason, _format_meta(job.meta))
+        if job.future is not None and not job.future.done():
+            job.future.set_exception(DeliveryError(job.chat_id, reason))
+
+    def _take_chat(self, chat_id: int, job: _Job) -> list[_Job]:
+        """`job` and everything still queued for its chat, removed from the queue."""
+        queued = [other for _, _, other in self._queues.pop(chat_id, [])]
+        self._queued -= len(queued)
+        return [job, *queued]
+
+    def _move_chat(self, old_chat_id: int, new_chat_id: int, job: _Job) -> None:
+        for moved in self._take_chat(old_chat_id, job):
+            moved.chat_id = new_chat_id
+            self._retry(moved)
+
+    async def _succeeded(self, job: _Job, message: Message) -> None:
+        self._counters.sent += 1
+        latency: float | None = None
+        received_at = job.meta.get("received_at")
+        if isinstance(received_at, (int, float)) and received_at > 0:
+            latency = time.perf_counter() - received_at
+            self._counters.latencies.append(latency)
+        sent_logger.info(
+            "chat=%s message_id=%s%s %s",
+            job.chat_id,
+            message.message_id,
+            f" latency_ms={latency * 1000:.0f}" if latency is not None else "",
+            _format_meta(job.meta),
+        )
+        if job.future is not None and not job.future.done():
+            job.future.set_result(message)
+        if self._on_sent is not None:
+            await _call(self._on_sent, job.chat_id, message, job.meta)
+
+    async def _report_gone(self, chat_id: int, reason: str, casualties: list[_Job]) -> None:
+        # The rest of the chat's queue was dropped too: it would only fail the same way.
+        self._counters.gone += len(casualties)
+        logger.info("chat %s is gone (%s); %d message(s) not sent", chat_id, reason, len(casualties))
+        for casualty in casualties:
+            if casualty.future is not None and not casualty.future.done():
+                casualty.future.set_exception(DeliveryError(chat_id, reason, gone=True))
+        if self._on_gone is not None:
+            await _call(self._on_gone, chat_id, reason)
+
+    def _prune_next_allowed(self) -> None:
+        # One entry per chat ever messaged would grow forever; past times mean nothing.
+        if len(self._next_allowed) > 10_000:
+            now = time.monotonic()
+            self._next_allowed = {c: t for c, t in self._next_allowed.items() if t > now}
+
+
+async def _call(callback: Callable[..., Any], *args: Any) -> None:
+    """Run a user callback, sync or async; its errors are logged, never raised into the sender."""
+    try:
+        result = callback(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:  # noqa: BLE001
+        logger.exception("sender callback %r failed", callback)
+
+
+def _format_meta(meta: dict[str, Any]) -> str:
+    """key=value pairs for the log line; never the message body, never a raw newline."""
+    parts: list[str] = []
+    for key, value in meta.items():
+        if key == "received_at":
+            continue
+        text = str(value)[:_META_VALUE_MAX]
+        if not text.isprintable() or " " in text or "=" in text:
+            text = repr(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
