@@ -1,28 +1,47 @@
 """`alertbot demo`: the real service on embedded stores and a local Bot API, shown in the terminal.
 
 Nothing here is a mock of our own code: the demo starts the same `Runtime` as `alertbot run`,
-against the protocol-level Bot API double from tests/doubles, and plays a scripted subscriber.
+against the protocol-level doubles from tests/doubles (a Bot API server that enforces
+Telegram's limits, and a WebSocket feed playing the bundled recorded stream), and plays a
+scripted subscriber plus three subscribers with different filters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TextIO
 
 from bot.config import Settings
 from bot.logs import setup_logging
 from bot.runtime import Runtime
-from tests.doubles.telegram_api import FakeTelegramServer
+from services.filters import Filters, set_filter
+from tests.doubles.feed_server import FeedServer
+from tests.doubles.feedgen import load_sample
+from tests.doubles.telegram_api import FakeTelegramServer, SentRecord
 
 DEMO_TOKEN = "123456789:DEMO-token-for-the-local-bot-api-server"
+DEMO_ADMIN = 1000
 DEMO_USER_ID = 1001
 DEMO_USER_NAME = "Alice"
 REPLY_TIMEOUT = 15.0
+FEED_TIMEOUT = 120.0
+# The recording is replayed at 500 frames a second, as a busy live feed would deliver it, so the
+# latency shown is the bot's own, not the wait behind 1,500 frames arriving in one burst.
+FEED_INTERVAL = 0.002
+
+# (telegram id, name, filters as a subscriber would type them)
+DEMO_SUBSCRIBERS: list[tuple[int, str, dict[str, str]]] = [
+    (2001, "Whale Watcher", {"min_mcap": "500k"}),
+    (2002, "Consensus Trader", {"min_channels": "7"}),
+    (2003, "Quality Hunter", {"min_channels": "5", "min_win_rate": "40", "max_mcap": "1m"}),
+]
 
 _TAG = re.compile(r"<[^>]+>")
 
@@ -40,46 +59,104 @@ def _free_port() -> int:
 
 def _show(out: TextIO, who: str, message: str) -> None:
     lines = message.splitlines() or [""]
-    print(f"  {who:>8} │ {lines[0]}", file=out)
+    print(f"  {who:>16} │ {lines[0]}", file=out)
     for line in lines[1:]:
-        print(f"  {'':>8} │ {line}", file=out)
+        print(f"  {'':>16} │ {line}", file=out)
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+async def _conversation(telegram: FakeTelegramServer, out: TextIO) -> None:
+    for command in ("/start", "/set min_mcap 50k", "/filters"):
+        before = len(telegram.messages_to(DEMO_USER_ID))
+        _show(out, DEMO_USER_NAME, command)
+        telegram.inject_message(DEMO_USER_ID, command, first_name=DEMO_USER_NAME, username="alice_demo")
+        await telegram.wait_for(lambda: len(telegram.messages_to(DEMO_USER_ID)) > before, timeout=REPLY_TIMEOUT)
+        _show(out, "bot", terminal_text(telegram.messages_to(DEMO_USER_ID)[-1].raw_text or ""))
+        print("", file=out)
+
+
+async def _subscribers(runtime: Runtime) -> dict[int, str]:
+    assert runtime.store is not None and runtime.index_sync is not None
+    names: dict[int, str] = {}
+    for telegram_id, name, typed in DEMO_SUBSCRIBERS:
+        filters = Filters()
+        for key, value in typed.items():
+            filters = set_filter(filters, key, value)
+        await runtime.store.register(telegram_id, username=None, first_name=name, language_code="en")
+        await runtime.store.update_filters(telegram_id, filters, name=",".join(typed))
+        await runtime.store.grant(telegram_id, 30, granted_by=DEMO_ADMIN)
+        names[telegram_id] = name
+    await runtime.index_sync.settle()
+    return names
 
 
 async def run_demo(out: TextIO = sys.stdout) -> int:
     work = Path(tempfile.mkdtemp(prefix="abdemo"))
-    async with FakeTelegramServer() as telegram:
+    frames = load_sample()
+    async with FakeTelegramServer() as telegram, FeedServer(frames, interval=FEED_INTERVAL) as feed:
         settings = Settings(
-            _env_file=None,
-            bot_token=DEMO_TOKEN,
-            telegram_api_url=telegram.base_url,
-            redis_url=None,
-            database_url=None,
-            webhook_url=None,
-            stream_url=None,
-            http_port=_free_port(),
-            log_dir=work / "logs",
+            _env_file=None, bot_token=DEMO_TOKEN, telegram_api_url=telegram.base_url, redis_url=None,
+            database_url=None, webhook_url=None, stream_url=feed.url, admin_ids=[DEMO_ADMIN],
+            http_port=_free_port(), log_dir=work / "logs",
         )
         setup_logging(settings.log_dir, settings.secrets(), console_level=None)
         runtime = Runtime(settings, data_dir=work, ephemeral_data=True)
         print("Token Alert Bot demo", file=out)
-        print(f"  Bot API : local test server at {telegram.base_url}", file=out)
+        print(f"  Bot API : local test server at {telegram.base_url} (enforces Telegram's limits)", file=out)
+        print(f"  feed    : {len(frames):,} recorded frames from {feed.url}", file=out)
         print("  stores  : embedded PostgreSQL (migrations applied), embedded Redis stand-in", file=out)
         print(f"  logs    : {settings.log_dir}", file=out)
         print("", file=out)
         await runtime.start()
         try:
+            names = await _subscribers(runtime)
+            for telegram_id, name, typed in DEMO_SUBSCRIBERS:
+                print(f"  subscriber {name} ({telegram_id}): " + ", ".join(f"{k} {v}" for k, v in typed.items()),
+                      file=out)
+            print("", file=out)
+            shown = 0
+
+            def new_alerts() -> list[SentRecord]:
+                return [r for r in telegram.sent if r.chat_id in names][shown:]
+
+            started = time.perf_counter()
             await runtime.begin_receiving()
-            for command in ("/start", "/help"):
-                before = len(telegram.messages_to(DEMO_USER_ID))
-                _show(out, DEMO_USER_NAME, command)
-                telegram.inject_message(DEMO_USER_ID, command, first_name=DEMO_USER_NAME, username="alice_demo")
-                await telegram.wait_for(
-                    lambda: len(telegram.messages_to(DEMO_USER_ID)) > before, timeout=REPLY_TIMEOUT
-                )
-                reply = telegram.messages_to(DEMO_USER_ID)[-1]
-                _show(out, "bot", terminal_text(reply.text or ""))
-                print("", file=out)
+            await _conversation(telegram, out)
+            [stream] = runtime.streams
+            # Print each alert as it is delivered, until the whole feed is processed and sent.
+            while True:
+                for record in new_alerts():
+                    shown += 1
+                    _show(out, f"→ {names[record.chat_id]}", terminal_text(record.raw_text or ""))
+                    print("", file=out)
+                if stream.stats.frames >= len(frames) and not new_alerts():
+                    try:
+                        await runtime.drained(timeout=0.05)
+                    except asyncio.TimeoutError:
+                        continue
+                    if not new_alerts():
+                        break
+                if time.perf_counter() - started > FEED_TIMEOUT:
+                    raise TimeoutError("the demo feed was not processed in time")
+                await asyncio.sleep(0.05)
+            assert runtime.service is not None
+            stats = runtime.service.stats
+            latencies = list(stats.latencies_ms)
+            print("Summary", file=out)
+            print(f"  frames read        : {stream.stats.frames:,} ({stream.stats.events:,} events, "
+                  f"{stream.stats.malformed} malformed)", file=out)
+            print(f"  calls processed    : {stats.calls:,}", file=out)
+            for telegram_id, name in names.items():
+                count = len(telegram.messages_to(telegram_id))
+                print(f"  alerts to {name:<17}: {count}", file=out)
+            print(f"  frame → sender     : p50 {_percentile(latencies, 0.5):.2f} ms, "
+                  f"p99 {_percentile(latencies, 0.99):.2f} ms", file=out)
+            print(f"  Telegram 429s      : {telegram.stats.rejected_429}", file=out)
         finally:
             await runtime.stop()
-    print("demo finished: the bot answered every message.", file=out)
+    print("demo finished.", file=out)
     return 0

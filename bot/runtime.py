@@ -26,15 +26,28 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
+from bot.alert_outbox import AlertOutbox
 from bot.config import Settings, require
 from bot.middlewares.flood_control import FloodControlMiddleware
 from bot.routers import get_routers
 from managers.embedded_postgres import start_embedded_postgres
+from managers.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
+from managers.stream import StreamManager
+from services.cache import CacheRegistry
+from services.channels import ChannelDirectory
+from services.dedup import AlertLedger
+from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
+from services.index_sync import IndexSync
+from services.matching import SubscriberIndex
 from services.metrics import Metrics
+from services.notification import NotificationService, ProcessingWorkers
+from services.persistence import PersistenceWriter
+from services.sender import AlertSender
+from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.runtime")
 
@@ -42,8 +55,19 @@ DEFAULT_DATA_DIR = Path("./data")
 
 BOT_COMMANDS: list[BotCommand] = [
     BotCommand(command="start", description="Welcome and main menu"),
+    BotCommand(command="filters", description="Your filters"),
+    BotCommand(command="set", description="Set a filter: /set min_mcap 50k"),
+    BotCommand(command="unset", description="Remove a filter"),
+    BotCommand(command="pause", description="Pause alerts"),
+    BotCommand(command="resume", description="Resume alerts"),
     BotCommand(command="help", description="What the bot can do"),
 ]
+PIPELINE_WORKERS = 4
+# Alerts of the last 14 days, to rebuild the dedup records when Redis starts empty (embedded).
+RECENT_ALERTS_SQL = """
+SELECT a.token_address, u.telegram_id, a.created_at FROM alerts a JOIN users u ON u.id = a.user_id
+WHERE a.created_at > now() - interval '14 days'
+"""
 
 
 def create_bot(token: str, api_url: str) -> Bot:
@@ -72,11 +96,24 @@ class Runtime:
     ephemeral_data: bool = False
     metrics: Metrics = field(default_factory=Metrics)
     serving: ServingFlag = field(default_factory=ServingFlag)
+    pipeline_workers: int = PIPELINE_WORKERS
+    # Passed to every StreamManager (timings); tests shorten the reconnect delays.
+    stream_options: dict[str, Any] = field(default_factory=dict)
 
     redis: RedisManager | None = None
     postgres: PostgresManager | None = None
     bot: Bot | None = None
     dispatcher: Dispatcher | None = None
+    caches: CacheRegistry | None = None
+    store: SubscriberStore | None = None
+    index: SubscriberIndex = field(default_factory=SubscriberIndex)
+    index_sync: IndexSync | None = None
+    persistence: PersistenceWriter | None = None
+    sender: AlertSender | None = None
+    service: NotificationService | None = None
+    queue: EventQueue = field(default_factory=EventQueue)
+    workers: ProcessingWorkers | None = None
+    streams: list[StreamManager] = field(default_factory=list)
     http_port: int | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _polling: asyncio.Task[None] | None = None
@@ -85,6 +122,13 @@ class Runtime:
         parts: dict[str, Any] = {}
         parts["redis"] = self.redis.health() if self.redis else {"status": "down"}
         parts["postgres"] = await self.postgres.health() if self.postgres else {"status": "down"}
+        if self.streams:
+            states = [stream.health() for stream in self.streams]
+            parts["stream"] = states[0] if len(states) == 1 else {
+                "status": "ok" if all(s["status"] == "ok" for s in states) else "degraded", "feeds": states}
+        else:
+            parts["stream"] = {"status": "off", "reason": "STREAM_URL and PUMPPORTAL_URL are unset"}
+        parts["queue"] = self.queue.health()
         return parts
 
     async def open_stores(self) -> None:
@@ -120,14 +164,94 @@ class Runtime:
             assert self.settings.bot_token is not None
             self.bot = create_bot(self.settings.bot_token.get_secret_value(), self.settings.telegram_api_url)
             self._stack.push_async_callback(self.bot.session.close)
+            await self._start_pipeline()
             self.dispatcher = build_dispatcher(
-                settings=self.settings, redis=self.redis, postgres=self.postgres, metrics=self.metrics
+                settings=self.settings, redis=self.redis, postgres=self.postgres, metrics=self.metrics,
+                store=self.store,
             )
             await self._start_http()
             await self.bot.set_my_commands(BOT_COMMANDS)
         except BaseException:
             await self._stack.aclose()
             raise
+
+    async def _start_pipeline(self) -> None:
+        """Subscribers, matching, dedup, persistence and sending; the feeds start with receiving."""
+        assert self.redis is not None and self.postgres is not None and self.bot is not None
+        self.caches = CacheRegistry(self.redis)
+        await self.caches.start()
+        self._stack.push_async_callback(self.caches.stop)
+        self.store = SubscriberStore(self.redis, self.postgres, self.caches, self.settings.admin_id_set)
+        self.index_sync = IndexSync(self.store, self.index)
+        await self.index_sync.load()
+        self.persistence = PersistenceWriter(self.postgres)
+        await self.persistence.start()
+        self._stack.push_async_callback(self.persistence.stop)
+        ledger = AlertLedger(self.redis)
+        if self.redis.embedded:
+            rows = await self.postgres.fetch(RECENT_ALERTS_SQL)
+            seeded = await ledger.seed_alerted((r["token_address"], r["telegram_id"], r["created_at"]) for r in rows)
+            logger.info("rebuilt %d alert records from PostgreSQL into the embedded Redis", seeded)
+        self.sender = AlertSender(self.bot, on_gone=self._recipient_gone)
+        await self.sender.start()
+        self._stack.push_async_callback(self._stop_sender)
+        channels = ChannelDirectory(self.redis, self.postgres, self.caches, self.persistence)
+        self.service = NotificationService(
+            index=self.index, ledger=ledger, channels=channels, deliver=AlertOutbox(self.sender, self.index),
+            persistence=self.persistence,
+        )
+        self.workers = ProcessingWorkers(self.queue, self.service, self.pipeline_workers)
+        await self.workers.start()
+        self._stack.push_async_callback(self.workers.stop)
+        components = {
+            "pipeline": self.service.stats.numbers, "queue": lambda: self.queue.stats.__dict__,
+            "sender": self.sender.stats, "cache": self.caches.stats,
+            "persistence": lambda: self.persistence.stats.__dict__ if self.persistence else {},
+        }
+        for name, provider in components.items():
+            self.metrics.components.add(name, provider)
+
+    async def _stop_sender(self) -> None:
+        if self.sender is not None:
+            await self.sender.stop(drain=True, timeout=10)
+
+    async def _recipient_gone(self, chat_id: int, reason: str) -> None:
+        """Telegram says the chat is gone: stop sending to it until the user comes back."""
+        if self.store is None:
+            return
+        try:
+            await self.store.set_status(chat_id, "blocked")
+        except (UnknownSubscriber, StoreUnavailable) as exc:
+            logger.warning("could not mark %s inactive (%s): %s", chat_id, reason, exc)
+
+    def _build_streams(self) -> list[StreamManager]:
+        settings = self.settings
+        streams: list[StreamManager] = []
+        if settings.stream_url:
+            streams.append(StreamManager(
+                settings.stream_url, parse_alert_frame, self.queue.put, poll_url=settings.stream_poll_url, name="feed",
+                **self.stream_options,
+            ))
+        if settings.pumpportal_url:
+            key = settings.pumpportal_api_key.get_secret_value() if settings.pumpportal_api_key else None
+            # No SOL/USD source is configured yet: PumpPortal market caps stay unknown, so tokens
+            # from it pass only filters that do not need a market cap.
+            streams.append(StreamManager(
+                pumpportal_url(settings.pumpportal_url, key), pumpportal_parser(lambda: None), self.queue.put,
+                name="pumpportal", **self.stream_options,
+            ))
+        return streams
+
+    async def _start_streams(self) -> None:
+        self.streams = self._build_streams()
+        for stream in self.streams:
+            if stream.name == "pumpportal":
+                await stream.subscribe("subscribeNewToken")
+                await stream.subscribe("subscribeMigration")
+            await stream.start()
+            self._stack.push_async_callback(stream.stop)
+        self.metrics.components.add("stream", lambda: {
+            k: v for s in self.streams for k, v in s.stats.__dict__.items()})
 
     async def _start_http(self) -> None:
         assert self.bot is not None and self.dispatcher is not None
@@ -169,7 +293,20 @@ class Runtime:
                 name="telegram-polling",
             )
             logger.info("long polling %s", self.settings.telegram_api_url)
+        await self._start_streams()
         self.serving.serving = True
+
+    async def drained(self, timeout: float = 30.0) -> None:
+        """Wait until every frame read so far is processed and every alert handed to Telegram."""
+        async def settled() -> None:
+            while True:
+                busy = (self.queue.qsize() or (self.workers and not self.workers.idle)
+                        or (self.sender and self.sender.pending()))
+                if not busy:
+                    return
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(settled(), timeout)
 
     async def stop(self) -> None:
         self.serving.serving = False

@@ -1,0 +1,181 @@
+"""From an event to alerts: the token pipeline's decisions, with I/O only through its collaborators.
+
+For a call: remember the calling channel, gather every calling channel's latest statistics,
+match all subscribers at once (services.matching), claim the matches atomically
+(services.dedup), and hand each won alert to `deliver` (which renders and queues the message).
+Persistence is fire-and-forget so nothing here waits for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from services.channels import ChannelDirectory, ChannelInfo
+from services.dedup import AlertLedger, accepted_record
+from services.event_queue import EventQueue
+from services.events import CallerLine, CallEvent, ChannelStatsEvent, CreateEvent, Event, MigrateEvent, PriceEvent, TokenInfo
+from services.filters import TokenFacts
+from services.matching import SubscriberIndex
+from services.persistence import PersistenceWriter
+
+logger = logging.getLogger("alertbot.pipeline")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class AlertBatch:
+    """One call's alerts: the same token message for each of `telegram_ids`."""
+
+    telegram_ids: tuple[int, ...]
+    token: TokenInfo
+    callers: tuple[CallerLine, ...]
+    seen_at: datetime
+    received_at: float  # perf_counter of the frame, for latency
+
+
+@dataclass
+class PipelineStats:
+    calls: int = 0
+    creates: int = 0
+    prices: int = 0
+    channel_updates: int = 0
+    other: int = 0
+    matched: int = 0
+    alerts: int = 0
+    duplicates_avoided: int = 0
+    errors: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def latency_percentile(self, share: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+    def numbers(self) -> dict[str, float]:
+        out: dict[str, float] = {
+            k: v for k, v in self.__dict__.items() if isinstance(v, int)
+        }
+        for name, share in (("latency_p50_ms", 0.5), ("latency_p99_ms", 0.99)):
+            value = self.latency_percentile(share)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+class NotificationService:
+    def __init__(
+        self, *, index: SubscriberIndex, ledger: AlertLedger, channels: ChannelDirectory,
+        deliver: Callable[[AlertBatch], None], persistence: PersistenceWriter | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.index = index
+        self.ledger = ledger
+        self.channels = channels
+        self.deliver = deliver
+        self.persistence = persistence
+        self.clock = clock
+        self.stats = PipelineStats()
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, CallEvent):
+            await self.on_call(event)
+        elif isinstance(event, PriceEvent):
+            self.stats.prices += 1
+            if self.persistence is not None:
+                self.persistence.price(event)
+        elif isinstance(event, ChannelStatsEvent):
+            self.stats.channel_updates += 1
+            await self.channels.update_stats(event)
+        elif isinstance(event, CreateEvent):
+            # A new token no channel has called yet: remembered, alerted only once called.
+            self.stats.creates += 1
+            if self.persistence is not None:
+                self.persistence.token(event.token, event.created_at)
+        elif isinstance(event, MigrateEvent):
+            self.stats.other += 1
+
+    async def on_call(self, event: CallEvent) -> list[int]:
+        """Process one call; returns the subscribers alerted by it."""
+        self.stats.calls += 1
+        now = self.clock()
+        token = event.token
+        await self.channels.note_caller(event.channel)
+        call_times = await self.ledger.record_call(token.address, event.channel.id, event.called_at)
+        callers = await self.channels.callers(call_times, {event.channel.id: event.channel})
+        facts = TokenFacts(token.market_cap_usd, token.liquidity_usd, token.holders, token.created_at)
+        matched = self.index.match(facts, event.called_at, [c.facts() for c in callers], now)
+        self.stats.matched += len(matched)
+        if self.persistence is not None:
+            self.persistence.token(token, now)
+            self.persistence.call(event)
+        if not matched:
+            return []
+        known = set(self.ledger.already_alerted(token.address, matched))
+        candidates = [user for user in matched if user not in known]
+        won = await self.ledger.claim(token.address, candidates, accepted_record(now, call_times)) if candidates else []
+        self.stats.duplicates_avoided += len(matched) - len(won)
+        if not won:
+            return []
+        caller_lines = _caller_lines(callers, call_times)
+        self.deliver(AlertBatch(tuple(won), token, caller_lines, now, event.received_at))
+        if self.persistence is not None:
+            self.persistence.alerts(won, token, [c.channel_id for c in caller_lines], now)
+        self.stats.alerts += len(won)
+        if event.received_at:
+            self.stats.latencies_ms.append((time.perf_counter() - event.received_at) * 1000)
+        return won
+
+
+def _caller_lines(callers: list[ChannelInfo], call_times: dict[str, datetime]) -> tuple[CallerLine, ...]:
+    """The calling channels as the alert lists them, first caller first."""
+    ordered = sorted(callers, key=lambda c: call_times[c.id])
+    return tuple(CallerLine(c.id, c.name, c.username, c.win_rate, c.avg_gain, call_times[c.id]) for c in ordered)
+
+
+class ProcessingWorkers:
+    """Workers taking events off the queue; one failing event is logged and never stops them."""
+
+    def __init__(self, queue: EventQueue, service: NotificationService, workers: int = 4) -> None:
+        self.queue = queue
+        self.service = service
+        self.count = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy = 0
+
+    @property
+    def idle(self) -> bool:
+        return self._busy == 0 and self.queue.qsize() == 0
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"pipeline-worker-{i}") for i in range(self.count)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _work(self) -> None:
+        while True:
+            event = await self.queue.get()
+            self._busy += 1
+            try:
+                await self.service.handle(event)
+            except Exception:  # noqa: BLE001 - one bad event must not stop the pipeline
+                self.service.stats.errors += 1
+                logger.exception("failed to process %s", getattr(event, "key", event))
+            finally:
+                self._busy -= 1

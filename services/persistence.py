@@ -1,0 +1,193 @@
+"""Tokens, channels, calls, prices and alerts reach PostgreSQL in batches, off the alert path.
+
+The pipeline only appends to in-memory batches (no await); a background task writes them.
+If PostgreSQL is slow or down, alerts go out all the same and the rows wait, in order, until
+it answers; only past `max_pending` rows would the oldest be dropped, and that is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from managers.postgres import PostgresManager
+from services.events import CallEvent, ChannelStatsEvent, PriceEvent, TokenInfo
+
+logger = logging.getLogger("alertbot.persistence")
+
+UPSERT_CHANNEL = """
+INSERT INTO channels (id, name, username, win_rate, avg_gain, calls, stats_updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (id) DO UPDATE SET
+    name = COALESCE(EXCLUDED.name, channels.name),
+    username = COALESCE(EXCLUDED.username, channels.username),
+    win_rate = COALESCE(EXCLUDED.win_rate, channels.win_rate),
+    avg_gain = COALESCE(EXCLUDED.avg_gain, channels.avg_gain),
+    calls = COALESCE(EXCLUDED.calls, channels.calls),
+    stats_updated_at = COALESCE(EXCLUDED.stats_updated_at, channels.stats_updated_at)
+"""
+UPSERT_TOKEN = """
+INSERT INTO tokens (address, symbol, name, chain, market_cap_usd, liquidity_usd, holders, price_usd,
+                    created_at, image_url, first_seen_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (address) DO UPDATE SET
+    symbol = COALESCE(EXCLUDED.symbol, tokens.symbol),
+    name = COALESCE(EXCLUDED.name, tokens.name),
+    market_cap_usd = COALESCE(EXCLUDED.market_cap_usd, tokens.market_cap_usd),
+    liquidity_usd = COALESCE(EXCLUDED.liquidity_usd, tokens.liquidity_usd),
+    holders = COALESCE(EXCLUDED.holders, tokens.holders),
+    price_usd = COALESCE(EXCLUDED.price_usd, tokens.price_usd),
+    created_at = COALESCE(tokens.created_at, EXCLUDED.created_at),
+    image_url = COALESCE(EXCLUDED.image_url, tokens.image_url)
+"""
+INSERT_CALL = """
+INSERT INTO calls (token_address, channel_id, called_at, market_cap_usd, price_usd)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (token_address, channel_id) DO NOTHING
+"""
+UPDATE_PRICE = """
+UPDATE tokens SET price_usd = $2, market_cap_usd = COALESCE($3, market_cap_usd), price_updated_at = $4
+WHERE address = $1 AND (price_updated_at IS NULL OR price_updated_at <= $4)
+"""
+# One row per call that alerted, whatever the number of subscribers it alerted.
+INSERT_ALERTS = """
+INSERT INTO alerts (user_id, token_address, market_cap_usd, price_usd, channel_ids, created_at)
+SELECT u.id, $2, $3, $4, $5, $6 FROM users u WHERE u.telegram_id = ANY($1::bigint[])
+ON CONFLICT (user_id, token_address) DO NOTHING
+"""
+# Order matters: calls reference tokens and channels, alerts reference tokens.
+WRITE_ORDER = ("channel", "token", "call", "price", "alert")
+STATEMENTS = {
+    "channel": UPSERT_CHANNEL, "token": UPSERT_TOKEN, "call": INSERT_CALL, "price": UPDATE_PRICE, "alert": INSERT_ALERTS,
+}
+
+
+@dataclass
+class PersistenceStats:
+    queued: int = 0
+    written: int = 0
+    batches: int = 0
+    failures: int = 0
+    dropped: int = 0
+
+
+class PersistenceWriter:
+    def __init__(
+        self, postgres: PostgresManager, *, batch_size: int = 1_000, flush_interval: float = 0.2,
+        max_pending: int = 200_000,
+    ) -> None:
+        self.postgres = postgres
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self._rows: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.stats = PersistenceStats()
+
+    # -- what the pipeline calls: never awaits -----------------------------------------------------
+
+    def _add(self, kind: str, row: tuple[Any, ...]) -> None:
+        if len(self._rows) >= self.max_pending:
+            self._rows.popleft()
+            self.stats.dropped += 1
+        self._rows.append((kind, row))
+        self.stats.queued += 1
+        if len(self._rows) >= self.batch_size:
+            self._wakeup.set()
+
+    def channel(self, event: ChannelStatsEvent | None = None, *, id: str | None = None, name: str | None = None,
+                username: str | None = None, at: datetime | None = None) -> None:
+        if event is not None:
+            self._add("channel", (event.id, event.name, event.username, event.win_rate, event.avg_gain,
+                                  event.calls, at))
+        else:
+            self._add("channel", (id, name, username, None, None, None, None))
+
+    def token(self, token: TokenInfo, seen_at: datetime) -> None:
+        self._add("token", (token.address, token.symbol, token.name, token.chain, token.market_cap_usd,
+                            token.liquidity_usd, token.holders, token.price_usd, token.created_at,
+                            token.image_url, seen_at))
+
+    def call(self, event: CallEvent) -> None:
+        self._add("call", (event.token.address, event.channel.id, event.called_at, event.token.market_cap_usd,
+                           event.token.price_usd))
+
+    def price(self, event: PriceEvent) -> None:
+        self._add("price", (event.address, event.price_usd, event.market_cap_usd, event.ts))
+
+    def alerts(self, telegram_ids: list[int], token: TokenInfo, channel_ids: list[str], at: datetime) -> None:
+        self._add("alert", (telegram_ids, token.address, token.market_cap_usd, token.price_usd, channel_ids, at))
+
+    # -- the background writer ---------------------------------------------------------------------
+
+    def pending(self) -> int:
+        return len(self._rows)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="persistence-writer")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), timeout)
+        if self._rows:
+            logger.error("stopped with %d rows not written to PostgreSQL", len(self._rows))
+
+    async def _run(self) -> None:
+        backoff = self.flush_interval
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
+            self._wakeup.clear()
+            try:
+                await self.flush()
+                backoff = self.flush_interval
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL trouble: keep rows, retry later
+                self.stats.failures += 1
+                backoff = min(max(backoff * 2, 0.5), 30.0)
+                logger.warning("PostgreSQL write failed (%s); %d rows wait, retry in %.1fs", exc, len(self._rows), backoff)
+
+    async def flush(self) -> None:
+        """Write everything queued so far, in dependency order; rows stay queued if it fails."""
+        while self._rows:
+            taken = [self._rows.popleft() for _ in range(min(len(self._rows), self.batch_size))]
+            grouped: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in WRITE_ORDER}
+            for kind, row in taken:
+                grouped[kind].append(row)
+            try:
+                async with self.postgres.transaction() as connection:
+                    for kind in WRITE_ORDER:
+                        if grouped[kind]:
+                            await connection.executemany(STATEMENTS[kind], grouped[kind])
+            except asyncpg.PostgresError as exc:
+                # The server answered but refused some row: write row by row so one bad row
+                # cannot hold back the rest forever.
+                logger.warning("batch refused (%s); writing its %d rows one by one", exc, len(taken))
+                await self._write_one_by_one(grouped)
+            except BaseException:
+                self._rows.extendleft(reversed(taken))
+                raise
+            self.stats.written += len(taken)
+            self.stats.batches += 1
+
+    async def _write_one_by_one(self, grouped: dict[str, list[tuple[Any, ...]]]) -> None:
+        for kind in WRITE_ORDER:
+            for row in grouped[kind]:
+                try:
+                    await self.postgres.execute(STATEMENTS[kind], *row)
+                except asyncpg.PostgresError as exc:
+                    self.stats.dropped += 1
+                    logger.error("dropped a %s row PostgreSQL refuses: %s (%r)", kind, exc, row[:2])

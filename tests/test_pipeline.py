@@ -1,0 +1,139 @@
+"""The token pipeline's decisions against real Redis: who is alerted, and never twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from managers.redis_manager import RedisManager
+from services.cache import CacheRegistry
+from services.channels import ChannelDirectory
+from services.dedup import AlertLedger
+from services.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
+from services.filters import Filters
+from services.matching import SubscriberIndex
+from services.notification import NotificationService, AlertBatch
+from services.subscribers import Subscriber
+
+def _split(batch: AlertBatch) -> list[AlertBatch]:
+    return [AlertBatch((one,), batch.token, batch.callers, batch.seen_at, batch.received_at) for one in batch.telegram_ids]
+
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+GOOD = ChannelStatsEvent(id="-1001", name="Good Calls", username="goodcalls", win_rate=0.6, avg_gain=3.0, calls=50)
+POOR = ChannelStatsEvent(id="-1002", name="Poor Calls", username="poorcalls", win_rate=0.1, avg_gain=1.1, calls=80)
+OTHERS = [ChannelStatsEvent(id=f"-10{i}", name=f"Other {i}", win_rate=0.3, avg_gain=1.5) for i in range(10, 15)]
+
+SUBSCRIBERS = [
+    Subscriber(telegram_id=1, filters=Filters(min_mcap=20_000), is_admin=True),  # loose
+    Subscriber(telegram_id=2, filters=Filters(min_win_rate=50), plan_expires_at=T0 + timedelta(days=30)),
+    Subscriber(telegram_id=3, filters=Filters(max_mcap=30_000, min_holders=100), plan_expires_at=T0 + timedelta(days=30)),
+    Subscriber(telegram_id=4, filters=Filters()),  # no plan: never alerted
+]
+
+
+def call(address: str, channel: ChannelStatsEvent, minutes: int, mcap: float = 41_250, holders: int | None = 212) -> CallEvent:
+    token = TokenInfo(address=address, symbol="TKN", name="Token", market_cap_usd=mcap, holders=holders,
+                      created_at=T0 - timedelta(minutes=30))
+    return CallEvent(token=token, channel=ChannelRef(channel.id, channel.name, channel.username),
+                     called_at=T0 + timedelta(minutes=minutes))
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[RedisManager]:
+    manager = RedisManager.from_url(redis_url)
+    await manager.start()
+    yield manager
+    await manager.close()
+
+
+async def build(redis: RedisManager, sent: list[AlertBatch]) -> NotificationService:
+    caches = CacheRegistry(redis)
+    channels = ChannelDirectory(redis, None, caches)
+    service = NotificationService(
+        index=SubscriberIndex(SUBSCRIBERS), ledger=AlertLedger(redis), channels=channels, deliver=lambda batch: sent.extend(_split(batch)),
+        clock=lambda: T0 + timedelta(hours=1),
+    )
+    for stats in (GOOD, POOR, *OTHERS):
+        await service.handle(stats)
+    return service
+
+
+async def test_each_subscriber_gets_what_their_filters_pass(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    service = await build(redis, sent)
+    assert sorted(await service.on_call(call("A" * 44, GOOD, 1))) == [1, 2]  # 3: mcap above 30k
+    assert sorted(await service.on_call(call("B" * 44, POOR, 2, mcap=25_000))) == [1, 3]  # 2: win rate
+    assert await service.on_call(call("C" * 44, POOR, 3, mcap=25_000, holders=None)) == [1]  # 3 needs holders
+    assert {a.telegram_ids[0] for a in sent} == {1, 2, 3}
+    alert = next(a for a in sent if a.telegram_ids[0] == 2)
+    assert alert.callers[0].name == "Good Calls" and alert.callers[0].win_rate == 0.6
+
+
+async def test_five_channels_one_alert(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    service = await build(redis, sent)
+    for minute, channel in enumerate([GOOD, *OTHERS[:4]]):
+        await service.on_call(call("D" * 44, channel, minute))
+    assert sorted(a.telegram_ids[0] for a in sent) == [1, 2]
+    assert service.stats.calls == 5 and service.stats.alerts == 2
+
+
+async def test_rejected_then_upgraded_by_a_passing_channel(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    service = await build(redis, sent)
+    assert 2 not in await service.on_call(call("E" * 44, POOR, 1))
+    assert await service.on_call(call("E" * 44, GOOD, 5)) == [2]
+    assert await service.on_call(call("E" * 44, OTHERS[0], 9)) == []
+    assert [a.telegram_ids[0] for a in sent].count(2) == 1
+    upgraded = next(a for a in sent if a.telegram_ids[0] == 2)
+    assert [c.channel_id for c in upgraded.callers] == [POOR.id, GOOD.id]  # both callers, in call order
+
+
+async def test_min_channels_counts_channels_across_calls(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    service = await build(redis, sent)
+    service.index.upsert(Subscriber(telegram_id=5, filters=Filters(min_channels=3), is_admin=True))
+    assert 5 not in await service.on_call(call("F" * 44, OTHERS[0], 1))
+    assert 5 not in await service.on_call(call("F" * 44, OTHERS[0], 2))  # same channel again: still one
+    assert 5 not in await service.on_call(call("F" * 44, OTHERS[1], 3))
+    assert 5 in await service.on_call(call("F" * 44, OTHERS[2], 4))
+
+
+async def test_a_restart_between_two_calls_never_repeats_an_alert(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    first = await build(redis, sent)
+    await first.on_call(call("G" * 44, GOOD, 1))
+    restarted = await build(redis, sent)  # new process: nothing in memory, same Redis
+    await restarted.on_call(call("G" * 44, OTHERS[0], 2))
+    assert sorted(a.telegram_ids[0] for a in sent) == [1, 2]
+
+
+async def test_two_workers_racing_on_one_token_alert_once(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    services = [await build(redis, sent) for _ in range(4)]
+    await asyncio.gather(*(s.on_call(call("H" * 44, channel, i)) for i, (s, channel) in
+                           enumerate(zip(services, [GOOD, OTHERS[0], OTHERS[1], OTHERS[2]]))))
+    assert sorted(a.telegram_ids[0] for a in sent) == [1, 2]
+
+
+async def test_redis_outage_keeps_alerting_without_repeats(redis_url: str) -> None:
+    from tests.doubles.tcp_proxy import TcpProxy
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        manager = RedisManager.from_url(f"redis://127.0.0.1:{proxy.port}{parts.path}")
+        await manager.start()
+        try:
+            sent: list[AlertBatch] = []
+            service = await build(manager, sent)
+            await proxy.stop_forwarding()
+            await service.on_call(call("J" * 44, GOOD, 1))
+            await service.on_call(call("J" * 44, OTHERS[0], 2))
+            assert sorted(a.telegram_ids[0] for a in sent) == [1, 2]
+        finally:
+            await manager.close()
