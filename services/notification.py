@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from services.channels import ChannelDirectory, ChannelInfo
-from services.dedup import AlertLedger, accepted_record
+from services.dedup import AlertLedger
 from services.event_queue import EventQueue
 from services.events import CallerLine, CallEvent, ChannelStatsEvent, CreateEvent, Event, MigrateEvent, PriceEvent, TokenInfo
 from services.filters import TokenFacts
@@ -123,7 +123,7 @@ class NotificationService:
             return []
         known = set(self.ledger.already_alerted(token.address, matched))
         candidates = [user for user in matched if user not in known]
-        won = await self.ledger.claim(token.address, candidates, accepted_record(now, call_times)) if candidates else []
+        won = await self.ledger.claim(token.address, candidates) if candidates else []
         self.stats.duplicates_avoided += len(matched) - len(won)
         if not won:
             return []
