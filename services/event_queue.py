@@ -48,25 +48,26 @@ class EventQueue:
     def health(self) -> dict[str, int]:
         return {"size": len(self._items), "capacity": self.capacity}
 
+    def _merged_into_queued(self, event: PriceEvent) -> bool:
+        """Fold a price update into the one already queued for its token, if there is one."""
+        slot = self._price_slots.get(event.address)
+        if slot is None:
+            return False
+        if event.ts >= slot.event.ts:
+            slot.event = event
+        self.stats.merged += 1
+        return True
+
     async def put(self, event: Event) -> None:
-        if isinstance(event, PriceEvent):
-            slot = self._price_slots.get(event.address)
-            if slot is not None:
-                if event.ts >= slot.event.ts:
-                    slot.event = event
-                self.stats.merged += 1
-                return
+        if isinstance(event, PriceEvent) and self._merged_into_queued(event):
+            return
         if len(self._items) >= self.capacity:
             self.stats.waits += 1
             async with self._not_full:
                 await self._not_full.wait_for(lambda: len(self._items) < self.capacity)
         if isinstance(event, PriceEvent):
             # A slot for this token may have been queued while we waited for room.
-            slot = self._price_slots.get(event.address)
-            if slot is not None:
-                if event.ts >= slot.event.ts:
-                    slot.event = event
-                self.stats.merged += 1
+            if self._merged_into_queued(event):
                 return
             slot = _PriceSlot(event)
             self._price_slots[event.address] = slot
