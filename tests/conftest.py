@@ -15,12 +15,18 @@ import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+
+from managers.migrations import apply_migrations
+from managers.postgres import PostgresManager
+from managers.redis_manager import RedisManager
+from services.cache import CacheRegistry
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -125,3 +131,29 @@ async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@dataclass
+class Stores:
+    """Both stores, migrated and started, with a cache registry on the Redis."""
+
+    redis: RedisManager
+    postgres: PostgresManager
+    caches: CacheRegistry
+    database_url: str
+    redis_url: str
+
+
+@pytest.fixture
+async def stores(redis_url: str, database_url: str) -> AsyncIterator[Stores]:
+    await apply_migrations(database_url)
+    redis = RedisManager.from_url(redis_url)
+    await redis.start()
+    postgres = PostgresManager(database_url, min_size=1, max_size=4)
+    await postgres.start()
+    caches = CacheRegistry(redis)
+    await caches.start()
+    yield Stores(redis, postgres, caches, database_url, redis_url)
+    await caches.stop()
+    await postgres.close()
+    await redis.close()

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
+from tests.conftest import Stores
 from aiogram import Bot, Dispatcher
 
 from bot.config import Settings
 from bot.middlewares.flood_control import FloodControlMiddleware
 from bot.runtime import build_dispatcher, create_bot
 from bot.texts import TEXTS
-from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
-from services.cache import CacheRegistry
 from services.filters import FILTER_SPECS
 from services.subscribers import SubscriberStore, subscriber_key
 from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
@@ -55,14 +55,8 @@ class Env:
 
 
 @pytest.fixture
-async def env(redis_url: str, database_url: str) -> AsyncIterator[Env]:
-    await apply_migrations(database_url)
-    redis = RedisManager.from_url(redis_url)
-    await redis.start()
-    postgres = PostgresManager(database_url, min_size=1, max_size=4)
-    await postgres.start()
-    caches = CacheRegistry(redis)
-    await caches.start()
+async def env(stores: Stores) -> AsyncIterator[Env]:
+    redis, postgres, caches = stores.redis, stores.postgres, stores.caches
     async with FakeTelegramServer(limits=RateLimits.unlimited()) as server:
         settings = Settings(
             _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url, admin_ids=[ADMIN]
@@ -80,9 +74,6 @@ async def env(redis_url: str, database_url: str) -> AsyncIterator[Env]:
         finally:
             await dp.stop_polling()
             await asyncio.wait_for(polling, timeout=10)
-    await caches.stop()
-    await postgres.close()
-    await redis.close()
 
 
 async def test_set_then_filters_shows_it(env: Env) -> None:

@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from managers.migrations import apply_migrations
-from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
 from services.filters import Filters, set_filter, unset_filter
+from tests.conftest import Stores
 from services.subscribers import (
     RETRY_KEY,
     SUBSCRIBERS_KEY,
@@ -31,36 +29,13 @@ ADMIN = 1000
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
-@dataclass
-class Stores:
-    redis: RedisManager
-    postgres: PostgresManager
-    caches: CacheRegistry
-    database_url: str
-    redis_url: str
-
-    def store(self, clock: Callable[[], datetime] = lambda: NOW) -> SubscriberStore:
-        return SubscriberStore(self.redis, self.postgres, self.caches, frozenset({ADMIN}), clock=clock)
-
-
-@pytest.fixture
-async def stores(redis_url: str, database_url: str) -> AsyncIterator[Stores]:
-    await apply_migrations(database_url)
-    redis = RedisManager.from_url(redis_url)
-    await redis.start()
-    postgres = PostgresManager(database_url, min_size=1, max_size=4)
-    await postgres.start()
-    caches = CacheRegistry(redis)
-    await caches.start()
-    yield Stores(redis, postgres, caches, database_url, redis_url)
-    await caches.stop()
-    await postgres.close()
-    await redis.close()
+def make_store(stores: Stores, clock: Callable[[], datetime] = lambda: NOW) -> SubscriberStore:
+    return SubscriberStore(stores.redis, stores.postgres, stores.caches, frozenset({ADMIN}), clock=clock)
 
 
 @pytest.fixture
 def store(stores: Stores) -> SubscriberStore:
-    return stores.store()
+    return make_store(stores)
 
 
 async def register(store: SubscriberStore, telegram_id: int, language_code: str = "en") -> None:
@@ -146,11 +121,11 @@ async def test_get_reads_postgres_when_redis_lost_the_hash_and_refills_it(
 
 async def test_grant_extends_from_the_current_expiry_or_from_now(stores: Stores) -> None:
     past = NOW - timedelta(days=100)
-    await register(stores.store(), 5)
-    expired = await stores.store(clock=lambda: past).grant(5, 30, granted_by=ADMIN)
+    await register(make_store(stores), 5)
+    expired = await make_store(stores, clock=lambda: past).grant(5, 30, granted_by=ADMIN)
     assert expired == past + timedelta(days=30)
 
-    store = stores.store()
+    store = make_store(stores)
     assert not (await store.get(5)).has_active_plan(NOW)
     first = await store.grant(5, 10, granted_by=ADMIN)  # the old plan ran out: count from now
     assert first == NOW + timedelta(days=10)
@@ -170,13 +145,13 @@ async def test_grant_extends_from_the_current_expiry_or_from_now(stores: Stores)
 
 
 async def test_receiving_is_admins_and_live_plans_only(stores: Stores) -> None:
-    store = stores.store()
+    store = make_store(stores)
     for telegram_id in (ADMIN, 1, 2, 3, 4, 5, 6):
         await register(store, telegram_id)
     await store.grant(1, 30, granted_by=ADMIN)  # receives
     await store.grant(2, 30, granted_by=ADMIN)
     await store.set_paused(2, True)  # paused
-    await stores.store(clock=lambda: NOW - timedelta(days=60)).grant(3, 30, granted_by=ADMIN)  # expired
+    await make_store(stores, clock=lambda: NOW - timedelta(days=60)).grant(3, 30, granted_by=ADMIN)  # expired
     await store.grant(4, 30, granted_by=ADMIN)
     await store.revoke(4)  # revoked
     await store.grant(5, 30, granted_by=ADMIN)

@@ -231,7 +231,7 @@ async def test_hostile_token_name_arrives_escaped_and_is_sent(
     hostile = '<script>alert(1)</script></code><a href="https://evil.example">x</a>&amp;\u202e\x00\x07' + "W" * 300
     token = "H" * 40 + "pump"
     async with FakeTelegramServer() as telegram, FeedServer(CHANNEL_FRAMES) as feed:
-        async with bot_on_feed(feed, telegram, redis_url, database_url, tmp_path, [FOLLOWER]) as runtime:
+        async with bot_on_feed(feed, telegram, redis_url, database_url, tmp_path, [FOLLOWER]):
             frame = call_frame(token, "-2001", 0, name=hostile)
             frame["token"]["symbol"] = "<b>PWN</b>"
             await feed.push(frame)
