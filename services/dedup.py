@@ -57,15 +57,38 @@ return table.concat(out)
 """
 
 
-# Adds a calling channel (keeping its first call time), refreshes the 1-hour window, and answers
-# every calling channel as one "id=time" line each: one script, one bulk reply.
-_RECORD_CALL_LUA = """
+# Record the call and claim in one round trip. The caller matched with the calling channels it
+# already knew (ARGV[4]); matching can only grow as channels are added, so a claim made with a
+# subset of the real callers is always right. If Redis lacks one of the assumed channels (the
+# record expired, or another process knows less), nothing is claimed and the caller re-matches
+# with the callers returned. Reply: {"id=time" lines, claim outcome ('1'/'0' per id) or ''}.
+_RECORD_AND_CLAIM_LUA = """
 redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local flat = redis.call('HGETALL', KEYS[1])
 local lines = {}
-for i = 1, #flat, 2 do lines[#lines + 1] = flat[i] .. '=' .. flat[i + 1] end
-return table.concat(lines, '\\n')
+local present = {}
+for i = 1, #flat, 2 do
+  lines[#lines + 1] = flat[i] .. '=' .. flat[i + 1]
+  present[flat[i]] = true
+end
+for channel in string.gmatch(ARGV[4], '[^,]+') do
+  if not present[channel] then return {table.concat(lines, '\\n'), ''} end
+end
+if ARGV[5] == '' then return {table.concat(lines, '\\n'), ''} end
+local ids = {}
+for user in string.gmatch(ARGV[5], '[^,]+') do ids[#ids + 1] = user end
+local out = {}
+for first = 1, #ids, 4000 do
+  local chunk = {unpack(ids, first, math.min(first + 3999, #ids))}
+  local seen = redis.call('SMISMEMBER', KEYS[2], unpack(chunk))
+  redis.call('SADD', KEYS[2], unpack(chunk))
+  for i = 1, #seen do
+    if seen[i] == 1 then out[#out + 1] = '0' else out[#out + 1] = '1' end
+  end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return {table.concat(lines, '\\n'), table.concat(out)}
 """
 
 
@@ -96,32 +119,69 @@ class AlertLedger:
         self._alerted: TTLCache[str, set[int]] = TTLCache(local_size, ACCEPTED_TTL_SECONDS)
         self._calls: TTLCache[str, dict[str, datetime]] = TTLCache(100_000, REJECTED_TTL_SECONDS)
         self._claim_script: Any = None
-        self._record_script: Any = None
+        self._record_claim_script: Any = None
         self._times: dict[str, datetime] = {}
         self.round_trips = 0
         self.local_decisions = 0
 
-    async def record_call(self, token: str, channel_id: str, called_at: datetime) -> dict[str, datetime]:
-        """Add a calling channel (its first call time is kept) and return all calling channels."""
+    def known_callers(self, token: str, channel_id: str, called_at: datetime) -> dict[str, datetime]:
+        """The calling channels this process knows of, with this call's channel added."""
+        callers = dict(self._calls.get(token) or {})
+        callers.setdefault(channel_id, called_at)
+        return callers
+
+    async def record_and_claim(
+        self, token: str, channel_id: str, called_at: datetime, assumed: dict[str, datetime], candidates: list[int]
+    ) -> tuple[dict[str, datetime], list[int]]:
+        """Record the call and claim `candidates` (matched with `assumed` callers) in one round trip.
+
+        Returns all calling channels and the candidates won. When the channels returned differ
+        from `assumed`, the caller must match again with them and `claim` whoever else matches
+        (candidates not claimed here, because Redis lacked an assumed channel, included).
+        """
         try:
             async with self.redis.guarded() as client:
-                if self._record_script is None:
-                    self._record_script = client.register_script(_RECORD_CALL_LUA)
+                if self._record_claim_script is None:
+                    self._record_claim_script = client.register_script(_RECORD_AND_CLAIM_LUA)
                 self.round_trips += 1
-                raw = await self._record_script(
-                    keys=[token_calls_key(token)],
-                    args=[channel_id, called_at.isoformat(), REJECTED_TTL_SECONDS],
+                lines, outcome = await self._record_claim_script(
+                    keys=[token_calls_key(token), processed_key(token)],
+                    args=[channel_id, called_at.isoformat(), REJECTED_TTL_SECONDS, ",".join(assumed),
+                          ",".join(map(str, candidates)), ACCEPTED_TTL_SECONDS],
                     client=client,
                 )
-            callers = {}
-            for line in str(raw).split("\n"):
-                channel, _, at = line.partition("=")
-                callers[channel] = self._time(at)
         except RedisUnavailable:
-            callers = dict(self._calls.get(token) or {})
-            callers.setdefault(channel_id, called_at)
+            # Alone, this process's own knowledge is the whole truth: claim from it.
+            self._calls[token] = assumed
+            self.local_decisions += 1
+            return assumed, self._claim_locally(token, candidates)
+        callers = self._parse_callers(str(lines))
         self._calls[token] = callers
+        if not outcome:
+            return callers, []
+        self._remember(token, candidates)
+        return callers, [user for user, flag in zip(candidates, str(outcome)) if flag == "1"]
+
+    def _parse_callers(self, text: str) -> dict[str, datetime]:
+        callers: dict[str, datetime] = {}
+        for line in text.split("\n"):
+            channel, _, at = line.partition("=")
+            if channel:
+                callers[channel] = self._time(at)
         return callers
+
+    def _claim_locally(self, token: str, user_ids: list[int]) -> list[int]:
+        known = self._alerted.get(token) or set()
+        won = [user for user in user_ids if user not in known]
+        self._remember(token, user_ids)
+        return won
+
+    def _remember(self, token: str, user_ids: list[int]) -> None:
+        alerted = self._alerted.get(token)
+        if alerted is None:
+            alerted = self._alerted[token] = set()
+        # Lost claims were won elsewhere: either way these subscribers have had the alert.
+        alerted.update(user_ids)
 
     def _time(self, text: str) -> datetime:
         """Parsed call times are memoised: the same few strings come back on every re-call."""
@@ -151,16 +211,11 @@ class AlertLedger:
                     args=[",".join(map(str, user_ids)), ACCEPTED_TTL_SECONDS],
                     client=client,
                 )
-            won = [user for user, flag in zip(user_ids, str(outcome)) if flag == "1"]
         except RedisUnavailable:
             self.local_decisions += 1
-            known = self._alerted.get(token) or set()
-            won = [user for user in user_ids if user not in known]
-        alerted = self._alerted.get(token)
-        if alerted is None:
-            alerted = self._alerted[token] = set()
-        # Lost claims were won elsewhere: either way this subscriber has had the alert.
-        alerted.update(user_ids)
+            return self._claim_locally(token, user_ids)
+        won = [user for user, flag in zip(user_ids, str(outcome)) if flag == "1"]
+        self._remember(token, user_ids)
         return won
 
     def forget_local(self) -> None:

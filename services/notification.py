@@ -105,25 +105,39 @@ class NotificationService:
         elif isinstance(event, MigrateEvent):
             self.stats.other += 1
 
+    def _not_yet_alerted(self, token: str, matched: list[int]) -> list[int]:
+        if not matched:
+            return []
+        known = set(self.ledger.already_alerted(token, matched))
+        return [user for user in matched if user not in known] if known else matched
+
     async def on_call(self, event: CallEvent) -> list[int]:
         """Process one call; returns the subscribers alerted by it."""
         self.stats.calls += 1
         now = self.clock()
         token = event.token
         await self.channels.note_caller(event.channel)
-        call_times = await self.ledger.record_call(token.address, event.channel.id, event.called_at)
-        callers = await self.channels.callers(call_times, {event.channel.id: event.channel})
+        refs = {event.channel.id: event.channel}
         facts = TokenFacts(token.market_cap_usd, token.liquidity_usd, token.holders, token.created_at)
+        # Match with the calling channels this process knows, then record the call and claim in
+        # one Redis round trip; only if Redis knows other callers, match and claim once more.
+        call_times = self.ledger.known_callers(token.address, event.channel.id, event.called_at)
+        callers = await self.channels.callers(call_times, refs)
         matched = self.index.match(facts, event.called_at, [c.facts() for c in callers], now)
+        candidates = self._not_yet_alerted(token.address, matched)
+        assumed = call_times
+        call_times, won = await self.ledger.record_and_claim(
+            token.address, event.channel.id, event.called_at, assumed, candidates
+        )
+        if call_times.keys() != assumed.keys():
+            callers = await self.channels.callers(call_times, refs)
+            matched = self.index.match(facts, event.called_at, [c.facts() for c in callers], now)
+            more = self._not_yet_alerted(token.address, matched)
+            won += await self.ledger.claim(token.address, more) if more else []
         self.stats.matched += len(matched)
         if self.persistence is not None:
             self.persistence.token(token, now)
             self.persistence.call(event)
-        if not matched:
-            return []
-        known = set(self.ledger.already_alerted(token.address, matched))
-        candidates = [user for user in matched if user not in known]
-        won = await self.ledger.claim(token.address, candidates) if candidates else []
         self.stats.duplicates_avoided += len(matched) - len(won)
         if not won:
             return []

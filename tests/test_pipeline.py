@@ -137,3 +137,26 @@ async def test_redis_outage_keeps_alerting_without_repeats(redis_url: str) -> No
             assert sorted(a.telegram_ids[0] for a in sent) == [1, 2]
         finally:
             await manager.close()
+
+
+async def test_min_channels_counts_callers_seen_by_another_process(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    first, second = await build(redis, sent), await build(redis, sent)
+    for service in (first, second):
+        service.index.upsert(Subscriber(telegram_id=6, filters=Filters(min_channels=2), is_admin=True))
+    assert 6 not in await first.on_call(call("K" * 44, OTHERS[0], 1))
+    # The second process has never seen the first call: Redis tells it, and it alerts.
+    assert 6 in await second.on_call(call("K" * 44, OTHERS[1], 2))
+    assert [a.telegram_ids[0] for a in sent].count(6) == 1
+
+
+async def test_callers_redis_lost_are_not_counted(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    service = await build(redis, sent)
+    service.index.upsert(Subscriber(telegram_id=6, filters=Filters(min_channels=2), is_admin=True))
+    assert 6 not in await service.on_call(call("L" * 44, OTHERS[0], 1))
+    async with redis.guarded() as client:
+        await client.delete("token_calls:" + "L" * 44)  # as if its hour had passed
+    # This process still remembers the first caller, but Redis, the shared truth, does not.
+    assert 6 not in await service.on_call(call("L" * 44, OTHERS[1], 2))
+    assert 6 in await service.on_call(call("L" * 44, OTHERS[2], 3))
