@@ -160,3 +160,12 @@ async def test_callers_redis_lost_are_not_counted(redis: RedisManager) -> None:
     # This process still remembers the first caller, but Redis, the shared truth, does not.
     assert 6 not in await service.on_call(call("L" * 44, OTHERS[1], 2))
     assert 6 in await service.on_call(call("L" * 44, OTHERS[2], 3))
+
+
+async def test_channel_statistics_are_kept_in_redis_for_30_minutes(redis: RedisManager) -> None:
+    await build(redis, [])
+    async with redis.guarded() as client:
+        stored = await client.get(f"channel:{GOOD.id}:info")
+        ttl = await client.ttl(f"channel:{GOOD.id}:info")
+    assert stored is not None and '"win_rate": 0.6' in stored
+    assert 0 < ttl <= 30 * 60
