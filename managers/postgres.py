@@ -27,9 +27,10 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from managers.urls import redact_credentials
 
 __all__ = ["PostgresManager", "PostgresNotStarted", "redact_dsn"]
 
@@ -44,22 +45,7 @@ class PostgresNotStarted(RuntimeError):
 
 def redact_dsn(dsn: str) -> str:
     """The DSN with any password replaced by ``***``, safe to log or show."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable dsn>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{hostinfo}"
-    query = parts.query
-    if "password=" in query:
-        query = "&".join(
-            "password=***" if item.startswith("password=") else item for item in query.split("&")
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return redact_credentials(dsn)
 
 
 def _encode_json(value: Any) -> str:

@@ -38,14 +38,13 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -54,6 +53,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from managers.circuit_breaker import CircuitBreaker, CircuitState
+from managers.urls import redact_credentials
 
 T = TypeVar("T")
 
@@ -80,21 +80,7 @@ class RedisUnavailable(redis.exceptions.ConnectionError, ConnectionError):
 
 def redact_url(url: str | None) -> str:
     """redis://user:secret@host/0 -> redis://user:***@host/0 (also hides ?password=...)."""
-    if url is None:
-        return "embedded"
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable redis url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        if ":" in userinfo:
-            user, _, _ = userinfo.partition(":")
-            userinfo = f"{user}:***"
-        netloc = f"{userinfo}@{hostinfo}"
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return "embedded" if url is None else redact_credentials(url)
 
 
 def _url_password(url: str | None) -> str | None:
