@@ -36,33 +36,37 @@ logger = logging.getLogger("alertbot.dedup")
 ACCEPTED_TTL_SECONDS = 14 * 24 * 3600
 REJECTED_TTL_SECONDS = 3600
 
-# Which of the given subscribers (one comma-separated argument) are new to the token's set, as
-# one string: '1' for each added now (an alert to send), '0' for each already there. SMISMEMBER
-# and SADD loop in C; one bulk reply is far cheaper to read than hundreds of integers.
+# A Lua function both scripts share: which of the subscribers in `csv` are new to the set at
+# `key`, as one string: '1' for each added now (an alert to send), '0' for each already there.
+# SMISMEMBER and SADD loop in C; one bulk reply is far cheaper to read than hundreds of integers.
 # unpack() is limited by Lua's stack, so ids go in chunks.
-_CLAIM_LUA = """
-local ids = {}
-for user in string.gmatch(ARGV[1], '[^,]+') do ids[#ids + 1] = user end
-local out = {}
-for first = 1, #ids, 4000 do
-  local chunk = {unpack(ids, first, math.min(first + 3999, #ids))}
-  local present = redis.call('SMISMEMBER', KEYS[1], unpack(chunk))
-  redis.call('SADD', KEYS[1], unpack(chunk))
-  for i = 1, #present do
-    if present[i] == 1 then out[#out + 1] = '0' else out[#out + 1] = '1' end
+_CLAIM_FUNCTION = """
+local function claim(key, csv, ttl)
+  local ids = {}
+  for user in string.gmatch(csv, '[^,]+') do ids[#ids + 1] = user end
+  local out = {}
+  for first = 1, #ids, 4000 do
+    local chunk = {unpack(ids, first, math.min(first + 3999, #ids))}
+    local seen = redis.call('SMISMEMBER', key, unpack(chunk))
+    redis.call('SADD', key, unpack(chunk))
+    for i = 1, #seen do
+      if seen[i] == 1 then out[#out + 1] = '0' else out[#out + 1] = '1' end
+    end
   end
+  redis.call('EXPIRE', key, ttl)
+  return table.concat(out)
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return table.concat(out)
 """
 
+# Claim subscribers for a token: KEYS[1] the alerted set, ARGV[1] ids, ARGV[2] TTL.
+_CLAIM_LUA = _CLAIM_FUNCTION + "return claim(KEYS[1], ARGV[1], ARGV[2])\n"
 
 # Record the call and claim in one round trip. The caller matched with the calling channels it
 # already knew (ARGV[4]); matching can only grow as channels are added, so a claim made with a
 # subset of the real callers is always right. If Redis lacks one of the assumed channels (the
 # record expired, or another process knows less), nothing is claimed and the caller re-matches
 # with the callers returned. Reply: {"id=time" lines, claim outcome ('1'/'0' per id) or ''}.
-_RECORD_AND_CLAIM_LUA = """
+_RECORD_AND_CLAIM_LUA = _CLAIM_FUNCTION + """
 redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local flat = redis.call('HGETALL', KEYS[1])
@@ -72,23 +76,12 @@ for i = 1, #flat, 2 do
   lines[#lines + 1] = flat[i] .. '=' .. flat[i + 1]
   present[flat[i]] = true
 end
+local callers = table.concat(lines, '\\n')
 for channel in string.gmatch(ARGV[4], '[^,]+') do
-  if not present[channel] then return {table.concat(lines, '\\n'), ''} end
+  if not present[channel] then return {callers, ''} end
 end
-if ARGV[5] == '' then return {table.concat(lines, '\\n'), ''} end
-local ids = {}
-for user in string.gmatch(ARGV[5], '[^,]+') do ids[#ids + 1] = user end
-local out = {}
-for first = 1, #ids, 4000 do
-  local chunk = {unpack(ids, first, math.min(first + 3999, #ids))}
-  local seen = redis.call('SMISMEMBER', KEYS[2], unpack(chunk))
-  redis.call('SADD', KEYS[2], unpack(chunk))
-  for i = 1, #seen do
-    if seen[i] == 1 then out[#out + 1] = '0' else out[#out + 1] = '1' end
-  end
-end
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return {table.concat(lines, '\\n'), table.concat(out)}
+if ARGV[5] == '' then return {callers, ''} end
+return {callers, claim(KEYS[2], ARGV[5], ARGV[6])}
 """
 
 
