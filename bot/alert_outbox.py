@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from bot.alert_text import render_alert
 from services.matching import SubscriberIndex
 from services.notification import AlertBatch
@@ -17,11 +15,9 @@ PRIORITY_ADMIN_ALERT = 12
 class AlertOutbox:
     """Renders each alert once per language and queues it for every subscriber of the batch."""
 
-    def __init__(self, sender: AlertSender, index: SubscriberIndex,
-                 on_queued: Callable[[AlertBatch], None] | None = None) -> None:
+    def __init__(self, sender: AlertSender, index: SubscriberIndex) -> None:
         self.sender = sender
         self.index = index
-        self.on_queued = on_queued
 
     def __call__(self, batch: AlertBatch) -> None:
         rendered: dict[str, str] = {}
@@ -38,5 +34,3 @@ class AlertOutbox:
                 telegram_id, html, priority=PRIORITY_PAID_ALERT if paid else PRIORITY_ADMIN_ALERT,
                 meta={"kind": "alert", "token": batch.token.address, "received_at": batch.received_at},
             )
-        if self.on_queued is not None:
-            self.on_queued(batch)

@@ -92,8 +92,3 @@ class EventQueue:
         async with self._not_full:
             self._not_full.notify()
         return event
-
-    async def join_empty(self) -> None:
-        """Wait until every queued event has been taken (for orderly shutdown and tests)."""
-        while self._items:
-            await asyncio.sleep(0.01)
