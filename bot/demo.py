@@ -64,11 +64,6 @@ def _show(out: TextIO, who: str, message: str) -> None:
         print(f"  {'':>16} │ {line}", file=out)
 
 
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
-
-
 async def _conversation(telegram: FakeTelegramServer, out: TextIO) -> None:
     for command in ("/start", "/set min_mcap 50k", "/filters"):
         before = len(telegram.messages_to(DEMO_USER_ID))
@@ -145,7 +140,6 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
                 await asyncio.sleep(0.05)
             assert runtime.service is not None
             stats = runtime.service.stats
-            latencies = list(stats.latencies_ms)
             print("Summary", file=out)
             print(f"  frames read        : {stream.stats.frames:,} ({stream.stats.events:,} events, "
                   f"{stream.stats.malformed} malformed)", file=out)
@@ -153,8 +147,9 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             for telegram_id, name in names.items():
                 count = len(telegram.messages_to(telegram_id))
                 print(f"  alerts to {name:<17}: {count}", file=out)
-            print(f"  frame → sender     : p50 {_percentile(latencies, 0.5):.2f} ms, "
-                  f"p99 {_percentile(latencies, 0.99):.2f} ms", file=out)
+            p50, p99 = (stats.latency_percentile(share) for share in (0.5, 0.99))
+            print(f"  frame → sender     : p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
+                  f"p99 {p99 if p99 is not None else float('nan'):.2f} ms", file=out)
             print(f"  Telegram 429s      : {telegram.stats.rejected_429}", file=out)
         finally:
             await runtime.stop()
