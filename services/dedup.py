@@ -185,10 +185,10 @@ class AlertLedger:
             parsed = self._times[text] = _parse_time(text)
         return parsed
 
-    def already_alerted(self, token: str, user_ids: Iterable[int]) -> list[int]:
-        """The subset this process knows it has alerted already (saves Redis work, decides nothing)."""
+    def not_known_alerted(self, token: str, user_ids: list[int]) -> list[int]:
+        """`user_ids` less those this process knows were alerted (saves Redis work, decides nothing)."""
         alerted = self._alerted.get(token)
-        return [user for user in user_ids if user in alerted] if alerted else []
+        return [user for user in user_ids if user not in alerted] if alerted else user_ids
 
     async def claim(self, token: str, user_ids: list[int]) -> list[int]:
         """Atomically mark `user_ids` as alerted for `token`; returns those this call won."""

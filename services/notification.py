@@ -105,12 +105,6 @@ class NotificationService:
         elif isinstance(event, MigrateEvent):
             self.stats.other += 1
 
-    def _not_yet_alerted(self, token: str, matched: list[int]) -> list[int]:
-        if not matched:
-            return []
-        known = set(self.ledger.already_alerted(token, matched))
-        return [user for user in matched if user not in known] if known else matched
-
     async def on_call(self, event: CallEvent) -> list[int]:
         """Process one call; returns the subscribers alerted by it."""
         self.stats.calls += 1
@@ -124,7 +118,7 @@ class NotificationService:
         call_times = self.ledger.known_callers(token.address, event.channel.id, event.called_at)
         callers = await self.channels.callers(call_times, refs)
         matched = self.index.match(facts, event.called_at, [c.facts() for c in callers], now)
-        candidates = self._not_yet_alerted(token.address, matched)
+        candidates = self.ledger.not_known_alerted(token.address, matched)
         assumed = call_times
         call_times, won = await self.ledger.record_and_claim(
             token.address, event.channel.id, event.called_at, assumed, candidates
@@ -132,7 +126,7 @@ class NotificationService:
         if call_times.keys() != assumed.keys():
             callers = await self.channels.callers(call_times, refs)
             matched = self.index.match(facts, event.called_at, [c.facts() for c in callers], now)
-            more = self._not_yet_alerted(token.address, matched)
+            more = self.ledger.not_known_alerted(token.address, matched)
             won += await self.ledger.claim(token.address, more) if more else []
         self.stats.matched += len(matched)
         if self.persistence is not None:
