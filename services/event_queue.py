@@ -80,15 +80,21 @@ class EventQueue:
             self._not_empty.notify()
 
     async def get(self) -> Event:
+        return (await self.get_many(1))[0]
+
+    async def get_many(self, limit: int) -> list[Event]:
+        """Wait for at least one event, then take up to `limit` of those queued, oldest first."""
         if not self._items:
             async with self._not_empty:
                 await self._not_empty.wait_for(lambda: bool(self._items))
-        item = self._items.popleft()
-        if isinstance(item, _PriceSlot):
-            self._price_slots.pop(item.event.address, None)
-            event: Event = item.event
-        else:
-            event = item
+        events: list[Event] = []
+        while self._items and len(events) < limit:
+            item = self._items.popleft()
+            if isinstance(item, _PriceSlot):
+                self._price_slots.pop(item.event.address, None)
+                events.append(item.event)
+            else:
+                events.append(item)
         async with self._not_full:
-            self._not_full.notify()
-        return event
+            self._not_full.notify(len(events))
+        return events

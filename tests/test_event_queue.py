@@ -47,3 +47,13 @@ async def test_a_full_queue_makes_the_reader_wait_and_drops_no_call() -> None:
     assert [e.token.address for e in taken + rest] == [f"{n:044d}" for n in range(4)]  # type: ignore[union-attr]
     assert queue.stats.put == 4 and queue.stats.max_depth == 3
     assert queue.health() == {"size": 0, "capacity": 3}
+
+
+async def test_get_many_takes_what_is_waiting_up_to_the_limit_in_order() -> None:
+    queue = EventQueue(capacity=10)
+    for n in range(5):
+        await queue.put(call(n))
+    first = await queue.get_many(3)
+    rest = await queue.get_many(10)
+    assert [e.token.address for e in first + rest] == [f"{n:044d}" for n in range(5)]  # type: ignore[union-attr]
+    assert len(first) == 3 and len(rest) == 2

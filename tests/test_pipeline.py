@@ -169,3 +169,57 @@ async def test_channel_statistics_are_kept_in_redis_for_30_minutes(redis: RedisM
         ttl = await client.ttl(f"channel:{GOOD.id}:info")
     assert stored is not None and '"win_rate": 0.6' in stored
     assert 0 < ttl <= 30 * 60
+
+
+async def test_a_batch_of_calls_decides_as_the_same_calls_one_by_one(redis: RedisManager) -> None:
+    calls = [call("M" * 44, OTHERS[0], 1), call("N" * 44, POOR, 2, mcap=25_000), call("M" * 44, OTHERS[1], 3),
+             call("M" * 44, GOOD, 4), call("N" * 44, GOOD, 5, mcap=25_000), call("M" * 44, GOOD, 6)]
+    one_by_one: list[AlertBatch] = []
+    service = await build(redis, one_by_one)
+    for subscriber in (Subscriber(telegram_id=6, filters=Filters(min_channels=2), is_admin=True),
+                       Subscriber(telegram_id=7, filters=Filters(min_channels=3), is_admin=True)):
+        service.index.upsert(subscriber)
+    expected = [await service.on_call(c) for c in calls]
+    async with redis.guarded() as client:
+        await client.flushdb()
+    batched: list[AlertBatch] = []
+    fresh = await build(redis, batched)
+    fresh.index = service.index
+    assert await fresh.on_calls(calls) == expected
+    assert sorted((a.token.address, a.telegram_ids[0]) for a in batched) == sorted(
+        (a.token.address, a.telegram_ids[0]) for a in one_by_one)
+    assert fresh.ledger.round_trips <= 2  # the batch's round trip (+ loading the script once)
+
+
+async def test_a_script_flushed_from_redis_is_loaded_again(redis: RedisManager) -> None:
+    sent: list[AlertBatch] = []
+    service = await build(redis, sent)
+    await service.on_call(call("P" * 44, OTHERS[0], 1))
+    async with redis.guarded() as client:
+        await client.script_flush()  # what a Redis restart does to loaded scripts
+    assert sorted(await service.on_calls([call("Q" * 44, GOOD, 2), call("R" * 44, GOOD, 3)])) == [[1, 2], [1, 2]]
+
+
+async def test_one_failing_call_in_a_batch_loses_none_of_the_others(redis: RedisManager) -> None:
+    from services.event_queue import EventQueue
+    from services.notification import ProcessingWorkers
+
+    sent: list[AlertBatch] = []
+
+    def deliver(batch: AlertBatch) -> None:
+        if batch.token.address == "S" * 44:
+            raise RuntimeError("the outbox refused this one")
+        sent.extend(_split(batch))
+
+    service = await build(redis, sent)
+    service.deliver = deliver
+    queue = EventQueue()
+    for address in ("T" * 44, "S" * 44, "U" * 44):
+        await queue.put(call(address, GOOD, 1))
+    workers = ProcessingWorkers(queue, service, workers=1, batch=32)
+    await workers.start()
+    while not workers.idle:
+        await asyncio.sleep(0.01)
+    await workers.stop()
+    assert sorted((a.token.address[0], a.telegram_ids[0]) for a in sent) == [("T", 1), ("T", 2), ("U", 1), ("U", 2)]
+    assert service.stats.errors >= 1
