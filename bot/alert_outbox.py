@@ -1,36 +1,42 @@
-"""Turns the pipeline's alert batches into Telegram messages on the sender's queue."""
+"""Turns the pipeline's alert batches into queued Telegram sends, rendered once per language."""
 
 from __future__ import annotations
 
-from bot.alert_text import render_alert
+import time
+
+from bot.alert_text import render_alert, render_digest_line
+from services.delivery_queue import Delivery, DeliveryQueue
 from services.matching import SubscriberIndex
 from services.notification import AlertBatch
-from services.sender import AlertSender
-
-# Lower is sooner (see AlertSender): replies to users' own commands use 0..4, alerts these.
-PRIORITY_PAID_ALERT = 10
-PRIORITY_ADMIN_ALERT = 12
+from services.sender import Lane
 
 
 class AlertOutbox:
-    """Renders each alert once per language and queues it for every subscriber of the batch."""
+    """Renders each alert once per language and publishes one durable send per subscriber."""
 
-    def __init__(self, sender: AlertSender, index: SubscriberIndex) -> None:
-        self.sender = sender
+    def __init__(self, queue: DeliveryQueue, index: SubscriberIndex) -> None:
+        self.queue = queue
         self.index = index
 
-    def __call__(self, batch: AlertBatch) -> None:
-        rendered: dict[str, str] = {}
+    async def __call__(self, batch: AlertBatch) -> None:
+        rendered: dict[str, tuple[str, str]] = {}
+        # The frame's arrival on the wall clock, so the latency survives a restart in between.
+        received = time.time() - (time.perf_counter() - batch.received_at) if batch.received_at else None
+        photo = batch.token.image_url if (batch.token.image_url or "").startswith("https://") else None
+        deliveries: list[Delivery] = []
         for telegram_id in batch.telegram_ids:
             subscriber = self.index.get(telegram_id)
             language = subscriber.language if subscriber else "en"
-            html = rendered.get(language)
-            if html is None:
-                html = rendered[language] = render_alert(
-                    batch.token, batch.callers, seen_at=batch.seen_at, language=language
+            texts = rendered.get(language)
+            if texts is None:
+                texts = rendered[language] = (
+                    render_alert(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
+                    render_digest_line(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
                 )
             paid = subscriber is not None and subscriber.plan_expires_at is not None
-            self.sender.submit(
-                telegram_id, html, priority=PRIORITY_PAID_ALERT if paid else PRIORITY_ADMIN_ALERT,
-                meta={"kind": "alert", "token": batch.token.address, "received_at": batch.received_at},
-            )
+            deliveries.append(Delivery(
+                token=batch.token.address, chat_id=telegram_id, html=texts[0],
+                priority=Lane.PAID_ALERT if paid else Lane.FREE_ALERT, digest_line=texts[1], photo_url=photo,
+                received_at=received,
+            ))
+        await self.queue.publish(deliveries)

@@ -17,8 +17,6 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from services.events import CallerLine, TokenInfo
 
-__all__ = ["CallerLine", "render_alert", "sanitize", "safe_username", "is_solana_address", "format_usd", "format_age"]
-
 __all__ = [
     "LABELS",
     "MAX_CALLERS_SHOWN",
@@ -28,6 +26,8 @@ __all__ = [
     "format_usd",
     "is_solana_address",
     "render_alert",
+    "render_digest",
+    "render_digest_line",
     "safe_username",
     "sanitize",
 ]
@@ -63,6 +63,8 @@ LABELS: dict[str, dict[str, str]] = {
         "unknown": "unknown",
         "unverified_address": "unverified address",
         "no_symbol": "no symbol",
+        "digest_title": "📦 <b>{n} alerts</b> came faster than Telegram lets a bot send them one by one:",
+        "channels_short": "{n} ch.",
         "s": "s", "m": "m", "h": "h", "d": "d",
     },
     "ru": {
@@ -79,6 +81,8 @@ LABELS: dict[str, dict[str, str]] = {
         "unknown": "неизвестно",
         "unverified_address": "непроверенный адрес",
         "no_symbol": "без тикера",
+        "digest_title": "📦 <b>{n} алертов</b> пришли быстрее, чем Telegram позволяет боту отправлять их по одному:",
+        "channels_short": "{n} кан.",
         "s": " с", "m": " мин", "h": " ч", "d": " д",
     },
 }
@@ -342,3 +346,39 @@ def render_alert(
     if len(distinct) > len(shown):
         channel_lines.append(labels["more"].format(n=len(distinct) - len(shown)))
     return f"{head}\n\n" + "\n".join(channel_lines) + f"\n\n{tail}"
+
+
+# ------------------------------------------------------------------ the digest
+
+
+def render_digest_line(token: TokenInfo, callers: Sequence[CallerLine], *, seen_at: datetime,
+                       language: str = "en") -> str:
+    """One alert as a line of a digest: symbol (linked to DexScreener), market cap, channels, time."""
+    labels = _labels(language)
+    symbol = sanitize(token.symbol, SYMBOL_MAX) or labels["no_symbol"]
+    if is_solana_address(token.address):
+        symbol = f'<a href="https://dexscreener.com/solana/{token.address}">{symbol}</a>'
+    parts = [f"• <b>{symbol}</b>", format_usd(token.market_cap_usd) or labels["unknown"],
+             labels["channels_short"].format(n=len(_distinct(callers))), _utc(seen_at).strftime("%H:%M UTC")]
+    line = " · ".join(parts)
+    if is_solana_address(token.address):
+        line += f"\n  <code>{token.address}</code>"
+    return line
+
+
+def render_digest(lines: Sequence[str], language: str = "en") -> str:
+    """Alerts merged into one message, under Telegram's length limit ("+N more" for the rest)."""
+    labels = _labels(language)
+    head = labels["digest_title"].format(n=len(lines))
+    budget = MAX_MESSAGE_LENGTH - 1 - _utf16_len(head) - _utf16_len(labels["more"].format(n=len(lines))) - 4
+    shown: list[str] = []
+    for line in lines:
+        cost = _utf16_len(line) + 2
+        if cost > budget:
+            break
+        shown.append(line)
+        budget -= cost
+    text = head + "\n\n" + "\n".join(shown)
+    if len(shown) < len(lines):
+        text += "\n" + labels["more"].format(n=len(lines) - len(shown))
+    return text

@@ -29,6 +29,9 @@ EXPECTED: dict[str, str] = {
     "NOWPAYMENTS_IPN_SECRET": "a NOWPayments IPN secret",
     "PUBLIC_BASE_URL": "an http(s) URL",
     "LOG_DIR": "a folder path",
+    "PAID_BROADCAST": "true or false",
+    "ALERT_DIGEST_THRESHOLD": "a whole number 2..100",
+    "ALERT_MAX_DELAY": "seconds, more than 0 and at most 3600",
 }
 
 
@@ -79,6 +82,13 @@ class Settings(BaseSettings):
     nowpayments_ipn_secret: SecretStr | None = None
     public_base_url: str | None = None
     log_dir: Path = Path("./logs")
+    # Delivery (issue 4; not in CONTRACT.md's table, which an issue may extend):
+    # send with allow_paid_broadcast, up to 1,000 messages a second (Telegram charges Stars).
+    paid_broadcast: bool = False
+    # A subscriber's queued alerts are merged into one digest from this many on...
+    alert_digest_threshold: int = Field(default=5, ge=2, le=100)
+    # ...or once the oldest has waited this many seconds.
+    alert_max_delay: float = Field(default=60.0, gt=0, le=3600)
 
     @field_validator("admin_ids", "solana_rpc_url", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 import signal
+import socket
 import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from bot.alert_outbox import AlertOutbox
+from bot.alert_text import render_digest
 from bot.config import Settings, require
-from bot.middlewares.flood_control import FloodControlMiddleware
+from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.routers import get_routers
 from managers.embedded_postgres import start_embedded_postgres
 from managers.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
@@ -46,7 +48,9 @@ from services.matching import SubscriberIndex
 from services.metrics import Metrics
 from services.notification import NotificationService, ProcessingWorkers
 from services.persistence import PersistenceWriter
-from services.sender import AlertSender
+from services.delivery_queue import DeliveryQueue
+from services.sender import AlertSender, DigestPolicy
+from services.sol_price import SolPriceSource
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.runtime")
@@ -63,6 +67,7 @@ BOT_COMMANDS: list[BotCommand] = [
     BotCommand(command="help", description="What the bot can do"),
 ]
 PIPELINE_WORKERS = 4
+API_CONCURRENCY = 10
 # Alerts of the last 14 days, to rebuild the dedup records when Redis starts empty (embedded).
 RECENT_ALERTS_SQL = """
 SELECT a.token_address, u.telegram_id, a.created_at FROM alerts a JOIN users u ON u.id = a.user_id
@@ -72,7 +77,7 @@ WHERE a.created_at > now() - interval '14 days'
 
 def create_bot(token: str, api_url: str) -> Bot:
     session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
-    session.middleware(FloodControlMiddleware())
+    session.middleware(PacedRequestsMiddleware())  # paces once the sender is attached
     return Bot(token=token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
 
 
@@ -110,6 +115,14 @@ class Runtime:
     index_sync: IndexSync | None = None
     persistence: PersistenceWriter | None = None
     sender: AlertSender | None = None
+    delivery: DeliveryQueue | None = None
+    # The Redis stream consumer; stable across restarts so a restart resumes its own sends.
+    consumer_name: str = field(default_factory=lambda: f"sender-{socket.gethostname()}")
+    shutdown_drain_seconds: float = 10.0
+    # Calls to outside APIs (Solana RPC, later NOWPayments) share one bound, so a slow provider
+    # cannot pile up requests (the original design's api_semaphore).
+    api_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(API_CONCURRENCY))
+    sol_price: SolPriceSource | None = None
     service: NotificationService | None = None
     queue: EventQueue = field(default_factory=EventQueue)
     workers: ProcessingWorkers | None = None
@@ -129,6 +142,8 @@ class Runtime:
         else:
             parts["stream"] = {"status": "off", "reason": "STREAM_URL and PUMPPORTAL_URL are unset"}
         parts["queue"] = self.queue.health()
+        if self.sol_price is not None:
+            parts["sol_price"] = self.sol_price.health()
         return parts
 
     async def open_stores(self) -> None:
@@ -192,12 +207,22 @@ class Runtime:
             rows = await self.postgres.fetch(RECENT_ALERTS_SQL)
             seeded = await ledger.seed_alerted((r["token_address"], r["telegram_id"], r["created_at"]) for r in rows)
             logger.info("rebuilt %d alert records from PostgreSQL into the embedded Redis", seeded)
-        self.sender = AlertSender(self.bot, on_gone=self._recipient_gone)
+        settings = self.settings
+        self.sender = AlertSender(
+            self.bot, on_gone=self._recipient_gone, paid_broadcast=settings.paid_broadcast,
+            digest=DigestPolicy(self._render_digest, threshold=settings.alert_digest_threshold,
+                                max_delay=settings.alert_max_delay),
+        )
         await self.sender.start()
-        self._stack.push_async_callback(self._stop_sender)
+        for middleware in self.bot.session.middleware:
+            if isinstance(middleware, PacedRequestsMiddleware):
+                middleware.attach(self.sender)
+        self.delivery = DeliveryQueue(self.redis, self.postgres, self.sender, consumer=self.consumer_name)
+        await self.delivery.start()
+        self._stack.push_async_callback(self._stop_delivery)
         channels = ChannelDirectory(self.redis, self.postgres, self.caches, self.persistence)
         self.service = NotificationService(
-            index=self.index, ledger=ledger, channels=channels, deliver=AlertOutbox(self.sender, self.index),
+            index=self.index, ledger=ledger, channels=channels, deliver=AlertOutbox(self.delivery, self.index),
             persistence=self.persistence,
         )
         self.workers = ProcessingWorkers(self.queue, self.service, self.pipeline_workers)
@@ -206,14 +231,27 @@ class Runtime:
         components = {
             "pipeline": self.service.stats.numbers, "queue": lambda: self.queue.stats.__dict__,
             "sender": self.sender.stats, "cache": self.caches.stats,
+            "delivery": lambda: self.delivery.stats.__dict__ if self.delivery else {},
             "persistence": lambda: self.persistence.stats.__dict__ if self.persistence else {},
         }
         for name, provider in components.items():
             self.metrics.components.add(name, provider)
 
-    async def _stop_sender(self) -> None:
-        if self.sender is not None:
-            await self.sender.stop(drain=True, timeout=10)
+    def _render_digest(self, chat_id: int, lines: list[str]) -> str:
+        subscriber = self.index.get(chat_id)
+        return render_digest(lines, subscriber.language if subscriber else "en")
+
+    async def _stop_delivery(self) -> None:
+        """Stop handing out queued alerts, let the sends in flight finish and be acknowledged.
+
+        What is still queued stays in the Redis stream for the next start; only an embedded
+        Redis, which forgets everything, is worth draining first.
+        """
+        assert self.sender is not None and self.delivery is not None
+        await self.delivery.stop_reading()
+        drain = self.redis is not None and self.redis.embedded
+        await self.sender.stop(drain=drain, timeout=self.shutdown_drain_seconds)
+        await self.delivery.close()
 
     async def _recipient_gone(self, chat_id: int, reason: str) -> None:
         """Telegram says the chat is gone: stop sending to it until the user comes back."""
@@ -234,16 +272,20 @@ class Runtime:
             ))
         if settings.pumpportal_url:
             key = settings.pumpportal_api_key.get_secret_value() if settings.pumpportal_api_key else None
-            # No SOL/USD source is configured yet: PumpPortal market caps stay unknown, so tokens
-            # from it pass only filters that do not need a market cap.
+            # PumpPortal prices tokens in SOL; the USD figures use Pyth's SOL/USD read through the
+            # operator's own SOLANA_RPC_URL (unknown, so None, until the first good read).
+            self.sol_price = SolPriceSource(settings.solana_rpc_url, self.api_limit)
             streams.append(StreamManager(
-                pumpportal_url(settings.pumpportal_url, key), pumpportal_parser(lambda: None), self.queue.put,
-                name="pumpportal", **self.stream_options,
+                pumpportal_url(settings.pumpportal_url, key), pumpportal_parser(self.sol_price.current),
+                self.queue.put, name="pumpportal", **self.stream_options,
             ))
         return streams
 
     async def _start_streams(self) -> None:
         self.streams = self._build_streams()
+        if self.sol_price is not None:
+            await self.sol_price.start()
+            self._stack.push_async_callback(self.sol_price.stop)
         for stream in self.streams:
             if stream.name == "pumpportal":
                 await stream.subscribe("subscribeNewToken")
@@ -301,7 +343,8 @@ class Runtime:
         async def settled() -> None:
             while True:
                 busy = (self.queue.qsize() or (self.workers and not self.workers.idle)
-                        or (self.sender and self.sender.pending()))
+                        or (self.sender and self.sender.pending())
+                        or (self.delivery and await self.delivery.backlog()))
                 if not busy:
                     return
                 await asyncio.sleep(0.02)

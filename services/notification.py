@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -77,7 +78,7 @@ class PipelineStats:
 class NotificationService:
     def __init__(
         self, *, index: SubscriberIndex, ledger: AlertLedger, channels: ChannelDirectory,
-        deliver: Callable[[AlertBatch], None], persistence: PersistenceWriter | None = None,
+        deliver: Callable[[AlertBatch], Awaitable[None] | None], persistence: PersistenceWriter | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.index = index
@@ -176,7 +177,9 @@ class NotificationService:
         if not won:
             return []
         caller_lines = _caller_lines(callers, call_times)
-        self.deliver(AlertBatch(tuple(won), token, caller_lines, now, event.received_at))
+        handed = self.deliver(AlertBatch(tuple(won), token, caller_lines, now, event.received_at))
+        if inspect.isawaitable(handed):
+            await handed
         if self.persistence is not None:
             self.persistence.alerts(won, token, [c.channel_id for c in caller_lines], now)
         self.stats.alerts += len(won)

@@ -17,22 +17,33 @@ chat, 20 per minute per group or channel; beyond them it answers 429 with `retry
 A 429 pauses all sending for `retry_after` (the flood wait is per bot) and the message is tried
 again; a recipient that went away (blocked, deleted, kicked) is reported through `on_gone` and
 never retried; network and server errors are retried with exponential backoff.
+
+It is the only sender for the bot token. Requests the handlers make themselves (replies,
+edits) take a `turn` in the same pacing, in the first lane, so one limiter sees everything the
+bot sends and a broadcast never delays a reply. Queued alerts that pile up for one chat (a
+backlog past `DigestPolicy.threshold`, or a wait past `DigestPolicy.max_delay`) go out as one
+digest message instead of a flood.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import html as html_module
 import inspect
 import itertools
 import logging
 import math
+import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiogram import Bot
@@ -50,7 +61,7 @@ from aiogram.exceptions import (
 from aiogram.types import LinkPreviewOptions, Message
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AlertSender", "DeliveryError", "OnGone", "OnSent"]
+__all__ = ["AlertSender", "DeliveryError", "DigestPolicy", "Lane", "OnDone", "OnGone", "OnSent", "Outcome", "Turn"]
 
 logger = logging.getLogger("alertbot.sender")
 sent_logger = logging.getLogger("alertbot.sent")
@@ -59,6 +70,53 @@ OnGone = Callable[[int, str], Awaitable[None] | None]
 OnSent = Callable[[int, Message, dict[str, Any]], Awaitable[None] | None]
 
 LATENCY_WINDOW = 1000  # deliveries the latency percentiles are computed over
+PAID_BROADCAST_RATE = 1000  # messages a second Telegram allows with allow_paid_broadcast
+CAPTION_LIMIT = 1024  # characters of a photo caption, after entities are parsed
+# A send with no answer within this long is ambiguous (Telegram may have delivered it).
+DEFAULT_REQUEST_TIMEOUT = 20.0
+# Chat keys for turns that only take a place in the overall pace (edits, callback answers):
+# below every real chat id, one per turn, so they neither wait on nor delay a chat's spacing.
+_UNCHAINED_BASE = -(10**15)
+
+
+class Lane(IntEnum):
+    """Priorities, lower first. The issue's order: a user's own answers and payment
+    confirmations, then admin messages, then alerts, paid plans before free ones."""
+
+    REPLY = 0
+    PAYMENT = 1
+    ADMIN = 2
+    PAID_ALERT = 10
+    FREE_ALERT = 11
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a queued message: `sent`, `gone` (recipient blocked/left) or `failed`
+    (Telegram refused it for good). A message dropped by stop() hears nothing: a durable queue
+    keeps it for the next start."""
+
+    chat_id: int
+    status: Literal["sent", "gone", "failed"]
+    message_id: int | None = None
+    reason: str = ""
+    digest: bool = False  # sent merged into a digest message
+
+
+OnDone = Callable[[Outcome], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class DigestPolicy:
+    """When a chat's queued alerts are merged into one message.
+
+    `render(chat_id, lines)` makes the digest's HTML from the alerts' one-line summaries.
+    """
+
+    render: Callable[[int, list[str]], str]
+    threshold: int = 5  # alerts queued for one chat (counting the one due now)
+    max_delay: float = 60.0  # seconds an alert may wait before the rest are merged with it
+
 _META_VALUE_MAX = 100
 
 # Errors after which the same request may well succeed: retried with backoff.
@@ -91,6 +149,12 @@ class _Job:
     meta: dict[str, Any]
     future: asyncio.Future[Message] | None = None
     failures: int = 0  # transient failures so far
+    photo_url: str | None = None
+    digest_line: str | None = None  # set on alerts that may be merged into a digest
+    on_done: OnDone | None = None
+    permit: asyncio.Future[None] | None = None  # a turn: resolved when the holder may send
+    enqueued_at: float = field(default_factory=time.monotonic)
+    members: list[_Job] = field(default_factory=list)  # a digest's alerts
 
     @property
     def key(self) -> tuple[int, int]:
@@ -105,6 +169,10 @@ class _Counters:
     failed: int = 0
     gone: int = 0
     dropped: int = 0  # still queued when stop(drain=False) gave up
+    turns: int = 0  # requests handlers made themselves, paced here
+    digests: int = 0
+    digested: int = 0  # alerts merged into digests
+    photo_fallbacks: int = 0  # photos Telegram refused, sent as text instead
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
 
@@ -115,7 +183,8 @@ class AlertSender:
         self,
         bot: Bot,
         *,
-        global_rate: float = 30,
+        global_rate: float | None = None,
+        paid_broadcast: bool = False,
         per_chat_interval: float = 1.0,
         group_rate_per_minute: float = 20,
         workers: int = 8,
@@ -124,9 +193,12 @@ class AlertSender:
         on_sent: OnSent | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
-        request_timeout: float = 20.0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         link_preview: bool = False,
+        digest: DigestPolicy | None = None,
     ) -> None:
+        if global_rate is None:
+            global_rate = PAID_BROADCAST_RATE if paid_broadcast else 30
         if global_rate <= 0 or per_chat_interval < 0 or group_rate_per_minute <= 0:
             raise ValueError("rates must be positive")
         if workers < 1 or max_retries < 0:
@@ -143,6 +215,11 @@ class AlertSender:
         self._backoff_max = backoff_max
         self._request_timeout = request_timeout
         self._link_preview = None if link_preview else LinkPreviewOptions(is_disabled=True)
+        # Above 30 a second Telegram answers 429 unless each send opts in to paid broadcasting.
+        self.paid_broadcast = paid_broadcast
+        self.global_rate = global_rate
+        self._digest = digest
+        self._unchained = itertools.count()
 
         # Per chat: its own heap of (priority, seq, job), so each chat keeps priority + FIFO order.
         self._queues: dict[int, list[tuple[int, int, _Job]]] = {}
@@ -191,8 +268,8 @@ class AlertSender:
         if self._pacer is not None:
             self._pacer.cancel()
             await asyncio.gather(self._pacer, return_exceptions=True)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks:  # sends in flight, then the outcome callbacks they started
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
         self._drop_queued()
 
     async def __aenter__(self) -> AlertSender:
@@ -215,12 +292,51 @@ class AlertSender:
         chat_id: int,
         html: str,
         *,
-        priority: int = 10,
+        priority: int = Lane.PAID_ALERT,
         reply_markup: Any = None,
         meta: dict[str, Any] | None = None,
+        photo_url: str | None = None,
+        digest_line: str | None = None,
+        on_done: OnDone | None = None,
     ) -> None:
-        """Queue a message (Telegram HTML); returns at once. Lower `priority` goes sooner."""
-        self._enqueue(chat_id, html, priority, reply_markup, meta, None)
+        """Queue a message (Telegram HTML); returns at once. Lower `priority` goes sooner.
+
+        With `photo_url` the message goes as that photo with `html` as its caption, or as text
+        when the caption is too long or Telegram cannot use the photo. `digest_line` lets the
+        message be merged into a digest (see DigestPolicy); `on_done` hears its `Outcome`.
+        """
+        job = self._new_job(chat_id, html, priority, reply_markup, meta, None)
+        job.photo_url, job.digest_line, job.on_done = photo_url, digest_line, on_done
+        self._push(job)
+
+    @asynccontextmanager
+    async def turn(self, chat_id: int | None, priority: int = Lane.REPLY) -> AsyncIterator[Turn]:
+        """Wait for this request's place in the pace, then make it inside the block.
+
+        For requests the bot makes outside the queue (a handler's reply). With `chat_id` the
+        chat's spacing applies as to queued messages; `None` takes only a place in the overall
+        pace (edits, which have no per-chat limit). Report a 429 with `Turn.rate_limited`.
+        """
+        if self._pacer is None or self._pacer.done():
+            raise RuntimeError("turn needs a started sender")
+        key = _UNCHAINED_BASE - next(self._unchained) if chat_id is None else int(chat_id)
+        permit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        job = self._new_job(key, "", priority, None, None, None)
+        job.permit = permit
+        self._push(job)
+        try:
+            await permit
+        except asyncio.CancelledError:
+            if permit.done() and not permit.cancelled():
+                self._end_turn(job, Turn())  # granted as we were cancelled: give it back
+            else:
+                permit.cancel()  # the pacer skips it when it comes up
+            raise
+        handle = Turn()
+        try:
+            yield handle
+        finally:
+            self._end_turn(job, handle)
 
     async def send_now(
         self,
@@ -238,8 +354,12 @@ class AlertSender:
         if self._pacer is None:
             raise RuntimeError("send_now needs a started sender")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._enqueue(chat_id, html, priority, reply_markup, meta, future)
+        self._push(self._new_job(chat_id, html, priority, reply_markup, meta, future))
         return await future
+
+    @property
+    def running(self) -> bool:
+        return self._accepting and self._pacer is not None and not self._pacer.done()
 
     def pending(self) -> int:
         """Messages queued or being sent."""
@@ -261,6 +381,10 @@ class AlertSender:
             "failed": counters.failed,
             "gone": counters.gone,
             "dropped": counters.dropped,
+            "turns": counters.turns,
+            "digests": counters.digests,
+            "digested": counters.digested,
+            "photo_fallbacks": counters.photo_fallbacks,
             "pending": self.pending(),
             "in_flight": self._active,
             "paused_for": max(0.0, self._paused_until - time.monotonic()),
@@ -271,7 +395,7 @@ class AlertSender:
 
     # ------------------------------------------------------------------ queue
 
-    def _enqueue(
+    def _new_job(
         self,
         chat_id: int,
         html: str,
@@ -279,11 +403,10 @@ class AlertSender:
         reply_markup: Any,
         meta: dict[str, Any] | None,
         future: asyncio.Future[Message] | None,
-    ) -> None:
+    ) -> _Job:
         if not self._accepting:
             raise RuntimeError("the sender is stopped")
-        job = _Job(priority, next(self._seq), int(chat_id), html, reply_markup, dict(meta or {}), future)
-        self._push(job)
+        return _Job(int(priority), next(self._seq), int(chat_id), html, reply_markup, dict(meta or {}), future)
 
     def _push(self, job: _Job) -> None:
         queue = self._queues.setdefault(job.chat_id, [])
@@ -334,12 +457,31 @@ class AlertSender:
         _, _, chat_id = heapq.heappop(self._ready)
         queue = self._queues[chat_id]
         _, _, job = heapq.heappop(queue)
+        if job.digest_line is not None and self._digest is not None:
+            job = self._maybe_digest(job, queue, now)
         if not queue:
             del self._queues[chat_id]
-        self._queued -= 1
+        self._queued -= len(job.members) or 1
         self._active += 1
         self._busy.add(chat_id)
         return job
+
+    def _maybe_digest(self, job: _Job, queue: list[tuple[int, int, _Job]], now: float) -> _Job:
+        """`job`, or one digest of it and every other alert queued for its chat when they pile up."""
+        assert self._digest is not None
+        waiting = [entry for entry in queue if entry[2].digest_line is not None]
+        late = now - job.enqueued_at > self._digest.max_delay
+        if not waiting or (len(waiting) + 1 < self._digest.threshold and not late):
+            return job
+        members = [job] + [entry[2] for entry in sorted(waiting)]
+        queue[:] = [entry for entry in queue if entry[2].digest_line is None]
+        heapq.heapify(queue)
+        lines = [member.digest_line or "" for member in members]
+        digest = _Job(job.priority, job.seq, job.chat_id, self._digest.render(job.chat_id, lines), None,
+                      {"kind": "digest", "alerts": len(members)}, members=members)
+        self._counters.digests += 1
+        self._counters.digested += len(members)
+        return digest
 
     async def _wait_ready(self) -> None:
         while True:
@@ -375,6 +517,9 @@ class AlertSender:
         self._sleeping.clear()
         self._queued = 0
         for job in dropped:
+            if job.permit is not None:
+                job.permit.cancel()
+                continue
             self._counters.dropped += 1
             if job.future is not None and not job.future.done():
                 job.future.set_exception(DeliveryError(job.chat_id, "the sender stopped"))
@@ -392,9 +537,32 @@ class AlertSender:
             except BaseException:
                 self._slots.release()
                 raise
+            if job.permit is not None:
+                if job.permit.done():  # its holder gave up waiting
+                    self._end_turn(job, Turn(), used=False)
+                else:
+                    job.permit.set_result(None)  # the holder sends; _end_turn frees the slot
+                continue
             task = asyncio.create_task(self._deliver(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _end_turn(self, job: _Job, handle: Turn, used: bool = True) -> None:
+        assert self._slots is not None
+        now = time.monotonic()
+        if used:
+            self._counters.turns += 1
+            if job.chat_id > _UNCHAINED_BASE:
+                self._next_allowed[job.chat_id] = now + self._interval(job.chat_id)
+        if handle.retry_after is not None:
+            self._counters.rate_limited += 1
+            self._paused_until = max(self._paused_until, now + handle.retry_after)
+            logger.warning("429 from Telegram on a direct request: all sending paused for %ss", handle.retry_after)
+        self._active -= 1
+        self._busy.discard(job.chat_id)
+        self._schedule(job.chat_id)
+        self._slots.release()
+        self._progress.set()
 
     async def _next_job(self) -> _Job:
         while True:
@@ -414,6 +582,31 @@ class AlertSender:
         # Positive ids are users; groups, supergroups and channels are negative.
         return self._private_interval if chat_id > 0 else self._group_interval
 
+    def _caption_fits(self, html: str) -> bool:
+        return len(_visible_text(html)) <= CAPTION_LIMIT
+
+    async def _send(self, job: _Job) -> Message:
+        """The request itself: a photo with caption when the job has one that fits, else text."""
+        paid = {"allow_paid_broadcast": True} if self.paid_broadcast else {}
+        timeout = math.ceil(self._request_timeout)
+        if job.photo_url and self._caption_fits(job.html):
+            try:
+                return await self._bot.send_photo(
+                    chat_id=job.chat_id, photo=job.photo_url, caption=job.html, parse_mode=ParseMode.HTML, reply_markup=job.reply_markup,
+                    request_timeout=timeout, **paid,
+                )
+            except TelegramBadRequest as exc:
+                if not _is_media_error(exc.message):
+                    raise
+                # The image is unreachable or not an image: the alert matters, not the picture.
+                self._counters.photo_fallbacks += 1
+                logger.info("photo for chat %s refused (%s); sending text", job.chat_id, exc.message)
+                job.photo_url = None
+        return await self._bot.send_message(
+            chat_id=job.chat_id, text=job.html, parse_mode=ParseMode.HTML, reply_markup=job.reply_markup,
+            link_preview_options=self._link_preview, request_timeout=timeout, **paid,
+        )
+
     async def _deliver(self, job: _Job) -> None:
         assert self._slots is not None
         chat_id = job.chat_id
@@ -421,14 +614,11 @@ class AlertSender:
         gone: tuple[str, list[_Job]] | None = None  # (reason, messages that will never go)
         migrated: str | None = None
         try:
-            message = await self._bot.send_message(
-                chat_id=chat_id,
-                text=job.html,
-                parse_mode=ParseMode.HTML,
-                reply_markup=job.reply_markup,
-                link_preview_options=self._link_preview,
-                request_timeout=math.ceil(self._request_timeout),
-            )
+            token = _SENDING.set(True)
+            try:
+                message = await self._send(job)
+            finally:
+                _SENDING.reset(token)
         except TelegramRetryAfter as exc:
             self._counters.rate_limited += 1
             self._paused_until = max(self._paused_until, time.monotonic() + exc.retry_after)
@@ -490,6 +680,16 @@ class AlertSender:
         logger.error("send to chat %s failed for good: %s %s", job.chat_id, reason, _format_meta(job.meta))
         if job.future is not None and not job.future.done():
             job.future.set_exception(DeliveryError(job.chat_id, reason))
+        self._settle(job, Outcome(job.chat_id, "failed", reason=reason))
+
+    def _settle(self, job: _Job, outcome: Outcome) -> None:
+        """Tell whoever queued `job` (each alert of a digest) what became of it."""
+        for one in job.members or [job]:
+            if one.on_done is not None:
+                task = asyncio.get_running_loop().create_task(
+                    _call(one.on_done, replace(outcome, digest=bool(job.members))))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def _take_chat(self, chat_id: int, job: _Job) -> list[_Job]:
         """`job` and everything still queued for its chat, removed from the queue."""
@@ -518,6 +718,7 @@ class AlertSender:
         )
         if job.future is not None and not job.future.done():
             job.future.set_result(message)
+        self._settle(job, Outcome(job.chat_id, "sent", message.message_id))
         if self._on_sent is not None:
             await _call(self._on_sent, job.chat_id, message, job.meta)
 
@@ -528,6 +729,7 @@ class AlertSender:
         for casualty in casualties:
             if casualty.future is not None and not casualty.future.done():
                 casualty.future.set_exception(DeliveryError(chat_id, reason, gone=True))
+            self._settle(casualty, Outcome(chat_id, "gone", reason=reason))
         if self._on_gone is not None:
             await _call(self._on_gone, chat_id, reason)
 
@@ -536,6 +738,42 @@ class AlertSender:
         if len(self._next_allowed) > 10_000:
             now = time.monotonic()
             self._next_allowed = {c: t for c, t in self._next_allowed.items() if t > now}
+
+
+class Turn:
+    """A direct request's place in the pace; tell it when Telegram answered 429."""
+
+    __slots__ = ("retry_after",)
+
+    def __init__(self) -> None:
+        self.retry_after: float | None = None
+
+    def rate_limited(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+
+
+# Set while the sender itself makes a request, so the session middleware lets it through.
+_SENDING: ContextVar[bool] = ContextVar("alertbot_sender_sending", default=False)
+
+
+def sending_from_queue() -> bool:
+    """Whether the current request is one the sender is making from its queue."""
+    return _SENDING.get()
+
+
+_MEDIA_ERRORS = ("wrong file identifier", "failed to get http url content", "wrong type of the web page content",
+                 "photo_invalid_dimensions", "image_process_failed", "wrong remote file", "file must be non-empty",
+                 "can't parse url", "wrong http url", "not enough rights to send photos")
+
+
+def _is_media_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in _MEDIA_ERRORS)
+
+
+def _visible_text(html: str) -> str:
+    """What Telegram counts toward a caption's length: the text without tags, entities decoded."""
+    return html_module.unescape(re.sub(r"<[^>]+>", "", html))
 
 
 async def _call(callback: Callable[..., Any], *args: Any) -> None:

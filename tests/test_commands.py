@@ -16,7 +16,6 @@ from tests.conftest import Stores
 from aiogram import Bot, Dispatcher
 
 from bot.config import Settings
-from bot.middlewares.flood_control import FloodControlMiddleware
 from bot.runtime import build_dispatcher, create_bot
 from bot.texts import TEXTS
 from managers.postgres import PostgresManager
@@ -63,10 +62,8 @@ async def env(stores: Stores) -> AsyncIterator[Env]:
         )
         store = SubscriberStore(redis, postgres, caches, settings.admin_id_set)
         bot: Bot = create_bot(DEFAULT_TOKEN, server.base_url)
-        # Per-chat pacing (1 reply/s) is the flood middleware's business, tested on its own; here
-        # it would only make a conversation of several commands take seconds.
-        for middleware in [m for m in bot.session.middleware if isinstance(m, FloodControlMiddleware)]:
-            bot.session.middleware.unregister(middleware)
+        # No sender is attached to the bot's pacing middleware here, so replies are not spaced a
+        # second apart per chat (tested with the sender); a conversation takes no seconds.
         dp: Dispatcher = build_dispatcher(settings=settings, store=store, redis=redis, postgres=postgres)
         polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False))
         try:

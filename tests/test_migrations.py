@@ -22,10 +22,11 @@ from managers.migrations import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+ALL_VERSIONS = ["0001", "0002"]
 CORE_TABLES = {
     "users", "user_settings", "settings_history", "channels", "tokens", "calls", "alerts",
     "multiplier_entries", "plans", "payments", "subscriptions", "notification_history",
-    "activity_log", "schema_migrations",
+    "activity_log", "schema_migrations", "deliveries",
 }
 
 
@@ -64,11 +65,11 @@ def test_migrations_dir_is_the_repo_folder() -> None:
 
 
 async def test_applies_on_a_fresh_database(database_url: str) -> None:
-    assert await migration_status(database_url) == [("0001", False)]
+    assert await migration_status(database_url) == [("0001", False), ("0002", False)]
     applied = await apply_migrations(database_url)
-    assert applied == ["0001"]
+    assert applied == ["0001", "0002"]
     assert CORE_TABLES <= await _tables(database_url)
-    assert await migration_status(database_url) == [("0001", True)]
+    assert await migration_status(database_url) == [("0001", True), ("0002", True)]
 
     conn = await asyncpg.connect(database_url)
     try:
@@ -88,10 +89,10 @@ async def test_applies_on_a_fresh_database(database_url: str) -> None:
 
 
 async def test_second_run_is_a_no_op(database_url: str) -> None:
-    assert await apply_migrations(database_url) == ["0001"]
+    assert await apply_migrations(database_url) == ALL_VERSIONS
     assert await apply_migrations(database_url) == []
     assert await apply_migrations(database_url) == []
-    assert await _recorded(database_url) == ["0001"]
+    assert await _recorded(database_url) == ALL_VERSIONS
     conn = await asyncpg.connect(database_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM plans") == 3  # seeded once
@@ -117,8 +118,8 @@ async def test_two_processes_at_once_apply_each_migration_once(database_url: str
         assert proc.returncode == 0, err
         outputs.append(out.strip())
     # Exactly one of them did the work; the other waited on the lock and found nothing to do.
-    assert sorted(outputs) == ["['0001']", "[]"]
-    assert await _recorded(database_url) == ["0001"]
+    assert sorted(outputs) == [str(ALL_VERSIONS), "[]"]
+    assert await _recorded(database_url) == ALL_VERSIONS
     conn = await asyncpg.connect(database_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM plans") == 3
@@ -144,7 +145,7 @@ async def test_waits_for_the_lock_held_by_another_session(database_url: str) -> 
         assert not task.done()
         assert "schema_migrations" not in await _tables(database_url)
         await holder.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
-        assert await task == ["0001"]
+        assert await task == ALL_VERSIONS
     finally:
         await holder.close()
     # The run released its lock: it can be taken at once.

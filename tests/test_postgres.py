@@ -183,7 +183,7 @@ async def test_embedded_server_starts_migrates_and_stops(short_tmp: Path) -> Non
         finally:
             await conn.close()
 
-        assert await apply_migrations(pg.dsn) == ["0001"]
+        assert await apply_migrations(pg.dsn) == ["0001", "0002"]
         assert await apply_migrations(pg.dsn) == []
 
         async with PostgresManager(pg.dsn, min_size=1, max_size=2, query_timeout=2) as db:

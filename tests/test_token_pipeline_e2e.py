@@ -88,13 +88,14 @@ async def bot_on_feed(
 
 
 def alerts_by_chat(telegram: FakeTelegramServer, addresses: set[str]) -> dict[int, list[str]]:
-    """Token alerts the server accepted, per chat, recognised by the token address they carry."""
+    """Token alerts the server accepted, per chat, recognised by the token address they carry
+    (a digest message carries several, in the order they were alerted)."""
     found: dict[int, list[str]] = {}
     for record in telegram.sent:
-        for address in addresses:
-            if address in (record.raw_text or ""):
-                found.setdefault(record.chat_id, []).append(address)
-    return found
+        text = record.raw_text or ""
+        carried = sorted((text.index(a), a) for a in addresses if a in text)
+        found.setdefault(record.chat_id, []).extend(a for _, a in carried)
+    return {chat: alerts for chat, alerts in found.items() if alerts}
 
 
 def as_subscribers(members: Iterable[Member], now: datetime) -> list[Subscriber]:

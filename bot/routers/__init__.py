@@ -13,11 +13,11 @@ from __future__ import annotations
 from aiogram import Router
 
 from bot.middlewares.subscriber import attach_subscriber_middleware
-from bot.routers import admin, alerts_control, common, errors, filters
+from bot.routers import admin, alerts_control, common, errors, filters, membership
 
 
 def get_routers() -> list[Router]:
     user_routers = [filters.build_router(), alerts_control.build_router(), admin.build_router(), common.build_router()]
     for router in user_routers:
         attach_subscriber_middleware(router)
-    return [errors.build_router(), *user_routers]
+    return [errors.build_router(), membership.build_router(), *user_routers]

@@ -1,0 +1,372 @@
+"""Alert sends that survive a restart: a Redis Stream read through a consumer group.
+
+The outbox adds one entry per alert and chat (`publish`). A reader hands entries to the sender
+while it holds fewer than `window` messages, so a long broadcast waits in Redis, not in memory,
+and a user's reply never queues behind it. When Telegram has answered a send (delivered, or the
+chat is gone, or the message refused for good), a row goes to PostgreSQL's `deliveries`, unique
+on (token, chat), and only then is the entry acknowledged (XACK) and deleted.
+
+After a restart the reader first takes back its own unacknowledged entries, then any another
+consumer left idle for `claim_idle` seconds (XAUTOCLAIM); those whose delivery row exists were
+delivered before the crash and are acknowledged without sending. So a restart resumes where it
+stopped and never sends twice, except in the ambiguous case below.
+
+A send that times out without an answer is ambiguous: Telegram may have delivered it. The
+sender retries it (see README, "Delivery"): a subscriber who pays for alerts loses more by a
+silent miss than by a rare duplicate, and a timeout far above Telegram's usual answer time most
+often means the request never reached a working server.
+
+While Redis is down, `publish` hands alerts to the sender directly: they go out, but are not
+durable until Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from managers.postgres import PostgresManager
+from managers.redis_manager import RedisManager, RedisUnavailable
+from services.sender import AlertSender, Outcome
+
+logger = logging.getLogger("alertbot.delivery")
+
+STREAM_KEY = "outbox:alerts"
+GROUP = "senders"
+DEFAULT_WINDOW = 1_000  # messages the sender may hold in memory
+READ_COUNT = 200
+CLAIM_IDLE_SECONDS = 60.0
+ACK_BATCH = 200
+
+_RECORD_SQL = """
+INSERT INTO deliveries (token_address, chat_id, status, message_id, digest, reason)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::boolean[], $6::text[])
+ON CONFLICT (token_address, chat_id) DO NOTHING
+"""
+_DELIVERED_SQL = """
+SELECT token_address, chat_id FROM deliveries
+WHERE (token_address, chat_id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One alert for one chat, as the stream keeps it."""
+
+    token: str
+    chat_id: int
+    html: str
+    priority: int
+    digest_line: str | None = None
+    photo_url: str | None = None
+    received_at: float | None = None  # wall-clock time of the frame, for the latency figures
+
+    def fields(self) -> dict[str, str]:
+        out = {"token": self.token, "chat": str(self.chat_id), "html": self.html, "priority": str(self.priority)}
+        if self.digest_line is not None:
+            out["digest"] = self.digest_line
+        if self.photo_url:
+            out["photo"] = self.photo_url
+        if self.received_at is not None:
+            out["received_at"] = repr(self.received_at)
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Delivery:
+        received = fields.get("received_at")
+        return cls(
+            token=fields["token"], chat_id=int(fields["chat"]), html=fields["html"], priority=int(fields["priority"]),
+            digest_line=fields.get("digest"), photo_url=fields.get("photo"),
+            received_at=float(received) if received else None,
+        )
+
+
+@dataclass
+class DeliveryStats:
+    published: int = 0
+    direct: int = 0  # handed to the sender without the stream (Redis down)
+    read: int = 0
+    resumed: int = 0  # read back after a restart or from an abandoned consumer
+    already_delivered: int = 0  # resumed, but PostgreSQL shows Telegram had answered
+    acknowledged: int = 0
+    unreadable: int = 0  # entries that were not ours to parse: acknowledged and logged
+
+
+class DeliveryQueue:
+    def __init__(
+        self, redis: RedisManager, postgres: PostgresManager | None, sender: AlertSender, *, consumer: str,
+        window: int = DEFAULT_WINDOW, claim_idle: float = CLAIM_IDLE_SECONDS,
+    ) -> None:
+        self.redis = redis
+        self.postgres = postgres
+        self.sender = sender
+        self.consumer = consumer
+        self.window = window
+        self.claim_idle = claim_idle
+        self.stats = DeliveryStats()
+        self._published = asyncio.Event()
+        self._acks: list[tuple[str, Delivery, Outcome]] = []
+        self._ack_wakeup = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._acker: asyncio.Task[None] | None = None
+        self._in_hand: set[str] = set()  # entry ids handed to the sender and not acknowledged
+        # The loops stop at a point between Redis commands: cancelling one inside redis-py's
+        # connection pool can leave the pool's lock held (CPython 3.11) and hang every later call.
+        self._stopping = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_loop(), name="delivery-reader")
+        self._acker = asyncio.create_task(self._ack_loop(), name="delivery-acker")
+
+    async def stop_reading(self) -> None:
+        """No more entries to the sender; what it holds stays pending in Redis if not sent."""
+        self._stopping.set()
+        self._published.set()
+        await _finish(self._reader)
+        self._reader = None
+
+    async def close(self) -> None:
+        """After the sender stopped: acknowledge what it answered, then stop."""
+        await self.stop_reading()
+        self._ack_wakeup.set()
+        await _finish(self._acker)
+        self._acker = None
+        with contextlib.suppress(Exception):
+            await self._flush_acks()
+
+    async def backlog(self) -> int:
+        """Entries in the stream: not yet read, or read and not yet answered (acknowledged ones
+        are deleted). 0 when every alert published so far has been answered."""
+        try:
+            async with self.redis.guarded() as client:
+                return int(await client.xlen(STREAM_KEY)) + len(self._acks)
+        except RedisUnavailable:
+            return len(self._in_hand)
+
+    # ------------------------------------------------------------------ producing
+
+    async def publish(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        try:
+            async with self.redis.guarded() as client:
+                pipe = client.pipeline(transaction=False)
+                for delivery in deliveries:
+                    pipe.xadd(STREAM_KEY, delivery.fields())
+                await pipe.execute()
+        except RedisUnavailable as exc:
+            logger.warning("Redis unavailable (%s): %d alert(s) sent without the durable queue", exc, len(deliveries))
+            self.stats.direct += len(deliveries)
+            for delivery in deliveries:
+                self._submit(None, delivery)
+            return
+        self.stats.published += len(deliveries)
+        self._published.set()
+
+    # ------------------------------------------------------------------ consuming
+
+    async def _ensure_group(self, client: Any) -> None:
+        try:
+            await client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read_loop(self) -> None:
+        backoff = 0.5
+        resumed = False
+        last_claim = 0.0
+        while not self._stopping.is_set():
+            try:
+                async with self.redis.guarded() as client:
+                    await self._ensure_group(client)
+                    if not resumed:
+                        await self._resume_own(client)
+                        resumed = True
+                    if time.monotonic() - last_claim > self.claim_idle / 2:
+                        await self._claim_abandoned(client)
+                        last_claim = time.monotonic()
+                    await self._read_new(client)
+                backoff = 0.5
+            except RedisUnavailable as exc:
+                logger.warning("delivery queue: Redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception:  # noqa: BLE001 - the reader must outlive any one bad read
+                logger.exception("delivery queue: read failed")
+                await self._pause(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _read_new(self, client: Any) -> None:
+        """Hand new entries to the sender while it has room; return after an idle spell."""
+        while not self._stopping.is_set():
+            room = self.window - self.sender.pending()
+            if room <= 0:
+                await self._pause(0.02)
+                continue
+            self._published.clear()
+            reply = await client.xreadgroup(GROUP, self.consumer, {STREAM_KEY: ">"}, count=min(room, READ_COUNT))
+            entries = reply[0][1] if reply else []
+            if entries:
+                self.stats.read += len(entries)
+                for entry_id, fields in entries:
+                    self._hand_over(entry_id, fields)
+                continue
+            # Nothing new: wait for this process to publish, or look again soon for other processes.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._published.wait(), timeout=0.5)
+            if not self._published.is_set() or self._stopping.is_set():
+                return
+
+    async def _resume_own(self, client: Any) -> None:
+        """This consumer's entries read before a restart and never acknowledged."""
+        last = "0"
+        while not self._stopping.is_set():
+            reply = await client.xreadgroup(GROUP, self.consumer, {STREAM_KEY: last}, count=READ_COUNT)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                return
+            await self._hand_over_checked(entries)
+            last = entries[-1][0]
+
+    async def _claim_abandoned(self, client: Any) -> None:
+        """Entries another consumer took and left idle: it is gone, so this one sends them."""
+        start = "0-0"
+        while not self._stopping.is_set():
+            reply = await client.xautoclaim(STREAM_KEY, GROUP, self.consumer, int(self.claim_idle * 1000),
+                                            start_id=start, count=READ_COUNT)
+            start, entries = reply[0], [e for e in reply[1] if e and e[1] is not None]
+            fresh = [e for e in entries if e[0] not in self._in_hand]
+            if fresh:
+                await self._hand_over_checked(fresh)
+            if start in ("0-0", b"0-0"):
+                return
+
+    async def _hand_over_checked(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Resumed entries: skip (and acknowledge) those PostgreSQL shows were answered."""
+        self.stats.resumed += len(entries)
+        parsed: list[tuple[str, Delivery | None]] = [(entry_id, self._parse(entry_id, fields))
+                                                     for entry_id, fields in entries if entry_id not in self._in_hand]
+        delivered = await self._delivered([d for _, d in parsed if d is not None])
+        for entry_id, delivery in parsed:
+            if delivery is None:
+                continue
+            if (delivery.token, delivery.chat_id) in delivered:
+                self.stats.already_delivered += 1
+                self._acks.append((entry_id, delivery, Outcome(delivery.chat_id, "sent", reason="delivered before")))
+                self._ack_wakeup.set()
+            else:
+                self._submit(entry_id, delivery)
+
+    def _hand_over(self, entry_id: str, fields: dict[str, str]) -> None:
+        delivery = self._parse(entry_id, fields)
+        if delivery is not None:
+            self._submit(entry_id, delivery)
+
+    def _parse(self, entry_id: str, fields: dict[str, str]) -> Delivery | None:
+        try:
+            return Delivery.from_fields(fields)
+        except (KeyError, ValueError) as exc:
+            # Not something this code wrote: keeping it would block nothing but be re-read forever.
+            self.stats.unreadable += 1
+            logger.error("delivery queue: unreadable entry %s (%s); acknowledged and dropped", entry_id, exc)
+            self._acks.append((entry_id, Delivery("", 0, "", 0), Outcome(0, "failed", reason="unreadable")))
+            self._ack_wakeup.set()
+            return None
+
+    async def _delivered(self, deliveries: list[Delivery]) -> set[tuple[str, int]]:
+        if not deliveries or self.postgres is None:
+            return set()
+        try:
+            rows = await self.postgres.fetch(_DELIVERED_SQL, [d.token for d in deliveries],
+                                             [d.chat_id for d in deliveries])
+        except Exception as exc:  # noqa: BLE001 - without the records, sending again is the lesser harm
+            logger.warning("delivery queue: could not read delivery records (%s); resending", exc)
+            return set()
+        return {(row["token_address"], row["chat_id"]) for row in rows}
+
+    def _submit(self, entry_id: str | None, delivery: Delivery) -> None:
+        received = None
+        if delivery.received_at is not None:
+            received = time.perf_counter() - max(0.0, time.time() - delivery.received_at)
+        if entry_id is not None:
+            self._in_hand.add(entry_id)
+
+        async def done(outcome: Outcome) -> None:
+            if entry_id is not None:
+                self._acks.append((entry_id, delivery, outcome))
+                self._ack_wakeup.set()
+
+        self.sender.submit(
+            delivery.chat_id, delivery.html, priority=delivery.priority, photo_url=delivery.photo_url,
+            digest_line=delivery.digest_line, on_done=done,
+            meta={"kind": "alert", "token": delivery.token, "received_at": received},
+        )
+
+    # ------------------------------------------------------------------ acknowledging
+
+    async def _ack_loop(self) -> None:
+        while not self._stopping.is_set() or self._acks:
+            await self._ack_wakeup.wait()
+            self._ack_wakeup.clear()
+            try:
+                await self._flush_acks()
+            except RedisUnavailable as exc:
+                logger.warning("delivery queue: could not acknowledge (%s); will retry", exc)
+                if self._stopping.is_set():
+                    return  # unacknowledged entries are resent or skipped (delivery rows) next start
+                await self._pause(1.0)
+                self._ack_wakeup.set()
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks[:ACK_BATCH], self._acks[ACK_BATCH:]
+            try:
+                await self._record([(d, o) for _, d, o in batch if d.token])
+                async with self.redis.guarded() as client:
+                    ids = [entry_id for entry_id, _, _ in batch]
+                    await client.pipeline(transaction=False).xack(STREAM_KEY, GROUP, *ids).xdel(
+                        STREAM_KEY, *ids).execute()
+            except BaseException:
+                self._acks[:0] = batch
+                raise
+            for entry_id, _, _ in batch:
+                self._in_hand.discard(entry_id)
+            self.stats.acknowledged += len(batch)
+
+    async def _record(self, answered: list[tuple[Delivery, Outcome]]) -> None:
+        if not answered or self.postgres is None:
+            return
+        try:
+            await self.postgres.execute(
+                _RECORD_SQL, [d.token for d, _ in answered], [d.chat_id for d, _ in answered],
+                [o.status for _, o in answered], [o.message_id for _, o in answered],
+                [o.digest for _, o in answered], [o.reason or None for _, o in answered],
+            )
+        except Exception as exc:  # noqa: BLE001 - the send happened; only the crash guard is missing
+            logger.warning("delivery queue: could not write %d delivery record(s): %s", len(answered), exc)
+
+
+async def _finish(task: asyncio.Task[None] | None, timeout: float = 10.0) -> None:
+    """Wait for a loop told to stop; cancel it only if it does not within `timeout`."""
+    if task is None:
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except asyncio.TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,208 @@
+"""The delivery engine against the test Bot API (which enforces Telegram's limits), real Redis
+and real PostgreSQL: exactly once across restarts, lanes, digests, photos, gone recipients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from aiogram import Bot
+
+from services.delivery_queue import GROUP, STREAM_KEY, Delivery, DeliveryQueue
+from services.sender import AlertSender, DigestPolicy, Lane, Outcome
+from tests.conftest import Stores
+from tests.doubles.telegram_api import FakeTelegramServer, RateLimits
+
+
+@dataclass
+class Engine:
+    sender: AlertSender
+    queue: DeliveryQueue
+
+    async def stop(self) -> None:
+        """As the runtime stops: no more reading, sends in flight finish, answers acknowledged."""
+        await self.queue.stop_reading()
+        await self.sender.stop(drain=False)
+        await self.queue.close()
+
+
+async def start_engine(bot: Bot, stores: Stores, *, consumer: str = "sender-a", claim_idle: float = 60.0,
+                       **sender_options: object) -> Engine:
+    sender = AlertSender(bot, **sender_options)  # type: ignore[arg-type]
+    await sender.start()
+    queue = DeliveryQueue(stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle)
+    await queue.start()
+    return Engine(sender, queue)
+
+
+def alerts(count: int, *, first_chat: int = 1_000, token: str = "T" * 40 + "pump") -> list[Delivery]:
+    """One token's alert to `count` chats."""
+    return [Delivery(token=token, chat_id=first_chat + i, html=f"<b>alert</b> {i}", priority=Lane.PAID_ALERT)
+            for i in range(count)]
+
+
+def per_chat_counts(server: FakeTelegramServer) -> Counter[int]:
+    return Counter(record.chat_id for record in server.sent)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeTelegramServer]:
+    bots: list[Bot] = []
+    async with FakeTelegramServer() as telegram:
+        original = telegram.create_bot
+
+        def create_bot(*args: object, **kwargs: object) -> Bot:
+            bots.append(original(*args, **kwargs))  # type: ignore[arg-type]
+            return bots[-1]
+
+        telegram.create_bot = create_bot  # type: ignore[method-assign]
+        yield telegram
+        for bot in bots:
+            await bot.session.close()
+
+
+async def until(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def stream_length(stores: Stores) -> int:
+    async with stores.redis.guarded() as client:
+        return int(await client.xlen(STREAM_KEY))
+
+
+async def test_a_restart_in_the_middle_of_a_broadcast_delivers_every_alert_exactly_once(
+    server: FakeTelegramServer, stores: Stores
+) -> None:
+    bot = server.create_bot()
+    first = await start_engine(bot, stores, paid_broadcast=True)
+    broadcast = alerts(600)
+    await first.queue.publish(broadcast)
+    await until(lambda: len(server.sent) >= 150)
+    await first.stop()  # mid-broadcast: what was not sent stays in the stream
+    sent_before = len(server.sent)
+    assert 150 <= sent_before < 600
+    assert await stream_length(stores) == 600 - sent_before
+
+    second = await start_engine(bot, stores, paid_broadcast=True)  # same consumer name: a restart
+    await until(lambda: len(server.sent) >= 600)
+    await asyncio.sleep(0.2)  # room for a duplicate to show up, if there were one
+    await second.stop()
+    counts = per_chat_counts(server)
+    assert len(counts) == 600 and set(counts.values()) == {1}
+    assert server.stats.rejected_429 == 0
+    assert await stream_length(stores) == 0
+    assert await stores.postgres.fetchval("SELECT count(*) FROM deliveries WHERE status = 'sent'") == 600
+
+
+async def test_entries_answered_before_a_crash_are_not_sent_again(server: FakeTelegramServer, stores: Stores) -> None:
+    # A crash after Telegram answered and the delivery row was written, before the acknowledgement:
+    # the entries are still pending for this consumer when it starts again.
+    batch = alerts(20, first_chat=2_000)
+    async with stores.redis.guarded() as client:
+        await client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+        for delivery in batch:
+            await client.xadd(STREAM_KEY, delivery.fields())
+        await client.xreadgroup(GROUP, "sender-a", {STREAM_KEY: ">"}, count=100)
+    for delivery in batch[:12]:
+        await stores.postgres.execute(
+            "INSERT INTO deliveries (token_address, chat_id, status, message_id) VALUES ($1, $2, 'sent', 1)",
+            delivery.token, delivery.chat_id)
+    engine = await start_engine(server.create_bot(), stores, paid_broadcast=True)
+    await until(lambda: len(server.sent) >= 8)
+    await until(lambda: engine.queue.stats.acknowledged >= 20)
+    await engine.stop()
+    assert sorted(per_chat_counts(server)) == [d.chat_id for d in batch[12:]]
+    assert engine.queue.stats.already_delivered == 12
+    assert await stream_length(stores) == 0
+
+
+async def test_sends_a_dead_consumer_left_are_claimed_by_another(server: FakeTelegramServer, stores: Stores) -> None:
+    batch = alerts(10, first_chat=3_000)
+    async with stores.redis.guarded() as client:
+        await client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+        for delivery in batch:
+            await client.xadd(STREAM_KEY, delivery.fields())
+        await client.xreadgroup(GROUP, "sender-dead", {STREAM_KEY: ">"}, count=100)  # then it died
+    engine = await start_engine(server.create_bot(), stores, consumer="sender-b", claim_idle=0.05,
+                                paid_broadcast=True)
+    await until(lambda: len(server.sent) >= 10)
+    await until(lambda: engine.queue.stats.acknowledged >= 10)
+    await engine.stop()
+    assert sorted(per_chat_counts(server)) == [d.chat_id for d in batch]
+    assert await stream_length(stores) == 0
+
+
+async def test_a_reply_overtakes_every_queued_alert(server: FakeTelegramServer, stores: Stores) -> None:
+    bot = server.create_bot()
+    engine = await start_engine(bot, stores, global_rate=50)  # slow enough to hold a queue
+    await engine.queue.publish(alerts(300, first_chat=4_000))
+    await until(lambda: len(server.sent) >= 10)
+    async with engine.sender.turn(77, Lane.REPLY):
+        await bot.send_message(77, "your filters")
+    position = next(i for i, r in enumerate(server.sent) if r.chat_id == 77)
+    await engine.stop()
+    # Only the sends already in flight when the reply asked for its turn went before it.
+    assert position <= 10 + 8 + 2
+
+
+async def test_a_backlog_for_one_chat_becomes_one_digest(server: FakeTelegramServer) -> None:
+    outcomes: list[Outcome] = []
+    digest = DigestPolicy(lambda chat, lines: "<b>digest</b>\n" + "\n".join(lines), threshold=5, max_delay=60)
+    async with AlertSender(server.create_bot(), digest=digest) as sender:
+        for i in range(8):
+            sender.submit(55, f"<b>alert {i}</b>", digest_line=f"line {i}", on_done=outcomes.append)
+    [message] = server.messages_to(55)
+    assert [f"line {i}" for i in range(8)] == [line for line in (message.raw_text or "").split("\n")[1:]]
+    await until(lambda: len(outcomes) == 8)
+    assert {(o.status, o.digest) for o in outcomes} == {("sent", True)}
+    assert sender.stats()["digests"] == 1 and sender.stats()["digested"] == 8
+
+
+async def test_alerts_that_waited_too_long_are_merged(server: FakeTelegramServer) -> None:
+    digest = DigestPolicy(lambda chat, lines: "digest: " + ", ".join(lines), threshold=50, max_delay=0.3)
+    async with AlertSender(server.create_bot(), digest=digest) as sender:
+        for i in range(3):
+            sender.submit(56, f"alert {i}", digest_line=str(i))
+    texts = [m.raw_text for m in server.messages_to(56)]
+    # The first went at once; the second waited its chat's second, past 0.3 s, so the rest joined it.
+    assert texts == ["alert 0", "digest: 1, 2"]
+
+
+async def test_a_photo_alert_falls_back_to_text_when_telegram_refuses_the_image(server: FakeTelegramServer) -> None:
+    async with AlertSender(server.create_bot()) as sender:
+        sender.submit(57, "<b>with picture</b>", photo_url="https://img.example/ok.png")
+    server.force_error(400, "Bad Request: failed to get HTTP URL content", methods=["sendPhoto"])
+    async with AlertSender(server.create_bot()) as sender:
+        sender.submit(58, "<b>picture gone</b>", photo_url="https://img.example/missing.png")
+    [with_photo] = server.messages_to(57)
+    [fallback] = server.messages_to(58)
+    assert with_photo.method == "sendPhoto" and with_photo.raw_text == "<b>with picture</b>"
+    assert fallback.method == "sendMessage" and fallback.raw_text == "<b>picture gone</b>"
+    assert sender.stats()["photo_fallbacks"] == 1
+
+
+async def test_a_long_alert_goes_as_text_not_as_a_cut_caption(server: FakeTelegramServer) -> None:
+    async with AlertSender(server.create_bot()) as sender:
+        sender.submit(59, "x" * 1500, photo_url="https://img.example/ok.png")
+    [message] = server.messages_to(59)
+    assert message.method == "sendMessage"
+
+
+async def test_paid_broadcast_goes_past_30_a_second_without_a_429() -> None:
+    async with FakeTelegramServer(limits=RateLimits(paid_per_second=1000)) as telegram:
+        bot = telegram.create_bot()
+        async with AlertSender(bot, paid_broadcast=True, workers=64) as sender:
+            assert sender.global_rate == 1000
+            for i in range(200):
+                sender.submit(10_000 + i, f"alert {i}")
+        await bot.session.close()
+        assert len(telegram.sent) == 200 and telegram.stats.rejected_429 == 0
+        assert telegram.stats.sent_paid_broadcast == 200
