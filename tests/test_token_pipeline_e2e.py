@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,12 +60,12 @@ def free_port() -> int:
 @asynccontextmanager
 async def bot_on_feed(
     feed: FeedServer, telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path,
-    members: Iterable[Member],
+    members: Iterable[Member], **settings_overrides: Any,
 ) -> AsyncIterator[Runtime]:
     settings = Settings(
         _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=telegram.base_url, redis_url=redis_url,
         database_url=database_url, stream_url=feed.url, http_port=free_port(), log_dir=tmp_path / "logs",
-        admin_ids=[ADMIN],
+        admin_ids=[ADMIN], **settings_overrides,
     )
     # One worker keeps processing in feed order, so the expected alerts are exactly defined.
     runtime = Runtime(settings, pipeline_workers=1, stream_options=FAST_STREAM)
