@@ -257,6 +257,11 @@ class Runtime:
         """Telegram says the chat is gone: stop sending to it until the user comes back."""
         if self.store is None:
             return
+        if reason.startswith("migrated to"):
+            # The group became a supergroup: the sender already moved its messages, and moves
+            # each later one too. Moving the subscriber record to the new id is not done yet.
+            logger.warning("chat %s %s; its alerts follow it one by one", chat_id, reason)
+            return
         try:
             await self.store.set_status(chat_id, "blocked")
         except (UnknownSubscriber, StoreUnavailable) as exc:

@@ -38,6 +38,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from tests.doubles.feed_server import _Waitable
+
 __all__ = [
     "PRICE_UPDATE_LEN",
     "PYTH_RECEIVER_PROGRAM",
@@ -192,22 +194,6 @@ def price_update_bytes(
     if length is not None and len(data) < length:
         data += bytes(length - len(data))
     return data
-
-
-class _Waitable:
-    """Wait on a condition over the double's state, woken by each change (no clock polling)."""
-
-    def __init__(self) -> None:
-        self._changed = asyncio.Condition()
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def _wait(self, predicate: Callable[[], Any], timeout: float) -> Any:
-        async with asyncio.timeout(timeout):
-            async with self._changed:
-                return await self._changed.wait_for(predicate)
 
 
 class SolanaRpcServer(_Waitable):
