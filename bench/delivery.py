@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from services.sender import AlertSender
+from bench.table import print_markdown
 from tests.doubles.telegram_api import FakeTelegramServer, RateLimits
 
 
@@ -68,12 +69,7 @@ async def run(scenario: str, alerts: int, chats: int) -> Row:
 def print_table(rows: list[Row]) -> None:
     header = ["scenario", "alerts", "chats", "seconds", "sustained msg/s", "429s (server)", "retries",
               "min same-chat gap s", "lost"]
-    table = [header] + [row.cells() for row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for cells in table[1:]:
-        print("| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |")
+    print_markdown(header, [row.cells() for row in rows])
 
 
 async def main(argv: list[str] | None = None) -> int:

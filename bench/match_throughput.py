@@ -47,6 +47,7 @@ from services.filters import ChannelFacts, Filters, TokenFacts, token_matches
 from services.matching import SubscriberIndex
 from services.notification import NotificationService, AlertBatch, ProcessingWorkers
 from services.subscribers import Subscriber
+from bench.table import print_markdown
 from tests.doubles.feedgen import load_sample
 
 BENCH_DB = 14
@@ -318,12 +319,7 @@ def default_redis_url() -> str | None:
 def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
     header = ["engine", "mix", "subscribers", "events", "events/s", "round trips/event", "commands/event",
               "p50 ms", "p99 ms", "alerts/event"]
-    table = [header] + [row.cells() for row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    out("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    out("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for cells in table[1:]:
-        out("| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |")
+    print_markdown(header, [row.cells() for row in rows], out)
 
 
 async def main(argv: list[str] | None = None) -> int:
