@@ -258,9 +258,10 @@ class Runtime:
         if self.store is None:
             return
         if reason.startswith("migrated to"):
-            # The group became a supergroup: the sender already moved its messages, and moves
-            # each later one too. Moving the subscriber record to the new id is not done yet.
-            logger.warning("chat %s %s; its alerts follow it one by one", chat_id, reason)
+            # A group became a supergroup: the sender moved its queued messages and moves any
+            # later one. Subscribers are people (their private chat id is their user id, see the
+            # subscriber middleware), so no subscriber record is keyed by a group's id to move.
+            logger.warning("chat %s %s; its messages follow it", chat_id, reason)
             return
         try:
             await self.store.set_status(chat_id, "blocked")
