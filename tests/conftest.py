@@ -43,7 +43,12 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _with_db_index(url: str, index: int) -> str:
+    """The URL on logical database `index`, unless TEST_REDIS_URL itself names one other than 0:
+    then that one, so two test runs on one server can keep out of each other's way."""
     parts = urlsplit(url)
+    named = parts.path.strip("/")
+    if url == os.environ.get("TEST_REDIS_URL") and named.isdecimal() and int(named) != 0:
+        return url
     return urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, parts.fragment))
 
 
