@@ -30,7 +30,9 @@ from aiohttp import web
 from bot.alert_outbox import AlertOutbox
 from bot.alert_text import render_digest
 from bot.config import Settings, require
+from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
+from bot.middlewares.throttling import FloodGate, attach_throttling
 from bot.routers import get_routers
 from managers.embedded_postgres import start_embedded_postgres
 from managers.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
@@ -59,12 +61,17 @@ DEFAULT_DATA_DIR = Path("./data")
 
 BOT_COMMANDS: list[BotCommand] = [
     BotCommand(command="start", description="Welcome and main menu"),
+    BotCommand(command="settings", description="Change your filters with buttons"),
     BotCommand(command="filters", description="Your filters"),
-    BotCommand(command="set", description="Set a filter: /set min_mcap 50k"),
-    BotCommand(command="unset", description="Remove a filter"),
+    BotCommand(command="presets", description="Ready-made filter sets"),
+    BotCommand(command="status", description="Your plan, alerts and filters"),
+    BotCommand(command="plans", description="Plans and prices"),
     BotCommand(command="pause", description="Pause alerts"),
     BotCommand(command="resume", description="Resume alerts"),
+    BotCommand(command="language", description="Choose the language"),
     BotCommand(command="help", description="What the bot can do"),
+    BotCommand(command="privacy", description="What is stored; delete your data"),
+    BotCommand(command="paysupport", description="Help with a payment"),
 ]
 PIPELINE_WORKERS = 4
 API_CONCURRENCY = 10
@@ -81,9 +88,17 @@ def create_bot(token: str, api_url: str) -> Bot:
     return Bot(token=token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
 
 
-def build_dispatcher(**dependencies: Any) -> Dispatcher:
-    """Routers wired in one place; `dependencies` reach every handler by parameter name."""
+def build_dispatcher(*, flood_gate: FloodGate | None = None, **dependencies: Any) -> Dispatcher:
+    """Routers wired in one place; `dependencies` reach every handler by parameter name.
+
+    With a `redis` (RedisManager) among them, multi-step flows keep their state in Redis for
+    30 days; without, in memory. Every user's updates pass a per-user flood gate first.
+    """
+    redis = dependencies.get("redis")
+    if "storage" not in dependencies and isinstance(redis, RedisManager):
+        dependencies["storage"] = ManagedRedisStorage(redis)
     dispatcher = Dispatcher(**dependencies)
+    attach_throttling(dispatcher, flood_gate)
     dispatcher.include_routers(*get_routers())
     return dispatcher
 
@@ -182,7 +197,7 @@ class Runtime:
             await self._start_pipeline()
             self.dispatcher = build_dispatcher(
                 settings=self.settings, redis=self.redis, postgres=self.postgres, metrics=self.metrics,
-                store=self.store,
+                store=self.store, sender=self.sender,
             )
             await self._start_http()
             await self.bot.set_my_commands(BOT_COMMANDS)

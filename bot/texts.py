@@ -5,6 +5,8 @@ from __future__ import annotations
 from services.filters import FILTER_SPECS
 
 DEFAULT_LANGUAGE = "en"
+# The languages the bot speaks, as offered by /language (each shown in itself).
+LANGUAGE_NAMES: dict[str, str] = {"en": "English", "ru": "Русский"}
 
 # English "what a filter accepts" comes from the filter specs themselves, so it cannot drift.
 _ACCEPTED_EN: dict[str, str] = {name: spec.accepted for name, spec in FILTER_SPECS.items()}
@@ -16,11 +18,15 @@ TEXTS: dict[str, dict[str, str]] = {
             "I watch the Solana token calls of Telegram channels in real time, check every token "
             "against <i>your</i> filters, and alert you once per token that passes, then tell "
             "you when it does 2x, 5x and 10x.\n\n"
-            "Set your filters with /set, see them with /filters, and read /help for everything else."
+            "Tap <b>Filters</b> below to choose what reaches you, or start from a ready-made "
+            "<b>Preset</b>; <b>Test my filters</b> shows what they would have caught in the last "
+            "24 hours. /help lists every command."
         ),
         "help": (
             "<b>What I can do</b>\n"
             "/start: welcome and main menu\n"
+            "/settings: change your filters with buttons, test them on the last 24 hours\n"
+            "/presets: ready-made filter sets to apply or follow\n"
             "/filters: your filters\n"
             "/set NAME VALUE: set a filter, e.g. <code>/set min_mcap 50k</code>\n"
             "/unset NAME: remove a filter\n"
@@ -29,7 +35,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/status: your plan and settings\n"
             "/language: choose the language\n"
             "/paysupport: help with a payment\n"
-            "/privacy: what is stored about you"
+            "/privacy: what is stored about you, and deleting it"
         ),
         "error": "Something went wrong on our side. Please try again in a moment.",
         "unavailable": "Your settings cannot be reached right now. Please try again in a minute.",
@@ -79,6 +85,158 @@ TEXTS: dict[str, dict[str, str]] = {
         "accepted_channels": _ACCEPTED_EN["channels"],
         "accepted_exclude_channels": _ACCEPTED_EN["exclude_channels"],
         "accepted_min_channels": _ACCEPTED_EN["min_channels"],
+        "replay_working": "Replaying your filters over the last 24 hours…",
+        "replay_result": (
+            "🔁 With your filters, the last {hours} hours would have brought <b>{alerts}</b> alerts; "
+            "<b>{reached}</b> of them reached 2x after the alert."
+        ),
+        "replay_result_one": (
+            "🔁 With your filters, the last {hours} hours would have brought <b>1</b> alert; "
+            "<b>{reached}</b> of 1 reached 2x after the alert."
+        ),
+        "replay_none": (
+            "🔁 With your filters, the last {hours} hours would have brought <b>no</b> alerts. "
+            "Try loosening them: /filters shows them, /unset removes one."
+        ),
+        "replay_top_title": "<b>Best of them:</b>",
+        "replay_top_line": "• {symbol}: {multiple}",
+        "replay_no_price": "no price after the alert",
+        "replay_partial": "ℹ️ The history holds only {covered} hours so far, so this covers less than {hours} hours.",
+        "replay_no_history": "ℹ️ There is no call history yet to test your filters on. Please try again later.",
+        "replay_unavailable": "The call history cannot be read right now. Please try again in a minute.",
+        # ---- menus (bot/keyboards.py, bot/routers/settings.py, bot/routers/account.py)
+        "menu_title": "<b>Main menu</b>\nWhat would you like to do?",
+        "menu_filters": "🎯 Filters",
+        "menu_presets": "📦 Presets",
+        "menu_plans": "💳 Plans",
+        "menu_status": "📊 Status",
+        "menu_language": "🌐 Language",
+        "menu_help": "❓ Help",
+        "button_back": "⬅ Back",
+        "button_cancel": "✖ Cancel",
+        "button_replay": "🧪 Test my filters on the last 24 hours",
+        "button_reset_all": "♻ Reset all filters",
+        "button_reset_one": "♻ Remove this filter",
+        "button_delete_data": "🗑 Delete my data",
+        "button_delete_confirm": "🗑 Yes, delete everything",
+        "label_min_mcap": "Min market cap",
+        "label_max_mcap": "Max market cap",
+        "label_min_liquidity": "Min liquidity",
+        "label_min_holders": "Min holders",
+        "label_max_age": "Max token age",
+        "label_min_win_rate": "Min win rate",
+        "label_min_avg_gain": "Min avg gain",
+        "label_channels": "Only channels",
+        "label_exclude_channels": "Exclude channels",
+        "label_min_channels": "Min channels",
+        "stale_button": "This button is out of date; here is the menu again.",
+        "filters_screen_hint": "Tap a filter to change it.",
+        "ask_value": (
+            "Send the new value for <b>{label}</b> (<code>{name}</code>).\n"
+            "Accepted: {accepted}\nNow: {current}"
+        ),
+        "value_not_set": "not set",
+        "flow_try_again": "Send another value, or press Cancel.",
+        "flow_cancelled": "Nothing changed.",
+        "reset_all_done": "✅ All filters removed: every called token passes.",
+        "status_title": "<b>Your status</b>",
+        "status_plan_active": "Plan: active until {date} ({days} days left)",
+        "status_plan_none": "Plan: none; alerts come with a plan, see /plans",
+        "status_plan_admin": "Plan: admin, alerts always on",
+        "status_alerts_on": "Alerts: on",
+        "status_alerts_paused": "Alerts: paused (/resume)",
+        "status_alerts_today": "Alerts today: {count}",
+        "status_preset": "Preset followed: {preset}",
+        "status_filters_none": "Filters: none, every called token passes",
+        "status_invite": "Invite friends: {link} ({count} joined)",
+        "language_title": "Choose your language:",
+        "language_set": "✅ Language: English",
+        "privacy": (
+            "<b>What this bot stores about you</b>\n"
+            "• your Telegram id, username, first name and language;\n"
+            "• your filters, their change history and the preset you follow;\n"
+            "• the alerts you were sent (token, time, market cap) and their multipliers;\n"
+            "• your plan and payments (payments are kept for the accounts, without your id, "
+            "after you delete your data);\n"
+            "• who invited you, and whom you invited.\n\n"
+            "Nothing is shared with anyone. Press the button below to delete all of it."
+        ),
+        "privacy_confirm": (
+            "<b>Delete all your data?</b>\n"
+            "Your filters, history and alerts go, and so does your plan, even a paid one. "
+            "This cannot be undone; sending /start later starts afresh."
+        ),
+        "privacy_deleted": "🗑 Done: everything the bot kept about you is deleted. Send /start to begin again.",
+        "privacy_cancelled": "Nothing was deleted.",
+        "paysupport": (
+            "<b>Help with a payment</b>\n"
+            "Describe the problem in one message starting with /paysupport, for example:\n"
+            "<code>/paysupport paid 0.09 SOL, plan not active, tx 5Kd…</code>\n"
+            "It goes straight to the team, with your user id, and you get the answer here."
+        ),
+        "paysupport_sent": "✅ Sent to the team. You will get the answer in this chat.",
+        "paysupport_to_admin": "💬 <b>Payment support</b> from {user} (<code>{user_id}</code>):\n{message}",
+        "paysupport_no_admins": "No one can take payment questions right now. Please try again later.",
+        "plans_title": "<b>Plans</b>\nA plan turns alerts on for its days; days add up.",
+        "plans_none": "No plans are on offer right now.",
+        "plan_card": "<b>{title}</b>: {days} days of alerts\nPrice: {prices}",
+        "plan_unknown": "There is no plan called <code>{code}</code>; here are the plans on offer.",
+        "plan_how_to_pay": "Payment questions: /paysupport",
+        "throttled": "⏳ You are going a little fast. Please wait a few seconds; your next tap will work.",
+        # ---- presets (bot/routers/presets.py)
+        "presets_title": (
+            "<b>📦 Presets</b>\nReady-made filter sets. <b>Apply</b> copies one into your filters; "
+            "<b>Follow</b> does too, and keeps your filters in step when an admin changes the preset."
+        ),
+        "presets_none": "There are no presets yet.",
+        "preset_following": "you follow this preset",
+        "preset_no_filters": "no filters: every called token passes",
+        "preset_button_apply": "✅ Apply {title}",
+        "preset_button_follow": "🔔 Follow",
+        "preset_button_unfollow": "🔕 Unfollow",
+        "preset_button_back": "⬅ Back",
+        "preset_applied": "✅ Preset <b>{title}</b> applied. Your filters now:\n{filters}",
+        "preset_followed": (
+            "🔔 You follow the preset <b>{title}</b>: when an admin changes it, your filters change with it. "
+            "Changing a filter yourself stops following.\nYour filters now:\n{filters}"
+        ),
+        "preset_unfollowed": "🔕 You no longer follow <b>{title}</b>. Your filters stay as they are.",
+        "preset_toast_applied": "Applied: {title}",
+        "preset_toast_followed": "Following: {title}",
+        "preset_toast_unfollowed": "No longer following: {title}",
+        "preset_gone": "This preset no longer exists; here are the current ones.",
+        "preset_not_followed": "You do not follow this preset.",
+        "preset_changed_notice": (
+            "🔔 An admin changed the preset <b>{title}</b> you follow, so your filters changed too. "
+            "They are now:\n{filters}\n\nTo keep filters of your own, change one with /set: that stops following."
+        ),
+        "preset_deleted_notice": (
+            "The preset <b>{title}</b> you followed was removed. Your filters stay as they are; "
+            "see /presets for the others."
+        ),
+        "setpreset_usage": (
+            "<b>Usage:</b> <code>/setpreset CODE \"Title\" [\"Description\"] NAME=VALUE ...</code>\n"
+            "e.g. <code>/setpreset safe \"Safe\" min_mcap=50k min_liquidity=15k min_win_rate=45</code>\n"
+            "CODE: 1 to 24 of a-z, 0-9, _. The filters listed become the preset's whole set "
+            "(names and values as in /set). Without a title or description the preset keeps its own."
+        ),
+        "setpreset_current": "<b>The presets now</b> (copy one to change it):\n{definitions}",
+        "setpreset_error": "❌ {reason}.\nNothing was saved.\n\n{usage}",
+        "setpreset_created": "✅ Preset <code>{code}</code> (<b>{title}</b>) created:\n{filters}",
+        "setpreset_changed": (
+            "✅ Preset <code>{code}</code> (<b>{title}</b>) saved:\n{filters}\n"
+            "Followers updated and notified: {updated}."
+        ),
+        "setpreset_followers_failed": (
+            "⚠ Some followers could not be updated now (see the log); "
+            "send the same /setpreset {code} again later to finish."
+        ),
+        "delpreset_usage": "<b>Usage:</b> <code>/delpreset CODE</code>, e.g. <code>/delpreset degen</code>",
+        "delpreset_unknown": "There is no preset <code>{code}</code>; nothing changed.",
+        "delpreset_done": (
+            "✅ Preset <code>{code}</code> (<b>{title}</b>) deleted. "
+            "Followers told (they keep their filters): {followers}."
+        ),
     },
     "ru": {
         "welcome": (
@@ -86,11 +244,15 @@ TEXTS: dict[str, dict[str, str]] = {
             "Я в реальном времени слежу за коллами токенов Solana в Telegram-каналах, проверяю "
             "каждый токен по <i>вашим</i> фильтрам и присылаю одно оповещение на токен, а потом "
             "сообщаю, когда он сделает 2x, 5x и 10x.\n\n"
-            "Настройте фильтры командой /set, посмотрите их в /filters, а всё остальное есть в /help."
+            "Нажмите <b>Фильтры</b> ниже, чтобы выбрать, что к вам придёт, или начните с готового "
+            "<b>пресета</b>; <b>Проверить фильтры</b> покажет, что они поймали бы за последние "
+            "24 часа. Все команды есть в /help."
         ),
         "help": (
             "<b>Что я умею</b>\n"
             "/start: приветствие и главное меню\n"
+            "/settings: настроить фильтры кнопками и проверить их на последних 24 часах\n"
+            "/presets: готовые наборы фильтров: применить или подписаться\n"
             "/filters: ваши фильтры\n"
             "/set ИМЯ ЗНАЧЕНИЕ: задать фильтр, например <code>/set min_mcap 50k</code>\n"
             "/unset ИМЯ: убрать фильтр\n"
@@ -99,7 +261,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/status: ваш тариф и настройки\n"
             "/language: выбрать язык\n"
             "/paysupport: помощь с оплатой\n"
-            "/privacy: какие данные о вас хранятся"
+            "/privacy: какие данные о вас хранятся и как их удалить"
         ),
         "error": "У нас что-то пошло не так. Пожалуйста, попробуйте ещё раз чуть позже.",
         "unavailable": "Ваши настройки сейчас недоступны. Пожалуйста, попробуйте через минуту.",
@@ -155,6 +317,160 @@ TEXTS: dict[str, dict[str, str]] = {
         "accepted_channels": "id каналов или @username через запятую",
         "accepted_exclude_channels": "id каналов или @username через запятую",
         "accepted_min_channels": "целое число от 1 до 100, по умолчанию 1",
+        "replay_working": "Проверяю ваши фильтры на последних 24 часах…",
+        "replay_result": (
+            "🔁 С вашими фильтрами за последние {hours} ч пришло бы оповещений: <b>{alerts}</b>; "
+            "из них сделали 2x после оповещения: <b>{reached}</b>."
+        ),
+        "replay_result_one": (
+            "🔁 С вашими фильтрами за последние {hours} ч пришло бы оповещений: <b>1</b>; "
+            "из них сделали 2x после оповещения: <b>{reached}</b>."
+        ),
+        "replay_none": (
+            "🔁 С вашими фильтрами за последние {hours} ч не пришло бы <b>ни одного</b> оповещения. "
+            "Попробуйте ослабить фильтры: /filters покажет их, /unset уберёт фильтр."
+        ),
+        "replay_top_title": "<b>Лучшие из них:</b>",
+        "replay_top_line": "• {symbol}: {multiple}",
+        "replay_no_price": "нет цены после оповещения",
+        "replay_partial": "ℹ️ История пока охватывает только {covered} ч, поэтому проверка покрывает меньше {hours} ч.",
+        "replay_no_history": "ℹ️ Истории коллов пока нет, проверять фильтры не на чем. Попробуйте позже.",
+        "replay_unavailable": "История коллов сейчас недоступна. Пожалуйста, попробуйте через минуту.",
+        # ---- меню
+        "menu_title": "<b>Главное меню</b>\nЧто вы хотите сделать?",
+        "menu_filters": "🎯 Фильтры",
+        "menu_presets": "📦 Пресеты",
+        "menu_plans": "💳 Тарифы",
+        "menu_status": "📊 Статус",
+        "menu_language": "🌐 Язык",
+        "menu_help": "❓ Помощь",
+        "button_back": "⬅ Назад",
+        "button_cancel": "✖ Отмена",
+        "button_replay": "🧪 Проверить фильтры на последних 24 часах",
+        "button_reset_all": "♻ Сбросить все фильтры",
+        "button_reset_one": "♻ Убрать этот фильтр",
+        "button_delete_data": "🗑 Удалить мои данные",
+        "button_delete_confirm": "🗑 Да, удалить всё",
+        "label_min_mcap": "Мин. капитализация",
+        "label_max_mcap": "Макс. капитализация",
+        "label_min_liquidity": "Мин. ликвидность",
+        "label_min_holders": "Мин. холдеров",
+        "label_max_age": "Макс. возраст токена",
+        "label_min_win_rate": "Мин. винрейт",
+        "label_min_avg_gain": "Мин. средний рост",
+        "label_channels": "Только каналы",
+        "label_exclude_channels": "Исключить каналы",
+        "label_min_channels": "Мин. каналов",
+        "stale_button": "Эта кнопка устарела; вот меню заново.",
+        "filters_screen_hint": "Нажмите на фильтр, чтобы изменить его.",
+        "ask_value": (
+            "Отправьте новое значение для <b>{label}</b> (<code>{name}</code>).\n"
+            "Допустимо: {accepted}\nСейчас: {current}"
+        ),
+        "value_not_set": "не задан",
+        "flow_try_again": "Отправьте другое значение или нажмите «Отмена».",
+        "flow_cancelled": "Ничего не изменилось.",
+        "reset_all_done": "✅ Все фильтры убраны: проходит каждый токен из коллов.",
+        "status_title": "<b>Ваш статус</b>",
+        "status_plan_active": "Тариф: активен до {date} (осталось дней: {days})",
+        "status_plan_none": "Тариф: нет; оповещения приходят с тарифом, смотрите /plans",
+        "status_plan_admin": "Тариф: администратор, оповещения всегда включены",
+        "status_alerts_on": "Оповещения: включены",
+        "status_alerts_paused": "Оповещения: на паузе (/resume)",
+        "status_alerts_today": "Оповещений сегодня: {count}",
+        "status_preset": "Пресет: {preset}",
+        "status_filters_none": "Фильтры: нет, проходит каждый токен из коллов",
+        "status_invite": "Пригласите друзей: {link} (пришло: {count})",
+        "language_title": "Выберите язык:",
+        "language_set": "✅ Язык: русский",
+        "privacy": (
+            "<b>Что бот хранит о вас</b>\n"
+            "• ваш id в Telegram, имя пользователя, имя и язык;\n"
+            "• ваши фильтры, историю их изменений и пресет, на который вы подписаны;\n"
+            "• отправленные вам оповещения (токен, время, капитализация) и их множители;\n"
+            "• ваш тариф и платежи (платежи остаются для бухгалтерии, но без вашего id, "
+            "после удаления данных);\n"
+            "• кто вас пригласил и кого пригласили вы.\n\n"
+            "Ничего не передаётся третьим лицам. Кнопка ниже удаляет всё это."
+        ),
+        "privacy_confirm": (
+            "<b>Удалить все ваши данные?</b>\n"
+            "Удалятся фильтры, история и оповещения, а также тариф, даже оплаченный. "
+            "Отменить это нельзя; позже /start начнёт всё заново."
+        ),
+        "privacy_deleted": "🗑 Готово: всё, что бот хранил о вас, удалено. Отправьте /start, чтобы начать заново.",
+        "privacy_cancelled": "Ничего не удалено.",
+        "paysupport": (
+            "<b>Помощь с оплатой</b>\n"
+            "Опишите проблему одним сообщением, начав его с /paysupport, например:\n"
+            "<code>/paysupport оплатил 0.09 SOL, тариф не активен, tx 5Kd…</code>\n"
+            "Оно сразу уйдёт команде вместе с вашим id, а ответ придёт сюда."
+        ),
+        "paysupport_sent": "✅ Отправлено команде. Ответ придёт в этот чат.",
+        "paysupport_to_admin": "💬 <b>Вопрос по оплате</b> от {user} (<code>{user_id}</code>):\n{message}",
+        "paysupport_no_admins": "Сейчас некому принять вопрос по оплате. Пожалуйста, попробуйте позже.",
+        "plans_title": "<b>Тарифы</b>\nТариф включает оповещения на свой срок; дни суммируются.",
+        "plans_none": "Сейчас тарифов нет.",
+        "plan_card": "<b>{title}</b>: оповещения на {days} дн.\nЦена: {prices}",
+        "plan_unknown": "Тарифа <code>{code}</code> нет; вот доступные тарифы.",
+        "plan_how_to_pay": "Вопросы по оплате: /paysupport",
+        "throttled": "⏳ Вы действуете слишком быстро. Подождите несколько секунд, и следующее нажатие сработает.",
+        # ---- пресеты (bot/routers/presets.py)
+        "presets_title": (
+            "<b>📦 Пресеты</b>\nГотовые наборы фильтров. <b>Применить</b> копирует набор в ваши фильтры; "
+            "<b>Подписаться</b> тоже, и ещё меняет ваши фильтры вслед за пресетом, когда его меняет администратор."
+        ),
+        "presets_none": "Пресетов пока нет.",
+        "preset_following": "вы подписаны на этот пресет",
+        "preset_no_filters": "без фильтров: проходит каждый токен из коллов",
+        "preset_button_apply": "✅ Применить {title}",
+        "preset_button_follow": "🔔 Подписаться",
+        "preset_button_unfollow": "🔕 Отписаться",
+        "preset_button_back": "⬅ Назад",
+        "preset_applied": "✅ Пресет <b>{title}</b> применён. Ваши фильтры теперь:\n{filters}",
+        "preset_followed": (
+            "🔔 Вы подписаны на пресет <b>{title}</b>: когда администратор его меняет, ваши фильтры "
+            "меняются вместе с ним. Если вы сами измените фильтр, подписка прекратится.\n"
+            "Ваши фильтры теперь:\n{filters}"
+        ),
+        "preset_unfollowed": "🔕 Вы отписались от пресета <b>{title}</b>. Ваши фильтры остались прежними.",
+        "preset_toast_applied": "Применён: {title}",
+        "preset_toast_followed": "Подписка: {title}",
+        "preset_toast_unfollowed": "Подписка отменена: {title}",
+        "preset_gone": "Этого пресета больше нет; вот актуальные.",
+        "preset_not_followed": "Вы не подписаны на этот пресет.",
+        "preset_changed_notice": (
+            "🔔 Администратор изменил пресет <b>{title}</b>, на который вы подписаны, поэтому изменились "
+            "и ваши фильтры. Теперь они такие:\n{filters}\n\n"
+            "Чтобы оставить свои фильтры, измените любой командой /set: подписка прекратится."
+        ),
+        "preset_deleted_notice": (
+            "Пресет <b>{title}</b>, на который вы были подписаны, удалён. Ваши фильтры остались прежними; "
+            "другие пресеты смотрите в /presets."
+        ),
+        "setpreset_usage": (
+            "<b>Как использовать:</b> <code>/setpreset КОД \"Название\" [\"Описание\"] ИМЯ=ЗНАЧЕНИЕ ...</code>\n"
+            "например <code>/setpreset safe \"Safe\" min_mcap=50k min_liquidity=15k min_win_rate=45</code>\n"
+            "КОД: от 1 до 24 символов a-z, 0-9, _. Перечисленные фильтры становятся всем набором пресета "
+            "(имена и значения как в /set). Без названия или описания у пресета остаются прежние."
+        ),
+        "setpreset_current": "<b>Пресеты сейчас</b> (скопируйте, чтобы изменить):\n{definitions}",
+        "setpreset_error": "❌ {reason}.\nНичего не сохранено.\n\n{usage}",
+        "setpreset_created": "✅ Пресет <code>{code}</code> (<b>{title}</b>) создан:\n{filters}",
+        "setpreset_changed": (
+            "✅ Пресет <code>{code}</code> (<b>{title}</b>) сохранён:\n{filters}\n"
+            "Подписчиков обновлено и уведомлено: {updated}."
+        ),
+        "setpreset_followers_failed": (
+            "⚠ Часть подписчиков сейчас обновить не удалось (см. лог); "
+            "позже отправьте тот же /setpreset {code} ещё раз, чтобы закончить."
+        ),
+        "delpreset_usage": "<b>Как использовать:</b> <code>/delpreset КОД</code>, например <code>/delpreset degen</code>",
+        "delpreset_unknown": "Пресета <code>{code}</code> нет; ничего не изменилось.",
+        "delpreset_done": (
+            "✅ Пресет <code>{code}</code> (<b>{title}</b>) удалён. "
+            "Уведомлено подписчиков (их фильтры остались): {followers}."
+        ),
     },
 }
 

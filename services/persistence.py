@@ -3,6 +3,12 @@
 The pipeline only appends to in-memory batches (no await); a background task writes them.
 If PostgreSQL is slow or down, alerts go out all the same and the rows wait, in order, until
 it answers; only past `max_pending` rows would the oldest be dropped, and that is counted.
+
+Calls keep the token as the call described it, and every price update is kept as a row of
+`token_prices` as well as the token's latest price: filter replay (services/replay.py) needs
+both. Price history is pruned after `history_days`, at most once per `prune_interval`; calls are
+kept (one row per token and channel, a small table, and the record reports and channel figures
+are built from).
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -48,13 +56,17 @@ ON CONFLICT (address) DO UPDATE SET
     image_url = COALESCE(EXCLUDED.image_url, tokens.image_url)
 """
 INSERT_CALL = """
-INSERT INTO calls (token_address, channel_id, called_at, market_cap_usd, price_usd)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO calls (token_address, channel_id, called_at, market_cap_usd, price_usd, liquidity_usd, holders)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (token_address, channel_id) DO NOTHING
 """
 UPDATE_PRICE = """
 UPDATE tokens SET price_usd = $2, market_cap_usd = COALESCE($3, market_cap_usd), price_updated_at = $4
 WHERE address = $1 AND (price_updated_at IS NULL OR price_updated_at <= $4)
+"""
+# The same row as UPDATE_PRICE, kept as history for filter replay.
+INSERT_PRICE_HISTORY = """
+INSERT INTO token_prices (token_address, ts, price_usd, market_cap_usd) VALUES ($1, $4, $2, $3)
 """
 # One row per call that alerted, whatever the number of subscribers it alerted.
 INSERT_ALERTS = """
@@ -64,9 +76,16 @@ ON CONFLICT (user_id, token_address) DO NOTHING
 """
 # Order matters: calls reference tokens and channels, alerts reference tokens.
 WRITE_ORDER = ("channel", "token", "call", "price", "alert")
-STATEMENTS = {
-    "channel": UPSERT_CHANNEL, "token": UPSERT_TOKEN, "call": INSERT_CALL, "price": UPDATE_PRICE, "alert": INSERT_ALERTS,
+# Each kind of row feeds every statement of its kind, with the same arguments.
+STATEMENTS: dict[str, tuple[str, ...]] = {
+    "channel": (UPSERT_CHANNEL,), "token": (UPSERT_TOKEN,), "call": (INSERT_CALL,),
+    "price": (UPDATE_PRICE, INSERT_PRICE_HISTORY), "alert": (INSERT_ALERTS,),
 }
+PRUNE_PRICES = "DELETE FROM token_prices WHERE ts < $1"
+HISTORY_DAYS = 7.0
+PRUNE_INTERVAL_SECONDS = 3600.0
+# Pruning after a long stop may delete days of rows at once: more than a query's usual bound.
+PRUNE_TIMEOUT_SECONDS = 120.0
 
 
 @dataclass
@@ -76,17 +95,34 @@ class PersistenceStats:
     batches: int = 0
     failures: int = 0
     dropped: int = 0
+    pruned: int = 0
+
+
+def _deleted(status: str) -> int:
+    """Rows a DELETE removed, from its status tag ("DELETE 12")."""
+    try:
+        return int(status.rsplit(" ", 1)[-1])
+    except (ValueError, IndexError):
+        return 0
 
 
 class PersistenceWriter:
     def __init__(
         self, postgres: PostgresManager, *, batch_size: int = 1_000, flush_interval: float = 0.2,
-        max_pending: int = 200_000,
+        max_pending: int = 200_000, history_days: float | None = HISTORY_DAYS,
+        prune_interval: float = PRUNE_INTERVAL_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.postgres = postgres
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_pending = max_pending
+        self.history_days = history_days  # None: keep history forever
+        self.prune_interval = prune_interval
+        self.clock = clock
+        # The first prune waits one interval: a process that runs briefly (tests, the demo with
+        # its recorded, dated stream) never deletes what it has just written.
+        self._next_prune = time.monotonic() + prune_interval
         self._rows: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -118,7 +154,7 @@ class PersistenceWriter:
 
     def call(self, event: CallEvent) -> None:
         self._add("call", (event.token.address, event.channel.id, event.called_at, event.token.market_cap_usd,
-                           event.token.price_usd))
+                           event.token.price_usd, event.token.liquidity_usd, event.token.holders))
 
     def price(self, event: PriceEvent) -> None:
         self._add("price", (event.address, event.price_usd, event.market_cap_usd, event.ts))
@@ -159,6 +195,24 @@ class PersistenceWriter:
                 self.stats.failures += 1
                 backoff = min(max(backoff * 2, 0.5), 30.0)
                 logger.warning("PostgreSQL write failed (%s); %d rows wait, retry in %.1fs", exc, len(self._rows), backoff)
+                continue
+            if self.history_days is not None and time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + self.prune_interval
+                try:
+                    await self.prune()
+                except Exception as exc:  # noqa: BLE001 - history stays a while longer; writing goes on
+                    logger.warning("pruning replay history failed (%s); next try in %.0fs", exc, self.prune_interval)
+
+    async def prune(self, now: datetime | None = None) -> int:
+        """Delete price history older than `history_days`; returns the rows deleted."""
+        if self.history_days is None:
+            return 0
+        cutoff = (now or self.clock()) - timedelta(days=self.history_days)
+        deleted = _deleted(await self.postgres.execute(PRUNE_PRICES, cutoff, timeout=PRUNE_TIMEOUT_SECONDS))
+        self.stats.pruned += deleted
+        if deleted:
+            logger.info("pruned %d price rows older than %s", deleted, cutoff.isoformat())
+        return deleted
 
     async def flush(self) -> None:
         """Write everything queued so far, in dependency order; rows stay queued if it fails."""
@@ -171,7 +225,8 @@ class PersistenceWriter:
                 async with self.postgres.transaction() as connection:
                     for kind in WRITE_ORDER:
                         if grouped[kind]:
-                            await connection.executemany(STATEMENTS[kind], grouped[kind])
+                            for statement in STATEMENTS[kind]:
+                                await connection.executemany(statement, grouped[kind])
             except asyncpg.PostgresError as exc:
                 # The server answered but refused some row: write row by row so one bad row
                 # cannot hold back the rest forever.
@@ -186,8 +241,9 @@ class PersistenceWriter:
     async def _write_one_by_one(self, grouped: dict[str, list[tuple[Any, ...]]]) -> None:
         for kind in WRITE_ORDER:
             for row in grouped[kind]:
-                try:
-                    await self.postgres.execute(STATEMENTS[kind], *row)
-                except asyncpg.PostgresError as exc:
-                    self.stats.dropped += 1
-                    logger.error("dropped a %s row PostgreSQL refuses: %s (%r)", kind, exc, row[:2])
+                for statement in STATEMENTS[kind]:
+                    try:
+                        await self.postgres.execute(statement, *row)
+                    except asyncpg.PostgresError as exc:
+                        self.stats.dropped += 1
+                        logger.error("dropped a %s row PostgreSQL refuses: %s (%r)", kind, exc, row[:2])

@@ -7,7 +7,7 @@
 * Redis, the real-time store (written first on every change):
     ``subscriber:{telegram_id}``  hash: filters (JSON), paused ("0"/"1"), status, is_admin ("0"/"1"),
                                   plan_expires_at (epoch seconds, "" for none), language,
-                                  username, first_name
+                                  username, first_name, preset (the followed preset's code, "" for none)
     ``subscribers``               set of every registered telegram_id
     ``subscribers:pg_retry``      list of JSON retry entries (see below)
 * PostgreSQL, the permanent store (users, user_settings, settings_history, subscriptions).
@@ -49,6 +49,8 @@ SUBSCRIBERS_KEY = "subscribers"
 RETRY_KEY = "subscribers:pg_retry"
 CHANGE_CACHES = frozenset({"user_settings", "subscriptions"})
 STATUSES = frozenset({"active", "blocked", "banned"})
+# Sources of a change the user made themselves; such a change of a filter ends following a preset.
+MANUAL_SOURCES = frozenset({"command", "menu"})
 
 # What PostgreSQL being unreachable looks like (as opposed to a query that is wrong).
 PG_FAILURES: tuple[type[BaseException], ...] = (
@@ -94,6 +96,8 @@ class Subscriber:
     language: str = "en"
     username: str | None = None
     first_name: str | None = None
+    # The preset followed (services/presets.py): an admin's change of it replaces these filters.
+    preset: str | None = None
 
     def has_active_plan(self, now: datetime) -> bool:
         return self.plan_expires_at is not None and self.plan_expires_at > now
@@ -125,6 +129,7 @@ def _to_hash(sub: Subscriber) -> dict[str, str]:
         "language": sub.language,
         "username": sub.username or "",
         "first_name": sub.first_name or "",
+        "preset": sub.preset or "",
     }
 
 
@@ -145,7 +150,7 @@ def _from_epoch(raw: str | None) -> datetime | None:
 # (grants chain from the previous expiry, so the latest is when the plan runs out).
 _SELECT = """
 SELECT u.telegram_id, u.username, u.first_name, u.language, u.status, u.paused,
-       COALESCE(s.filters, '{}'::jsonb) AS filters,
+       COALESCE(s.filters, '{}'::jsonb) AS filters, s.preset_code AS preset,
        (SELECT max(sub.expires_at) FROM subscriptions sub
          WHERE sub.user_id = u.id AND sub.revoked_at IS NULL) AS plan_expires_at
   FROM users u
@@ -269,22 +274,87 @@ class SubscriberStore:
         self, telegram_id: int, new: Filters, *, name: str, source: str = "command"
     ) -> Subscriber:
         """Save `new` (a change of filter `name`): Redis, then PostgreSQL with a history row, then
-        the settings log, then every process's cache. A PostgreSQL failure defers its part."""
+        the settings log, then every process's cache. A PostgreSQL failure defers its part.
+
+        A change the user made by hand (source 'command' or 'menu') ends following a preset, in
+        the same write: the filters are their own now, and an admin's later change of the preset
+        must not overwrite them."""
         current = await self._require(telegram_id)
         old_value = current.filters.to_dict().get(name)
         new_value = new.to_dict().get(name)
-        await self.redis.hset(subscriber_key(telegram_id), "filters", _filters_json(new))
-        history = {
-            "name": name, "old": old_value, "new": new_value, "source": source,
-            "changed_at": self.clock().isoformat(),
-        }
-        saved = await self._save_to_pg(telegram_id, filters=new, history=history)
+        unfollow = current.preset is not None and source in MANUAL_SOURCES
+        fields: dict[str, str] = {"filters": _filters_json(new)}
+        if unfollow:
+            fields["preset"] = ""
+        await self.redis.hset(subscriber_key(telegram_id), mapping=fields)
+        changed_at = self.clock().isoformat()
+        history = [{"name": name, "old": old_value, "new": new_value, "source": source, "changed_at": changed_at}]
+        if unfollow:
+            history.append(
+                {"name": "preset", "old": current.preset, "new": None, "source": source, "changed_at": changed_at}
+            )
+        saved = await self._save_to_pg(
+            telegram_id, filters=new, history=history, preset_changed=unfollow, preset=None
+        )
         settings_log.info(
-            "user %s %s: %s -> %s (source=%s%s)",
+            "user %s %s: %s -> %s (source=%s%s%s)",
             telegram_id, name, json.dumps(old_value), json.dumps(new_value), source,
+            f", stopped following preset {current.preset}" if unfollow else "",
             "" if saved else ", postgres deferred",
         )
-        return await self._changed(replace(current, filters=new))
+        return await self._changed(replace(current, filters=new, preset=None if unfollow else current.preset))
+
+    async def apply_filters(
+        self, telegram_id: int, filters: Filters, *, source: str, preset: str | None
+    ) -> Subscriber:
+        """Replace the whole filter set with `filters` and make `preset` the followed one (None:
+        follow nothing), saved like update_filters: history rows 'filters' (old and new whole
+        sets) and, when following changes, 'preset' (old and new codes). Nothing changing writes
+        nothing. The preset is not checked here: PostgreSQL stores NULL for one that is gone."""
+        current = await self._require(telegram_id)
+        old_filters, new_filters = current.filters.to_dict(), filters.to_dict()
+        changed_at = self.clock().isoformat()
+        history: list[dict[str, Any]] = []
+        if old_filters != new_filters:
+            history.append(
+                {"name": "filters", "old": old_filters, "new": new_filters, "source": source, "changed_at": changed_at}
+            )
+        if current.preset != preset:
+            history.append(
+                {"name": "preset", "old": current.preset, "new": preset, "source": source, "changed_at": changed_at}
+            )
+        if not history:
+            return current
+        await self.redis.hset(
+            subscriber_key(telegram_id), mapping={"filters": _filters_json(filters), "preset": preset or ""}
+        )
+        saved = await self._save_to_pg(
+            telegram_id, filters=filters, history=history, preset_changed=True, preset=preset
+        )
+        settings_log.info(
+            "user %s filters: %s -> %s, preset %s -> %s (source=%s%s)",
+            telegram_id, json.dumps(old_filters, sort_keys=True), json.dumps(new_filters, sort_keys=True),
+            current.preset, preset, source, "" if saved else ", postgres deferred",
+        )
+        return await self._changed(replace(current, filters=filters, preset=preset))
+
+    async def set_following(self, telegram_id: int, code: str | None, *, source: str = "menu") -> Subscriber:
+        """Follow the preset `code` (None: follow nothing) without touching the filters; a
+        'preset' history row records it. Use apply_filters to follow and take its filters."""
+        current = await self._require(telegram_id)
+        if current.preset == code:
+            return current
+        await self.redis.hset(subscriber_key(telegram_id), "preset", code or "")
+        history = [{
+            "name": "preset", "old": current.preset, "new": code, "source": source,
+            "changed_at": self.clock().isoformat(),
+        }]
+        saved = await self._save_to_pg(telegram_id, history=history, preset_changed=True, preset=code)
+        settings_log.info(
+            "user %s preset: %s -> %s (source=%s%s)",
+            telegram_id, current.preset, code, source, "" if saved else ", postgres deferred",
+        )
+        return await self._changed(replace(current, preset=code))
 
     async def set_paused(self, telegram_id: int, paused: bool) -> Subscriber:
         current = await self._require(telegram_id)
@@ -432,15 +502,20 @@ class SubscriberStore:
         filters: Filters | None = None,
         paused: bool | None = None,
         status: str | None = None,
-        history: dict[str, Any] | None = None,
+        history: dict[str, Any] | list[dict[str, Any]] | None = None,
+        preset_changed: bool = False,
+        preset: str | None = None,
     ) -> bool:
-        """Write the fields given (None = not changed) to PostgreSQL, or queue them for retry."""
+        """Write the fields given (None = not changed; the preset only with `preset_changed`,
+        since None is a value it can take) to PostgreSQL, or queue them for retry."""
         entry = {
             "telegram_id": telegram_id,
             "filters": None if filters is None else filters.to_dict(),
             "paused": paused,
             "status": status,
             "history": history,
+            # Wrapped so that "now follows nothing" differs from "following not changed".
+            "preset": {"code": preset} if preset_changed else None,
         }
         try:
             await self._write_entry(entry)
@@ -465,7 +540,13 @@ class SubscriberStore:
             paused = stored["paused"] == "1" if "paused" in stored else bool(entry["paused"])
         if entry.get("status") is not None:
             status = stored["status"] if stored.get("status") in STATUSES else entry["status"]
+        preset_change = entry.get("preset")
+        preset = None
+        if preset_change is not None:
+            preset = (stored["preset"] or None) if "preset" in stored else preset_change["code"]
+        # One history row (entries queued before several were possible) or a list of them.
         history = entry.get("history")
+        history_rows = [] if history is None else [history] if isinstance(history, Mapping) else list(history)
         async with self.postgres.transaction() as conn:
             user_id = await conn.fetchval(
                 """
@@ -485,14 +566,25 @@ class SubscriberStore:
                     """,
                     user_id, filters,
                 )
-            if history is not None:
+            if preset_change is not None:
+                # A preset deleted since the user followed it is followed by nobody: NULL, not
+                # a foreign-key error that would make the whole write (filters too) fail for good.
+                await conn.execute(
+                    """
+                    INSERT INTO user_settings (user_id, preset_code)
+                    VALUES ($1, (SELECT code FROM presets WHERE code = $2))
+                    ON CONFLICT (user_id) DO UPDATE SET preset_code = EXCLUDED.preset_code
+                    """,
+                    user_id, preset,
+                )
+            for row in history_rows:
                 await conn.execute(
                     """
                     INSERT INTO settings_history (user_id, name, old_value, new_value, source, changed_at)
                     VALUES ($1, $2, $3, $4, $5, $6)
                     """,
-                    user_id, history["name"], _jsonb(history["old"]), _jsonb(history["new"]),
-                    history["source"], datetime.fromisoformat(history["changed_at"]),
+                    user_id, row["name"], _jsonb(row["old"]), _jsonb(row["new"]),
+                    row["source"], datetime.fromisoformat(row["changed_at"]),
                 )
 
     async def _push_retry(self, entry: Mapping[str, Any], *, front: bool = False) -> None:
@@ -560,6 +652,7 @@ class SubscriberStore:
                 language=stored.get("language") or "en",
                 username=stored.get("username") or None,
                 first_name=stored.get("first_name") or None,
+                preset=stored.get("preset") or None,
             )
         except (ValueError, TypeError) as exc:
             logger.error("unreadable Redis hash for subscriber %s (%r); reading PostgreSQL", telegram_id, exc)
@@ -580,4 +673,5 @@ class SubscriberStore:
             language=row["language"],
             username=row["username"],
             first_name=row["first_name"],
+            preset=row["preset"],
         )

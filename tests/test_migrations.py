@@ -22,11 +22,12 @@ from managers.migrations import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-ALL_VERSIONS = ["0001", "0002"]
+# Every migration in the repo, so adding one does not break the tests of the runner.
+ALL_VERSIONS = [m.version for m in discover_migrations()]
 CORE_TABLES = {
     "users", "user_settings", "settings_history", "channels", "tokens", "calls", "alerts",
     "multiplier_entries", "plans", "payments", "subscriptions", "notification_history",
-    "activity_log", "schema_migrations", "deliveries",
+    "activity_log", "schema_migrations", "deliveries", "token_prices",
 }
 
 
@@ -65,11 +66,12 @@ def test_migrations_dir_is_the_repo_folder() -> None:
 
 
 async def test_applies_on_a_fresh_database(database_url: str) -> None:
-    assert await migration_status(database_url) == [("0001", False), ("0002", False)]
+    assert ALL_VERSIONS[:3] == ["0001", "0002", "0003"]
+    assert await migration_status(database_url) == [(v, False) for v in ALL_VERSIONS]
     applied = await apply_migrations(database_url)
-    assert applied == ["0001", "0002"]
+    assert applied == ALL_VERSIONS
     assert CORE_TABLES <= await _tables(database_url)
-    assert await migration_status(database_url) == [("0001", True), ("0002", True)]
+    assert await migration_status(database_url) == [(v, True) for v in ALL_VERSIONS]
 
     conn = await asyncpg.connect(database_url)
     try:

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from managers.embedded_postgres import EmbeddedPostgres, start_embedded_postgres_async
-from managers.migrations import apply_migrations
+from managers.migrations import apply_migrations, discover_migrations
 from managers.postgres import PostgresManager, PostgresNotStarted, redact_dsn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -183,7 +183,7 @@ async def test_embedded_server_starts_migrates_and_stops(short_tmp: Path) -> Non
         finally:
             await conn.close()
 
-        assert await apply_migrations(pg.dsn) == ["0001", "0002"]
+        assert await apply_migrations(pg.dsn) == [m.version for m in discover_migrations()]
         assert await apply_migrations(pg.dsn) == []
 
         async with PostgresManager(pg.dsn, min_size=1, max_size=2, query_timeout=2) as db:

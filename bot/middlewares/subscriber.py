@@ -31,11 +31,12 @@ class SubscriberMiddleware(BaseMiddleware):
         if user is None or user.is_bot:
             return await handler(event, data)
         store: SubscriberStore | None = data.get("store")
-        subscriber = await _load(store, user) if store is not None else None
+        subscriber, first_contact = await _load(store, user) if store is not None else (None, False)
         if subscriber is not None and subscriber.status == "banned":
             logger.info("dropped an update from banned user %s", user.id)
             return None
         data["subscriber_loaded"] = subscriber is not None
+        data["first_contact"] = first_contact  # a /start deep link may credit a referrer only now
         if subscriber is None:
             subscriber = Subscriber(
                 telegram_id=user.id,
@@ -49,18 +50,19 @@ class SubscriberMiddleware(BaseMiddleware):
         return await handler(event, data)
 
 
-async def _load(store: SubscriberStore, user: User) -> Subscriber | None:
-    """The stored subscriber (registered now if new), or None when the stores cannot say."""
+async def _load(store: SubscriberStore, user: User) -> tuple[Subscriber | None, bool]:
+    """(the stored subscriber, registered just now?); (None, False) when the stores cannot say."""
     try:
         subscriber = await store.get(user.id)
-        if subscriber is None:
-            subscriber = await store.register(
-                user.id, username=user.username, first_name=user.first_name, language_code=user.language_code
-            )
-        return subscriber
+        if subscriber is not None:
+            return subscriber, False
+        subscriber = await store.register(
+            user.id, username=user.username, first_name=user.first_name, language_code=user.language_code
+        )
+        return subscriber, True
     except (StoreUnavailable, ConnectionError, *PG_FAILURES) as exc:
         logger.warning("stores unavailable for user %s (%r); answering with defaults", user.id, exc)
-        return None
+        return None, False
 
 
 def attach_subscriber_middleware(router: Router) -> None:

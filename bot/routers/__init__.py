@@ -13,11 +13,32 @@ from __future__ import annotations
 from aiogram import Router
 
 from bot.middlewares.subscriber import attach_subscriber_middleware
-from bot.routers import admin, alerts_control, common, errors, filters, membership
+from bot.routers import (
+    account,
+    admin,
+    alerts_control,
+    common,
+    errors,
+    filters,
+    membership,
+    presets,
+    replay,
+    settings,
+)
 
 
 def get_routers() -> list[Router]:
-    user_routers = [filters.build_router(), alerts_control.build_router(), admin.build_router(), common.build_router()]
+    user_routers = [
+        settings.build_router(),
+        filters.build_router(),
+        replay.build_router(),
+        alerts_control.build_router(),
+        account.build_router(),
+        presets.build_router(),
+        admin.build_router(),
+        common.build_router(),
+        common.build_fallback_router(),  # last: presses of buttons nothing above handles
+    ]
     for router in user_routers:
         attach_subscriber_middleware(router)
     return [errors.build_router(), membership.build_router(), *user_routers]

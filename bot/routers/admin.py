@@ -21,7 +21,9 @@ from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubsc
 
 logger = logging.getLogger("alertbot.admin")
 
-ADMIN_COMMANDS = ("admin", "stats", "broadcast", "grant", "revoke", "ban", "unban", "health")
+ADMIN_COMMANDS = (
+    "admin", "stats", "broadcast", "grant", "revoke", "ban", "unban", "health", "setpreset", "delpreset",
+)
 MAX_DAYS = 3650
 MAX_USER_ID = 2**63 - 1  # bigint
 

@@ -1,31 +1,89 @@
-"""/start and /help: what every user sees first."""
+"""/start (with its deep links), the main menu, /help, and buttons nobody handles any more.
+
+Deep links: `t.me/<bot>?start=ref_<code>` credits the user whose invite code it is (only on the
+user's first contact, and never themselves); `?start=plan_<code>` opens that plan after the
+welcome. A payload that means nothing gets the plain welcome.
+"""
 
 from __future__ import annotations
 
 import html
+import logging
 
-from aiogram import Router
-from aiogram.filters import Command, CommandStart
-from aiogram.types import Message
+from aiogram import F, Router
+from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.fsm.context import FSMContext
+from aiogram.types import CallbackQuery, Message
 
+from bot import keyboards
+from bot.callbacks import MenuCB
+from bot.routers.account import plan_screen
+from bot.routers.screens import show
 from bot.texts import pick_language, text
+from managers.postgres import PostgresManager
+from services.accounts import AccountService, parse_start_payload
+from services.subscribers import Subscriber, SubscriberStore
+
+logger = logging.getLogger("alertbot.handlers")
 
 
-async def start(message: Message, language: str | None = None) -> None:
+async def start(
+    message: Message,
+    command: CommandObject,
+    subscriber: Subscriber,
+    language: str,
+    state: FSMContext,
+    store: SubscriberStore | None = None,
+    postgres: PostgresManager | None = None,
+    first_contact: bool = False,
+) -> None:
+    await state.clear()
     user = message.from_user
-    # `language` comes from the subscriber middleware (their stored choice); Telegram's as a fallback.
-    language = language or pick_language(user.language_code if user else None)
     name = html.escape(user.first_name if user and user.first_name else "there")
-    await message.answer(text("welcome", language, name=name))
+    link = parse_start_payload(command.args)
+    accounts = AccountService(store, postgres) if store is not None and postgres is not None else None
+    if link is not None and link[0] == "ref" and first_contact and accounts is not None:
+        referrer = await accounts.record_referral(subscriber.telegram_id, link[1])
+        logger.info("user %s came by invite %r (referrer %s)", subscriber.telegram_id, link[1], referrer)
+    await message.answer(
+        f"{text('welcome', language, name=name)}\n\n{text('menu_title', language)}",
+        reply_markup=keyboards.main_menu(language),
+    )
+    if link is not None and link[0] == "plan":
+        card, markup = await plan_screen(accounts, link[1], language)
+        await message.answer(card, reply_markup=markup)
 
 
-async def help_command(message: Message, language: str | None = None) -> None:
-    language = language or pick_language(message.from_user.language_code if message.from_user else None)
-    await message.answer(text("help", language))
+async def main_menu(event: Message | CallbackQuery, language: str, state: FSMContext) -> None:
+    await state.clear()
+    await show(event, text("menu_title", language), keyboards.main_menu(language))
+
+
+async def help_screen(event: Message | CallbackQuery, language: str | None = None) -> None:
+    if language is None:  # no subscriber middleware (cannot happen in get_routers; kept for safety)
+        user = event.from_user
+        language = pick_language(user.language_code if user else None)
+    await show(event, text("help", language), keyboards.back_only(language))
+
+
+async def stale_button(callback: CallbackQuery, language: str) -> None:
+    """A press no handler took: a button of an older version, or of a screen that is gone."""
+    await show(callback, text("menu_title", language), keyboards.main_menu(language),
+               notice=text("stale_button", language))
 
 
 def build_router() -> Router:
     router = Router(name="common")
     router.message(CommandStart())(start)
-    router.message(Command("help"))(help_command)
+    router.message(Command("help"))(help_screen)
+    router.callback_query(MenuCB.filter(F.screen == "main"))(main_menu)
+    router.callback_query(MenuCB.filter(F.screen == "help"))(help_screen)
     return router
+
+
+def build_fallback_router() -> Router:
+    """Last of all: answers the presses of buttons that nothing else handles."""
+    router = Router(name="fallback")
+    router.callback_query()(stale_button)
+    return router
+

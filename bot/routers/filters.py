@@ -113,7 +113,7 @@ async def set_command(
     try:
         updated = set_filter(subscriber.filters, name, raw_value)
     except FilterValueError as exc:
-        await message.answer(_value_error(name, raw_value, exc, language))
+        await message.answer(value_error(name, raw_value, exc, language))
         return
     if store is None or not subscriber_loaded:
         await message.answer(text("unavailable", language))
@@ -127,7 +127,7 @@ async def set_command(
     await message.answer(text("filter_set", language, name=name, value=html.escape(format_filter_value(name, value))))
 
 
-def _value_error(name: str, raw_value: str, exc: FilterValueError, language: str) -> str:
+def value_error(name: str, raw_value: str, exc: FilterValueError, language: str) -> str:
     try:
         FILTER_SPECS[name].parse(raw_value)
     except FilterValueError:

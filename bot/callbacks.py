@@ -1,0 +1,48 @@
+"""Callback data of every inline button, through aiogram's CallbackData factories.
+
+Each prefix carries a version digit: when a factory's fields change, bump it (m1 -> m2) and
+buttons on old messages stop matching instead of being misread; a press that matches nothing
+is answered by the menu router's fallback ("this button is out of date"). Telegram allows 64
+bytes of callback data; `tests/test_menus.py` checks the longest value each factory can make.
+"""
+
+from __future__ import annotations
+
+from aiogram.filters.callback_data import CallbackData
+
+MAX_CALLBACK_BYTES = 64
+PRESET_CODE_MAX = 24  # presets.code is limited to this, so PresetCB always fits
+
+
+class MenuCB(CallbackData, prefix="m1"):
+    """Open a screen: main, filters, presets, plans, status, language, help, privacy."""
+
+    screen: str
+
+
+class FilterCB(CallbackData, prefix="f1"):
+    """edit NAME (asks for a value), reset NAME, reset_all, reset_all_ok, cancel, replay."""
+
+    action: str
+    name: str = ""
+
+
+class PresetCB(CallbackData, prefix="p1"):
+    """show CODE, apply CODE, follow CODE, unfollow CODE."""
+
+    action: str
+    code: str = ""
+
+
+class LanguageCB(CallbackData, prefix="l1"):
+    code: str
+
+
+class PrivacyCB(CallbackData, prefix="d1"):
+    """ask (show the warning), confirm (delete now), cancel."""
+
+    action: str
+
+
+class PlanCB(CallbackData, prefix="pl1"):
+    code: str

@@ -1,0 +1,403 @@
+"""/presets and the main menu's Presets screen; admins' /setpreset and /delpreset.
+
+A user applies a preset (its filters replace theirs) or follows it (the same, and later admin
+changes of the preset replace their filters again, with a notice in their language). Changing a
+filter by hand stops following (services/subscribers.py `update_filters`).
+
+Everything admins or presets carry (titles, descriptions) is HTML-escaped before it is shown.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import weakref
+
+from aiogram import Bot, F, Router
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
+from aiogram.filters import Command, CommandObject
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+
+from bot.callbacks import MenuCB, PresetCB
+from bot.filters_admin import IsAdmin
+from bot.routers.filters import filter_lines
+from bot.texts import pick_language, text
+from managers.postgres import PostgresManager
+from services.filters import Filters
+from services.presets import (
+    Preset,
+    PresetDefinitionError,
+    PresetStore,
+    parse_preset_definition,
+    preset_definition,
+    valid_code,
+)
+from services.sender import AlertSender, Lane
+from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
+
+logger = logging.getLogger("alertbot.presets")
+
+MAX_LISTED = 20  # presets shown (and given buttons) on one screen
+MESSAGE_BUDGET = 3800  # of Telegram's 4096 characters, leaving room for the markup's overhead
+BUTTON_TITLE = 28  # characters of a title on a button
+TOAST_LIMIT = 200  # Telegram's limit for a callback answer
+
+# One PresetStore per PostgresManager, so its short list cache serves every handler call; weak,
+# so a test's or a restarted runtime's manager does not stay alive through it.
+_stores: weakref.WeakKeyDictionary[PostgresManager, PresetStore] = weakref.WeakKeyDictionary()
+
+
+def preset_store(postgres: PostgresManager) -> PresetStore:
+    store = _stores.get(postgres)
+    if store is None:
+        store = _stores[postgres] = PresetStore(postgres)
+    return store
+
+
+def _filters_block(filters: Filters, language: str) -> str:
+    return "\n".join(filter_lines(filters)) or text("preset_no_filters", language)
+
+
+def _short(title: str, limit: int = BUTTON_TITLE) -> str:
+    return title if len(title) <= limit else title[: limit - 1] + "…"
+
+
+def _toast(plain: str) -> str:
+    return plain if len(plain) <= TOAST_LIMIT else plain[: TOAST_LIMIT - 1] + "…"
+
+
+def render_presets(presets: list[Preset], subscriber: Subscriber, language: str) -> tuple[str, InlineKeyboardMarkup]:
+    """The Presets screen: each preset with its filters, and its Apply and Follow/Unfollow buttons."""
+    blocks = [text("presets_title", language)]
+    rows: list[list[InlineKeyboardButton]] = []
+    length = len(blocks[0])
+    for preset in presets[:MAX_LISTED]:
+        followed = subscriber.preset == preset.code
+        lines = [f"<b>{'⭐ ' if followed else ''}{html.escape(preset.title)}</b>"]
+        if followed:
+            lines.append(f"<i>{text('preset_following', language)}</i>")
+        if preset.description:
+            lines.append(html.escape(preset.description))
+        lines.append(_filters_block(preset.filters, language))
+        block = "\n".join(lines)
+        if length + len(block) + 2 > MESSAGE_BUDGET:
+            break  # a screen too long for one message shows the first presets only
+        blocks.append(block)
+        length += len(block) + 2
+        rows.append([
+            InlineKeyboardButton(
+                text=text("preset_button_apply", language, title=_short(preset.title)),
+                callback_data=PresetCB(action="apply", code=preset.code).pack(),
+            ),
+            InlineKeyboardButton(
+                text=text("preset_button_unfollow" if followed else "preset_button_follow", language),
+                callback_data=PresetCB(action="unfollow" if followed else "follow", code=preset.code).pack(),
+            ),
+        ])
+    if not presets:
+        blocks.append(text("presets_none", language))
+    rows.append([InlineKeyboardButton(text=text("preset_button_back", language), callback_data=MenuCB(screen="main").pack())])
+    return "\n\n".join(blocks), InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+async def _edit_screen(callback: CallbackQuery, body: str, markup: InlineKeyboardMarkup) -> None:
+    """Show the screen in place of the message pressed; a new message when it cannot be edited."""
+    message = callback.message
+    if isinstance(message, Message):
+        try:
+            await message.edit_text(body, reply_markup=markup)
+            return
+        except TelegramBadRequest as exc:
+            if "message is not modified" in str(exc):
+                return
+            logger.info("could not edit message %s (%s); sending the presets anew", message.message_id, exc)
+    if callback.bot is not None:
+        await callback.bot.send_message(callback.from_user.id, body, reply_markup=markup)
+
+
+# ------------------------------------------------------------------ subscribers
+
+
+async def presets_command(
+    message: Message,
+    subscriber: Subscriber,
+    language: str,
+    postgres: PostgresManager | None = None,
+) -> None:
+    if postgres is None:
+        await message.answer(text("unavailable", language))
+        return
+    try:
+        presets = await preset_store(postgres).list()
+    except StoreUnavailable:
+        await message.answer(text("unavailable", language))
+        return
+    # Without the stored subscriber the list still shows; only the "followed" mark is unknown.
+    body, markup = render_presets(presets, subscriber, language)
+    await message.answer(body, reply_markup=markup)
+
+
+async def presets_screen(
+    callback: CallbackQuery,
+    subscriber: Subscriber,
+    language: str,
+    postgres: PostgresManager | None = None,
+) -> None:
+    if postgres is None:
+        await callback.answer(text("unavailable", language), show_alert=True)
+        return
+    try:
+        presets = await preset_store(postgres).list()
+    except StoreUnavailable:
+        await callback.answer(text("unavailable", language), show_alert=True)
+        return
+    body, markup = render_presets(presets, subscriber, language)
+    await _edit_screen(callback, body, markup)
+    await callback.answer()
+
+
+async def preset_action(
+    callback: CallbackQuery,
+    callback_data: PresetCB,
+    subscriber: Subscriber,
+    language: str,
+    store: SubscriberStore | None = None,
+    postgres: PostgresManager | None = None,
+    subscriber_loaded: bool = True,
+) -> None:
+    """apply / follow / unfollow CODE (and show: the list again)."""
+    if store is None or postgres is None or not subscriber_loaded:
+        await callback.answer(text("unavailable", language), show_alert=True)
+        return
+    presets = preset_store(postgres)
+    action, code = callback_data.action, callback_data.code
+    try:
+        if action in ("apply", "follow"):
+            preset = await presets.get(code)
+            if preset is None:
+                # Deleted since the screen was shown: show what there is now.
+                presets.forget()
+                await _edit_screen(callback, *render_presets(await presets.list(), subscriber, language))
+                await callback.answer(text("preset_gone", language), show_alert=True)
+                return
+            # Applying a preset ends following another one (the filters are no longer its), but
+            # applying the one followed is a no-op, not a silent unfollow.
+            following = code if action == "follow" or subscriber.preset == code else None
+            updated = await store.apply_filters(
+                subscriber.telegram_id, preset.filters, source="preset", preset=following
+            )
+            result_key, toast_key = (
+                ("preset_followed", "preset_toast_followed") if following else ("preset_applied", "preset_toast_applied")
+            )
+            title = preset.title
+        elif action == "unfollow":
+            if subscriber.preset != code:
+                await callback.answer(text("preset_not_followed", language))
+                return
+            preset = await presets.get(code)
+            updated = await store.set_following(subscriber.telegram_id, None, source="menu")
+            result_key, toast_key = "preset_unfollowed", "preset_toast_unfollowed"
+            title = preset.title if preset is not None else code
+        else:  # "show", or an action a newer version of the bot offers
+            await _edit_screen(callback, *render_presets(await presets.list(), subscriber, language))
+            await callback.answer()
+            return
+        listed = await presets.list()
+    except (StoreUnavailable, UnknownSubscriber):
+        await callback.answer(text("unavailable", language), show_alert=True)
+        return
+    # The screen shows the new "followed" mark; the result goes below it as a message of its own,
+    # so the filters just set stay in the chat.
+    await _edit_screen(callback, *render_presets(listed, updated, language))
+    if callback.bot is not None:
+        await callback.bot.send_message(
+            callback.from_user.id,
+            text(result_key, language, title=html.escape(title), filters=_filters_block(updated.filters, language)),
+        )
+    await callback.answer(_toast(text(toast_key, language, title=title)))
+
+
+# ------------------------------------------------------------------ admins
+
+
+def _admin_id(message: Message) -> int | None:
+    return message.from_user.id if message.from_user else None
+
+
+async def _notify(bot: Bot | None, sender: AlertSender | None, chat_id: int, body: str) -> None:
+    """Best effort: through the sender's queue when there is one (paced with the alerts), else
+    directly; a user who blocked the bot must not stop the others being told."""
+    if sender is not None:
+        sender.submit(chat_id, body, priority=Lane.ADMIN)
+        return
+    if bot is None:
+        return
+    try:
+        await bot.send_message(chat_id, body)
+    except TelegramAPIError as exc:
+        logger.info("could not tell %s about a preset change: %r", chat_id, exc)
+
+
+async def _sync_followers(
+    bot: Bot | None, sender: AlertSender | None, store: SubscriberStore, presets: PresetStore, preset: Preset
+) -> tuple[int, int]:
+    """Give every follower the preset's filters, and tell those whose filters changed; returns
+    (updated, failed). Followers already in step are left alone, so running it again (after a
+    failure) only finishes what was missed."""
+    await store.flush_pending()  # PostgreSQL must know every follow Redis already holds
+    updated = failed = 0
+    for telegram_id in await presets.followers(preset.code):
+        try:
+            current = await store.get(telegram_id)
+            # Redis is the latest word: someone who has just stopped following is not pulled back.
+            if current is None or current.preset != preset.code or current.filters == preset.filters:
+                continue
+            subscriber = await store.apply_filters(telegram_id, preset.filters, source="preset", preset=preset.code)
+        except (StoreUnavailable, UnknownSubscriber) as exc:
+            failed += 1
+            logger.warning("preset %s: follower %s not updated: %r", preset.code, telegram_id, exc)
+            continue
+        updated += 1
+        if subscriber.status == "active":
+            language = pick_language(subscriber.language)
+            await _notify(bot, sender, telegram_id, text(
+                "preset_changed_notice", language, title=html.escape(preset.title),
+                filters=_filters_block(preset.filters, language),
+            ))
+    return updated, failed
+
+
+async def _setpreset_help(message: Message, language: str, postgres: PostgresManager | None) -> None:
+    body = text("setpreset_usage", language)
+    if postgres is not None:
+        try:
+            presets = await preset_store(postgres).list()
+        except StoreUnavailable:
+            presets = []
+        if presets:
+            definitions = "\n".join(
+                f"<code>/setpreset {html.escape(preset_definition(p))}</code>" for p in presets[:MAX_LISTED]
+            )
+            body += "\n\n" + text("setpreset_current", language, definitions=definitions)
+    await message.answer(body)
+
+
+async def set_preset(
+    message: Message,
+    command: CommandObject,
+    language: str,
+    store: SubscriberStore | None = None,
+    postgres: PostgresManager | None = None,
+    sender: AlertSender | None = None,
+) -> None:
+    """/setpreset CODE ["Title" ["Description"]] NAME=VALUE ...: create or change a preset."""
+    args = (command.args or "").strip()
+    if not args:
+        await _setpreset_help(message, language, postgres)
+        return
+    try:
+        definition = parse_preset_definition(args)
+    except PresetDefinitionError as exc:
+        await message.answer(text(
+            "setpreset_error", language, reason=html.escape(str(exc)), usage=text("setpreset_usage", language)
+        ))
+        return
+    if store is None or postgres is None:
+        await message.answer(text("unavailable", language))
+        return
+    presets = preset_store(postgres)
+    admin_id = _admin_id(message)
+    try:
+        old, new = await presets.upsert(
+            definition.code, title=definition.title, description=definition.description,
+            filters=definition.filters, updated_by=admin_id,
+        )
+    except ValueError as exc:  # a new preset without a title
+        await message.answer(text(
+            "setpreset_error", language, reason=html.escape(str(exc)), usage=text("setpreset_usage", language)
+        ))
+        return
+    except StoreUnavailable:
+        await message.answer(text("unavailable", language))
+        return
+    await store.log_activity(admin_id, "preset_set", {
+        "code": new.code, "title": new.title, "filters": new.filters.to_dict(),
+        "old_filters": None if old is None else old.filters.to_dict(),
+    })
+    filters = _filters_block(new.filters, language)
+    title = html.escape(new.title)
+    if old is None:
+        await message.answer(text("setpreset_created", language, code=new.code, title=title, filters=filters))
+        return
+    try:
+        updated, failed = await _sync_followers(message.bot, sender, store, presets, new)
+        incomplete = failed > 0
+    except StoreUnavailable:
+        updated, incomplete = 0, True
+    reply = text("setpreset_changed", language, code=new.code, title=title, filters=filters, updated=updated)
+    if incomplete:
+        # Saving the same definition again updates only the followers still out of step.
+        reply += "\n" + text("setpreset_followers_failed", language, code=new.code)
+    await message.answer(reply)
+
+
+async def delete_preset(
+    message: Message,
+    command: CommandObject,
+    language: str,
+    store: SubscriberStore | None = None,
+    postgres: PostgresManager | None = None,
+    sender: AlertSender | None = None,
+) -> None:
+    """/delpreset CODE: its followers keep their filters and follow nothing."""
+    parts = (command.args or "").split()
+    code = parts[0].lower() if len(parts) == 1 else ""
+    if not valid_code(code):
+        await message.answer(text("delpreset_usage", language))
+        return
+    if store is None or postgres is None:
+        await message.answer(text("unavailable", language))
+        return
+    presets = preset_store(postgres)
+    try:
+        await store.flush_pending()
+        # Read before the delete: PostgreSQL's ON DELETE SET NULL forgets who followed.
+        followers = await presets.followers(code)
+        deleted = await presets.delete(code)
+    except StoreUnavailable:
+        await message.answer(text("unavailable", language))
+        return
+    if deleted is None:
+        await message.answer(text("delpreset_unknown", language, code=code))
+        return
+    admin_id = _admin_id(message)
+    await store.log_activity(admin_id, "preset_deleted", {"code": code, "followers": len(followers)})
+    told = 0
+    for telegram_id in followers:
+        try:
+            current = await store.get(telegram_id)
+            if current is None or current.preset != code:
+                continue
+            # PostgreSQL already follows nothing; Redis, the cache and the history catch up here.
+            subscriber = await store.set_following(telegram_id, None, source="admin")
+        except (StoreUnavailable, UnknownSubscriber) as exc:
+            logger.warning("preset %s deleted: follower %s not updated: %r", code, telegram_id, exc)
+            continue
+        told += 1
+        if subscriber.status == "active":
+            follower_language = pick_language(subscriber.language)
+            await _notify(message.bot, sender, telegram_id, text(
+                "preset_deleted_notice", follower_language, title=html.escape(deleted.title)
+            ))
+    await message.answer(text("delpreset_done", language, code=code, title=html.escape(deleted.title), followers=told))
+
+
+def build_router() -> Router:
+    router = Router(name="presets")
+    router.message(Command("presets"))(presets_command)
+    router.callback_query(MenuCB.filter(F.screen == "presets"))(presets_screen)
+    router.callback_query(PresetCB.filter())(preset_action)
+    # Non-admins are refused by the admin router (its ADMIN_COMMANDS include these).
+    router.message(Command("setpreset"), IsAdmin())(set_preset)
+    router.message(Command("delpreset"), IsAdmin())(delete_preset)
+    return router

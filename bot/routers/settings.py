@@ -1,0 +1,150 @@
+"""/settings and the Filters screen: every filter of the contract edited by buttons.
+
+Pressing a filter asks for its value and waits in the `SettingsFlow.value` state (kept in Redis
+through the dispatcher's FSM storage, so a restart does not lose the question). A typed value is
+checked by the same parser as `/set`: a bad one gets the reason and what is accepted, nothing is
+saved, and the flow keeps waiting; a good one is saved (source "menu") and the screen comes back.
+Commands typed during the flow are still commands: the state only catches plain text.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from aiogram import F, Router
+from aiogram.filters import Command, StateFilter
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import CallbackQuery, Message
+
+from bot import keyboards
+from bot.callbacks import FilterCB, MenuCB
+from bot.routers.filters import filter_lines, format_filter_value, value_error
+from bot.routers.screens import reply, show
+from bot.texts import text
+from services.filters import FILTER_SPECS, FilterValueError, set_filter, unset_filter
+from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore
+
+logger = logging.getLogger("alertbot.handlers")
+
+
+class SettingsFlow(StatesGroup):
+    value = State()
+
+
+def filters_screen(subscriber: Subscriber, language: str) -> tuple[str, keyboards.InlineKeyboardMarkup]:
+    filters = subscriber.filters
+    lines = filter_lines(filters)
+    body = "\n".join([text("filters_title", language), *lines]) if lines else text("filters_none", language)
+    values = {name: format_filter_value(name, value) for name, value in filters.to_dict().items()}
+    return f"{body}\n\n{text('filters_screen_hint', language)}", keyboards.filters_menu(filters, language, values)
+
+
+async def open_filters(event: Message | CallbackQuery, subscriber: Subscriber, language: str,
+                       state: FSMContext, subscriber_loaded: bool = True) -> None:
+    await state.clear()
+    if not subscriber_loaded:
+        await show(event, text("unavailable", language))
+        return
+    await show(event, *filters_screen(subscriber, language))
+
+
+async def ask_value(callback: CallbackQuery, callback_data: FilterCB, subscriber: Subscriber, language: str,
+                    state: FSMContext) -> None:
+    name = callback_data.name
+    if name not in FILTER_SPECS:
+        await callback.answer(text("stale_button", language), show_alert=True)
+        return
+    current = getattr(subscriber.filters, name)
+    shown = html.escape(format_filter_value(name, current)) if current is not None else text("value_not_set", language)
+    await state.set_state(SettingsFlow.value)
+    await state.update_data(name=name)
+    prompt = text("ask_value", language, label=text(f"label_{name}", language), name=name,
+                  accepted=html.escape(text(f"accepted_{name}", language)), current=shown)
+    await reply(callback, prompt, keyboards.value_prompt(name, current is not None, language))
+
+
+async def receive_value(message: Message, state: FSMContext, subscriber: Subscriber, language: str,
+                        store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+    name = (await state.get_data()).get("name")
+    if name not in FILTER_SPECS:
+        await state.clear()
+        return
+    raw = message.text or ""
+    try:
+        updated = set_filter(subscriber.filters, name, raw)
+    except FilterValueError as exc:
+        # Nothing saved; the state stays, so the next message is taken as the value again.
+        await message.answer(f"{value_error(name, raw, exc, language)}\n{text('flow_try_again', language)}")
+        return
+    if store is None or not subscriber_loaded:
+        await message.answer(text("unavailable", language))
+        return
+    try:
+        saved = await store.update_filters(subscriber.telegram_id, updated, name=name, source="menu")
+    except StoreUnavailable:
+        await message.answer(text("unavailable", language))
+        return
+    await state.clear()
+    value = html.escape(format_filter_value(name, getattr(saved.filters, name)))
+    await message.answer(text("filter_set", language, name=name, value=value))
+    screen, markup = filters_screen(saved, language)
+    await message.answer(screen, reply_markup=markup)
+
+
+async def reset_one(callback: CallbackQuery, callback_data: FilterCB, subscriber: Subscriber, language: str,
+                    state: FSMContext, store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+    await state.clear()
+    name = callback_data.name
+    if name not in FILTER_SPECS:
+        await callback.answer(text("stale_button", language), show_alert=True)
+        return
+    if store is None or not subscriber_loaded:
+        await show(callback, text("unavailable", language))
+        return
+    if name not in subscriber.filters.to_dict():
+        await show(callback, *filters_screen(subscriber, language), notice=text("filter_not_set", language, name=name))
+        return
+    try:
+        saved = await store.update_filters(subscriber.telegram_id, unset_filter(subscriber.filters, name),
+                                           name=name, source="menu")
+    except StoreUnavailable:
+        await show(callback, text("unavailable", language))
+        return
+    await show(callback, *filters_screen(saved, language), notice=text("filter_unset", language, name=name))
+
+
+async def reset_all(callback: CallbackQuery, subscriber: Subscriber, language: str, state: FSMContext,
+                    store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+    await state.clear()
+    if store is None or not subscriber_loaded:
+        await show(callback, text("unavailable", language))
+        return
+    saved = subscriber
+    try:
+        # One history row per filter removed, as if each were unset by hand.
+        for name in list(subscriber.filters.to_dict()):
+            saved = await store.update_filters(subscriber.telegram_id, unset_filter(saved.filters, name),
+                                               name=name, source="menu")
+    except StoreUnavailable:
+        await show(callback, text("unavailable", language))
+        return
+    await show(callback, *filters_screen(saved, language), notice=text("reset_all_done", language))
+
+
+async def cancel(callback: CallbackQuery, language: str, state: FSMContext) -> None:
+    await state.clear()
+    await show(callback, text("flow_cancelled", language))
+
+
+def build_router() -> Router:
+    router = Router(name="settings")
+    router.message(Command("settings"))(open_filters)
+    router.callback_query(MenuCB.filter(F.screen == "filters"))(open_filters)
+    router.callback_query(FilterCB.filter(F.action == "edit"))(ask_value)
+    router.callback_query(FilterCB.filter(F.action == "reset"))(reset_one)
+    router.callback_query(FilterCB.filter(F.action == "reset_all"))(reset_all)
+    router.callback_query(FilterCB.filter(F.action == "cancel"))(cancel)
+    router.message(StateFilter(SettingsFlow.value), F.text, ~F.text.startswith("/"))(receive_value)
+    return router
