@@ -15,6 +15,7 @@ from aiogram import Dispatcher
 from bot.config import Settings
 from bot.middlewares.throttling import FloodGate
 from bot.runtime import build_dispatcher, create_bot
+from services.sender import AlertSender
 from services.subscribers import SubscriberStore
 from tests.conftest import Stores
 from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
@@ -30,6 +31,7 @@ class BotEnv:
     store: SubscriberStore
     stores: Stores
     dispatcher: Dispatcher
+    sender: AlertSender | None = None
 
     def chat(self, user_id: int, language_code: str = "en", first_name: str = "Ann") -> Chat:
         return Chat(self, user_id, language_code, first_name)
@@ -105,8 +107,9 @@ class Chat:
 
 
 @asynccontextmanager
-async def running_bot(stores: Stores, *, flood_gate: FloodGate | None = None, **dependencies: Any
-                      ) -> AsyncIterator[BotEnv]:
+async def running_bot(stores: Stores, *, flood_gate: FloodGate | None = None, with_sender: bool = False,
+                      **dependencies: Any) -> AsyncIterator[BotEnv]:
+    """With `with_sender`, handlers get a started AlertSender (as in production) on the same bot."""
     async with FakeTelegramServer(limits=RateLimits.unlimited()) as server:
         settings = Settings(_env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url,
                             admin_ids=[ADMIN])
@@ -115,12 +118,18 @@ async def running_bot(stores: Stores, *, flood_gate: FloodGate | None = None, **
         # A script types faster than any person: unless a test is about flooding, the gate is
         # wide open so a long conversation is not taken for a flood.
         gate = flood_gate or FloodGate(burst=10_000)
+        sender = AlertSender(bot) if with_sender else None
+        if sender is not None:
+            await sender.start()
+            dependencies["sender"] = sender
         dispatcher = build_dispatcher(settings=settings, store=store, redis=stores.redis, postgres=stores.postgres,
                                       flood_gate=gate, **dependencies)
         polling = asyncio.create_task(dispatcher.start_polling(bot, handle_signals=False))
         try:
-            yield BotEnv(server, store, stores, dispatcher)
+            yield BotEnv(server, store, stores, dispatcher, sender)
         finally:
             await dispatcher.stop_polling()
             await asyncio.wait_for(polling, timeout=10)
+            if sender is not None:
+                await sender.stop(drain=True, timeout=10)
             await bot.session.close()

@@ -3,20 +3,16 @@ real Redis and PostgreSQL), the stores on their own, and the pure definition par
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiogram import Bot, Dispatcher
 
 from bot.callbacks import MenuCB, PresetCB
-from bot.config import Settings
-from bot.runtime import build_dispatcher, create_bot
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
@@ -28,10 +24,11 @@ from services.presets import (
     parse_preset_definition,
     preset_definition,
 )
-from services.sender import Lane
+from services.sender import AlertSender
 from services.subscribers import RETRY_KEY, SubscriberStore, subscriber_key
+from tests import bot_env
 from tests.conftest import Stores
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
+from tests.doubles.telegram_api import FakeTelegramServer, SentRecord
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,21 +41,12 @@ SAFE_CHANGE = (
 
 
 @dataclass
-class RecordingSender:
-    """Stands in for AlertSender: records what would be queued."""
-
-    submitted: list[tuple[int, str, int]] = field(default_factory=list)
-
-    def submit(self, chat_id: int, html: str, *, priority: int = Lane.PAID_ALERT, **_: Any) -> None:
-        self.submitted.append((chat_id, html, priority))
-
-
-@dataclass
 class Env:
     server: FakeTelegramServer
     store: SubscriberStore
     redis: RedisManager
     postgres: PostgresManager
+    sender: AlertSender | None = None
 
     async def ask(self, user_id: int, message: str, *, language_code: str = "en") -> SentRecord:
         """Send `message` as `user_id` and return the bot's next reply to them."""
@@ -111,21 +99,9 @@ class Env:
 
 
 @asynccontextmanager
-async def running_bot(stores: Stores, **extra: Any) -> AsyncIterator[Env]:
-    redis, postgres, caches = stores.redis, stores.postgres, stores.caches
-    async with FakeTelegramServer(limits=RateLimits.unlimited()) as server:
-        settings = Settings(
-            _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url, admin_ids=[ADMIN]
-        )
-        store = SubscriberStore(redis, postgres, caches, settings.admin_id_set)
-        bot: Bot = create_bot(DEFAULT_TOKEN, server.base_url)
-        dp: Dispatcher = build_dispatcher(settings=settings, store=store, redis=redis, postgres=postgres, **extra)
-        polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False))
-        try:
-            yield Env(server, store, redis, postgres)
-        finally:
-            await dp.stop_polling()
-            await asyncio.wait_for(polling, timeout=10)
+async def running_bot(stores: Stores, **options: Any) -> AsyncIterator[Env]:
+    async with bot_env.running_bot(stores, **options) as running:
+        yield Env(running.server, running.store, stores.redis, stores.postgres, running.sender)
 
 
 @pytest.fixture
@@ -280,13 +256,14 @@ async def test_admin_creates_and_deletes_a_preset(env: Env) -> None:
 
 
 async def test_notices_go_through_the_sender_when_there_is_one(stores: Stores) -> None:
-    sender = RecordingSender()
-    async with running_bot(stores, sender=sender) as env:
+    async with running_bot(stores, with_sender=True) as env:
         await env.follow(21, "safe", language_code="ru")
+        assert env.sender is not None and env.sender.stats()["sent"] == 0
         assert "Followers updated and notified: 1" in (await env.ask(ADMIN, SAFE_CHANGE)).text
-    ((chat_id, html, priority),) = sender.submitted
-    assert chat_id == 21 and priority == Lane.ADMIN
-    assert "Администратор изменил пресет" in html and "$250K" in html
+        (notice,) = await env.server.wait_for_sent(lambda r: "Администратор изменил пресет" in r.body,
+                                                   timeout=REPLY_TIMEOUT)
+        assert notice.chat_id == 21 and "$250K" in notice.text
+        assert env.sender.stats()["sent"] == 1  # queued in the sender (admin lane), not sent by the handler
 
 
 # ------------------------------------------------------------------ bad input, non-admins

@@ -65,6 +65,12 @@ def filter_lines(filters: Filters) -> list[str]:
     ]
 
 
+def filters_body(filters: Filters, language: str) -> str:
+    """The title and a line per filter set, or the line that says none is."""
+    lines = filter_lines(filters)
+    return "\n".join([text("filters_title", language), *lines]) if lines else text("filters_none", language)
+
+
 def _echo(raw: str) -> str:
     raw = raw.strip()
     return html.escape(raw if len(raw) <= ECHO_LIMIT else raw[: ECHO_LIMIT - 1] + "…")
@@ -87,9 +93,7 @@ async def show_filters(message: Message, subscriber: Subscriber, language: str, 
     if not subscriber_loaded:
         await message.answer(text("unavailable", language))
         return
-    lines = filter_lines(subscriber.filters)
-    body = "\n".join([text("filters_title", language), *lines]) if lines else text("filters_none", language)
-    await message.answer(f"{body}\n\n{text('filters_hint', language)}")
+    await message.answer(f"{filters_body(subscriber.filters, language)}\n\n{text('filters_hint', language)}")
 
 
 async def set_command(

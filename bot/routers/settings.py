@@ -20,7 +20,7 @@ from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards
 from bot.callbacks import FilterCB, MenuCB
-from bot.routers.filters import filter_lines, format_filter_value, value_error
+from bot.routers.filters import filters_body, format_filter_value, value_error
 from bot.routers.screens import reply, show
 from bot.texts import text
 from services.filters import FILTER_SPECS, FilterValueError, set_filter, unset_filter
@@ -35,8 +35,7 @@ class SettingsFlow(StatesGroup):
 
 def filters_screen(subscriber: Subscriber, language: str) -> tuple[str, keyboards.InlineKeyboardMarkup]:
     filters = subscriber.filters
-    lines = filter_lines(filters)
-    body = "\n".join([text("filters_title", language), *lines]) if lines else text("filters_none", language)
+    body = filters_body(filters, language)
     values = {name: format_filter_value(name, value) for name, value in filters.to_dict().items()}
     return f"{body}\n\n{text('filters_screen_hint', language)}", keyboards.filters_menu(filters, language, values)
 
