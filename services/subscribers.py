@@ -359,7 +359,11 @@ class SubscriberStore:
     async def set_paused(self, telegram_id: int, paused: bool) -> Subscriber:
         current = await self._require(telegram_id)
         await self.redis.hset(subscriber_key(telegram_id), "paused", "1" if paused else "0")
-        saved = await self._save_to_pg(telegram_id, paused=paused)
+        history = None
+        if paused != current.paused:
+            history = {"name": "paused", "old": current.paused, "new": paused, "source": "command",
+                       "changed_at": self.clock().isoformat()}
+        saved = await self._save_to_pg(telegram_id, paused=paused, history=history)
         settings_log.info(
             "user %s %s alerts%s", telegram_id, "paused" if paused else "resumed",
             "" if saved else " (postgres deferred)",

@@ -135,6 +135,8 @@ async def test_pause_and_resume(env: Env) -> None:
     assert (await env.store.get(7)).paused
     assert await env.postgres.fetchval("SELECT paused FROM users WHERE telegram_id = 7") is True
     assert "already paused" in (await env.ask(7, "/pause")).text
+    history = await env.postgres.fetch("SELECT name, old_value, new_value FROM settings_history")
+    assert [tuple(row) for row in history] == [("paused", False, True)]  # once: the repeat changed nothing
     reply = await env.ask(7, "/resume")
     assert "resumed" in reply.text and "/plans" in reply.text  # no plan yet: told so
     assert not (await env.store.get(7)).paused
