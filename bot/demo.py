@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.config import Settings
 from bot.logs import setup_logging
@@ -57,20 +57,55 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _show(out: TextIO, who: str, message: str) -> None:
+def _show(out: TextIO, who: str, message: str, markup: dict[str, Any] | None = None) -> None:
     lines = message.splitlines() or [""]
+    for row in (markup or {}).get("inline_keyboard", []):
+        lines.append("  ".join(f"[{button['text']}]" for button in row))
     print(f"  {who:>16} │ {lines[0]}", file=out)
     for line in lines[1:]:
         print(f"  {'':>16} │ {line}", file=out)
 
 
+# Alice types commands and presses the buttons the bot sent her, as a user would; the number is
+# how many new messages the bot answers with (a press that edits its message answers with none).
+CONVERSATION: tuple[tuple[str, str, int], ...] = (
+    ("say", "/start", 1), ("press", "🎯 Filters", 0), ("press", "Min win rate", 1), ("say", "40", 2),
+    ("say", "/set min_mcap 50k", 1), ("say", "/filters", 1),
+)
+
+
+def _button_data(telegram: FakeTelegramServer, label: str) -> tuple[int, str]:
+    """(message id, callback data) of the newest message to Alice with a button labelled `label`."""
+    for record in reversed(telegram.messages_to(DEMO_USER_ID)):
+        message = telegram.message(DEMO_USER_ID, record.message_id) or {}
+        for row in (message.get("reply_markup") or {}).get("inline_keyboard", []):
+            for button in row:
+                if label in button["text"]:
+                    return record.message_id, button["callback_data"]
+    raise LookupError(f"the bot offered no button {label!r}")
+
+
 async def _conversation(telegram: FakeTelegramServer, out: TextIO) -> None:
-    for command in ("/start", "/set min_mcap 50k", "/filters"):
-        before = len(telegram.messages_to(DEMO_USER_ID))
-        _show(out, DEMO_USER_NAME, command)
-        telegram.inject_message(DEMO_USER_ID, command, first_name=DEMO_USER_NAME, username="alice_demo")
-        await telegram.wait_for(lambda: len(telegram.messages_to(DEMO_USER_ID)) > before, timeout=REPLY_TIMEOUT)
-        _show(out, "bot", terminal_text(telegram.messages_to(DEMO_USER_ID)[-1].raw_text or ""))
+    for action, value, replies in CONVERSATION:
+        sent_before = len(telegram.messages_to(DEMO_USER_ID))
+        shown: list[int] = []
+        if action == "say":
+            _show(out, DEMO_USER_NAME, value)
+            telegram.inject_message(DEMO_USER_ID, value, first_name=DEMO_USER_NAME, username="alice_demo")
+        else:
+            _show(out, DEMO_USER_NAME, f"presses [{value}]")
+            message_id, data = _button_data(telegram, value)
+            answered = len(telegram.answered_callbacks)
+            telegram.inject_callback(DEMO_USER_ID, message_id, data)
+            await telegram.wait_for(lambda: len(telegram.answered_callbacks) > answered, timeout=REPLY_TIMEOUT)
+            if not replies:
+                shown.append(message_id)  # the pressed message, as the press edited it
+        await telegram.wait_for(lambda: len(telegram.messages_to(DEMO_USER_ID)) >= sent_before + replies,
+                                timeout=REPLY_TIMEOUT)
+        shown += [record.message_id for record in telegram.messages_to(DEMO_USER_ID)[sent_before:]]
+        for message_id in shown:
+            message = telegram.message(DEMO_USER_ID, message_id) or {}
+            _show(out, "bot", terminal_text(message.get("text") or ""), message.get("reply_markup"))
         print("", file=out)
 
 

@@ -21,6 +21,9 @@ def test_demo_runs_the_pipeline_and_exits_0(tmp_path: Path) -> None:
     out = result.stdout
     assert "Alice │ /start" in out and "Welcome to Token Alert Bot, Alice!" in out
     assert "min_mcap" in out  # the /set and /filters exchange
+    # Buttons are shown and pressed: the menu, the Filters screen, the value flow.
+    assert "[🎯 Filters]  [📦 Presets]" in out and "Alice │ presses [Min win rate]" in out
+    assert "[Min win rate: 40%]" in out and "• min_win_rate = 40%" in out
     # Exactly the alerts the three demo subscribers' filters pass on the bundled feed.
     assert "alerts to Whale Watcher    : 6" in out
     assert "alerts to Consensus Trader : 8" in out
