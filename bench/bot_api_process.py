@@ -1,0 +1,179 @@
+"""The test Bot API (FakeTelegramServer) in a process of its own, for benchmarks.
+
+In one process the server and the sender share a core and an event loop, so at paid-broadcast
+rates (1,000 msg/s) the benchmark measures the two together. Here the server runs in a
+'spawn' child with its own loop; the bench talks HTTP to it like to Telegram. A Pipe carries
+the little else the bench needs:
+
+    child  -> parent   base_url, once listening
+    parent -> child    "stop", after the sender drained
+    child  -> parent   ServerResult (accepted sends with server times, ServerStats), then exits
+
+A forced burst of 429s is armed up front and fired inside the child the moment the N-th send
+is accepted (what `server.wait_for` + `force_retry_after` did in process), so no round trip
+over the pipe delays it. Progress lines go to stderr from the child, which counts the sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from aiogram import Bot
+from aiogram.client.telegram import TelegramAPIServer
+
+from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits, WaitTimeout
+
+STARTUP_TIMEOUT = 30.0  # seconds for the child to import aiohttp/aiogram and listen
+STOP_TIMEOUT = 10.0
+
+
+class Accepted(NamedTuple):
+    """One accepted send: what the bench's analysis reads of a SentRecord."""
+
+    chat_id: int
+    monotonic: float  # server clock; CLOCK_MONOTONIC is system-wide, so comparable across processes
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Answer 429 "retry after `retry_after`" to everything for `duration` s once `after` sends were accepted."""
+
+    after: int
+    retry_after: int
+    duration: float
+    timeout: float = 60.0  # give up waiting for `after` sends (reported on stderr)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Print a line to stderr every `every` accepted sends."""
+
+    label: str
+    total: int
+    every: int = 1_000
+
+
+@dataclass(frozen=True)
+class ServerResult:
+    sent: list[Accepted]
+    stats: dict[str, int]  # ServerStats.as_dict(): rejected_429 etc.
+
+
+class BotApiProcess:
+    """``async with BotApiProcess(limits=...) as api: bot = api.create_bot(); ...; result = await api.finish()``."""
+
+    def __init__(self, *, limits: RateLimits, burst: Burst | None = None, progress: Progress | None = None) -> None:
+        context = multiprocessing.get_context("spawn")  # no forked copy of the bench's loop and state
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(target=_child_main, args=(child_conn, limits, burst, progress),
+                                        name="bot-api", daemon=True)
+        self._child_conn = child_conn
+        self.base_url: str | None = None
+
+    async def __aenter__(self) -> BotApiProcess:
+        self._process.start()
+        self._child_conn.close()  # only the child holds its end now: EOF here if it dies
+        try:
+            self.base_url = await asyncio.wait_for(_recv(self._conn), STARTUP_TIMEOUT)
+        except BaseException:
+            self._kill()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self._kill()
+
+    def create_bot(self) -> Bot:
+        """A real aiogram Bot talking HTTP to the child. The caller closes ``bot.session``."""
+        if self.base_url is None:
+            raise RuntimeError("server not started")
+        return Bot(DEFAULT_TOKEN, session=LocalAiohttpSession(api=TelegramAPIServer.from_base(self.base_url)))
+
+    async def finish(self) -> ServerResult:
+        """Stop the server and return what it accepted."""
+        self._conn.send("stop")
+        result: ServerResult = await asyncio.wait_for(_recv(self._conn), STOP_TIMEOUT)
+        await asyncio.to_thread(self._process.join, STOP_TIMEOUT)
+        return result
+
+    def _kill(self) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(STOP_TIMEOUT)
+        self._conn.close()
+
+
+async def _recv(conn: Connection) -> Any:
+    """conn.recv() without blocking the event loop: wait for the pipe to be readable first.
+
+    Messages are small and sent whole, so recv() returns at once once data arrived; EOFError
+    if the other process died.
+    """
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv()
+
+
+def _child_main(conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides, and EOF on the pipe ends us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        asyncio.run(_serve(conn, limits, burst, progress))
+    except EOFError:
+        pass  # the parent went away
+
+
+async def _serve(conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None) -> None:
+    async with FakeTelegramServer(limits=limits) as server:
+        helpers = [asyncio.create_task(_fire_burst(server, burst))] if burst else []
+        if progress is not None:
+            helpers.append(asyncio.create_task(_report_progress(server, progress)))
+        conn.send(server.base_url)
+        try:
+            command = await _recv(conn)
+            if command != "stop":
+                raise ValueError(f"unknown command {command!r}")
+        finally:
+            for task in helpers:
+                task.cancel()
+        result = ServerResult([Accepted(r.chat_id, r.monotonic) for r in server.sent], server.stats.as_dict())
+    conn.send(result)
+
+
+async def _fire_burst(server: FakeTelegramServer, burst: Burst) -> None:
+    try:
+        # wait_for re-checks after every request, so the burst starts right at the N-th send.
+        await server.wait_for(lambda: len(server.sent) >= burst.after, timeout=burst.timeout,
+                              description=f"{burst.after} sends")
+    except WaitTimeout:
+        print(f"  burst: fewer than {burst.after:,} sends after {burst.timeout:.0f}s; no forced 429s",
+              file=sys.stderr)
+        return
+    server.force_retry_after(burst.retry_after, duration=burst.duration)
+
+
+async def _report_progress(server: FakeTelegramServer, progress: Progress) -> None:
+    started = time.monotonic()
+    reported = 0
+    while True:
+        await asyncio.sleep(0.25)
+        count = len(server.sent)
+        if count // progress.every > reported // progress.every:
+            reported = count
+            elapsed = time.monotonic() - started
+            print(f"  {progress.label}: {count:,}/{progress.total:,} sent after {elapsed:.1f}s "
+                  f"({count / elapsed:,.1f}/s, 429s so far: {server.stats.rejected_429})", file=sys.stderr)
