@@ -376,3 +376,22 @@ async def test_the_filters_screen_offers_the_replay(env: BotEnv) -> None:
     await chat.press("Test my filters")
     await env.server.wait_for(lambda: len(chat.sent()) > before, 10, description="the replay's answer")
     assert "no call history yet" in chat.sent()[-1].text
+
+
+async def test_forged_or_odd_button_data_is_answered_without_an_error(env: BotEnv) -> None:
+    """Callback data is user input: a crafted client can send anything. Each press is answered,
+    nothing is changed, and the user never sees the error text."""
+    chat = env.chat(75)
+    welcome = await chat.ask("/start")
+    forged = [
+        "f1:edit:bogus", "f1:reset:bogus", "f1:explode:min_mcap", "l1:xx", "pl1:nosuch", "d1:maybe",
+        "p1:apply:nosuch", "p1:unfollow:safe", "p1:follow:" + "x" * 40, "m1:nowhere", "m1", "", "🙂" * 10,
+    ]
+    for data in forged:
+        answered = len(env.server.answered_callbacks)
+        env.server.inject_callback(75, welcome.message_id, data, check_button=False)
+        await env.server.wait_for(lambda: len(env.server.answered_callbacks) > answered, 10,
+                                  description=f"the answer to {data!r}")
+    assert all(TEXTS["en"]["error"] not in record.body for record in chat.sent())
+    assert await pg_filters(env, 75) == {}
+    assert await env.store.get(75) is not None  # "d1:maybe" deleted nothing
