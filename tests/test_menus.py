@@ -10,19 +10,24 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis.asyncio as aioredis
 
 from bot.callbacks import MAX_CALLBACK_BYTES, FilterCB, LanguageCB, MenuCB, PlanCB, PresetCB, PrivacyCB
 from bot.fsm_storage import SESSION_TTL_SECONDS, fsm_keys
 from bot.keyboards import MAIN_SCREENS
 from bot.middlewares.throttling import FloodGate
 from bot.texts import TEXTS
+from managers.redis_manager import RedisManager, RedisOptions
 from services.accounts import parse_start_payload
+from services.cache import CacheRegistry
 from services.filters import FILTER_SPECS
 from services.subscribers import SUBSCRIBERS_KEY, subscriber_key
 from tests.bot_env import ADMIN, BotEnv, running_bot
 from tests.conftest import Stores
+from tests.doubles.tcp_proxy import TcpProxy
 from tests.doubles.telegram_api import ManualClock
 
 pytestmark = pytest.mark.timeout(90)
@@ -395,3 +400,46 @@ async def test_forged_or_odd_button_data_is_answered_without_an_error(env: BotEn
     assert all(TEXTS["en"]["error"] not in record.body for record in chat.sent())
     assert await pg_filters(env, 75) == {}
     assert await env.store.get(75) is not None  # "d1:maybe" deleted nothing
+
+
+async def test_the_settings_flow_survives_redis_going_down(stores: Stores) -> None:
+    """Redis dies between the question and the answer: the flow's state and the subscriber come
+    from the manager's fallback, the value is saved to PostgreSQL at once and reaches Redis when
+    it is back."""
+    parts = urlsplit(stores.redis_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        proxied = urlunsplit((parts.scheme, f"{proxy.listen_host}:{proxy.port}", parts.path, "", ""))
+        options = RedisOptions(health_interval=0.05, reconnect_base=0.01, reconnect_max=0.05, failure_threshold=2,
+                               cooldown=0.02, max_cooldown=0.1, socket_timeout=1.0, socket_connect_timeout=1.0)
+        redis = RedisManager.from_url(proxied, options)
+        await redis.start()
+        caches = CacheRegistry(redis)
+        await caches.start()
+        through_proxy = Stores(redis, stores.postgres, caches, stores.database_url, proxied)
+        try:
+            async with running_bot(through_proxy) as env:
+                chat = env.chat(76)
+                await chat.ask("/start")
+                await chat.press("Filters")
+                await chat.press("Min holders")
+                await proxy.stop_forwarding()
+
+                saved, _ = await chat.say("150", replies=2)
+                assert "min_holders = 150" in saved.text
+                assert await pg_filters(env, 76) == {"min_holders": 150}
+
+                await proxy.resume()
+                # The outage's writes are replayed into Redis once the manager's probe finds it back.
+                direct = aioredis.from_url(stores.redis_url, decode_responses=True)
+                try:
+                    for _ in range(200):
+                        if redis.available and await direct.hget(subscriber_key(76), "filters"):
+                            break
+                        await asyncio.sleep(0.05)
+                    assert json.loads(await direct.hget(subscriber_key(76), "filters")) == {"min_holders": 150}
+                    assert await direct.get(fsm_keys(76, 76)[0]) is None  # the flow ended
+                finally:
+                    await direct.aclose()
+        finally:
+            await caches.stop()
+            await redis.close()
