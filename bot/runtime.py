@@ -34,6 +34,7 @@ from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
 from bot.routers import get_routers
+from bot.texts import DEFAULT_LANGUAGE, TEXTS, text
 from managers.embedded_postgres import start_embedded_postgres
 from managers.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
 from managers.migrations import apply_migrations
@@ -59,20 +60,15 @@ logger = logging.getLogger("alertbot.runtime")
 
 DEFAULT_DATA_DIR = Path("./data")
 
-BOT_COMMANDS: list[BotCommand] = [
-    BotCommand(command="start", description="Welcome and main menu"),
-    BotCommand(command="settings", description="Change your filters with buttons"),
-    BotCommand(command="filters", description="Your filters"),
-    BotCommand(command="presets", description="Ready-made filter sets"),
-    BotCommand(command="status", description="Your plan, alerts and filters"),
-    BotCommand(command="plans", description="Plans and prices"),
-    BotCommand(command="pause", description="Pause alerts"),
-    BotCommand(command="resume", description="Resume alerts"),
-    BotCommand(command="language", description="Choose the language"),
-    BotCommand(command="help", description="What the bot can do"),
-    BotCommand(command="privacy", description="What is stored; delete your data"),
-    BotCommand(command="paysupport", description="Help with a payment"),
-]
+# The command menu Telegram shows, in the order shown; descriptions are texts "cmd_<command>".
+MENU_COMMANDS: tuple[str, ...] = (
+    "start", "settings", "filters", "presets", "status", "plans", "pause", "resume", "language", "help",
+    "privacy", "paysupport",
+)
+
+
+def bot_commands(language: str) -> list[BotCommand]:
+    return [BotCommand(command=name, description=text(f"cmd_{name}", language)) for name in MENU_COMMANDS]
 PIPELINE_WORKERS = 4
 API_CONCURRENCY = 10
 # Alerts of the last 14 days, to rebuild the dedup records when Redis starts empty (embedded).
@@ -200,7 +196,12 @@ class Runtime:
                 store=self.store, sender=self.sender,
             )
             await self._start_http()
-            await self.bot.set_my_commands(BOT_COMMANDS)
+            # The default list in English, and each language's own for users whose Telegram
+            # speaks it (Telegram picks by the user's language_code).
+            await self.bot.set_my_commands(bot_commands(DEFAULT_LANGUAGE))
+            for language in TEXTS:
+                if language != DEFAULT_LANGUAGE:
+                    await self.bot.set_my_commands(bot_commands(language), language_code=language)
         except BaseException:
             await self._stack.aclose()
             raise

@@ -19,6 +19,7 @@ from bot.callbacks import MAX_CALLBACK_BYTES, FilterCB, LanguageCB, MenuCB, Plan
 from bot.fsm_storage import SESSION_TTL_SECONDS, fsm_keys
 from bot.keyboards import MAIN_SCREENS
 from bot.middlewares.throttling import FloodGate
+from bot.runtime import MENU_COMMANDS
 from bot.texts import TEXTS
 from managers.redis_manager import RedisManager, RedisOptions
 from services.accounts import parse_start_payload
@@ -327,7 +328,8 @@ def test_callback_data_fits_telegrams_64_bytes() -> None:
 
 def _text_keys_used() -> set[str]:
     """Every key the code passes to text(...): literal ones, and f-string families expanded."""
-    families = {"menu_": MAIN_SCREENS, "label_": tuple(FILTER_SPECS), "accepted_": tuple(FILTER_SPECS)}
+    families = {"menu_": MAIN_SCREENS, "label_": tuple(FILTER_SPECS), "accepted_": tuple(FILTER_SPECS),
+                "cmd_": MENU_COMMANDS}
     keys: set[str] = set()
     for path in [*ROOT.glob("bot/**/*.py")]:
         tree = ast.parse(path.read_text())

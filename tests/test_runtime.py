@@ -68,7 +68,12 @@ async def test_polling_answers_start_and_errors_never_reach_the_user(
         telegram.inject_message(USER + 1, "/help", language_code="ru")  # first contact in Russian
         [russian] = await telegram.wait_for_sent(lambda r: r.chat_id == USER + 1, timeout=10)
         assert "Что я умею" in (russian.text or "")
-        assert {c["command"] for c in telegram.commands} >= {"start", "help"}
+        # The command menu: every subscriber command of the contract, in English and in Russian.
+        subscriber_commands = {"start", "help", "settings", "filters", "presets", "pause", "resume", "plans",
+                               "status", "language", "paysupport", "privacy"}
+        assert {c["command"] for c in telegram.commands} == subscriber_commands
+        russian_menu = {c["command"]: c["description"] for c in telegram.commands_for(language_code="ru")}
+        assert russian_menu.keys() == subscriber_commands and russian_menu["help"] == "Что умеет бот"
     finally:
         await runtime.stop()
 
