@@ -58,6 +58,14 @@ TEXTS: dict[str, dict[str, str]] = {
             "❌ Cannot set <code>{name}</code> to <code>{value}</code>: {reason}.\n"
             "Accepted: {accepted}\nNothing was saved."
         ),
+        "reason_usd": "that is not a USD amount",
+        "reason_whole_number": "it must be a whole number from {minimum} to {maximum}",
+        "reason_minutes": "that is not a number of minutes",
+        "reason_minutes_range": "it must be from 1 minute to 1 year",
+        "reason_percent": "it must be a percentage from 0 to 100",
+        "reason_multiple": "it must be a multiple from 0 to 1000000",
+        "reason_channels": "that is not a list of channel ids or @usernames",
+        "reason_channels_max": "at most {maximum} channels are allowed",
         "filter_conflict": (
             "❌ Cannot set <code>{name}</code> to <code>{value}</code>: it contradicts your other filters "
             "(min_mcap must not be above max_mcap).\nNothing was saved."
@@ -297,9 +305,17 @@ TEXTS: dict[str, dict[str, str]] = {
             "Фильтры: {names}\nЧто принимает каждый, смотрите в <code>/set</code>."
         ),
         "filter_bad_value": (
-            "❌ Нельзя установить <code>{name}</code> = <code>{value}</code>: значение не подходит.\n"
+            "❌ Нельзя установить <code>{name}</code> = <code>{value}</code>: {reason}.\n"
             "Допустимо: {accepted}\nНичего не сохранено."
         ),
+        "reason_usd": "это не сумма в USD",
+        "reason_whole_number": "нужно целое число от {minimum} до {maximum}",
+        "reason_minutes": "это не число минут",
+        "reason_minutes_range": "нужно от 1 минуты до 1 года",
+        "reason_percent": "нужен процент от 0 до 100",
+        "reason_multiple": "нужен множитель от 0 до 1000000",
+        "reason_channels": "это не список id каналов или @username",
+        "reason_channels_max": "можно указать не больше {maximum} каналов",
         "filter_conflict": (
             "❌ Нельзя установить <code>{name}</code> = <code>{value}</code>: это противоречит другим вашим "
             "фильтрам (min_mcap не может быть больше max_mcap).\nНичего не сохранено."

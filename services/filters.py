@@ -15,8 +15,25 @@ from typing import Any
 MAX_CHANNELS_IN_FILTER = 100
 
 
+# What can be wrong with a typed value; the bot words each in the user's language
+# (texts "reason_<kind>", filled with the error's `values`).
+REASON_KINDS: tuple[str, ...] = (
+    "usd", "whole_number", "minutes", "minutes_range", "percent", "multiple", "channels", "channels_max",
+)
+
+
 class FilterValueError(ValueError):
-    """A filter name or value the user typed is wrong; the message says what is accepted."""
+    """A filter name or value the user typed is wrong; the message says what is accepted.
+
+    `kind` (one of REASON_KINDS, or "" for errors that are not about one value) and `values` let
+    the bot say the same in the user's language; the message itself is English, for logs and
+    admin commands.
+    """
+
+    def __init__(self, message: str, kind: str = "", **values: object) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.values = values
 
 
 _USD_RE = re.compile(r"^\$?\s*(\d+(?:[.,]\d+)?)\s*([kmb])?\s*\$?$", re.IGNORECASE)
@@ -32,20 +49,20 @@ def parse_usd(raw: str) -> float:
         text = text.replace(",", "")  # 1,500,000 as thousands separators
     match = _USD_RE.match(text)
     if not match:
-        raise FilterValueError("a USD amount such as 50000, 50k or 1.5m")
+        raise FilterValueError("a USD amount such as 50000, 50k or 1.5m", "usd")
     number = float(match.group(1).replace(",", ".")) * _SUFFIX[(match.group(2) or "").lower()]
     if not math.isfinite(number) or number < 0:
-        raise FilterValueError("a USD amount such as 50000, 50k or 1.5m")
+        raise FilterValueError("a USD amount such as 50000, 50k or 1.5m", "usd")
     return number
 
 
 def parse_int(raw: str, minimum: int = 0, maximum: int = 10**9) -> int:
     text = raw.strip().replace("_", "").replace(",", "")
     if not re.fullmatch(r"\d+", text):
-        raise FilterValueError(f"a whole number from {minimum} to {maximum}")
+        raise FilterValueError(f"a whole number from {minimum} to {maximum}", "whole_number", minimum=minimum, maximum=maximum)
     value = int(text)
     if not minimum <= value <= maximum:
-        raise FilterValueError(f"a whole number from {minimum} to {maximum}")
+        raise FilterValueError(f"a whole number from {minimum} to {maximum}", "whole_number", minimum=minimum, maximum=maximum)
     return value
 
 
@@ -54,11 +71,11 @@ def parse_minutes(raw: str) -> int:
     text = raw.strip().lower()
     match = re.fullmatch(r"(\d+)\s*(m|min|mins|minutes?|h|hours?|d|days?)?", text)
     if not match:
-        raise FilterValueError("minutes, such as 30, 90m, 2h or 1d")
+        raise FilterValueError("minutes, such as 30, 90m, 2h or 1d", "minutes")
     unit = (match.group(2) or "m")[0]
     minutes = int(match.group(1)) * {"m": 1, "h": 60, "d": 1440}[unit]
     if not 1 <= minutes <= 525_600:
-        raise FilterValueError("minutes from 1 to 525600 (one year)")
+        raise FilterValueError("minutes from 1 to 525600 (one year)", "minutes_range")
     return minutes
 
 
@@ -67,9 +84,9 @@ def parse_percent(raw: str) -> float:
     try:
         value = float(text.replace(",", "."))
     except ValueError:
-        raise FilterValueError("a percentage from 0 to 100, such as 40 or 40%") from None
+        raise FilterValueError("a percentage from 0 to 100, such as 40 or 40%", "percent") from None
     if not (math.isfinite(value) and 0 <= value <= 100):
-        raise FilterValueError("a percentage from 0 to 100, such as 40 or 40%")
+        raise FilterValueError("a percentage from 0 to 100, such as 40 or 40%", "percent")
     return value
 
 
@@ -78,9 +95,9 @@ def parse_multiple(raw: str) -> float:
     try:
         value = float(text.replace(",", "."))
     except ValueError:
-        raise FilterValueError("a multiple such as 2 or 2.5x") from None
+        raise FilterValueError("a multiple such as 2 or 2.5x", "multiple") from None
     if not (math.isfinite(value) and 0 <= value <= 1_000_000):
-        raise FilterValueError("a multiple such as 2 or 2.5x")
+        raise FilterValueError("a multiple such as 2 or 2.5x", "multiple")
     return value
 
 
@@ -92,15 +109,15 @@ def normalize_channel_ref(raw: str) -> str:
     match = _CHANNEL_USERNAME_RE.match(text)
     if match:
         return "@" + match.group(1).lower()
-    raise FilterValueError("comma-separated channel ids (like -1001234567890) or @usernames")
+    raise FilterValueError("comma-separated channel ids (like -1001234567890) or @usernames", "channels")
 
 
 def parse_channels(raw: str) -> frozenset[str]:
     parts = [part for part in re.split(r"[,\s]+", raw.strip()) if part]
     if not parts:
-        raise FilterValueError("comma-separated channel ids (like -1001234567890) or @usernames")
+        raise FilterValueError("comma-separated channel ids (like -1001234567890) or @usernames", "channels")
     if len(parts) > MAX_CHANNELS_IN_FILTER:
-        raise FilterValueError(f"at most {MAX_CHANNELS_IN_FILTER} channels")
+        raise FilterValueError(f"at most {MAX_CHANNELS_IN_FILTER} channels", "channels_max", maximum=MAX_CHANNELS_IN_FILTER)
     return frozenset(normalize_channel_ref(part) for part in parts)
 
 
@@ -188,7 +205,7 @@ def set_filter(filters: Filters, name: str, raw_value: str) -> Filters:
     try:
         value = spec.parse(raw_value)
     except FilterValueError as exc:
-        raise FilterValueError(f"{key} takes {exc}") from None
+        raise FilterValueError(f"{key} takes {exc}", exc.kind, **exc.values) from None
     updated = filters.with_value(key, value)
     if updated.min_mcap is not None and updated.max_mcap is not None and updated.min_mcap > updated.max_mcap:
         raise FilterValueError("min_mcap must not be above max_mcap")

@@ -24,7 +24,7 @@ from bot.texts import TEXTS
 from managers.redis_manager import RedisManager, RedisOptions
 from services.accounts import parse_start_payload
 from services.cache import CacheRegistry
-from services.filters import FILTER_SPECS
+from services.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
 from services.subscribers import SUBSCRIBERS_KEY, subscriber_key
 from tests.bot_env import ADMIN, BotEnv, running_bot
 from tests.conftest import Stores
@@ -95,6 +95,7 @@ async def test_wrong_value_in_the_flow_saves_nothing_and_keeps_waiting(env: BotE
 
     error = await chat.ask("lots")
     assert "lots" in error.text
+    assert t("reason_whole_number", language).format(minimum=0, maximum=10_000_000) in error.text
     assert TEXTS[language]["accepted_min_holders"] in error.text
     assert t("flow_try_again", language) in error.text
     assert await pg_filters(env, 22) == {}
@@ -329,7 +330,7 @@ def test_callback_data_fits_telegrams_64_bytes() -> None:
 def _text_keys_used() -> set[str]:
     """Every key the code passes to text(...): literal ones, and f-string families expanded."""
     families = {"menu_": MAIN_SCREENS, "label_": tuple(FILTER_SPECS), "accepted_": tuple(FILTER_SPECS),
-                "cmd_": MENU_COMMANDS}
+                "cmd_": MENU_COMMANDS, "reason_": REASON_KINDS}
     keys: set[str] = set()
     for path in [*ROOT.glob("bot/**/*.py")]:
         tree = ast.parse(path.read_text())
@@ -445,3 +446,15 @@ async def test_the_settings_flow_survives_redis_going_down(stores: Stores) -> No
         finally:
             await caches.stop()
             await redis.close()
+
+
+@pytest.mark.parametrize("name", list(FILTER_SPECS))
+def test_every_bad_value_has_a_reason_in_both_languages(name: str) -> None:
+    """Whatever is typed, the parser names what is wrong in a way both languages can word."""
+    for raw in ("lots", "-5", "1e999", "", "@x", ",".join(str(-100 - i) for i in range(150)), "99999999999"):
+        try:
+            FILTER_SPECS[name].parse(raw)
+        except FilterValueError as exc:
+            assert exc.kind in REASON_KINDS, (name, raw, exc)
+            for language in TEXTS:
+                assert TEXTS[language][f"reason_{exc.kind}"].format(**exc.values)

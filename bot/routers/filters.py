@@ -134,13 +134,20 @@ async def set_command(
 def value_error(name: str, raw_value: str, exc: FilterValueError, language: str) -> str:
     try:
         FILTER_SPECS[name].parse(raw_value)
-    except FilterValueError:
+    except FilterValueError as parse_error:
         return text(
             "filter_bad_value", language, name=name, value=_echo(raw_value),
-            reason=html.escape(str(exc)), accepted=_accepted(name, language),
+            reason=reason_text(parse_error, language), accepted=_accepted(name, language),
         )
     # The value parses on its own, so it clashes with another filter (min_mcap above max_mcap).
     return text("filter_conflict", language, name=name, value=_echo(raw_value))
+
+
+def reason_text(exc: FilterValueError, language: str) -> str:
+    """What is wrong with a value, in the user's language (the parser's English as a fallback)."""
+    if exc.kind:
+        return html.escape(text(f"reason_{exc.kind}", language, **exc.values))
+    return html.escape(str(exc))
 
 
 async def unset_command(
