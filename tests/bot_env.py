@@ -34,7 +34,7 @@ class BotEnv:
     sender: AlertSender | None = None
 
     def chat(self, user_id: int, language_code: str = "en", first_name: str = "Ann") -> Chat:
-        return Chat(self, user_id, language_code, first_name)
+        return Chat(self.server, user_id, language_code, first_name)
 
 
 @dataclass
@@ -50,15 +50,14 @@ class Screen:
 
 
 class Chat:
-    def __init__(self, env: BotEnv, user_id: int, language_code: str, first_name: str) -> None:
-        self.env = env
+    """One user's private chat with the bot."""
+
+    def __init__(self, server: FakeTelegramServer, user_id: int, language_code: str = "en",
+                 first_name: str = "Ann") -> None:
+        self.server = server
         self.user_id = user_id
         self.language_code = language_code
         self.first_name = first_name
-
-    @property
-    def server(self) -> FakeTelegramServer:
-        return self.env.server
 
     def sent(self) -> list[SentRecord]:
         return self.server.messages_to(self.user_id)

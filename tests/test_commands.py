@@ -13,21 +13,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import Stores
-from aiogram import Bot, Dispatcher
 
-from bot.config import Settings
-from bot.runtime import build_dispatcher, create_bot
 from bot.texts import TEXTS
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.filters import FILTER_SPECS
 from services.subscribers import SubscriberStore, subscriber_key
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
+from tests.bot_env import ADMIN, REPLY_TIMEOUT, Chat, running_bot
+from tests.doubles.telegram_api import FakeTelegramServer, SentRecord
 
 pytestmark = pytest.mark.timeout(60)
 
-ADMIN = 1000
-REPLY_TIMEOUT = 10.0
 
 
 @dataclass
@@ -39,12 +35,7 @@ class Env:
 
     async def ask(self, user_id: int, message: str, *, language_code: str = "en") -> SentRecord:
         """Send `message` as `user_id` and return the bot's next reply to them."""
-        before = len(self.server.messages_to(user_id))
-        self.server.inject_message(user_id, message, language_code=language_code, first_name="Ann")
-        replies = await self.server.wait_for_sent(
-            lambda record: record.chat_id == user_id, count=before + 1, timeout=REPLY_TIMEOUT
-        )
-        return replies[before]
+        return await Chat(self.server, user_id, language_code).ask(message)
 
     async def pg_filters(self, telegram_id: int) -> dict[str, object]:
         return await self.postgres.fetchval(
@@ -55,22 +46,10 @@ class Env:
 
 @pytest.fixture
 async def env(stores: Stores) -> AsyncIterator[Env]:
-    redis, postgres, caches = stores.redis, stores.postgres, stores.caches
-    async with FakeTelegramServer(limits=RateLimits.unlimited()) as server:
-        settings = Settings(
-            _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url, admin_ids=[ADMIN]
-        )
-        store = SubscriberStore(redis, postgres, caches, settings.admin_id_set)
-        bot: Bot = create_bot(DEFAULT_TOKEN, server.base_url)
-        # No sender is attached to the bot's pacing middleware here, so replies are not spaced a
-        # second apart per chat (tested with the sender); a conversation takes no seconds.
-        dp: Dispatcher = build_dispatcher(settings=settings, store=store, redis=redis, postgres=postgres)
-        polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False))
-        try:
-            yield Env(server, store, redis, postgres)
-        finally:
-            await dp.stop_polling()
-            await asyncio.wait_for(polling, timeout=10)
+    # No sender is attached to the bot's pacing middleware here, so replies are not spaced a
+    # second apart per chat (tested with the sender); a conversation takes no seconds.
+    async with running_bot(stores) as running:
+        yield Env(running.server, running.store, stores.redis, stores.postgres)
 
 
 async def test_set_then_filters_shows_it(env: Env) -> None:

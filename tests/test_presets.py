@@ -27,13 +27,12 @@ from services.presets import (
 from services.sender import AlertSender
 from services.subscribers import RETRY_KEY, SubscriberStore, subscriber_key
 from tests import bot_env
+from tests.bot_env import ADMIN, REPLY_TIMEOUT, Chat
 from tests.conftest import Stores
 from tests.doubles.telegram_api import FakeTelegramServer, SentRecord
 
 pytestmark = pytest.mark.timeout(60)
 
-ADMIN = 1000
-REPLY_TIMEOUT = 10.0
 SAFE_CHANGE = (
     "/setpreset safe min_mcap=250k max_mcap=10m min_liquidity=30k min_holders=300 "
     "min_win_rate=50 min_avg_gain=2 min_channels=2"
@@ -50,12 +49,7 @@ class Env:
 
     async def ask(self, user_id: int, message: str, *, language_code: str = "en") -> SentRecord:
         """Send `message` as `user_id` and return the bot's next reply to them."""
-        before = len(self.server.messages_to(user_id))
-        self.server.inject_message(user_id, message, language_code=language_code, first_name="Ann")
-        replies = await self.server.wait_for_sent(
-            lambda record: record.chat_id == user_id, count=before + 1, timeout=REPLY_TIMEOUT
-        )
-        return replies[before]
+        return await Chat(self.server, user_id, language_code).ask(message)
 
     async def press(self, user_id: int, on: SentRecord, data: str) -> SentRecord:
         """Press the button `data` under the bot's message `on`; returns the next message sent to
