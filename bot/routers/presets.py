@@ -14,13 +14,14 @@ import logging
 import weakref
 
 from aiogram import Bot, F, Router
-from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
+from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from bot.callbacks import MenuCB, PresetCB
 from bot.filters_admin import IsAdmin
 from bot.routers.filters import filter_lines
+from bot.routers.screens import edit_or_send
 from bot.texts import pick_language, text
 from managers.postgres import PostgresManager
 from services.filters import Filters
@@ -100,21 +101,6 @@ def render_presets(presets: list[Preset], subscriber: Subscriber, language: str)
     return "\n\n".join(blocks), InlineKeyboardMarkup(inline_keyboard=rows)
 
 
-async def _edit_screen(callback: CallbackQuery, body: str, markup: InlineKeyboardMarkup) -> None:
-    """Show the screen in place of the message pressed; a new message when it cannot be edited."""
-    message = callback.message
-    if isinstance(message, Message):
-        try:
-            await message.edit_text(body, reply_markup=markup)
-            return
-        except TelegramBadRequest as exc:
-            if "message is not modified" in str(exc):
-                return
-            logger.info("could not edit message %s (%s); sending the presets anew", message.message_id, exc)
-    if callback.bot is not None:
-        await callback.bot.send_message(callback.from_user.id, body, reply_markup=markup)
-
-
 # ------------------------------------------------------------------ subscribers
 
 
@@ -152,7 +138,7 @@ async def presets_screen(
         await callback.answer(text("unavailable", language), show_alert=True)
         return
     body, markup = render_presets(presets, subscriber, language)
-    await _edit_screen(callback, body, markup)
+    await edit_or_send(callback, body, markup)
     await callback.answer()
 
 
@@ -177,7 +163,7 @@ async def preset_action(
             if preset is None:
                 # Deleted since the screen was shown: show what there is now.
                 presets.forget()
-                await _edit_screen(callback, *render_presets(await presets.list(), subscriber, language))
+                await edit_or_send(callback, *render_presets(await presets.list(), subscriber, language))
                 await callback.answer(text("preset_gone", language), show_alert=True)
                 return
             # Applying a preset ends following another one (the filters are no longer its), but
@@ -199,7 +185,7 @@ async def preset_action(
             result_key, toast_key = "preset_unfollowed", "preset_toast_unfollowed"
             title = preset.title if preset is not None else code
         else:  # "show", or an action a newer version of the bot offers
-            await _edit_screen(callback, *render_presets(await presets.list(), subscriber, language))
+            await edit_or_send(callback, *render_presets(await presets.list(), subscriber, language))
             await callback.answer()
             return
         listed = await presets.list()
@@ -208,7 +194,7 @@ async def preset_action(
         return
     # The screen shows the new "followed" mark; the result goes below it as a message of its own,
     # so the filters just set stay in the chat.
-    await _edit_screen(callback, *render_presets(listed, updated, language))
+    await edit_or_send(callback, *render_presets(listed, updated, language))
     if callback.bot is not None:
         await callback.bot.send_message(
             callback.from_user.id,

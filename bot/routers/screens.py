@@ -24,17 +24,25 @@ async def show(
     if isinstance(target, Message):
         await target.answer(html, reply_markup=markup)
         return
-    message = target.message
+    await edit_or_send(target, html, markup)
+    await target.answer(toast_text(notice) if notice else None)
+
+
+async def edit_or_send(callback: CallbackQuery, html: str, markup: InlineKeyboardMarkup | None = None) -> None:
+    """Put the screen in place of the message pressed; a new message when it cannot be edited.
+    The callback itself is left for the caller to answer."""
+    message = callback.message
     if isinstance(message, Message):
         try:
             await message.edit_text(html, reply_markup=markup)
+            return
         except TelegramBadRequest as exc:
-            if "message is not modified" not in str(exc):
-                logger.info("could not edit message %s (%s); sending a new one", message.message_id, exc)
-                await message.answer(html, reply_markup=markup)
-    elif target.bot is not None:
-        await target.bot.send_message(target.from_user.id, html, reply_markup=markup)
-    await target.answer(toast_text(notice) if notice else None)
+            if "message is not modified" in str(exc):
+                return
+            logger.info("could not edit message %s (%s); sending a new one", message.message_id, exc)
+            await message.answer(html, reply_markup=markup)
+    elif callback.bot is not None:  # the message is too old for Telegram to include it
+        await callback.bot.send_message(callback.from_user.id, html, reply_markup=markup)
 
 
 async def reply(target: Message | CallbackQuery, html: str, markup: InlineKeyboardMarkup | None = None) -> None:
