@@ -1,8 +1,8 @@
-"""A subscriber's account beyond their filters: language, referrals, the /status figures, plans
-on offer, and deleting everything the bot keeps about them (/privacy).
+"""A subscriber's account beyond their settings: referrals, the /status figures, plans on offer,
+and deleting everything the bot keeps about them (/privacy). Settings themselves (filters,
+preset, pause, language) are SubscriberStore's.
 
-Changes follow SubscriberStore's order: Redis first, then PostgreSQL, then `user_settings.log`,
-then every process's cache. No Telegram imports: the bot and the HTTP side may share this.
+No Telegram imports: the bot and the HTTP side may share this.
 """
 
 from __future__ import annotations
@@ -79,30 +79,6 @@ class AccountService:
     def __init__(self, store: SubscriberStore, postgres: PostgresManager) -> None:
         self.store = store
         self.postgres = postgres
-
-    async def set_language(self, telegram_id: int, language: str, *, source: str = "menu") -> None:
-        await self.store.redis.hset(subscriber_key(telegram_id), "language", language)
-        try:
-            async with self.postgres.transaction() as conn:
-                row = await conn.fetchrow(
-                    """
-                    UPDATE users u SET language = $2 FROM (SELECT id, language FROM users WHERE telegram_id = $1) old
-                     WHERE u.id = old.id RETURNING u.id, old.language AS previous
-                    """,
-                    telegram_id, language,
-                )
-                if row is not None and row["previous"] != language:
-                    await conn.execute(
-                        "INSERT INTO settings_history (user_id, name, old_value, new_value, source)"
-                        " VALUES ($1, 'language', to_jsonb($2::text), to_jsonb($3::text), $4)",
-                        row["id"], row["previous"], language, source,
-                    )
-        except PG_FAILURES as exc:
-            # Redis has it and every read goes through Redis first; PostgreSQL catches up on the
-            # next registration refresh, so the choice is not lost.
-            logger.warning("PostgreSQL did not take %s's language (%r); Redis has it", telegram_id, exc)
-        settings_log.info("user %s language -> %s", telegram_id, language)
-        await self.store.caches.invalidate("user_settings", telegram_id)
 
     async def record_referral(self, telegram_id: int, code: str) -> int | None:
         """Record who referred a user on their first /start; returns the referrer's telegram id.

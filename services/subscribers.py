@@ -370,6 +370,21 @@ class SubscriberStore:
         )
         return await self._changed(replace(current, paused=paused))
 
+    async def set_language(self, telegram_id: int, language: str, *, source: str = "menu") -> Subscriber:
+        """The language the bot speaks to them, saved like a filter change (history row
+        'language'; PostgreSQL deferred on failure)."""
+        current = await self._require(telegram_id)
+        if language == current.language:
+            return current
+        await self.redis.hset(subscriber_key(telegram_id), "language", language)
+        history = {"name": "language", "old": current.language, "new": language, "source": source,
+                   "changed_at": self.clock().isoformat()}
+        saved = await self._save_to_pg(telegram_id, language=language, history=history)
+        settings_log.info(
+            "user %s language %s -> %s%s", telegram_id, current.language, language, "" if saved else " (postgres deferred)"
+        )
+        return await self._changed(replace(current, language=language))
+
     async def set_status(self, telegram_id: int, status: str) -> Subscriber:
         """'active', 'blocked' (the user blocked the bot) or 'banned' (an admin did); saved like
         a filter change: Redis first, PostgreSQL deferred on failure."""
@@ -506,6 +521,7 @@ class SubscriberStore:
         filters: Filters | None = None,
         paused: bool | None = None,
         status: str | None = None,
+        language: str | None = None,
         history: dict[str, Any] | list[dict[str, Any]] | None = None,
         preset_changed: bool = False,
         preset: str | None = None,
@@ -517,6 +533,7 @@ class SubscriberStore:
             "filters": None if filters is None else filters.to_dict(),
             "paused": paused,
             "status": status,
+            "language": language,
             "history": history,
             # Wrapped so that "now follows nothing" differs from "following not changed".
             "preset": {"code": preset} if preset_changed else None,
@@ -544,6 +561,9 @@ class SubscriberStore:
             paused = stored["paused"] == "1" if "paused" in stored else bool(entry["paused"])
         if entry.get("status") is not None:
             status = stored["status"] if stored.get("status") in STATUSES else entry["status"]
+        language = None
+        if entry.get("language") is not None:
+            language = stored.get("language") or entry["language"]
         preset_change = entry.get("preset")
         preset = None
         if preset_change is not None:
@@ -554,10 +574,11 @@ class SubscriberStore:
         async with self.postgres.transaction() as conn:
             user_id = await conn.fetchval(
                 """
-                UPDATE users SET paused = COALESCE($2, paused), status = COALESCE($3, status)
+                UPDATE users SET paused = COALESCE($2, paused), status = COALESCE($3, status),
+                                 language = COALESCE($4, language)
                  WHERE telegram_id = $1 RETURNING id
                 """,
-                telegram_id, paused, status,
+                telegram_id, paused, status, language,
             )
             if user_id is None:
                 logger.warning("settings of unknown user %s not written to PostgreSQL", telegram_id)

@@ -217,3 +217,20 @@ async def test_postgres_failure_keeps_the_change_and_writes_it_later(stores: Sto
         assert await conn.fetchval("SELECT paused FROM users WHERE telegram_id = 7") is True
     finally:
         await conn.close()
+
+
+async def test_a_language_chosen_while_postgres_is_down_is_written_later(stores: Stores, store: SubscriberStore) -> None:
+    await register(store, 7)
+    await stores.postgres.close()
+    saved = await store.set_language(7, "ru")
+    assert saved.language == "ru" and (await store.get(7)).language == "ru"
+    assert await stores.redis.hget(subscriber_key(7), "language") == "ru"
+    assert await store.pending_count() == 1
+
+    await stores.postgres.start()
+    assert await store.flush_pending() == 1
+    assert await stores.postgres.fetchval("SELECT language FROM users WHERE telegram_id = 7") == "ru"
+    row = await stores.postgres.fetchrow("SELECT name, old_value, new_value, source FROM settings_history")
+    assert tuple(row) == ("language", "en", "ru", "menu")
+    assert await store.set_language(7, "ru") == saved  # no change, nothing written
+    assert await stores.postgres.fetchval("SELECT count(*) FROM settings_history") == 1

@@ -26,7 +26,7 @@ from bot.texts import LANGUAGE_NAMES, text
 from managers.postgres import PostgresManager
 from services.accounts import AccountFigures, AccountService, Plan, plan_expiry_text
 from services.sender import AlertSender, Lane
-from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore
+from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.handlers")
 
@@ -86,14 +86,16 @@ async def language_screen(event: Message | CallbackQuery, language: str) -> None
 
 
 async def choose_language(callback: CallbackQuery, callback_data: LanguageCB, subscriber: Subscriber,
-                          store: SubscriberStore | None = None, postgres: PostgresManager | None = None,
-                          subscriber_loaded: bool = True) -> None:
+                          store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
     chosen = callback_data.code
-    accounts = _accounts(store, postgres)
-    if chosen not in LANGUAGE_NAMES or accounts is None or not subscriber_loaded:
+    if chosen not in LANGUAGE_NAMES or store is None or not subscriber_loaded:
         await show(callback, text("unavailable", chosen if chosen in LANGUAGE_NAMES else "en"))
         return
-    await accounts.set_language(subscriber.telegram_id, chosen)
+    try:
+        await store.set_language(subscriber.telegram_id, chosen)
+    except (StoreUnavailable, UnknownSubscriber):
+        await show(callback, text("unavailable", chosen))
+        return
     # The answer is already in the new language, and so is the menu.
     await show(callback, text("menu_title", chosen), keyboards.main_menu(chosen), notice=text("language_set", chosen))
 
