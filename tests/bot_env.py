@@ -15,6 +15,8 @@ from aiogram import Dispatcher
 from bot.config import Settings
 from bot.middlewares.throttling import FloodGate
 from bot.runtime import build_dispatcher, create_bot
+from managers.postgres import PostgresManager
+from managers.redis_manager import RedisManager
 from services.sender import AlertSender
 from services.subscribers import SubscriberStore
 from tests.conftest import Stores
@@ -103,6 +105,25 @@ class Chat:
 
     def last_toast(self) -> str | None:
         return self.server.answered_callbacks[-1].text if self.server.answered_callbacks else None
+
+
+@dataclass
+class StoreEnv:
+    """What command tests check against: the Telegram double and the stores behind the bot."""
+
+    server: FakeTelegramServer
+    store: SubscriberStore
+    redis: RedisManager
+    postgres: PostgresManager
+    sender: AlertSender | None = None
+
+    @classmethod
+    def of(cls, running: BotEnv) -> StoreEnv:
+        return cls(running.server, running.store, running.stores.redis, running.stores.postgres, running.sender)
+
+    async def ask(self, user_id: int, message: str, *, language_code: str = "en") -> SentRecord:
+        """Send `message` as `user_id` and return the bot's next reply to them."""
+        return await Chat(self.server, user_id, language_code).ask(message)
 
 
 @asynccontextmanager

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,28 +14,15 @@ import pytest
 from tests.conftest import Stores
 
 from bot.texts import TEXTS
-from managers.postgres import PostgresManager
-from managers.redis_manager import RedisManager
 from services.filters import FILTER_SPECS
-from services.subscribers import SubscriberStore, subscriber_key
-from tests.bot_env import ADMIN, REPLY_TIMEOUT, Chat, running_bot
-from tests.doubles.telegram_api import FakeTelegramServer, SentRecord
+from services.subscribers import subscriber_key
+from tests.bot_env import ADMIN, REPLY_TIMEOUT, StoreEnv, running_bot
 
 pytestmark = pytest.mark.timeout(60)
 
 
 
-@dataclass
-class Env:
-    server: FakeTelegramServer
-    store: SubscriberStore
-    redis: RedisManager
-    postgres: PostgresManager
-
-    async def ask(self, user_id: int, message: str, *, language_code: str = "en") -> SentRecord:
-        """Send `message` as `user_id` and return the bot's next reply to them."""
-        return await Chat(self.server, user_id, language_code).ask(message)
-
+class Env(StoreEnv):
     async def pg_filters(self, telegram_id: int) -> dict[str, object]:
         return await self.postgres.fetchval(
             "SELECT s.filters FROM user_settings s JOIN users u ON u.id = s.user_id WHERE u.telegram_id = $1",
@@ -49,7 +35,7 @@ async def env(stores: Stores) -> AsyncIterator[Env]:
     # No sender is attached to the bot's pacing middleware here, so replies are not spaced a
     # second apart per chat (tested with the sender); a conversation takes no seconds.
     async with running_bot(stores) as running:
-        yield Env(running.server, running.store, stores.redis, stores.postgres)
+        yield Env.of(running)
 
 
 async def test_set_then_filters_shows_it(env: Env) -> None:

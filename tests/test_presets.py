@@ -7,14 +7,11 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from bot.callbacks import MenuCB, PresetCB
-from managers.postgres import PostgresManager
-from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
 from services.filters import Filters, set_filter
 from services.presets import (
@@ -24,12 +21,11 @@ from services.presets import (
     parse_preset_definition,
     preset_definition,
 )
-from services.sender import AlertSender
 from services.subscribers import RETRY_KEY, SubscriberStore, subscriber_key
 from tests import bot_env
-from tests.bot_env import ADMIN, REPLY_TIMEOUT, Chat
+from tests.bot_env import ADMIN, REPLY_TIMEOUT, StoreEnv
 from tests.conftest import Stores
-from tests.doubles.telegram_api import FakeTelegramServer, SentRecord
+from tests.doubles.telegram_api import SentRecord
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,18 +35,7 @@ SAFE_CHANGE = (
 )
 
 
-@dataclass
-class Env:
-    server: FakeTelegramServer
-    store: SubscriberStore
-    redis: RedisManager
-    postgres: PostgresManager
-    sender: AlertSender | None = None
-
-    async def ask(self, user_id: int, message: str, *, language_code: str = "en") -> SentRecord:
-        """Send `message` as `user_id` and return the bot's next reply to them."""
-        return await Chat(self.server, user_id, language_code).ask(message)
-
+class Env(StoreEnv):
     async def press(self, user_id: int, on: SentRecord, data: str) -> SentRecord:
         """Press the button `data` under the bot's message `on`; returns the next message sent to
         the user, once the press is answered too."""
@@ -95,7 +80,7 @@ class Env:
 @asynccontextmanager
 async def running_bot(stores: Stores, **options: Any) -> AsyncIterator[Env]:
     async with bot_env.running_bot(stores, **options) as running:
-        yield Env(running.server, running.store, stores.redis, stores.postgres, running.sender)
+        yield Env.of(running)
 
 
 @pytest.fixture
