@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
+from typing import NamedTuple
 
 from services.events import CallerLine, TokenInfo
 
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_CALLERS_SHOWN",
     "MAX_MESSAGE_LENGTH",
     "CallerLine",
+    "DigestPart",
     "format_age",
     "format_usd",
     "is_solana_address",
@@ -63,7 +65,8 @@ LABELS: dict[str, dict[str, str]] = {
         "unknown": "unknown",
         "unverified_address": "unverified address",
         "no_symbol": "no symbol",
-        "digest_title": "📦 <b>{n} alerts</b> came faster than Telegram lets a bot send them one by one:",
+        "digest_title": "📦 <b>{n} alerts</b> came faster than Telegram lets a bot send them one by one{part}:",
+        "digest_part": " ({i}/{total})",
         "channels_short": "{n} ch.",
         "s": "s", "m": "m", "h": "h", "d": "d",
     },
@@ -81,7 +84,8 @@ LABELS: dict[str, dict[str, str]] = {
         "unknown": "неизвестно",
         "unverified_address": "непроверенный адрес",
         "no_symbol": "без тикера",
-        "digest_title": "📦 <b>{n} алертов</b> пришли быстрее, чем Telegram позволяет боту отправлять их по одному:",
+        "digest_title": "📦 <b>{n} алертов</b> пришли быстрее, чем Telegram позволяет боту отправлять их по одному{part}:",
+        "digest_part": " ({i}/{total})",
         "channels_short": "{n} кан.",
         "s": " с", "m": " мин", "h": " ч", "d": " д",
     },
@@ -366,19 +370,41 @@ def render_digest_line(token: TokenInfo, callers: Sequence[CallerLine], *, seen_
     return line
 
 
-def render_digest(lines: Sequence[str], language: str = "en") -> str:
-    """Alerts merged into one message, under Telegram's length limit ("+N more" for the rest)."""
+class DigestPart(NamedTuple):
+    """One message of a digest: its HTML and how many of the digest's lines, in order, it carries."""
+
+    html: str
+    lines: int
+
+
+def render_digest(lines: Sequence[str], language: str = "en") -> list[DigestPart]:
+    """Alerts merged into as few messages as Telegram's length limit allows, every line in one.
+
+    Lines are kept whole and in order; when they do not fit one message they continue in the
+    next, each part numbered ("(1/3)") under the same title. No line is ever summed up: a
+    subscriber must see every alert merged here. A single line longer than a message (none that
+    `render_digest_line` makes) goes alone in its part.
+    """
+    if not lines:
+        return []
     labels = _labels(language)
-    head = labels["digest_title"].format(n=len(lines))
-    budget = MAX_MESSAGE_LENGTH - 1 - _utf16_len(head) - _utf16_len(labels["more"].format(n=len(lines))) - 4
-    shown: list[str] = []
+    count = len(lines)
+    # Room for the lines under the widest title a part can have: never more parts than lines.
+    widest = labels["digest_title"].format(n=count, part=labels["digest_part"].format(i=count, total=count))
+    budget = MAX_MESSAGE_LENGTH - 1 - _utf16_len(widest) - 2  # the title's blank line
+    groups: list[list[str]] = []
+    used = 0
     for line in lines:
-        cost = _utf16_len(line) + 2
-        if cost > budget:
-            break
-        shown.append(line)
-        budget -= cost
-    text = head + "\n\n" + "\n".join(shown)
-    if len(shown) < len(lines):
-        text += "\n" + labels["more"].format(n=len(lines) - len(shown))
-    return text
+        cost = _utf16_len(line)
+        if groups and groups[-1] and used + 1 + cost <= budget:
+            groups[-1].append(line)
+            used += 1 + cost  # with the newline before it
+        else:
+            groups.append([line])
+            used = cost
+    parts: list[DigestPart] = []
+    for index, group in enumerate(groups, start=1):
+        part = labels["digest_part"].format(i=index, total=len(groups)) if len(groups) > 1 else ""
+        title = labels["digest_title"].format(n=count, part=part)
+        parts.append(DigestPart(title + "\n\n" + "\n".join(group), len(group)))
+    return parts

@@ -28,7 +28,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from bot.alert_outbox import AlertOutbox
-from bot.alert_text import render_digest
+from bot.alert_text import DigestPart, render_digest
 from bot.config import Settings, require
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
@@ -253,7 +253,8 @@ class Runtime:
         for name, provider in components.items():
             self.metrics.components.add(name, provider)
 
-    def _render_digest(self, chat_id: int, lines: list[str]) -> str:
+    def _render_digest(self, chat_id: int, lines: list[str]) -> list[DigestPart]:
+        """The digest's messages in the subscriber's language, every merged alert in one of them."""
         subscriber = self.index.get(chat_id)
         return render_digest(lines, subscriber.language if subscriber else "en")
 

@@ -26,7 +26,8 @@ It is the only sender for the bot token. Requests the handlers make themselves (
 edits) take a `turn` in the same pacing, in the first lane, so one limiter sees everything the
 bot sends and a broadcast never delays a reply. Queued alerts that pile up for one chat (a
 backlog past `DigestPolicy.threshold`, or a wait past `DigestPolicy.max_delay`) go out as one
-digest message instead of a flood.
+digest instead of a flood: as many numbered messages as the renderer needs, sent in order with the
+chat's spacing, each alert settled when the part that carries it was sent.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -118,14 +119,19 @@ class Outcome:
 OnDone = Callable[[Outcome], Awaitable[None] | None]
 
 
+# A digest's messages: each one's HTML and how many of the lines, in order, it carries.
+DigestParts = Sequence[tuple[str, int]]
+
+
 @dataclass(frozen=True)
 class DigestPolicy:
-    """When a chat's queued alerts are merged into one message.
+    """When a chat's queued alerts are merged into a digest.
 
-    `render(chat_id, lines)` makes the digest's HTML from the alerts' one-line summaries.
+    `render(chat_id, lines)` makes the digest's messages from the alerts' one-line summaries:
+    every line in exactly one part, each part within Telegram's limits.
     """
 
-    render: Callable[[int, list[str]], str]
+    render: Callable[[int, list[str]], DigestParts]
     threshold: int = 5  # alerts queued for one chat (counting the one due now)
     max_delay: float = 60.0  # seconds an alert may wait before the rest are merged with it
 
@@ -183,6 +189,7 @@ class _Counters:
     dropped: int = 0  # still queued when stop(drain=False) gave up
     turns: int = 0  # requests handlers made themselves, paced here
     digests: int = 0
+    digest_parts: int = 0  # messages the digests took
     digested: int = 0  # alerts merged into digests
     photo_fallbacks: int = 0  # photos Telegram refused, sent as text instead
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -397,6 +404,7 @@ class AlertSender:
             "dropped": counters.dropped,
             "turns": counters.turns,
             "digests": counters.digests,
+            "digest_parts": counters.digest_parts,
             "digested": counters.digested,
             "photo_fallbacks": counters.photo_fallbacks,
             "pending": self.pending(),
@@ -471,17 +479,18 @@ class AlertSender:
         _, _, chat_id = heapq.heappop(self._ready)
         queue = self._queues[chat_id]
         _, _, job = heapq.heappop(queue)
+        self._queued -= 1
         if job.digest_line is not None and self._digest is not None:
             job = self._maybe_digest(job, queue, now)
         if not queue:
             del self._queues[chat_id]
-        self._queued -= len(job.members) or 1
         self._active += 1
         self._busy.add(chat_id)
         return job
 
     def _maybe_digest(self, job: _Job, queue: list[tuple[int, int, _Job]], now: float) -> _Job:
-        """`job`, or one digest of it and every other alert queued for its chat when they pile up."""
+        """`job`, or the first part of a digest of it and every other alert queued for its chat
+        when they pile up; the digest's other parts go back to the head of the chat's queue."""
         assert self._digest is not None
         waiting = [entry for entry in queue if entry[2].digest_line is not None]
         late = now - job.enqueued_at > self._digest.max_delay
@@ -489,13 +498,30 @@ class AlertSender:
             return job
         members = [job] + [entry[2] for entry in sorted(waiting)]
         queue[:] = [entry for entry in queue if entry[2].digest_line is None]
+        self._queued -= len(waiting)
+        parts = list(self._digest.render(job.chat_id, [member.digest_line or "" for member in members]))
+        # The parts keep the alerts' own places, in order: the first goes now, the rest next.
+        seqs = [job.seq, *sorted(member.seq for member in members[1:])]
+        jobs: list[_Job] = []
+        start = 0
+        for index, (html, count) in enumerate(parts):
+            carried = members[start:start + max(count, 0)]
+            start += len(carried)
+            if not carried:
+                continue
+            meta = {"kind": "digest", "alerts": len(carried), "part": f"{index + 1}/{len(parts)}"}
+            jobs.append(_Job(job.priority, seqs[len(jobs)], job.chat_id, html, None, meta, members=carried))
+        # A renderer that left lines out must not lose their alerts: they go on their own.
+        for member in members[start:]:
+            member.digest_line, member.seq = None, seqs[len(jobs)]
+            jobs.append(member)
+        queue.extend((later.priority, later.seq, later) for later in jobs[1:])
         heapq.heapify(queue)
-        lines = [member.digest_line or "" for member in members]
-        digest = _Job(job.priority, job.seq, job.chat_id, self._digest.render(job.chat_id, lines), None,
-                      {"kind": "digest", "alerts": len(members)}, members=members)
+        self._queued += len(jobs) - 1
         self._counters.digests += 1
-        self._counters.digested += len(members)
-        return digest
+        self._counters.digest_parts += sum(1 for one in jobs if one.members)
+        self._counters.digested += start
+        return jobs[0]
 
     async def _wait_ready(self) -> None:
         while True:

@@ -20,6 +20,8 @@ from bot.alert_text import (
     format_usd,
     is_solana_address,
     render_alert,
+    render_digest,
+    render_digest_line,
     safe_username,
     sanitize,
 )
@@ -258,3 +260,30 @@ def test_caller_line_from_feed_types() -> None:
 )
 def test_money_is_compact(value: float | None, shown: str | None) -> None:
     assert format_usd(value) == shown
+
+
+@pytest.mark.parametrize(("language", "title"), [("en", "81 alerts"), ("ru", "81 алертов")])
+async def test_a_long_digest_continues_in_numbered_parts_keeping_every_alert(
+    bot: Bot, server: FakeTelegramServer, language: str, title: str
+) -> None:
+    rng = random.Random(7)
+    base58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+    addresses = ["".join(rng.choice(base58) for _ in range(44)) for _ in range(81)]
+    # Symbols that escape to entities, the longest a line can get.
+    lines = [render_digest_line(token(address=address, symbol="&" * 30), [alpha()], seen_at=SEEN, language=language)
+             for address in addresses]
+    parts = render_digest(lines, language)
+    assert len(parts) >= 2 and sum(part.lines for part in parts) == 81
+    received: list[str] = []
+    for index, part in enumerate(parts, start=1):
+        assert len(part.html.encode("utf-16-le")) // 2 < 4096
+        body = (await send(bot, server, part.html)).body  # the double refuses bad HTML or too long
+        first_line = body.split("\n")[0]
+        assert title in first_line and f"({index}/{len(parts)})" in first_line
+        received.append(body)
+    shown = [address for body in received
+             for address in sorted((a for a in addresses if a in body), key=body.index)]
+    assert shown == addresses  # every alert once, in order
+    assert not any(label in "".join(received) for label in ("more", "ещё"))
+    [single] = render_digest(lines[:3], language)
+    assert single.lines == 3 and "/" not in parse_html(single.html)[0].split("\n")[0]

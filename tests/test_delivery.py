@@ -4,15 +4,19 @@ and real PostgreSQL: exactly once across restarts, lanes, digests, photos, gone 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import pytest
 from aiogram import Bot
 
+from bot.alert_text import render_alert, render_digest, render_digest_line
 from services.delivery_queue import GROUP, STREAM_KEY, Delivery, DeliveryQueue
+from services.events import CallerLine, TokenInfo
 from services.sender import AlertSender, DigestPolicy, Lane, Outcome
 from tests.conftest import Stores
 from tests.doubles.telegram_api import FakeTelegramServer, RateLimits
@@ -37,6 +41,9 @@ async def start_engine(bot: Bot, stores: Stores, *, consumer: str = "sender-a", 
     queue = DeliveryQueue(stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle)
     await queue.start()
     return Engine(sender, queue)
+
+
+BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
 def alerts(count: int, *, first_chat: int = 1_000, token: str = "T" * 40 + "pump") -> list[Delivery]:
@@ -155,7 +162,8 @@ async def test_a_reply_overtakes_every_queued_alert(server: FakeTelegramServer, 
 
 async def test_a_backlog_for_one_chat_becomes_one_digest(server: FakeTelegramServer) -> None:
     outcomes: list[Outcome] = []
-    digest = DigestPolicy(lambda chat, lines: "<b>digest</b>\n" + "\n".join(lines), threshold=5, max_delay=60)
+    digest = DigestPolicy(lambda chat, lines: [("<b>digest</b>\n" + "\n".join(lines), len(lines))], threshold=5,
+                          max_delay=60)
     async with AlertSender(server.create_bot(), digest=digest) as sender:
         for i in range(8):
             sender.submit(55, f"<b>alert {i}</b>", digest_line=f"line {i}", on_done=outcomes.append)
@@ -167,7 +175,8 @@ async def test_a_backlog_for_one_chat_becomes_one_digest(server: FakeTelegramSer
 
 
 async def test_alerts_that_waited_too_long_are_merged(server: FakeTelegramServer) -> None:
-    digest = DigestPolicy(lambda chat, lines: "digest: " + ", ".join(lines), threshold=50, max_delay=0.3)
+    digest = DigestPolicy(lambda chat, lines: [("digest: " + ", ".join(lines), len(lines))], threshold=50,
+                          max_delay=0.3)
     async with AlertSender(server.create_bot(), digest=digest) as sender:
         for i in range(3):
             sender.submit(56, f"alert {i}", digest_line=str(i))
@@ -206,3 +215,43 @@ async def test_paid_broadcast_goes_past_30_a_second_without_a_429() -> None:
         await bot.session.close()
         assert len(telegram.sent) == 200 and telegram.stats.rejected_429 == 0
         assert telegram.stats.sent_paid_broadcast == 200
+
+
+def solana_address(seed: int) -> str:
+    """A valid-looking base58 address of 44 characters, different for every seed."""
+    rng = random.Random(seed)
+    return "".join(rng.choice(BASE58) for _ in range(40)) + "pump"
+
+
+def rendered_alert(chat_id: int, seed: int) -> Delivery:
+    token = TokenInfo(address=solana_address(seed), symbol=f"TOK{seed}", name=f"Token number {seed}",
+                      market_cap_usd=40_000.0 + seed)
+    callers = [CallerLine(channel_id=f"-100{seed}", name="Alpha Calls", username="alphacalls")]
+    seen = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+    return Delivery(token=token.address, chat_id=chat_id, html=render_alert(token, callers, seen_at=seen),
+                    priority=Lane.PAID_ALERT, digest_line=render_digest_line(token, callers, seen_at=seen))
+
+
+async def test_81_merged_alerts_all_reach_the_subscriber_in_numbered_parts(
+    server: FakeTelegramServer, stores: Stores
+) -> None:
+    digest = DigestPolicy(lambda chat, lines: render_digest(lines, "en"), threshold=5, max_delay=60)
+    engine = await start_engine(server.create_bot(), stores, digest=digest)
+    backlog = [rendered_alert(4242, seed) for seed in range(81)]
+    await engine.queue.publish(backlog)
+    await until(lambda: engine.queue.stats.acknowledged >= 81, timeout=60)
+    await engine.stop()
+
+    messages = server.messages_to(4242)
+    assert len(messages) >= 2  # 81 lines do not fit one message
+    for index, message in enumerate(messages, start=1):
+        assert f"({index}/{len(messages)})" in message.body.split("\n")[0]
+        assert "more" not in message.body
+        assert len(message.body.encode("utf-16-le")) // 2 <= 4096
+    where = {d.token: [m.message_id for m in messages if d.token in m.body] for d in backlog}
+    assert all(len(ids) == 1 for ids in where.values()), "every address in exactly one part"
+    rows = await stores.postgres.fetch("SELECT token_address, status, digest, message_id FROM deliveries")
+    # Each alert was settled by the part that carried it.
+    assert {r["token_address"]: (r["status"], r["digest"], r["message_id"]) for r in rows} == {
+        token: ("sent", True, ids[0]) for token, ids in where.items()}
+    assert await stream_length(stores) == 0
