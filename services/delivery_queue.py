@@ -11,6 +11,9 @@ consumer left idle for `claim_idle` seconds (XAUTOCLAIM); those whose delivery r
 delivered before the crash and are acknowledged without sending. So a restart resumes where it
 stopped and never sends twice, except in the ambiguous case below.
 
+While Telegram is unreachable the sender keeps every alert it holds and the reader takes no new
+entries: they wait in the stream, and reading resumes once a send goes through again.
+
 A send that times out without an answer is ambiguous: Telegram may have delivered it. The
 sender retries it (see README, "Delivery"): a subscriber who pays for alerts loses more by a
 silent miss than by a rare duplicate, and a timeout far above Telegram's usual answer time most
@@ -43,6 +46,7 @@ GROUP = "senders"
 DEFAULT_WINDOW = 1_000  # messages the sender may hold in memory
 READ_COUNT = 200
 CLAIM_IDLE_SECONDS = 60.0
+STALL_CHECK_SECONDS = 0.25
 ACK_BATCH = 200
 
 _RECORD_SQL = """
@@ -97,6 +101,7 @@ class DeliveryStats:
     already_delivered: int = 0  # resumed, but PostgreSQL shows Telegram had answered
     acknowledged: int = 0
     unreadable: int = 0  # entries that were not ours to parse: acknowledged and logged
+    stalls: int = 0  # times reading stopped because Telegram was unreachable
 
 
 class DeliveryQueue:
@@ -187,6 +192,9 @@ class DeliveryQueue:
         last_claim = 0.0
         while not self._stopping.is_set():
             try:
+                if self.sender.stalled():
+                    await self._wait_unstalled()
+                    continue
                 async with self.redis.guarded() as client:
                     await self._ensure_group(client)
                     if not resumed:
@@ -210,9 +218,18 @@ class DeliveryQueue:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    async def _wait_unstalled(self) -> None:
+        """Telegram is unreachable: new entries stay in the stream until a held one goes through."""
+        self.stats.stalls += 1
+        logger.info("delivery queue: Telegram unreachable; reading paused, new alerts wait in the stream")
+        while self.sender.stalled() and not self._stopping.is_set():
+            await self._pause(STALL_CHECK_SECONDS)
+        if not self._stopping.is_set():
+            logger.info("delivery queue: reading again")
+
     async def _read_new(self, client: Any) -> None:
         """Hand new entries to the sender while it has room; return after an idle spell."""
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self.sender.stalled():
             room = self.window - self.sender.pending()
             if room <= 0:
                 await self._pause(0.02)

@@ -20,7 +20,13 @@ chat, 20 per minute per group or channel; beyond them it answers 429 with `retry
 
 A 429 pauses all sending for `retry_after` (the flood wait is per bot) and the message is tried
 again; a recipient that went away (blocked, deleted, kicked) is reported through `on_gone` and
-never retried; network and server errors are retried with exponential backoff.
+never retried. A send Telegram gave no verdict on (network error, timeout, 5xx, an answer that is
+not Telegram's) is retried with capped exponential backoff: queued messages (`submit`, which is
+how alerts come) until Telegram answers, `send_now` up to `max_retries` times. After
+UNREACHABLE_AFTER such failures in a row the sender calls Telegram unreachable (`reachable`, one
+log line per change, `telegram_reachable` in `stats`): it then sends one message at a time, after
+a pause that doubles up to `backoff_max`, and `stalled()` tells the durable queue to stop reading
+until one goes through. Only an answer about the message itself (400, 403, 413) ends it.
 
 It is the only sender for the bot token. Requests the handlers make themselves (replies,
 edits) take a `turn` in the same pacing, in the first lane, so one limiter sees everything the
@@ -54,14 +60,17 @@ import aiohttp
 from aiogram import Bot
 from aiogram.enums import ParseMode
 from aiogram.exceptions import (
+    ClientDecodeError,
     TelegramAPIError,
     TelegramBadRequest,
     TelegramEntityTooLarge,
     TelegramForbiddenError,
     TelegramMigrateToChat,
     TelegramNetworkError,
+    TelegramNotFound,
     TelegramRetryAfter,
     TelegramServerError,
+    TelegramUnauthorizedError,
 )
 from aiogram.methods.base import Response
 from aiogram.types import LinkPreviewOptions, Message
@@ -83,6 +92,9 @@ RATE_WINDOW = 1.0  # seconds over which Telegram counts sends against global_rat
 CAPTION_LIMIT = 1024  # characters of a photo caption, after entities are parsed
 # A send with no answer within this long is ambiguous (Telegram may have delivered it).
 DEFAULT_REQUEST_TIMEOUT = 20.0
+# Sends in a row without a verdict from Telegram after which it counts as unreachable: one such
+# failure is a hiccup for that chat, three with no answer in between is an outage for all.
+UNREACHABLE_AFTER = 3
 # aiogram parses every answer as Response[<result type>]. pydantic caches that parametrised class
 # only weakly, so the garbage collector kept dropping it and about one send in 17 rebuilt it:
 # 5-10 ms of CPU that stalled the event loop each time. This reference keeps it cached.
@@ -137,10 +149,13 @@ class DigestPolicy:
 
 _META_VALUE_MAX = 100
 
-# Errors after which the same request may well succeed: retried with backoff.
+# Errors that say nothing about the message itself: Telegram (or the way to it) is down or refuses
+# the bot as a whole. The same request may well succeed later, so it is retried with backoff.
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TelegramServerError,  # 5xx, including RestartingTelegram
     TelegramNetworkError,  # aiogram's wrapper for timeouts and connection errors
+    TelegramUnauthorizedError,  # 401: the token was revoked or mistyped; alerts wait for the fix
+    TelegramNotFound,  # 404: a wrong API URL or token, not a wrong message
     aiohttp.ClientError,
     asyncio.TimeoutError,
     ConnectionError,
@@ -191,6 +206,7 @@ class _Counters:
     digests: int = 0
     digest_parts: int = 0  # messages the digests took
     digested: int = 0  # alerts merged into digests
+    outages: int = 0  # times Telegram became unreachable
     photo_fallbacks: int = 0  # photos Telegram refused, sent as text instead
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
@@ -207,11 +223,11 @@ class AlertSender:
         per_chat_interval: float = 1.0,
         group_rate_per_minute: float = 20,
         workers: int = 8,
-        max_retries: int = 5,
+        max_retries: int = 5,  # for send_now; queued messages are retried until Telegram answers
         on_gone: OnGone | None = None,
         on_sent: OnSent | None = None,
         backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_max: float = 10.0,  # also how long an outage may last past its end unnoticed
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         link_preview: bool = False,
         digest: DigestPolicy | None = None,
@@ -251,6 +267,9 @@ class AlertSender:
         self._queued = 0
         self._active = 0  # sends taken from the queue and not finished yet
         self._paused_until = 0.0
+        self._no_answer_streak = 0  # sends in a row Telegram gave no verdict on
+        self._unreachable_since: float | None = None
+        self._outage_pause = 0.0  # the pause between probes while unreachable
         self._seq = itertools.count()
         self._counters = _Counters()
 
@@ -278,7 +297,8 @@ class AlertSender:
         """Stop taking messages; with `drain`, first deliver what is queued (up to `timeout` s).
 
         Whatever is still queued afterwards is dropped (counted and logged); sends already in
-        flight are allowed to finish.
+        flight are allowed to finish. While Telegram is unreachable a drain lasts until it answers
+        again, so give a `timeout` unless that is what you want.
         """
         self._accepting = False
         if drain and self._pacer is not None:
@@ -386,6 +406,16 @@ class AlertSender:
         """Messages queued or being sent."""
         return self._queued + self._active
 
+    @property
+    def reachable(self) -> bool:
+        """False from UNREACHABLE_AFTER sends in a row without a verdict until the next answer."""
+        return self._unreachable_since is None
+
+    def stalled(self) -> bool:
+        """Whether more messages would only wait in memory: Telegram is unreachable and the ones
+        held already will tell, by going through, when it answers again."""
+        return self._unreachable_since is not None and self.pending() > 0
+
     def stats(self) -> dict[str, Any]:
         counters = self._counters
         latencies = sorted(counters.latencies)
@@ -410,6 +440,9 @@ class AlertSender:
             "pending": self.pending(),
             "in_flight": self._active,
             "paused_for": max(0.0, self._paused_until - time.monotonic()),
+            "telegram_reachable": self.reachable,
+            "unreachable_for": 0.0 if self._unreachable_since is None else time.monotonic() - self._unreachable_since,
+            "outages": counters.outages,
             "latency_p50": percentile(0.50),
             "latency_p95": percentile(0.95),
             "latency_max": latencies[-1] if latencies else None,
@@ -623,16 +656,27 @@ class AlertSender:
     async def _next_job(self) -> _Job:
         while True:
             await self._wait_unpaused()
+            if self._probing():
+                await self._wait_progress()
+                continue
             await self._wait_ready()
             # The pace comes after a message is ready, so time spent idle is not saved up
             # into a burst (see _pace_limiter); the job is picked after it, so a message submitted meanwhile with a
             # better priority still goes first.
             await self._limiter.acquire()
-            if self._paused_until > time.monotonic():
-                continue  # a flood wait began while we waited; sending now earns another 429
+            if self._paused_until > time.monotonic() or self._probing():
+                continue  # a flood wait or an outage began while we waited
             job = self._pop_ready()
             if job is not None:
                 return job
+
+    def _probing(self) -> bool:
+        """While Telegram is unreachable one send at a time tells whether it is back."""
+        return self._unreachable_since is not None and self._active > 0
+
+    async def _wait_progress(self) -> None:
+        self._progress.clear()
+        await self._progress.wait()
 
     def _interval(self, chat_id: int) -> float:
         # Positive ids are users; groups, supergroups and channels are negative.
@@ -676,40 +720,43 @@ class AlertSender:
             finally:
                 _SENDING.reset(token)
         except TelegramRetryAfter as exc:
+            self._answered()
             self._counters.rate_limited += 1
             self._paused_until = max(self._paused_until, time.monotonic() + exc.retry_after)
             logger.warning("429 from Telegram: all sending paused for %ss", exc.retry_after)
             self._retry(job)
         except TelegramMigrateToChat as exc:
+            self._answered()
             # The group became a supergroup: its messages go to the new id, in their order.
             migrated = f"migrated to {exc.migrate_to_chat_id}"
             self._move_chat(chat_id, exc.migrate_to_chat_id, job)
         except TelegramForbiddenError as exc:
+            self._answered()
             gone = (exc.message, self._take_chat(chat_id, job))
         except TelegramBadRequest as exc:
+            self._answered()
             if "chat not found" in exc.message.lower():
                 gone = (exc.message, self._take_chat(chat_id, job))
             else:  # bad markup, text too long...: the same request would fail again
                 self._fail(job, exc.message)
         except TelegramEntityTooLarge as exc:  # a TelegramNetworkError, but not a transient one
+            self._answered()
             self._fail(job, exc.message)
         except _TRANSIENT_ERRORS as exc:
-            job.failures += 1
-            if job.failures > self._max_retries:
-                self._fail(job, f"{type(exc).__name__}: {exc} (after {self._max_retries} retries)")
-            else:
-                backoff = min(self._backoff_base * 2 ** (job.failures - 1), self._backoff_max)
-                # Only this chat waits out the backoff; the others keep going.
-                self._next_allowed[chat_id] = time.monotonic() + backoff
-                logger.info("send to chat %s failed (%s); retry %d in %.2fs",
-                            chat_id, type(exc).__name__, job.failures, backoff)
-                self._retry(job)
-        except TelegramAPIError as exc:  # 401, 404, 409: not something a retry fixes
+            self._no_verdict(job, f"{type(exc).__name__}: {exc}")
+        except ClientDecodeError as exc:
+            if isinstance(exc.data, str):  # not JSON: a proxy's error page, not Telegram's answer
+                self._no_verdict(job, f"undecodable answer: {exc.data[:_META_VALUE_MAX]!r}")
+            else:  # Telegram's JSON, in a shape we cannot read: it may have sent the message
+                self._fail(job, f"{type(exc).__name__}: {exc.message}")
+        except TelegramAPIError as exc:  # 409 and codes Telegram does not document
+            self._answered()
             self._fail(job, f"{type(exc).__name__}: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - a surprise must not kill the sender
             logger.exception("unexpected error sending to chat %s", chat_id)
             self._fail(job, f"{type(exc).__name__}: {exc}")
         else:
+            self._answered()
             self._next_allowed[chat_id] = time.monotonic() + self._interval(chat_id)
         finally:
             self._active -= 1
@@ -731,6 +778,40 @@ class AlertSender:
     def _retry(self, job: _Job) -> None:
         self._counters.retried += 1
         self._push(job)
+
+    def _answered(self) -> None:
+        """Telegram gave a verdict (any answer of its own): it is reachable."""
+        self._no_answer_streak = 0
+        if self._unreachable_since is not None:
+            logger.warning("Telegram reachable again after %.1fs; sending resumes",
+                           time.monotonic() - self._unreachable_since)
+            self._unreachable_since = None
+
+    def _no_verdict(self, job: _Job, reason: str) -> None:
+        """A send Telegram said nothing about: kept and tried again, unless someone waits on it
+        (`send_now`) and it ran out of retries."""
+        now = time.monotonic()
+        job.failures += 1
+        self._no_answer_streak += 1
+        if self._unreachable_since is None and self._no_answer_streak >= UNREACHABLE_AFTER:
+            self._unreachable_since = now
+            self._counters.outages += 1
+            self._outage_pause = self._backoff_base
+            self._paused_until = max(self._paused_until, now + self._outage_pause)
+            logger.warning("Telegram unreachable (%s); queued messages are kept and retried, one at a time", reason)
+        elif self._unreachable_since is not None and now >= self._paused_until:
+            # A probe failed (not a send that was already in flight when the outage began).
+            self._outage_pause = min(self._outage_pause * 2, self._backoff_max)
+            self._paused_until = now + self._outage_pause
+        if job.future is not None and job.failures > self._max_retries:
+            self._fail(job, f"{reason} (after {self._max_retries} retries)")
+            return
+        if self._unreachable_since is None:
+            # Only this chat waits out the backoff; the others keep going.
+            backoff = min(self._backoff_base * 2 ** (job.failures - 1), self._backoff_max)
+            self._next_allowed[job.chat_id] = now + backoff
+            logger.info("send to chat %s failed (%s); retry %d in %.2fs", job.chat_id, reason, job.failures, backoff)
+        self._retry(job)
 
     def _fail(self, job: _Job, reason: str) -> None:
         self._counters.failed += 1

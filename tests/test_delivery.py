@@ -4,6 +4,7 @@ and real PostgreSQL: exactly once across restarts, lanes, digests, photos, gone 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import Counter
@@ -13,10 +14,12 @@ from datetime import datetime, timezone
 
 import pytest
 from aiogram import Bot
+from prometheus_client import generate_latest
 
 from bot.alert_text import render_alert, render_digest, render_digest_line
 from services.delivery_queue import GROUP, STREAM_KEY, Delivery, DeliveryQueue
 from services.events import CallerLine, TokenInfo
+from services.metrics import Metrics
 from services.sender import AlertSender, DigestPolicy, Lane, Outcome
 from tests.conftest import Stores
 from tests.doubles.telegram_api import FakeTelegramServer, RateLimits
@@ -255,3 +258,40 @@ async def test_81_merged_alerts_all_reach_the_subscriber_in_numbered_parts(
     assert {r["token_address"]: (r["status"], r["digest"], r["message_id"]) for r in rows} == {
         token: ("sent", True, ids[0]) for token, ids in where.items()}
     assert await stream_length(stores) == 0
+
+
+@pytest.mark.timeout(300)
+async def test_a_minute_of_502s_mid_broadcast_delays_every_alert_and_loses_none(
+    server: FakeTelegramServer, stores: Stores, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="alertbot")
+    engine = await start_engine(server.create_bot(), stores, backoff_max=2.0)
+    metrics = Metrics()
+    metrics.components.add("sender", engine.sender.stats)  # as the runtime registers it
+    first, later = alerts(300, first_chat=6_000), alerts(100, first_chat=6_300)
+    await engine.queue.publish(first)
+    await until(lambda: len(server.sent) >= 100)
+    server.force_error(502, "Bad Gateway", duration=60.0, count=None, methods=["sendMessage"])
+    await until(lambda: not engine.sender.reachable)
+    assert b"alertbot_sender_telegram_reachable 0.0" in generate_latest(metrics.registry)
+
+    # New alerts during the outage wait in the stream: the reader takes none of them.
+    read_before = engine.queue.stats.read
+    await engine.queue.publish(later)
+    refused = server.stats.rejected_other
+    await until(lambda: server.stats.rejected_other >= refused + 5)  # the sender kept trying
+    assert engine.queue.stats.read == read_before == 300
+    assert engine.sender.stats()["telegram_reachable"] is False and engine.sender.stats()["failed"] == 0
+
+    await until(lambda: len(server.sent) >= 400, timeout=180)
+    await until(lambda: engine.queue.stats.acknowledged >= 400)
+    await asyncio.sleep(0.5)  # room for a duplicate to show up, if there were one
+    await engine.stop()
+    counts = per_chat_counts(server)
+    assert set(counts) == {d.chat_id for d in first + later} and set(counts.values()) == {1}
+    assert await stream_length(stores) == 0
+    assert await stores.postgres.fetchval("SELECT count(*) FROM deliveries WHERE status = 'sent'") == 400
+    assert b"alertbot_sender_telegram_reachable 1.0" in generate_latest(metrics.registry)
+    changes = [r.getMessage() for r in caplog.records if r.name == "alertbot.sender" and "Telegram" in r.getMessage()
+               and "reachable" in r.getMessage()]
+    assert len(changes) == 2 and "unreachable" in changes[0] and "reachable again" in changes[1]

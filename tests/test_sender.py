@@ -7,10 +7,10 @@ from the server's own monotonic timestamps; nothing asserts how fast something w
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -19,7 +19,8 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from services.sender import AlertSender, DeliveryError
-from tests.doubles.telegram_api import FakeTelegramServer, LocalAiohttpSession, RateLimits
+from tests.doubles.tcp_proxy import TcpProxy
+from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,6 +39,14 @@ async def bot(server: FakeTelegramServer) -> AsyncIterator[Bot]:
     created = server.create_bot()
     yield created
     await created.session.close()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
 
 
 def send_attempts(server: FakeTelegramServer, chat_id: int) -> list[int]:
@@ -200,18 +209,34 @@ async def test_gives_up_after_max_retries(server: FakeTelegramServer, bot: Bot) 
     assert sender.stats()["failed"] == 1 and sender.stats()["retried"] == 2
 
 
-async def test_network_errors_are_retried_then_counted_failed() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    bot = Bot("123:abc", session=LocalAiohttpSession(api=TelegramAPIServer.from_base(f"http://127.0.0.1:{port}")))
-    try:
-        async with AlertSender(bot, max_retries=2, backoff_base=0.01) as sender:
-            sender.submit(62, "into the void")
-        assert sender.stats()["failed"] == 1 and sender.stats()["retried"] == 2
-        assert sender.pending() == 0
-    finally:
-        await bot.session.close()
+async def test_a_queued_message_outlives_a_network_outage_and_send_now_gives_up(
+    server: FakeTelegramServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="alertbot.sender")
+    async with TcpProxy("127.0.0.1", int(server.base_url.rsplit(":", 1)[1])) as proxy:
+        bot = Bot(DEFAULT_TOKEN, session=LocalAiohttpSession(api=TelegramAPIServer.from_base(proxy.url("http"))))
+        try:
+            await proxy.stop_forwarding()  # every connection refused: Telegram cannot be reached
+            async with AlertSender(bot, max_retries=2, backoff_base=0.01, backoff_max=0.05) as sender:
+                sender.submit(62, "through the outage")
+                with pytest.raises(DeliveryError):  # a handler waiting on its reply is not kept waiting
+                    await sender.send_now(63, "a reply")
+                assert not sender.reachable and sender.stats()["telegram_reachable"] is False
+                attempts = proxy.accepted
+                await until(lambda: proxy.accepted >= attempts + 5)  # the alert is still being tried
+                assert sender.pending() == 1 and sender.stalled()
+                await proxy.resume()
+                await server.wait_for_sent(lambda r: r.chat_id == 62)
+        finally:
+            await bot.session.close()
+    assert [r.text for r in server.messages_to(62)] == ["through the outage"]
+    assert server.messages_to(63) == []
+    stats = sender.stats()
+    assert stats["failed"] == 1 and stats["sent"] == 1 and stats["telegram_reachable"] is True
+    assert stats["outages"] == 1 and not sender.stalled()
+    changes = [r.getMessage() for r in caplog.records if "Telegram unreachable" in r.getMessage()
+               or "Telegram reachable again" in r.getMessage()]
+    assert len(changes) == 2 and "unreachable" in changes[0] and "reachable again" in changes[1]
 
 
 async def test_bad_markup_is_not_retried(server: FakeTelegramServer, bot: Bot) -> None:
