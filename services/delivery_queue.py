@@ -9,7 +9,10 @@ on (token, chat), and only then is the entry acknowledged (XACK) and deleted.
 After a restart the reader first takes back its own unacknowledged entries, then any another
 consumer left idle for `claim_idle` seconds (XAUTOCLAIM); those whose delivery row exists were
 delivered before the crash and are acknowledged without sending. So a restart resumes where it
-stopped and never sends twice, except in the ambiguous case below.
+stopped and never sends twice, except in the ambiguous case below. A live consumer keeps the
+entries it holds from looking idle, however long the sender takes with them (a backlog, an
+outage): every `claim_idle / 4` seconds it claims them again for itself (XCLAIM ... JUSTID), so
+only a consumer that stopped doing so, a dead one, has its entries taken over.
 
 While Telegram is unreachable the sender keeps every alert it holds and the reader takes no new
 entries: they wait in the stream, and reading resumes once a send goes through again.
@@ -46,8 +49,29 @@ GROUP = "senders"
 DEFAULT_WINDOW = 1_000  # messages the sender may hold in memory
 READ_COUNT = 200
 CLAIM_IDLE_SECONDS = 60.0
+KEEP_SHARE = 0.25  # held entries are claimed again after this share of claim_idle
+KEEP_BATCH = 500
 STALL_CHECK_SECONDS = 0.25
 ACK_BATCH = 200
+
+# Reset the idle time of those of ARGV[3..] that are still pending for consumer ARGV[2], and only
+# those: an entry another consumer has taken over, or one acknowledged meanwhile, stays as it is.
+# Returns how many were kept, then the ids another consumer holds.
+_KEEP_LUA = """
+local ids, taken = {}, {0}
+for i = 3, #ARGV do
+  local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if entry[1] then
+    if entry[1][2] == ARGV[2] then ids[#ids + 1] = ARGV[i] else taken[#taken + 1] = ARGV[i] end
+  end
+end
+taken[1] = #ids
+if #ids > 0 then
+  ids[#ids + 1] = 'JUSTID'
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
+end
+return taken
+"""
 
 _RECORD_SQL = """
 INSERT INTO deliveries (token_address, chat_id, status, message_id, digest, reason)
@@ -101,6 +125,8 @@ class DeliveryStats:
     already_delivered: int = 0  # resumed, but PostgreSQL shows Telegram had answered
     acknowledged: int = 0
     unreadable: int = 0  # entries that were not ours to parse: acknowledged and logged
+    kept: int = 0  # held entries claimed again so that they never look abandoned
+    lost: int = 0  # held entries another consumer had taken over (this one stalled past claim_idle)
     stalls: int = 0  # times reading stopped because Telegram was unreachable
 
 
@@ -121,6 +147,7 @@ class DeliveryQueue:
         self._ack_wakeup = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._acker: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._in_hand: set[str] = set()  # entry ids handed to the sender and not acknowledged
         # The loops stop at a point between Redis commands: cancelling one inside redis-py's
         # connection pool can leave the pool's lock held (CPython 3.11) and hang every later call.
@@ -131,6 +158,7 @@ class DeliveryQueue:
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop(), name="delivery-reader")
         self._acker = asyncio.create_task(self._ack_loop(), name="delivery-acker")
+        self._keeper = asyncio.create_task(self._keep_loop(), name="delivery-keeper")
 
     async def stop_reading(self) -> None:
         """No more entries to the sender; what it holds stays pending in Redis if not sent."""
@@ -145,6 +173,8 @@ class DeliveryQueue:
         self._ack_wakeup.set()
         await _finish(self._acker)
         self._acker = None
+        await _finish(self._keeper)
+        self._keeper = None
         with contextlib.suppress(Exception):
             await self._flush_acks()
 
@@ -260,7 +290,8 @@ class DeliveryQueue:
             last = entries[-1][0]
 
     async def _claim_abandoned(self, client: Any) -> None:
-        """Entries another consumer took and left idle: it is gone, so this one sends them."""
+        """Entries another consumer took and left idle: live consumers keep theirs fresh (see
+        `_keep_loop`), so it is gone and this one sends them."""
         start = "0-0"
         while not self._stopping.is_set():
             reply = await client.xautoclaim(STREAM_KEY, GROUP, self.consumer, int(self.claim_idle * 1000),
@@ -332,6 +363,30 @@ class DeliveryQueue:
             digest_line=delivery.digest_line, on_done=done,
             meta={"kind": "alert", "token": delivery.token, "received_at": received},
         )
+
+    async def _keep_loop(self) -> None:
+        """Claim the held entries again, well within claim_idle, so no other consumer takes them."""
+        interval = self.claim_idle * KEEP_SHARE
+        while not self._stopping.is_set():
+            await self._pause(interval)
+            held = list(self._in_hand)
+            if not held or self._stopping.is_set():
+                continue
+            try:
+                async with self.redis.guarded() as client:
+                    for start in range(0, len(held), KEEP_BATCH):
+                        batch = held[start:start + KEEP_BATCH]
+                        kept, *taken = await client.eval(_KEEP_LUA, 1, STREAM_KEY, GROUP, self.consumer, *batch)
+                        self.stats.kept += int(kept)
+                        if taken:
+                            # This process stalled past claim_idle: another one may send them too.
+                            self.stats.lost += len(taken)
+                            logger.warning("delivery queue: %d held entries were taken over by another consumer",
+                                           len(taken))
+            except RedisUnavailable as exc:
+                logger.warning("delivery queue: could not keep held entries (%s)", exc)
+            except Exception:  # noqa: BLE001 - the keeper must outlive any one bad round
+                logger.exception("delivery queue: keeping held entries failed")
 
     # ------------------------------------------------------------------ acknowledging
 

@@ -38,10 +38,11 @@ class Engine:
 
 
 async def start_engine(bot: Bot, stores: Stores, *, consumer: str = "sender-a", claim_idle: float = 60.0,
-                       **sender_options: object) -> Engine:
+                       window: int = 1_000, **sender_options: object) -> Engine:
     sender = AlertSender(bot, **sender_options)  # type: ignore[arg-type]
     await sender.start()
-    queue = DeliveryQueue(stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle)
+    queue = DeliveryQueue(stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle,
+                          window=window)
     await queue.start()
     return Engine(sender, queue)
 
@@ -295,3 +296,44 @@ async def test_a_minute_of_502s_mid_broadcast_delays_every_alert_and_loses_none(
     changes = [r.getMessage() for r in caplog.records if r.name == "alertbot.sender" and "Telegram" in r.getMessage()
                and "reachable" in r.getMessage()]
     assert len(changes) == 2 and "unreachable" in changes[0] and "reachable again" in changes[1]
+
+
+async def test_a_live_consumers_held_entries_stay_its_own_while_a_dead_ones_are_taken_over(
+    stores: Stores
+) -> None:
+    claim_idle = 1.0
+    async with FakeTelegramServer() as down, FakeTelegramServer() as up:
+        bot_a, bot_b = down.create_bot(), up.create_bot()
+        try:
+            down.force_error(502, "Bad Gateway", count=None, methods=["sendMessage"])
+            # Its window full, its reader makes no claims of its own that would refresh what it holds.
+            live = await start_engine(bot_a, stores, consumer="sender-a", claim_idle=claim_idle, window=10,
+                                      backoff_max=2.0)
+            held = alerts(10, first_chat=8_000)
+            await live.queue.publish(held)
+            await until(lambda: live.queue.stats.read == 10 and live.sender.stalled())
+
+            orphans = alerts(10, first_chat=7_000)
+            async with stores.redis.guarded() as client:
+                for delivery in orphans:
+                    await client.xadd(STREAM_KEY, delivery.fields())
+                await client.xreadgroup(GROUP, "sender-dead", {STREAM_KEY: ">"}, count=100)  # then it died
+
+            other = await start_engine(bot_b, stores, consumer="sender-b", claim_idle=claim_idle)
+            await until(lambda: len(up.sent) >= 10)
+            # Several of its claim rounds later, it still has only the dead consumer's entries.
+            await asyncio.sleep(3 * claim_idle)
+            assert sorted(per_chat_counts(up)) == [d.chat_id for d in orphans]
+            assert live.queue.stats.kept > 0 and live.queue.stats.lost == 0
+
+            down.clear_forced_errors()  # Telegram is back for the live consumer: it sends its own
+            await until(lambda: len(down.sent) >= 10)
+            await until(lambda: live.queue.stats.acknowledged >= 10 and other.queue.stats.acknowledged >= 10)
+            await live.stop()
+            await other.stop()
+        finally:
+            await bot_a.session.close()
+            await bot_b.session.close()
+    assert sorted(per_chat_counts(down)) == [d.chat_id for d in held]
+    assert set(per_chat_counts(down).values()) == set(per_chat_counts(up).values()) == {1}
+    assert await stream_length(stores) == 0
