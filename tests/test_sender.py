@@ -239,6 +239,16 @@ async def test_a_queued_message_outlives_a_network_outage_and_send_now_gives_up(
     assert len(changes) == 2 and "unreachable" in changes[0] and "reachable again" in changes[1]
 
 
+async def test_a_gateway_error_page_is_no_verdict_and_the_alert_is_kept(server: FakeTelegramServer, bot: Bot) -> None:
+    # A proxy in front of a Telegram that is down answers HTML, which aiogram cannot decode.
+    server.force_gateway_error(502, count=8)
+    async with AlertSender(bot, backoff_base=0.01, backoff_max=0.05) as sender:
+        sender.submit(64, "after the gateway")
+    assert [r.text for r in server.messages_to(64)] == ["after the gateway"]
+    assert server.stats.rejected_other == 8
+    assert sender.stats()["failed"] == 0 and sender.stats()["outages"] == 1
+
+
 async def test_bad_markup_is_not_retried(server: FakeTelegramServer, bot: Bot) -> None:
     async with AlertSender(bot) as sender:
         sender.submit(63, "<b>unclosed")

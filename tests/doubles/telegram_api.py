@@ -856,6 +856,7 @@ class FakeTelegramServer:
         self._next_update_id: int = 1
         self._next_file_number: int = 1
         self._forced: list[_ForcedErrors] = []
+        self._gateway_errors: list[_ForcedErrors] = []  # HTML pages, not Telegram's JSON
         self._changed: _Pulse = _Pulse()
         self._closing: bool = False
         self._runner: web.AppRunner | None = None
@@ -1038,8 +1039,17 @@ class FakeTelegramServer:
             )
         )
 
+    def force_gateway_error(self, status: int = 502, *, duration: float | None = None, count: int | None = 1) -> None:
+        """Answer as a load balancer in front of a Telegram that is down: `status` with an HTML
+        page instead of Telegram's JSON, to every request, for `duration` s or `count` requests."""
+        self._gateway_errors.append(_ForcedErrors(
+            status=status, description="gateway page", parameters=None,
+            until=self.clock() + duration if duration is not None else None, remaining=count, methods=None,
+        ))
+
     def clear_forced_errors(self) -> None:
         self._forced.clear()
+        self._gateway_errors.clear()
 
     # ---------------------------------------------------------------- users, chats, gone recipients
 
@@ -1424,6 +1434,17 @@ class FakeTelegramServer:
         except _ApiError as exc:
             self._count_error(exc.status)
             return self._json_response(exc.status, self._error_body(exc))
+        now = self.clock()
+        self._gateway_errors = [f for f in self._gateway_errors
+                                if (f.until is None or now < f.until) and (f.remaining is None or f.remaining > 0)]
+        if self._gateway_errors:
+            page = self._gateway_errors[0]
+            if page.remaining is not None:
+                page.remaining -= 1
+            self._count_error(page.status)
+            self.calls.append(ApiCall(method, 0, raw, page.status, page.description, now))
+            return web.Response(status=page.status, content_type="text/html",
+                                text=f"<html><body><h1>{page.status} Bad Gateway</h1></body></html>")
         status, body = await self._execute(self._authorize(token), method, raw, files)
         return self._json_response(status, body)
 
