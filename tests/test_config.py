@@ -82,6 +82,14 @@ def test_require_names_the_missing_setting(clean_env: Path) -> None:
         require(load_settings(), "BOT_TOKEN")
 
 
+def test_version_prints_the_installed_version(clean_env: Path) -> None:
+    from importlib.metadata import version
+
+    result = _alertbot(["--version"], {}, clean_env)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"alertbot {version('token-alert-bot')}"
+
+
 def test_run_without_bot_token_exits_2_naming_it(clean_env: Path) -> None:
     result = _alertbot(["run"], {}, clean_env)
     assert result.returncode == 2
