@@ -172,6 +172,28 @@ async def test_a_thousand_malformed_frames_are_counted_and_skipped_and_the_strea
     assert len(lines) < 1000
 
 
+async def test_calls_from_bad_channel_ids_are_skipped_with_a_reason_and_the_good_ones_around_go_through(
+    sample, caplog
+):
+    good = [frame for frame in sample if frame["type"] == "call"][:12]
+    bad_ids = ["-100123=4567", "-1001,-1002", "-100123\n4567", "z" * 1024]
+    frames: list[Any] = []
+    for i, bad_id in enumerate(bad_ids):
+        frames += [good[2 * i], {**good[2 * i + 1], "channel": {**good[2 * i + 1]["channel"], "id": bad_id}}]
+    frames += good[len(frames):]
+    sink = Sink()
+    caplog.set_level(logging.WARNING, logger="alertbot.stream")
+    async with FeedServer(frames) as feed, StreamManager(feed.url, parse_alert_frame, sink, **FAST) as stream:
+        await stream.wait_for(lambda: stream.stats.frames >= len(frames), TIMEOUT)
+        assert stream.stats.malformed == len(bad_ids)
+        assert [e.key for e in sink.events] == [e.key for e in events_of(good[0::2][:4] + good[8:])]
+        assert all(event.channel.id.lstrip("-").isdigit() for event in sink.events)  # type: ignore[union-attr]
+        assert stream.connected and feed.connection_count == 1
+    skipped = [r.getMessage() for r in caplog.records if "skipped a malformed frame" in r.getMessage()]
+    assert skipped and all(line.endswith("invalid channel.id") or "invalid channel.id (+" in line for line in skipped)
+    assert all(len(line) < 200 for line in skipped)  # the reason, never the frame
+
+
 async def test_sink_failures_are_counted_and_never_stop_the_loop(sample):
     frames = sample[:100]
     sink = Sink(fail_every=3)
