@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from managers.feed_adapters import parse_alert_frame, pumpportal_parser
 from managers.stream import RecentKeys, StreamManager, SubscriptionSet, redact_url
@@ -326,6 +327,89 @@ async def test_a_failing_poll_endpoint_is_counted_and_retried(sample):
             feed.poll.fail(None)
             await stream.wait_for(lambda: len(sink.events) == len(events_of(sample[:10])), TIMEOUT)
             assert stream.health()["status"] == "degraded"
+
+
+class HugePollAnswer:
+    """An HTTP endpoint answering a valid JSON array of `total` bytes, streamed in 64 KiB chunks,
+    with or without a Content-Length; it records how many bytes each answer got out before the
+    client hung up."""
+
+    def __init__(self, total: int, declare_length: bool) -> None:
+        self.total = total
+        self.declare_length = declare_length
+        self.sent: list[int] = []  # bytes written, one entry per finished answer
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def _chunks(self) -> Any:
+        element = json.dumps({"type": "heartbeat", "pad": "x" * 1000}).encode()
+        count = (self.total - 2) // (len(element) + 1)
+        body_size = 2 + count * (len(element) + 1) - 1
+        yield body_size
+        buffer = bytearray(b"[")
+        for i in range(count):
+            buffer += element + (b"," if i < count - 1 else b"]")
+            if len(buffer) >= 64 * 1024:
+                yield bytes(buffer)
+                buffer.clear()
+        if buffer:
+            yield bytes(buffer)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        chunks = self._chunks()
+        size = next(chunks)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if self.declare_length:
+            response.content_length = size
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        written = 0
+        try:
+            for chunk in chunks:
+                await response.write(chunk)
+                written += len(chunk)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up
+        finally:
+            self.sent.append(written)
+        return response
+
+    async def __aenter__(self) -> HugePollAnswer:
+        app = web.Application()
+        app.router.add_get("/frames", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/frames"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@pytest.mark.parametrize("declare_length", [False, True])
+async def test_a_poll_answer_over_the_cap_is_a_poll_error_and_is_not_read_whole(declare_length: bool, caplog):
+    total, cap = 64 * 2**20, 2**20
+    caplog.set_level(logging.WARNING, logger="alertbot.stream")
+    sink = Sink()
+    async with FeedServer() as feed, HugePollAnswer(total, declare_length) as huge:
+        feed.refuse_websocket(True)
+        stream = StreamManager(feed.url, parse_alert_frame, sink, poll_url=huge.url, max_poll_bytes=cap, **FAST)
+        async with stream:
+            await stream.wait_for(lambda: stream.stats.poll_errors + stream.stats.polls >= 2, TIMEOUT)
+            assert stream.stats.polls == 0 and stream.stats.poll_errors >= 2  # counted, and tried again
+            assert stream.health()["status"] == "down"
+        await eventually(lambda: len(huge.sent) >= 2)
+    # Each answer was abandoned near the cap: socket buffers hold a few MB, never the 64 MB.
+    assert max(huge.sent) < total // 4
+    assert stream.stats.frames == 0 and sink.events == []
+    lines = [r.getMessage() for r in caplog.records if "poll failed" in r.getMessage()]
+    assert lines and f"answer over {cap} bytes" in lines[0]
 
 
 async def test_connection_attempts_are_spaced_by_min_connect_interval():
