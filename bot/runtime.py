@@ -143,6 +143,8 @@ class Runtime:
     _polling: asyncio.Task[None] | None = None
 
     async def health(self) -> dict[str, Any]:
+        """Every part's state in detail (URLs and last errors included, for logs and admins);
+        /health shows only the public view of it (`services.http_api.public_health`), cached."""
         parts: dict[str, Any] = {}
         parts["redis"] = self.redis.health() if self.redis else {"status": "down"}
         parts["postgres"] = await self.postgres.health() if self.postgres else {"status": "down"}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -19,6 +21,7 @@ from aiogram.types import Message
 from bot.config import Settings
 from bot.runtime import Runtime, webhook_secret
 from bot.texts import TEXTS
+from tests.doubles.tcp_proxy import TcpProxy
 from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer
 
 USER = 4242
@@ -101,6 +104,58 @@ async def test_health_and_metrics_endpoints(
             assert "alertbot_redis_operations" in metrics
     finally:
         await runtime.stop()
+
+
+def through(proxy: TcpProxy, url: str) -> str:
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit((parts.scheme, f"{user}127.0.0.1:{proxy.port}", parts.path, parts.query, parts.fragment))
+
+
+async def test_health_costs_one_check_per_interval_and_names_no_host_url_or_error(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    db = urlsplit(database_url)
+    proxy = TcpProxy(db.hostname or "127.0.0.1", db.port or 5432)
+    await proxy.start()
+    closed = free_port()  # nothing listens there: the feed is down, WebSocket and poll alike
+    settings = make_settings(
+        telegram, redis_url, through(proxy, database_url), tmp_path,
+        stream_url=f"ws://127.0.0.1:{closed}/feed", stream_poll_url=f"http://127.0.0.1:{closed}/recent",
+    )
+    runtime = Runtime(settings, stream_options={"poll_after": 0.1, "poll_interval": 0.1, "min_connect_interval": 0.1})
+    await runtime.start()
+    try:
+        await runtime.begin_receiving()
+        base = f"http://127.0.0.1:{runtime.http_port}"
+        await proxy.stop_forwarding()  # PostgreSQL goes away
+        await runtime.streams[0].wait_for(lambda: runtime.streams[0].stats.connect_failures >= 1, 10)
+
+        async def probe(http: aiohttp.ClientSession) -> tuple[int, str]:
+            async with http.get(f"{base}/health") as response:
+                return response.status, await response.text()
+
+        async with aiohttp.ClientSession() as http:
+            before = proxy.accepted
+            answers = await asyncio.gather(*(probe(http) for _ in range(30)))
+            checks = proxy.accepted - before  # connections PostgreSQL's health checks tried
+        # 30 probes at once share one check (a connection attempt or two: asyncpg may retry
+        # without TLS); the pool's own reconnects may fall in the same moment. Uncached, 30.
+        assert 1 <= checks <= 6
+        assert {status for status, _ in answers} == {200}
+        text = answers[0][1]
+        for leak in ("127.0.0.1", "localhost", "://", str(proxy.port), str(closed), str(db.port), "Errno",
+                     "Error", "Connection", "Connect call", "cannot connect"):
+            assert leak not in text, leak
+        body = json.loads(text)
+        assert body["status"] == "degraded"
+        assert body["postgres"]["status"] == "down" and body["postgres"]["reason"] == "unreachable"
+        assert body["stream"]["status"] == "down" and body["stream"]["reason"] == "feed unreachable"
+        assert body["redis"]["status"] == "ok" and "reason" not in body["redis"]
+        assert body["queue"] == {"size": 0, "capacity": runtime.queue.capacity}
+    finally:
+        await runtime.stop()
+        await proxy.close()
 
 
 async def test_webhook_mode_receives_updates_over_http(
