@@ -342,7 +342,7 @@ BAD_ADDRESSES: list[Any] = [
 
 
 @pytest.mark.parametrize("channel_id", BAD_CHANNEL_IDS)
-def test_a_call_from_a_channel_id_that_is_no_telegram_chat_id_is_malformed(channel_id):
+def test_a_call_from_a_channel_id_that_is_no_telegram_chat_id_is_malformed(channel_id: Any) -> None:
     with pytest.raises(FrameError) as error:
         parse_alert_frame(json.dumps(dict(CALL, channel={"id": channel_id, "name": "x"})))
     assert error.value.reason == "invalid channel.id"
@@ -352,7 +352,7 @@ def test_a_call_from_a_channel_id_that_is_no_telegram_chat_id_is_malformed(chann
 
 
 @pytest.mark.parametrize("address", BAD_ADDRESSES)
-def test_a_token_address_that_is_no_solana_address_is_malformed(address):
+def test_a_token_address_that_is_no_solana_address_is_malformed(address: Any) -> None:
     with pytest.raises(FrameError) as error:
         parse_alert_frame(with_token(address=address))
     assert error.value.reason == "invalid token.address"
@@ -364,7 +364,7 @@ def test_a_token_address_that_is_no_solana_address_is_malformed(address):
     assert error.value.reason == "invalid mint"
 
 
-def test_good_identifiers_pass_and_a_bad_username_becomes_none():
+def test_good_identifiers_pass_and_a_bad_username_becomes_none() -> None:
     for channel_id, expected in [(-1001234567890, "-1001234567890"), ("777000", "777000"), (" -1 ", "-1")]:
         event = parse_alert_frame(json.dumps(dict(CALL, channel={"id": channel_id})))
         assert isinstance(event, CallEvent) and event.channel.id == expected

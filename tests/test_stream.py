@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -174,8 +174,8 @@ async def test_a_thousand_malformed_frames_are_counted_and_skipped_and_the_strea
 
 
 async def test_calls_from_bad_channel_ids_are_skipped_with_a_reason_and_the_good_ones_around_go_through(
-    sample, caplog
-):
+    sample: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
     good = [frame for frame in sample if frame["type"] == "call"][:12]
     bad_ids = ["-100123=4567", "-1001,-1002", "-100123\n4567", "z" * 1024]
     frames: list[Any] = []
@@ -341,14 +341,16 @@ class HugePollAnswer:
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    def _chunks(self) -> Any:
-        element = json.dumps({"type": "heartbeat", "pad": "x" * 1000}).encode()
-        count = (self.total - 2) // (len(element) + 1)
-        body_size = 2 + count * (len(element) + 1) - 1
-        yield body_size
+    ELEMENT = json.dumps({"type": "heartbeat", "pad": "x" * 1000}).encode()
+
+    def _count(self) -> int:
+        return (self.total - 2) // (len(self.ELEMENT) + 1)
+
+    def _chunks(self) -> Iterator[bytes]:
+        count = self._count()
         buffer = bytearray(b"[")
         for i in range(count):
-            buffer += element + (b"," if i < count - 1 else b"]")
+            buffer += self.ELEMENT + (b"," if i < count - 1 else b"]")
             if len(buffer) >= 64 * 1024:
                 yield bytes(buffer)
                 buffer.clear()
@@ -357,10 +359,9 @@ class HugePollAnswer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         chunks = self._chunks()
-        size = next(chunks)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         if self.declare_length:
-            response.content_length = size
+            response.content_length = 1 + self._count() * (len(self.ELEMENT) + 1)
         else:
             response.enable_chunked_encoding()
         await response.prepare(request)
@@ -393,7 +394,9 @@ class HugePollAnswer:
 
 
 @pytest.mark.parametrize("declare_length", [False, True])
-async def test_a_poll_answer_over_the_cap_is_a_poll_error_and_is_not_read_whole(declare_length: bool, caplog):
+async def test_a_poll_answer_over_the_cap_is_a_poll_error_and_is_not_read_whole(
+    declare_length: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     total, cap = 64 * 2**20, 2**20
     caplog.set_level(logging.WARNING, logger="alertbot.stream")
     sink = Sink()
