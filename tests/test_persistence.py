@@ -22,11 +22,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from prometheus_client import generate_latest
 
 from managers.embedded_postgres import start_embedded_postgres_async
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager, PostgresNotStarted
 from services.events import CallEvent, ChannelRef, TokenInfo
+from services.metrics import Metrics
 from services.persistence import PersistenceWriter, is_connection_failure
 from tests.doubles import feedgen
 from tests.doubles.tcp_proxy import TcpProxy
@@ -167,6 +169,10 @@ async def test_a_full_buffer_drops_the_oldest_rows_and_counts_and_logs_every_one
             await eventually(lambda: writer.stats.failures >= 2)
             assert writer.pending() == 50
             assert writer.stats.dropped_full == writer.stats.dropped == 30
+            metrics = Metrics()  # wired as the runtime wires it
+            metrics.components.add("persistence", lambda: writer.stats.__dict__)
+            exported = generate_latest(metrics.registry).decode()
+            assert "alertbot_persistence_dropped_full 30.0" in exported
             await proxy.resume()
             await eventually(lambda: writer.pending() == 0 and writer.stats.written == 50)
             ids = {r["id"] for r in await postgres.fetch("SELECT id FROM channels")}
