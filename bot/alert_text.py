@@ -17,6 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
 from services.events import CallerLine, TokenInfo
+from services.identifiers import is_solana_address
 
 __all__ = [
     "LABELS",
@@ -43,8 +44,6 @@ CHANNEL_NAME_MAX = 64
 INVALID_ADDRESS_MAX = 64
 
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{4,32}$")
-# Base58 (no 0, O, I, l); Solana addresses are 32 bytes, i.e. 32-44 base58 characters.
-_BASE58_ADDRESS_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
 # Letters that render as nothing, used to fake blank or look-alike names.
 _INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _ZWJ = "\u200d"
@@ -146,10 +145,6 @@ def safe_username(username: object) -> str | None:
         return None
     candidate = username[1:] if username.startswith("@") else username
     return candidate if _USERNAME_RE.match(candidate) else None
-
-
-def is_solana_address(address: object) -> bool:
-    return isinstance(address, str) and _BASE58_ADDRESS_RE.match(address) is not None
 
 
 # ------------------------------------------------------------------ number formatting

@@ -29,13 +29,14 @@ from aiohttp import web
 
 from bot.alert_outbox import AlertOutbox
 from bot.alert_text import DigestPart, render_digest
-from bot.config import Settings, require
+from bot.config import Settings, SettingsError, require
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
 from bot.routers import get_routers
 from bot.texts import DEFAULT_LANGUAGE, TEXTS, text
 from managers.embedded_postgres import start_embedded_postgres
+from managers.embedded_redis import EmbeddedRedisUnavailable, start_embedded_redis
 from managers.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
@@ -143,6 +144,8 @@ class Runtime:
     _polling: asyncio.Task[None] | None = None
 
     async def health(self) -> dict[str, Any]:
+        """Every part's state in detail (URLs and last errors included, for logs and admins);
+        /health shows only the public view of it (`services.http_api.public_health`), cached."""
         parts: dict[str, Any] = {}
         parts["redis"] = self.redis.health() if self.redis else {"status": "down"}
         parts["postgres"] = await self.postgres.health() if self.postgres else {"status": "down"}
@@ -159,6 +162,22 @@ class Runtime:
 
     async def open_stores(self) -> None:
         settings = self.settings
+        # Redis first: without REDIS_URL and a server to embed, `run` refuses before it has
+        # touched PostgreSQL.
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        if redis_url is None and self.ephemeral_data:
+            logger.info("REDIS_URL is unset: using the embedded in-memory Redis stand-in")
+        elif redis_url is None:
+            # The outbox and the dedup records must outlive the process: a real server of our
+            # own, its append-only file under the data folder.
+            try:
+                server = await start_embedded_redis(self.data_dir / "redis")
+            except EmbeddedRedisUnavailable as exc:
+                raise SettingsError("REDIS_URL", f"missing, and {exc}") from None
+            self._stack.push_async_callback(server.stop)
+            redis_url = server.url
+            logger.info("REDIS_URL is unset: using the embedded Redis server under %s", server.data_dir)
+
         if settings.database_url is not None:
             dsn = settings.database_url.get_secret_value()
         else:
@@ -174,9 +193,6 @@ class Runtime:
         await self.postgres.start()
         self._stack.push_async_callback(self.postgres.close)
 
-        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-        if redis_url is None:
-            logger.info("REDIS_URL is unset: using the embedded in-memory Redis stand-in")
         self.redis = RedisManager.from_url(redis_url)
         await self.redis.start()
         self._stack.push_async_callback(self.redis.close)

@@ -7,10 +7,13 @@ Pure functions, no I/O. Two feeds:
   or `pumpportal_parser(...)` for a parser the stream can call with text alone.
 
 A frame that is not JSON, is not an object or lacks a required field raises `FrameError` with a
-short reason (never the frame itself: reasons are log keys and must stay few and small). A
-frame of a type we do not know parses to None. Optional fields that are missing, null or
-invalid become None. Text is stripped of surrounding whitespace and nothing else: HTML escaping
-belongs to rendering.
+short reason (never the frame itself: reasons are log keys and must stay few and small). So does
+an identifier that is not what it claims to be (`services.identifiers`): a token address that is
+no Solana address, a channel id that is no Telegram chat id; ids travel on into Redis keys, logs
+and rows, so a `=`, a `,`, a newline or a kilobyte of text must stop here. A frame of a type we
+do not know parses to None. Optional fields that are missing, null or invalid become None (a
+username that breaks Telegram's rule too). Text is stripped of surrounding whitespace and
+nothing else: HTML escaping belongs to rendering.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from services.events import (
     PriceEvent,
     TokenInfo,
 )
+from services.identifiers import is_channel_id, is_solana_address, is_telegram_username
 
 Json = dict[str, Any]
 
@@ -166,17 +170,24 @@ def _from_epoch(epoch: float) -> datetime | None:
 
 
 def _channel_id(value: Any) -> str | None:
-    """Channel ids are strings; integers are accepted and converted."""
+    """A Telegram chat id as a string; integers are accepted and converted."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return str(value)
-    return _text(value)
+    text = str(value) if isinstance(value, int) else _text(value)
+    return text if is_channel_id(text) else None
 
 
 def _username(value: Any) -> str | None:
+    """A username without its '@'; None unless it keeps Telegram's rule."""
     text = _text(value)
-    return (text.lstrip("@") or None) if text else None
+    name = text[1:] if text and text.startswith("@") else text
+    return name if is_telegram_username(name) else None
+
+
+def _address(value: Any) -> str | None:
+    """A token address: Solana's base58 form, nothing else."""
+    text = _text(value)
+    return text if is_solana_address(text) else None
 
 
 def _share(value: Any) -> float | None:
@@ -226,7 +237,7 @@ def _call(frame: Json, received_at: float) -> CallEvent:
     channel = _object(frame, "channel")
     return CallEvent(
         token=TokenInfo(
-            address=_field(token, "address", _text, "token.address"),
+            address=_field(token, "address", _address, "token.address"),
             symbol=_text(token.get("symbol")),
             name=_text(token.get("name")),
             chain=_text(token.get("chain")) or "solana",
@@ -249,7 +260,7 @@ def _call(frame: Json, received_at: float) -> CallEvent:
 
 def _price(frame: Json, received_at: float) -> PriceEvent:
     return PriceEvent(
-        address=_field(frame, "address", _text),
+        address=_field(frame, "address", _address),
         price_usd=_field(frame, "price_usd", _positive),
         market_cap_usd=_non_negative(frame.get("market_cap_usd")),
         ts=_field(frame, "ts", _timestamp),
@@ -310,7 +321,7 @@ def parse_pumpportal_frame(
     frame = decode_object(text)
     if not any(key in frame for key in _EVENT_MARKERS):
         return _notice(frame)
-    mint = _field_any(frame, _MINT_KEYS, _text, "mint")
+    mint = _field_any(frame, _MINT_KEYS, _address, "mint")
     ts = _timestamp(frame.get("timestamp")) or now or datetime.now(UTC)
     tx_type = _tx_type(frame)
     if tx_type == "create":

@@ -17,7 +17,8 @@ What it takes care of:
   or seen both on the WebSocket and in the poll answer, reach the sink once;
 * malformed frames and failing sinks are counted and logged (rate-limited), never fatal;
 * polling `poll_url` (a JSON array of recent frames) while the WebSocket has been down for
-  `poll_after` seconds, until it is back.
+  `poll_after` seconds, until it is back; an answer over `max_poll_bytes` is a poll error, and
+  reading stops there, so a runaway endpoint cannot fill the memory.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ Sink = Callable[[Event], Awaitable[None]]
 Message = dict[str, Any]
 
 MAX_KEYS_PER_MESSAGE = 5_000
+# A poll answer repeats the feed's recent frames: a few hundred of them fit in well under this.
+MAX_POLL_BYTES = 8 * 2**20
 TRADE_METHODS = frozenset({"subscribeTokenTrade", "subscribeAccountTrade"})
 
 
@@ -220,7 +223,7 @@ class StreamStats:
     connect_failures: int = 0  # attempts that failed (refused, timed out, unreachable)
     silence_timeouts: int = 0  # connections dropped by the silence watchdog
     polls: int = 0  # poll requests answered with a usable array
-    poll_errors: int = 0  # poll requests that failed
+    poll_errors: int = 0  # poll requests that failed (answers over max_poll_bytes included)
     poll_frames: int = 0  # frames read from poll answers (new ones only)
 
 
@@ -250,6 +253,7 @@ class StreamManager:
         poll_interval: float = 2.0,
         poll_timeout: float = 10.0,
         max_frame_bytes: int = 4 * 2**20,
+        max_poll_bytes: int = MAX_POLL_BYTES,
         dedup_keys: int = 50_000,
         dedup_ttl: float = 600.0,
     ) -> None:
@@ -271,6 +275,7 @@ class StreamManager:
         self.poll_interval = poll_interval
         self.poll_timeout = poll_timeout
         self.max_frame_bytes = max_frame_bytes
+        self.max_poll_bytes = max_poll_bytes
         self.stats = StreamStats()
         self.last_error: str | None = None
         self._parse = parse
@@ -610,9 +615,14 @@ class StreamManager:
             async with self._http.get(self.poll_url) as response:
                 if response.status != 200:
                     raise _PollError(f"HTTP {response.status}")
-                frames = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError, _PollError) as exc:
+                body = await self._read_capped(response)
+        except (aiohttp.ClientError, TimeoutError, _PollError) as exc:
             self._poll_failed(str(exc) or type(exc).__name__)
+            return
+        try:
+            frames = json.loads(body)
+        except (ValueError, RecursionError):
+            self._poll_failed("answer is not JSON")
             return
         if not isinstance(frames, list):
             self._poll_failed("answer is not a JSON array")
@@ -628,6 +638,25 @@ class StreamManager:
                 continue
             self.stats.poll_frames += 1
             await self._handle(text, received_at)
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        """The answer's body, or _PollError as soon as it is known to exceed max_poll_bytes.
+
+        A declared length over the cap fails before reading; an undeclared one is read in chunks
+        and abandoned at the first byte past it (the connection is closed, not drained).
+        """
+        limit = self.max_poll_bytes
+        too_big = f"answer over {limit} bytes"
+        if response.content_length is not None and response.content_length > limit:
+            response.close()
+            raise _PollError(too_big)
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                response.close()
+                raise _PollError(too_big)
+        return bytes(body)
 
     def _poll_failed(self, error: str) -> None:
         self.stats.poll_errors += 1

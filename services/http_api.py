@@ -2,11 +2,19 @@
 
 The app only reads state through the callables it is given, so it knows nothing of how the
 stores or the stream work, and tests can serve it with any state they like.
+
+/health is public: it is cached for `HEALTH_TTL_SECONDS` (however many probes ask, the stores
+are checked once per interval, and concurrent probes share one check), and it shows only what
+`public_health` lets through: statuses, numbers, and a short fixed reason for each part that is
+not ok. Host names, URLs and error texts stay in the logs, where the components write them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +25,20 @@ HealthProvider = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH_KEY = web.AppKey("health_provider", object)
 SERVING_KEY = web.AppKey("serving", object)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+
+HEALTH_TTL_SECONDS = 1.5
+# The only text values /health repeats, and only when they are a short plain word.
+_TEXT_KEYS = frozenset({"status", "mode", "circuit", "name"})
+_WORD = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Why a part is not ok, in fixed words (the details are in the logs).
+_REASONS: dict[tuple[str, str], str] = {
+    ("redis", "down"): "not connected",
+    ("postgres", "down"): "unreachable",
+    ("stream", "down"): "feed unreachable",
+    ("stream", "degraded"): "WebSocket down, polling",
+    ("stream", "off"): "no feed configured",
+    ("sol_price", "degraded"): "no fresh price",
+}
 
 
 class ServingFlag:
@@ -32,6 +54,71 @@ def overall_status(parts: dict[str, Any]) -> str:
         if isinstance(part, dict) and part.get("status") not in (None, "ok", "off"):
             return "degraded"
     return "ok"
+
+
+def fixed_reason(name: str, state: Mapping[str, Any]) -> str | None:
+    """A short fixed reason for a part whose status is not ok; None when it is ok."""
+    status = state.get("status")
+    if status in (None, "ok"):
+        return None
+    if "feeds" in state:
+        return "a feed is not ok"
+    if name == "redis" and status == "degraded":
+        if state.get("circuit") not in (None, "closed"):
+            return "unreachable, answering from memory"
+        if state.get("pending_writes"):
+            return "replaying writes made while it was down"
+        return "recent errors"
+    return _REASONS.get((name, str(status)), "unavailable" if status == "down" else "degraded")
+
+
+def public_state(name: str, state: Mapping[str, Any]) -> dict[str, Any]:
+    """What /health may show of one part: numbers, booleans, plain status words, nested feeds."""
+    view: dict[str, Any] = {}
+    for key, value in state.items():
+        if value is None or isinstance(value, bool | int | float):
+            view[key] = value
+        elif key in _TEXT_KEYS and isinstance(value, str) and _WORD.fullmatch(value):
+            view[key] = value
+        elif key == "feeds" and isinstance(value, list):
+            view[key] = [public_state(name, feed) for feed in value if isinstance(feed, Mapping)]
+    reason = fixed_reason(name, state)
+    if reason is not None:
+        view["reason"] = reason
+    return view
+
+
+def public_health(parts: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: public_state(name, state) for name, state in parts.items() if isinstance(state, Mapping)}
+
+
+class HealthCache:
+    """The provider's answer, reused for `ttl` seconds; concurrent callers share one check."""
+
+    def __init__(self, provider: HealthProvider, ttl: float = HEALTH_TTL_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.provider = provider
+        self.ttl = ttl
+        self.clock = clock
+        self._value: dict[str, Any] | None = None
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> dict[str, Any] | None:
+        if self._value is not None and self.clock() - self._at < self.ttl:
+            return self._value
+        return None
+
+    async def __call__(self) -> dict[str, Any]:
+        value = self._fresh()
+        if value is not None:
+            return value
+        async with self._lock:
+            value = self._fresh()
+            if value is None:
+                value = public_health(await self.provider())
+                self._value, self._at = value, self.clock()
+            return value
 
 
 async def health(request: web.Request) -> web.Response:
@@ -50,9 +137,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_http_app(health_provider: HealthProvider, serving: ServingFlag, registry: CollectorRegistry) -> web.Application:
+def build_http_app(health_provider: HealthProvider, serving: ServingFlag, registry: CollectorRegistry, *,
+                   health_ttl: float = HEALTH_TTL_SECONDS,
+                   clock: Callable[[], float] = time.monotonic) -> web.Application:
     app = web.Application()
-    app[HEALTH_KEY] = health_provider
+    app[HEALTH_KEY] = HealthCache(health_provider, health_ttl, clock)
     app[SERVING_KEY] = serving
     app[REGISTRY_KEY] = registry
     app.router.add_get("/health", health)

@@ -2,7 +2,14 @@
 
 The pipeline only appends to in-memory batches (no await); a background task writes them.
 If PostgreSQL is slow or down, alerts go out all the same and the rows wait, in order, until
-it answers; only past `max_pending` rows would the oldest be dropped, and that is counted.
+it answers: a batch that fails for a connection-level reason (`is_connection_failure`: the
+server shut down, restarting, unreachable, out of resources, a timeout) goes back to the front
+of the queue whole and is tried again after a backoff. Only a batch the server refused for its
+data is written row by row, so one bad row cannot hold back the rest. (A batch whose commit
+was cut off in flight is written again: every statement is an upsert or ON CONFLICT DO
+NOTHING, except price history, which may then repeat a point.) Past `max_pending` rows
+the oldest are dropped; every row ever dropped (buffer full, refused, unwritten at stop) is
+counted in `stats` (on /metrics) and logged.
 
 Calls keep the token as the call described it, and every price update is kept as a row of
 `token_prices` as well as the token's latest price: filter replay (services/replay.py) needs
@@ -21,11 +28,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
-from managers.postgres import PostgresManager
+from managers.postgres import PostgresManager, PostgresNotStarted
 from services.events import CallEvent, ChannelStatsEvent, PriceEvent, TokenInfo
 
 logger = logging.getLogger("alertbot.persistence")
@@ -86,6 +93,28 @@ HISTORY_DAYS = 7.0
 PRUNE_INTERVAL_SECONDS = 3600.0
 # Pruning after a long stop may delete days of rows at once: more than a query's usual bound.
 PRUNE_TIMEOUT_SECONDS = 120.0
+MAX_BACKOFF_SECONDS = 30.0
+# Drops are logged at most this often, with the count since the last line.
+DROP_LOG_INTERVAL_SECONDS = 10.0
+# SQLSTATEs that say nothing about the rows: connection exceptions (08), the server shutting
+# down or starting (57P), insufficient resources (53: disk full, too many connections), and a
+# serialization failure or deadlock (40001, 40P01) that a retry resolves.
+TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "53", "40001", "40P01")
+
+Row = tuple[str, tuple[Any, ...]]
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when PostgreSQL could not take a batch at all, so it is worth trying again whole.
+
+    False for what the server (or the client's encoder) said about the rows themselves: a
+    constraint, a type, a value out of range; those are written row by row.
+    """
+    if isinstance(exc, asyncpg.DataError):  # a value the client cannot encode (also an InterfaceError)
+        return False
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "").startswith(TRANSIENT_SQLSTATE_PREFIXES)
+    return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, PostgresNotStarted))
 
 
 @dataclass
@@ -93,8 +122,12 @@ class PersistenceStats:
     queued: int = 0
     written: int = 0
     batches: int = 0
-    failures: int = 0
-    dropped: int = 0
+    failures: int = 0  # flushes that failed for a connection-level reason
+    requeued: int = 0  # batches put back whole after such a failure
+    dropped: int = 0  # every row dropped, for whatever reason below
+    dropped_full: int = 0  # the oldest rows, past max_pending
+    dropped_refused: int = 0  # rows PostgreSQL refused one by one
+    dropped_at_stop: int = 0  # rows still unwritten when the writer stopped
     pruned: int = 0
 
 
@@ -110,30 +143,33 @@ class PersistenceWriter:
     def __init__(
         self, postgres: PostgresManager, *, batch_size: int = 1_000, flush_interval: float = 0.2,
         max_pending: int = 200_000, history_days: float | None = HISTORY_DAYS,
-        prune_interval: float = PRUNE_INTERVAL_SECONDS,
+        prune_interval: float = PRUNE_INTERVAL_SECONDS, max_backoff: float = MAX_BACKOFF_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.postgres = postgres
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_pending = max_pending
+        self.max_backoff = max_backoff
         self.history_days = history_days  # None: keep history forever
         self.prune_interval = prune_interval
         self.clock = clock
         # The first prune waits one interval: a process that runs briefly (tests, the demo with
         # its recorded, dated stream) never deletes what it has just written.
         self._next_prune = time.monotonic() + prune_interval
-        self._rows: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._rows: deque[Row] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.stats = PersistenceStats()
+        self._full_unlogged = 0  # rows dropped from a full buffer, not logged yet
+        self._next_drop_log = 0.0
 
     # -- what the pipeline calls: never awaits -----------------------------------------------------
 
     def _add(self, kind: str, row: tuple[Any, ...]) -> None:
         if len(self._rows) >= self.max_pending:
             self._rows.popleft()
-            self.stats.dropped += 1
+            self._dropped("full")
         self._rows.append((kind, row))
         self.stats.queued += 1
         if len(self._rows) >= self.batch_size:
@@ -180,22 +216,33 @@ class PersistenceWriter:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), timeout)
         if self._rows:
-            logger.error("stopped with %d rows not written to PostgreSQL", len(self._rows))
+            logger.error("stopped with %d rows not written to PostgreSQL; they are lost", len(self._rows))
+            self.stats.dropped_at_stop += len(self._rows)
+            self.stats.dropped += len(self._rows)
+            self._rows.clear()
+        self._log_drops(force=True)
 
     async def _run(self) -> None:
-        backoff = self.flush_interval
+        backoff = 0.0
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
+            if backoff:
+                # PostgreSQL just failed: give it time, however many rows arrive meanwhile.
+                await asyncio.sleep(backoff)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=self.flush_interval)
             self._wakeup.clear()
             try:
                 await self.flush()
-                backoff = self.flush_interval
+                backoff = 0.0
             except Exception as exc:  # noqa: BLE001 - PostgreSQL trouble: keep rows, retry later
                 self.stats.failures += 1
-                backoff = min(max(backoff * 2, 0.5), 30.0)
-                logger.warning("PostgreSQL write failed (%s); %d rows wait, retry in %.1fs", exc, len(self._rows), backoff)
+                backoff = min(max(backoff * 2, 0.5), self.max_backoff)
+                logger.warning("PostgreSQL write failed (%s: %s); %d rows wait, retry in %.1fs",
+                               type(exc).__name__, exc, len(self._rows), backoff)
                 continue
+            finally:
+                self._log_drops()
             if self.history_days is not None and time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + self.prune_interval
                 try:
@@ -215,35 +262,87 @@ class PersistenceWriter:
         return deleted
 
     async def flush(self) -> None:
-        """Write everything queued so far, in dependency order; rows stay queued if it fails."""
+        """Write everything queued so far, in dependency order.
+
+        A connection-level failure puts the batch back at the front and raises; rows refused
+        for their data are dropped one by one, the rest written.
+        """
         while self._rows:
             taken = [self._rows.popleft() for _ in range(min(len(self._rows), self.batch_size))]
             grouped: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in WRITE_ORDER}
             for kind, row in taken:
                 grouped[kind].append(row)
+            refused = 0
             try:
                 async with self.postgres.transaction() as connection:
                     for kind in WRITE_ORDER:
                         if grouped[kind]:
                             for statement in STATEMENTS[kind]:
                                 await connection.executemany(statement, grouped[kind])
-            except asyncpg.PostgresError as exc:
+            except Exception as exc:
+                if is_connection_failure(exc):
+                    self._requeue(taken)
+                    raise
                 # The server answered but refused some row: write row by row so one bad row
                 # cannot hold back the rest forever.
-                logger.warning("batch refused (%s); writing its %d rows one by one", exc, len(taken))
-                await self._write_one_by_one(grouped)
+                logger.warning("batch refused (%s: %s); writing its %d rows one by one",
+                               type(exc).__name__, exc, len(taken))
+                refused = await self._write_one_by_one([(kind, row) for kind in WRITE_ORDER for row in grouped[kind]])
             except BaseException:
-                self._rows.extendleft(reversed(taken))
+                self._requeue(taken)
                 raise
-            self.stats.written += len(taken)
+            self.stats.written += len(taken) - refused
             self.stats.batches += 1
 
-    async def _write_one_by_one(self, grouped: dict[str, list[tuple[Any, ...]]]) -> None:
-        for kind in WRITE_ORDER:
-            for row in grouped[kind]:
-                for statement in STATEMENTS[kind]:
-                    try:
-                        await self.postgres.execute(statement, *row)
-                    except asyncpg.PostgresError as exc:
-                        self.stats.dropped += 1
-                        logger.error("dropped a %s row PostgreSQL refuses: %s (%r)", kind, exc, row[:2])
+    async def _write_one_by_one(self, rows: list[Row]) -> int:
+        """Each row in a transaction of its own; returns how many were refused (and dropped).
+
+        A connection-level failure half-way puts the rows not yet written back and raises.
+        """
+        refused = 0
+        for index, (kind, row) in enumerate(rows):
+            try:
+                async with self.postgres.transaction() as connection:
+                    for statement in STATEMENTS[kind]:
+                        await connection.execute(statement, *row)
+            except Exception as exc:
+                if is_connection_failure(exc):
+                    self.stats.written += index - refused
+                    self._requeue(rows[index:])
+                    raise
+                refused += 1
+                self._dropped("refused")
+                logger.error("dropped a %s row PostgreSQL refuses: %s: %s (%r)", kind, type(exc).__name__, exc, row[:2])
+            except BaseException:
+                self.stats.written += index - refused
+                self._requeue(rows[index:])
+                raise
+        return refused
+
+    def _requeue(self, rows: list[Row]) -> None:
+        """Rows that could not be written go back to the front, in order; the queue stays bounded."""
+        self._rows.extendleft(reversed(rows))
+        self.stats.requeued += 1
+        while len(self._rows) > self.max_pending:
+            self._rows.popleft()
+            self._dropped("full")
+
+    def _dropped(self, reason: Literal["full", "refused"]) -> None:
+        """Count one dropped row; refused rows are logged where they are refused, the others
+        by `_log_drops` (the pipeline's hot path must not log once a row)."""
+        self.stats.dropped += 1
+        if reason == "full":
+            self.stats.dropped_full += 1
+            self._full_unlogged += 1
+        else:
+            self.stats.dropped_refused += 1
+
+    def _log_drops(self, force: bool = False) -> None:
+        """One line for the rows dropped from a full buffer since the last one, at most every 10 s."""
+        now = time.monotonic()
+        if not self._full_unlogged or (not force and now < self._next_drop_log):
+            return
+        self._next_drop_log = now + DROP_LOG_INTERVAL_SECONDS
+        logger.error("PostgreSQL buffer full (%d rows waiting): dropped the %d oldest rows",
+                     len(self._rows), self._full_unlogged)
+        self._full_unlogged = 0

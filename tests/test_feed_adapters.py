@@ -159,10 +159,11 @@ def test_sample_event_keys_are_unique(sample):
 
 # --- the alert feed: coercions -----------------------------------------------------------------
 
+ADDRESS = "8yZ1rj5nHbUFuCbnoowE6rHLZYiuTe1tbxEskgzUpump"
 CALL: dict[str, Any] = {
     "type": "call",
     "token": {
-        "address": "8yZ1rj5nHbUFuCbnoowE6rHLZYiuTe1tbxEskgzUpump",
+        "address": ADDRESS,
         "symbol": "CASHELON",
         "name": "Cash Elon",
         "chain": "solana",
@@ -195,10 +196,10 @@ def test_the_contract_examples_parse():
     assert call.called_at == datetime(2026, 11, 20, 10, 1, 30, tzinfo=UTC)
     assert call.channel.username == "alphacalls"
     price = parse_alert_frame(
-        '{"type": "price", "address": "8yZ1pump", "price_usd": 0.0000825,'
+        f'{{"type": "price", "address": "{ADDRESS}", "price_usd": 0.0000825,'
         ' "market_cap_usd": 82500.0, "ts": "2026-11-20T10:20:00Z"}'
     )
-    assert price == PriceEvent("8yZ1pump", 0.0000825, 82500.0, datetime(2026, 11, 20, 10, 20, tzinfo=UTC))
+    assert price == PriceEvent(ADDRESS, 0.0000825, 82500.0, datetime(2026, 11, 20, 10, 20, tzinfo=UTC))
     channel = parse_alert_frame(
         '{"type": "channel", "id": "-1001234567890", "name": "Alpha Calls", "username": "alphacalls",'
         ' "win_rate": 0.41, "avg_gain": 2.7, "calls": 118}'
@@ -312,11 +313,11 @@ MALFORMED: list[tuple[str, str]] = [
     (json.dumps({k: v for k, v in CALL.items() if k != "called_at"}), "missing called_at"),
     (json.dumps(dict(CALL, called_at="soon")), "invalid called_at"),
     ('{"type": "price", "price_usd": 1, "ts": "2026-11-20T10:00:00Z"}', "missing address"),
-    ('{"type": "price", "address": "a", "ts": "2026-11-20T10:00:00Z"}', "missing price_usd"),
-    ('{"type": "price", "address": "a", "price_usd": "x", "ts": "2026-11-20T10:00:00Z"}', "invalid price_usd"),
-    ('{"type": "price", "address": "a", "price_usd": -1, "ts": "2026-11-20T10:00:00Z"}', "invalid price_usd"),
-    ('{"type": "price", "address": "a", "price_usd": NaN, "ts": "2026-11-20T10:00:00Z"}', "invalid price_usd"),
-    ('{"type": "price", "address": "a", "price_usd": 1}', "missing ts"),
+    (f'{{"type": "price", "address": "{ADDRESS}", "ts": "2026-11-20T10:00:00Z"}}', "missing price_usd"),
+    (f'{{"type": "price", "address": "{ADDRESS}", "price_usd": "x", "ts": "2026-11-20T10:00:00Z"}}', "invalid price_usd"),
+    (f'{{"type": "price", "address": "{ADDRESS}", "price_usd": -1, "ts": "2026-11-20T10:00:00Z"}}', "invalid price_usd"),
+    (f'{{"type": "price", "address": "{ADDRESS}", "price_usd": NaN, "ts": "2026-11-20T10:00:00Z"}}', "invalid price_usd"),
+    (f'{{"type": "price", "address": "{ADDRESS}", "price_usd": 1}}', "missing ts"),
     ('{"type": "channel", "name": "x"}', "missing id"),
 ]
 
@@ -327,6 +328,51 @@ def test_malformed_frames_raise_frame_error_with_a_short_reason(text, reason):
         parse_alert_frame(text)
     assert error.value.reason == reason
     assert isinstance(error.value, ValueError)
+
+
+# Identifiers that would reach Redis keys, logs and rows if the adapter let them through.
+BAD_CHANNEL_IDS: list[Any] = [
+    "-100123=4567", "-1001,-1002", "-100123\n4567", "x" * 1024, "1" * 1024, "alphacalls",
+    "@alphacalls", "-", "", "12 34", "-100123\u0660", 10**30, -(10**25), 1.5, ["-1"], {"id": "-1"},
+]
+BAD_ADDRESSES: list[Any] = [
+    ADDRESS + "=", ADDRESS[:20] + "," + ADDRESS[21:], ADDRESS[:-1] + "\n" + "x", "A" * 31, "A" * 45,
+    "0" * 44, "O" * 44, "I" * 44, "l" * 44, "A" * 1024, "8yZ1pump", "A" * 43 + "\u00e9",
+]
+
+
+@pytest.mark.parametrize("channel_id", BAD_CHANNEL_IDS)
+def test_a_call_from_a_channel_id_that_is_no_telegram_chat_id_is_malformed(channel_id: Any) -> None:
+    with pytest.raises(FrameError) as error:
+        parse_alert_frame(json.dumps(dict(CALL, channel={"id": channel_id, "name": "x"})))
+    assert error.value.reason == "invalid channel.id"
+    with pytest.raises(FrameError) as error:
+        parse_alert_frame(json.dumps({"type": "channel", "id": channel_id, "win_rate": 0.5}))
+    assert error.value.reason == "invalid id"
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES)
+def test_a_token_address_that_is_no_solana_address_is_malformed(address: Any) -> None:
+    with pytest.raises(FrameError) as error:
+        parse_alert_frame(with_token(address=address))
+    assert error.value.reason == "invalid token.address"
+    with pytest.raises(FrameError) as error:
+        parse_alert_frame(json.dumps({"type": "price", "address": address, "price_usd": 1, "ts": 1795687290}))
+    assert error.value.reason == "invalid address"
+    with pytest.raises(FrameError) as error:
+        pp(pp_create(mint=address))
+    assert error.value.reason == "invalid mint"
+
+
+def test_good_identifiers_pass_and_a_bad_username_becomes_none() -> None:
+    for channel_id, expected in [(-1001234567890, "-1001234567890"), ("777000", "777000"), (" -1 ", "-1")]:
+        event = parse_alert_frame(json.dumps(dict(CALL, channel={"id": channel_id})))
+        assert isinstance(event, CallEvent) and event.channel.id == expected
+    for username, expected in [("alpha_calls_2", "alpha_calls_2"), ("@alphacalls", "alphacalls"), ("abcd", None),
+                               ("a" * 33, None), ("alpha=calls", None), ("alpha\ncalls", None), ("x" * 1024, None)]:
+        event = parse_alert_frame(json.dumps(dict(CALL, channel={"id": "-1", "username": username})))
+        assert isinstance(event, CallEvent) and event.channel.username == expected
+    assert parse_alert_frame(with_token(address=" " + ADDRESS + "\n")).token.address == ADDRESS  # type: ignore[union-attr]
 
 
 def test_binary_junk_is_a_frame_error():

