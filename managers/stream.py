@@ -17,7 +17,8 @@ What it takes care of:
   or seen both on the WebSocket and in the poll answer, reach the sink once;
 * malformed frames and failing sinks are counted and logged (rate-limited), never fatal;
 * polling `poll_url` (a JSON array of recent frames) while the WebSocket has been down for
-  `poll_after` seconds, until it is back; an answer over `max_poll_bytes` is a poll error, and
+  `poll_after` seconds, until it is back, and once after every reconnect, so the frames of a
+  drop too short to start polling are read all the same; an answer over `max_poll_bytes` is a poll error, and
   reading stops there, so a runaway endpoint cannot fill the memory.
 """
 
@@ -225,6 +226,7 @@ class StreamStats:
     polls: int = 0  # poll requests answered with a usable array
     poll_errors: int = 0  # poll requests that failed (answers over max_poll_bytes included)
     poll_frames: int = 0  # frames read from poll answers (new ones only)
+    gap_polls: int = 0  # polls made right after a reconnect, for the frames missed in between
 
 
 class StreamManager:
@@ -295,6 +297,7 @@ class StreamManager:
         self._last_frame: float | None = None
         self._polling = False
         self._last_poll_ok = False
+        self._gap = False  # a connection was lost: frames sent meanwhile are still to be read
         self._changed = asyncio.Event()  # set and replaced on every change (see wait_for)
         self._link_changed = asyncio.Event()  # ... on connection changes only
 
@@ -493,6 +496,7 @@ class StreamManager:
             self._failures = 0 if got_frames else self._failures + 1
             self._ws = None
             self._down_since = time.monotonic()
+            self._gap = True
             self._notify(link=True)
             await ws.close()
 
@@ -576,17 +580,28 @@ class StreamManager:
                 wait = self._poll_wait(next_poll)
                 if wait is None:  # the WebSocket is up
                     self._set_polling(False)
+                    if self._gap:
+                        # A short drop never reaches poll_after, yet the feed went on without us:
+                        # one poll reads what was sent while we were away.
+                        self._gap = False
+                        await self._poll_guarded()
+                        self.stats.gap_polls += 1
+                        self._notify()
+                        continue
                 if wait is None or wait > 0:
                     await self._until(changed, wait)
                     continue
                 self._set_polling(True)
-                try:
-                    await self._poll_once()
-                except Exception:  # a bug must not end the fallback; try again next interval
-                    log.exception("%s: poll failed unexpectedly", self.name)
+                await self._poll_guarded()
                 next_poll = time.monotonic() + self.poll_interval
         finally:
             self._polling = False
+
+    async def _poll_guarded(self) -> None:
+        try:
+            await self._poll_once()
+        except Exception:  # a bug must not end the fallback; try again next time
+            log.exception("%s: poll failed unexpectedly", self.name)
 
     def _poll_wait(self, next_poll: float) -> float | None:
         """None while connected; else seconds until the next poll is due (<= 0: now)."""

@@ -290,6 +290,7 @@ async def test_polls_while_the_websocket_is_down_and_stops_when_it_is_back(sampl
             await stream.wait_for(lambda: len(sink.events) >= len(events_of(first + while_down)), TIMEOUT)
             feed.refuse_websocket(False)
             await stream.wait_for(lambda: stream.connected and not stream.polling, TIMEOUT)
+            await stream.wait_for(lambda: stream.stats.gap_polls == 1, TIMEOUT)  # once, for the seam
             requests = feed.poll.requests
             # the WebSocket replays `first` again: duplicates at this seam too
             await stream.wait_for(lambda: stream.stats.frames >= 2 * len(first) + len(while_down), TIMEOUT)
@@ -300,6 +301,27 @@ async def test_polls_while_the_websocket_is_down_and_stops_when_it_is_back(sampl
     assert sink.events == events_of(first + while_down + after)
     assert len(set(sink.keys)) == len(sink.keys)
     assert stream.stats.duplicates >= 2 * len(events_of(first))
+
+
+async def test_frames_sent_during_a_drop_too_short_to_poll_are_read_after_the_reconnect(sample):
+    before, during, after = sample[:20], sample[20:40], sample[40:60]
+    sink = Sink()
+    async with FeedServer(before) as feed:
+        # Polling proper would start only after a minute down: the drop is far shorter.
+        stream = StreamManager(feed.url, parse_alert_frame, sink, poll_url=feed.poll_url, **{**FAST, "poll_after": 60.0})
+        async with stream:
+            await stream.wait_for(lambda: len(sink.events) >= len(events_of(before)), TIMEOUT)
+            feed.refuse_websocket(True)
+            await feed.drop_connections()
+            await stream.wait_for(lambda: not stream.connected, TIMEOUT)
+            await feed.push_many(during)  # nobody is connected to receive these live
+            feed.refuse_websocket(False)
+            await stream.wait_for(lambda: stream.stats.gap_polls == 1, TIMEOUT)
+            await feed.push_many(after)
+            await stream.wait_for(lambda: len(sink.events) >= len(events_of(before + during + after)), TIMEOUT)
+            assert not stream.polling and stream.stats.reconnects == 1
+    assert sorted(sink.keys) == sorted(event.key for event in events_of(before + during + after))
+    assert len(set(sink.keys)) == len(sink.keys)
 
 
 async def test_malformed_frames_in_poll_answers_are_counted_once(sample):
