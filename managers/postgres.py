@@ -32,7 +32,7 @@ import asyncpg
 
 from managers.urls import redact_credentials
 
-__all__ = ["PostgresManager", "PostgresNotStarted", "redact_dsn"]
+__all__ = ["PostgresManager", "PostgresNotStarted", "is_connection_failure", "redact_dsn"]
 
 logger = logging.getLogger("alertbot.postgres")
 
@@ -41,6 +41,25 @@ _LOG_QUERY_CHARS = 200
 
 class PostgresNotStarted(RuntimeError):
     """A query was attempted before `PostgresManager.start()` succeeded (or after close())."""
+
+
+# SQLSTATEs that say nothing about the rows: connection exceptions (08), the server shutting
+# down or starting (57P), insufficient resources (53: disk full, too many connections), and a
+# serialization failure or deadlock (40001, 40P01) that a retry resolves.
+TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "53", "40001", "40P01")
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when PostgreSQL could not take a batch at all, so it is worth trying again whole.
+
+    False for what the server (or the client's encoder) said about the rows themselves: a
+    constraint, a type, a value out of range; those are written row by row.
+    """
+    if isinstance(exc, asyncpg.DataError):  # a value the client cannot encode (also an InterfaceError)
+        return False
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "").startswith(TRANSIENT_SQLSTATE_PREFIXES)
+    return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, PostgresNotStarted))
 
 
 def redact_dsn(dsn: str) -> str:

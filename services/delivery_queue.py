@@ -38,7 +38,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from managers.postgres import PostgresManager
+from managers.postgres import PostgresManager, is_connection_failure
 from managers.redis_manager import RedisManager, RedisUnavailable
 from services.sender import AlertSender, Outcome
 
@@ -53,6 +53,9 @@ KEEP_SHARE = 0.25  # held entries are claimed again after this share of claim_id
 KEEP_BATCH = 500
 STALL_CHECK_SECONDS = 0.25
 ACK_BATCH = 200
+# Delivery rows kept while PostgreSQL is down (about 100 bytes each), and how often they are retried.
+MAX_UNRECORDED = 100_000
+RECORD_RETRY_SECONDS = 2.0
 
 # Reset the idle time of those of ARGV[3..] that are still pending for consumer ARGV[2], and only
 # those: an entry another consumer has taken over, or one acknowledged meanwhile, stays as it is.
@@ -125,6 +128,7 @@ class DeliveryStats:
     already_delivered: int = 0  # resumed, but PostgreSQL shows Telegram had answered
     acknowledged: int = 0
     unreadable: int = 0  # entries that were not ours to parse: acknowledged and logged
+    unrecorded_dropped: int = 0  # delivery rows given up (PostgreSQL refused them, or down too long)
     kept: int = 0  # held entries claimed again so that they never look abandoned
     lost: int = 0  # held entries another consumer had taken over (this one stalled past claim_idle)
     stalls: int = 0  # times reading stopped because Telegram was unreachable
@@ -144,6 +148,7 @@ class DeliveryQueue:
         self.stats = DeliveryStats()
         self._published = asyncio.Event()
         self._acks: list[tuple[str, Delivery, Outcome]] = []
+        self._unrecorded: list[tuple[Delivery, Outcome]] = []  # rows PostgreSQL could not take yet
         self._ack_wakeup = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._acker: asyncio.Task[None] | None = None
@@ -177,6 +182,12 @@ class DeliveryQueue:
         self._keeper = None
         with contextlib.suppress(Exception):
             await self._flush_acks()
+        if self._unrecorded:
+            await self._record([])
+        if self._unrecorded:
+            self.stats.unrecorded_dropped += len(self._unrecorded)
+            logger.error("delivery queue: stopped with %d delivery record(s) PostgreSQL never took",
+                         len(self._unrecorded))
 
     async def backlog(self) -> int:
         """Entries in the stream: not yet read, or read and not yet answered (acknowledged ones
@@ -392,8 +403,12 @@ class DeliveryQueue:
 
     async def _ack_loop(self) -> None:
         while not self._stopping.is_set() or self._acks:
-            await self._ack_wakeup.wait()
+            # Rows waiting for PostgreSQL are tried again now and then, even with no new answers.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ack_wakeup.wait(), RECORD_RETRY_SECONDS if self._unrecorded else None)
             self._ack_wakeup.clear()
+            if not self._acks and self._unrecorded:
+                await self._record([])
             try:
                 await self._flush_acks()
             except RedisUnavailable as exc:
@@ -420,16 +435,38 @@ class DeliveryQueue:
             self.stats.acknowledged += len(batch)
 
     async def _record(self, answered: list[tuple[Delivery, Outcome]]) -> None:
-        if not answered or self.postgres is None:
+        """Write the delivery rows, with any an earlier PostgreSQL outage left unwritten.
+
+        The entries are acknowledged either way: Telegram has answered, so sending again would
+        be the harm. Rows PostgreSQL could not take for a connection-level reason wait here (at
+        most MAX_UNRECORDED, the oldest dropped and counted) and go with the next write.
+        """
+        rows = self._unrecorded + answered
+        if not rows or self.postgres is None:
             return
         try:
             await self.postgres.execute(
-                _RECORD_SQL, [d.token for d, _ in answered], [d.chat_id for d, _ in answered],
-                [o.status for _, o in answered], [o.message_id for _, o in answered],
-                [o.digest for _, o in answered], [o.reason or None for _, o in answered],
+                _RECORD_SQL, [d.token for d, _ in rows], [d.chat_id for d, _ in rows],
+                [o.status for _, o in rows], [o.message_id for _, o in rows],
+                [o.digest for _, o in rows], [o.reason or None for _, o in rows],
             )
-        except Exception as exc:  # noqa: BLE001 - the send happened; only the crash guard is missing
-            logger.warning("delivery queue: could not write %d delivery record(s): %s", len(answered), exc)
+        except Exception as exc:  # noqa: BLE001 - the send happened; only its record is late
+            if not is_connection_failure(exc):
+                self._unrecorded = []
+                self.stats.unrecorded_dropped += len(rows)
+                logger.error("delivery queue: PostgreSQL refused %d delivery record(s): %s", len(rows), exc)
+                return
+            overflow = max(0, len(rows) - MAX_UNRECORDED)
+            if overflow:
+                self.stats.unrecorded_dropped += overflow
+                logger.error("delivery queue: %d delivery record(s) dropped while PostgreSQL is down", overflow)
+            if not self._unrecorded:
+                logger.warning("delivery queue: PostgreSQL unavailable (%s); delivery records wait", type(exc).__name__)
+            self._unrecorded = rows[overflow:]
+            return
+        if self._unrecorded:
+            logger.info("delivery queue: %d delayed delivery record(s) written", len(self._unrecorded))
+        self._unrecorded = []
 
 
 async def _finish(task: asyncio.Task[None] | None, timeout: float = 10.0) -> None:

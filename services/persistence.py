@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from managers.postgres import PostgresManager, PostgresNotStarted
+from managers.postgres import PostgresManager, is_connection_failure
 from services.events import CallEvent, ChannelStatsEvent, PriceEvent, TokenInfo
 
 logger = logging.getLogger("alertbot.persistence")
@@ -96,25 +96,7 @@ PRUNE_TIMEOUT_SECONDS = 120.0
 MAX_BACKOFF_SECONDS = 30.0
 # Drops are logged at most this often, with the count since the last line.
 DROP_LOG_INTERVAL_SECONDS = 10.0
-# SQLSTATEs that say nothing about the rows: connection exceptions (08), the server shutting
-# down or starting (57P), insufficient resources (53: disk full, too many connections), and a
-# serialization failure or deadlock (40001, 40P01) that a retry resolves.
-TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "53", "40001", "40P01")
-
 Row = tuple[str, tuple[Any, ...]]
-
-
-def is_connection_failure(exc: BaseException) -> bool:
-    """True when PostgreSQL could not take a batch at all, so it is worth trying again whole.
-
-    False for what the server (or the client's encoder) said about the rows themselves: a
-    constraint, a type, a value out of range; those are written row by row.
-    """
-    if isinstance(exc, asyncpg.DataError):  # a value the client cannot encode (also an InterfaceError)
-        return False
-    if isinstance(exc, asyncpg.PostgresError):
-        return str(getattr(exc, "sqlstate", "") or "").startswith(TRANSIENT_SQLSTATE_PREFIXES)
-    return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, PostgresNotStarted))
 
 
 @dataclass

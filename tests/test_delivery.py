@@ -337,3 +337,43 @@ async def test_a_live_consumers_held_entries_stay_its_own_while_a_dead_ones_are_
     assert sorted(per_chat_counts(down)) == [d.chat_id for d in held]
     assert set(per_chat_counts(down).values()) == set(per_chat_counts(up).values()) == {1}
     assert await stream_length(stores) == 0
+
+
+async def test_delivery_rows_written_while_postgresql_is_down_arrive_once_it_is_back(
+    server: FakeTelegramServer, stores: Stores
+) -> None:
+    from urllib.parse import urlsplit
+
+    from managers.postgres import PostgresManager
+    from tests.doubles.tcp_proxy import TcpProxy
+
+    target = urlsplit(stores.database_url)
+    async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        postgres = PostgresManager(stores.database_url.replace(target.netloc, f"{target.username}@127.0.0.1:{proxy.port}"),
+                                   min_size=1, max_size=2)
+        await postgres.start()
+        sender = AlertSender(server.create_bot(), paid_broadcast=True)
+        await sender.start()
+        queue = DeliveryQueue(stores.redis, postgres, sender, consumer="sender-a")
+        await queue.start()
+        try:
+            await queue.publish(alerts(100))
+            await until(lambda: len(server.sent) >= 100)
+            await proxy.stop_forwarding()  # PostgreSQL gone: the rest are answered meanwhile
+            await queue.publish(alerts(200, first_chat=5_000))
+            await until(lambda: len(server.sent) >= 300)
+            await until(lambda: queue.stats.acknowledged >= 300)  # nothing held back for the rows
+            await proxy.resume()
+            count = "SELECT count(*) FROM deliveries WHERE status = 'sent'"
+            deadline = time.monotonic() + 30
+            while await stores.postgres.fetchval(count) < 300 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            await queue.stop_reading()
+            await sender.stop(drain=False)
+            await queue.close()
+            await postgres.close()
+    assert set(per_chat_counts(server).values()) == {1} and len(server.sent) == 300
+    assert await stores.postgres.fetchval(count) == 300
+    assert queue.stats.unrecorded_dropped == 0
+    assert await stream_length(stores) == 0

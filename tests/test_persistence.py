@@ -29,7 +29,8 @@ from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager, PostgresNotStarted
 from services.events import CallEvent, ChannelRef, TokenInfo
 from services.metrics import Metrics
-from services.persistence import PersistenceWriter, is_connection_failure
+from managers.postgres import is_connection_failure
+from services.persistence import PersistenceWriter
 from tests.doubles import feedgen
 from tests.doubles.tcp_proxy import TcpProxy
 
