@@ -222,9 +222,6 @@ TEXTS: dict[str, dict[str, str]] = {
             "Changing a filter yourself stops following.\nYour filters now:\n{filters}"
         ),
         "preset_unfollowed": "🔕 You no longer follow <b>{title}</b>. Your filters stay as they are.",
-        "preset_toast_applied": "Applied: {title}",
-        "preset_toast_followed": "Following: {title}",
-        "preset_toast_unfollowed": "No longer following: {title}",
         "preset_gone": "This preset no longer exists; here are the current ones.",
         "preset_not_followed": "You do not follow this preset.",
         "preset_changed_notice": (
@@ -476,9 +473,6 @@ TEXTS: dict[str, dict[str, str]] = {
             "Ваши фильтры теперь:\n{filters}"
         ),
         "preset_unfollowed": "🔕 Вы отписались от пресета <b>{title}</b>. Ваши фильтры остались прежними.",
-        "preset_toast_applied": "Применён: {title}",
-        "preset_toast_followed": "Подписка: {title}",
-        "preset_toast_unfollowed": "Подписка отменена: {title}",
         "preset_gone": "Этого пресета больше нет; вот актуальные.",
         "preset_not_followed": "Вы не подписаны на этот пресет.",
         "preset_changed_notice": (

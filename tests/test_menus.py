@@ -67,15 +67,15 @@ async def test_new_user_sets_filters_by_buttons(env: BotEnv, language: str) -> N
     assert t("filters_none", language) in screen.text
     assert TEXTS[language]["label_min_mcap"] in screen.labels()
 
-    await chat.press(TEXTS[language]["label_min_mcap"])
-    prompt = chat.sent()[-1]
+    prompt = await chat.press(TEXTS[language]["label_min_mcap"])  # the screen becomes the question
+    assert prompt.message_id == screen.message_id
     assert "min_mcap" in prompt.text and TEXTS[language]["accepted_min_mcap"] in prompt.text
-    saved, shown = await chat.say("50k", replies=2)
-    assert "min_mcap = $50K" in saved.text
+    shown = await chat.ask("50k")  # saved, and the screen again below it, in one message
+    assert "min_mcap = $50K" in shown.text and t("filters_screen_hint", language) in shown.text
     assert f"{TEXTS[language]['label_min_mcap']}: $50K" in chat.screen(shown.message_id).labels()
 
     await chat.press(TEXTS[language]["label_min_win_rate"])
-    saved, _ = await chat.say("40", replies=2)
+    saved = await chat.ask("40")
     assert "min_win_rate = 40%" in saved.text
 
     listed = await chat.ask("/filters")
@@ -106,7 +106,7 @@ async def test_wrong_value_in_the_flow_saves_nothing_and_keeps_waiting(env: BotE
     state_key = fsm_keys(22, 22)[0]
     assert await env.stores.redis.get(state_key) == "SettingsFlow:value"
     assert SESSION_TTL_SECONDS - 60 < await env.stores.redis.ttl(state_key) <= SESSION_TTL_SECONDS
-    saved, _ = await chat.say("150", replies=2)
+    saved = await chat.ask("150")
     assert "min_holders = 150" in saved.text
     assert await pg_filters(env, 22) == {"min_holders": 150}
     assert await env.stores.redis.get(state_key) is None
@@ -119,8 +119,9 @@ async def test_commands_still_work_during_the_flow_and_cancel(env: BotEnv) -> No
     await chat.press("Max token age")
     listed = await chat.ask("/filters")  # a command is a command, not a value
     assert "no filters" in listed.text
-    pressed = await chat.press("Cancel")
-    assert "Nothing changed" in pressed.text
+    pressed = await chat.press("Cancel")  # the question turns back into the Filters screen
+    assert chat.last_toast() == "Nothing changed."
+    assert "Max token age" in pressed.labels() and "no filters" in pressed.text
     assert await env.stores.redis.get(fsm_keys(23, 23)[0]) is None
 
 
@@ -131,12 +132,12 @@ async def test_one_tap_resets(env: BotEnv) -> None:
     await chat.ask("/settings")
     await chat.press("Min holders")
     screen = await chat.press("Remove this filter")
-    assert "Removed" in (chat.last_toast() or "")
-    assert "max_age = 2h" in screen.text and "min_holders" not in screen.text
+    assert screen.text.startswith("✅ Removed: min_holders")
+    assert "max_age = 2h" in screen.text and "min_holders =" not in screen.text
     assert await pg_filters(env, 24) == {"max_age": 120}
 
     screen = await chat.press("Reset all filters")
-    assert "All filters removed" in (chat.last_toast() or "")
+    assert "All filters removed" in screen.text
     assert "no filters" in screen.text
     assert await pg_filters(env, 24) == {}
     sources = await env.stores.postgres.fetch("SELECT source FROM settings_history ORDER BY id")
@@ -201,7 +202,7 @@ async def test_language_is_chosen_from_telegram_then_changed(env: BotEnv) -> Non
     assert "Добро пожаловать" in (await chat.ask("/start")).text
     await chat.ask("/language")
     screen = await chat.press("English")
-    assert chat.last_toast() == "✅ Language: English"
+    assert screen.text.startswith("✅ Language: English")
     assert "Main menu" in screen.text and "🎯 Filters" in screen.labels()
     assert "What I can do" in (await chat.ask("/help")).text
     assert await env.stores.redis.hget(subscriber_key(51), "language") == "en"
@@ -427,7 +428,7 @@ async def test_the_settings_flow_survives_redis_going_down(stores: Stores) -> No
                 await chat.press("Min holders")
                 await proxy.stop_forwarding()
 
-                saved, _ = await chat.say("150", replies=2)
+                saved = await chat.ask("150")
                 assert "min_holders = 150" in saved.text
                 assert await pg_filters(env, 76) == {"min_holders": 150}
 

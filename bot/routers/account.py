@@ -21,7 +21,7 @@ from bot.callbacks import LanguageCB, MenuCB, PlanCB, PrivacyCB
 from bot.config import Settings
 from bot.fsm_storage import fsm_keys
 from bot.routers.filters import filter_lines
-from bot.routers.screens import show
+from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import LANGUAGE_NAMES, text
 from managers.postgres import PostgresManager
 from services.accounts import AccountFigures, AccountService, Plan, plan_expiry_text
@@ -65,6 +65,7 @@ def status_text(subscriber: Subscriber, figures: AccountFigures | None, language
 async def status(event: Message | CallbackQuery, subscriber: Subscriber, language: str, bot: Bot,
                  store: SubscriberStore | None = None, postgres: PostgresManager | None = None,
                  subscriber_loaded: bool = True) -> None:
+    await acknowledge(event)
     accounts = _accounts(store, postgres)
     if accounts is None or not subscriber_loaded:
         await show(event, text("unavailable", language), keyboards.back_only(language))
@@ -82,11 +83,13 @@ async def status(event: Message | CallbackQuery, subscriber: Subscriber, languag
 # ---------------------------------------------------------------------------------- /language
 
 async def language_screen(event: Message | CallbackQuery, language: str) -> None:
+    await acknowledge(event)
     await show(event, text("language_title", language), keyboards.languages(language))
 
 
 async def choose_language(callback: CallbackQuery, callback_data: LanguageCB, subscriber: Subscriber,
                           store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+    await acknowledge(callback)
     chosen = callback_data.code
     if chosen not in LANGUAGE_NAMES or store is None or not subscriber_loaded:
         await show(callback, text("unavailable", chosen if chosen in LANGUAGE_NAMES else "en"))
@@ -97,7 +100,8 @@ async def choose_language(callback: CallbackQuery, callback_data: LanguageCB, su
         await show(callback, text("unavailable", chosen))
         return
     # The answer is already in the new language, and so is the menu.
-    await show(callback, text("menu_title", chosen), keyboards.main_menu(chosen), notice=text("language_set", chosen))
+    await show(callback, with_notice(text("language_set", chosen), text("menu_title", chosen)),
+               keyboards.main_menu(chosen))
 
 
 # ---------------------------------------------------------------------------------- /plans
@@ -148,23 +152,27 @@ async def plan_screen(accounts: AccountService | None, code: str, language: str)
 
 async def plans(event: Message | CallbackQuery, language: str, store: SubscriberStore | None = None,
                 postgres: PostgresManager | None = None) -> None:
+    await acknowledge(event)
     await show(event, *await plans_screen(_accounts(store, postgres), language))
 
 
 async def one_plan(callback: CallbackQuery, callback_data: PlanCB, language: str,
                    store: SubscriberStore | None = None, postgres: PostgresManager | None = None) -> None:
+    await acknowledge(callback)
     await show(callback, *await plan_screen(_accounts(store, postgres), callback_data.code, language))
 
 
 # ---------------------------------------------------------------------------------- /privacy
 
 async def privacy(event: Message | CallbackQuery, language: str) -> None:
+    await acknowledge(event)
     await show(event, text("privacy", language), keyboards.privacy(language))
 
 
 async def privacy_action(callback: CallbackQuery, callback_data: PrivacyCB, subscriber: Subscriber, language: str,
                          state: FSMContext, store: SubscriberStore | None = None,
                          postgres: PostgresManager | None = None) -> None:
+    await acknowledge(callback)
     if callback_data.action == "ask":
         await show(callback, text("privacy_confirm", language), keyboards.privacy_confirm(language))
         return
