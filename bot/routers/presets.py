@@ -39,7 +39,7 @@ from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, 
 logger = logging.getLogger("alertbot.presets")
 
 MAX_LISTED = 20  # presets shown (and given buttons) on one screen
-MESSAGE_BUDGET = 3800  # of Telegram's 4096 characters, leaving room for the markup's overhead
+MESSAGE_BUDGET = 3800  # of Telegram's 4096 UTF-16 units, leaving room for the markup's overhead
 BUTTON_TITLE = 28  # characters of a title on a button
 
 # One PresetStore per PostgresManager, so its short list cache serves every handler call; weak,
@@ -62,11 +62,16 @@ def _short(title: str, limit: int = BUTTON_TITLE) -> str:
     return title if len(title) <= limit else title[: limit - 1] + "…"
 
 
+def _utf16_len(html: str) -> int:
+    """What Telegram counts (UTF-16 units); of the HTML, which is never shorter than its text."""
+    return len(html.encode("utf-16-le")) // 2
+
+
 def render_presets(presets: list[Preset], subscriber: Subscriber, language: str) -> tuple[str, InlineKeyboardMarkup]:
     """The Presets screen: each preset with its filters, and its Apply and Follow/Unfollow buttons."""
     blocks = [text("presets_title", language)]
     rows: list[list[InlineKeyboardButton]] = []
-    length = len(blocks[0])
+    length = _utf16_len(blocks[0])
     for preset in presets[:MAX_LISTED]:
         followed = subscriber.preset == preset.code
         lines = [f"<b>{'⭐ ' if followed else ''}{html.escape(preset.title)}</b>"]
@@ -76,10 +81,10 @@ def render_presets(presets: list[Preset], subscriber: Subscriber, language: str)
             lines.append(html.escape(preset.description))
         lines.append(_filters_block(preset.filters, language))
         block = "\n".join(lines)
-        if length + len(block) + 2 > MESSAGE_BUDGET:
+        if length + _utf16_len(block) + 2 > MESSAGE_BUDGET:
             break  # a screen too long for one message shows the first presets only
         blocks.append(block)
-        length += len(block) + 2
+        length += _utf16_len(block) + 2
         rows.append([
             InlineKeyboardButton(
                 text=text("preset_button_apply", language, title=_short(preset.title)),

@@ -21,7 +21,7 @@ from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards
 from bot.callbacks import FilterCB, MenuCB
-from bot.routers.filters import filters_body, format_filter_value, value_error
+from bot.routers.filters import CHANNELS_SHOWN_ON_BUTTON, filters_body, format_filter_value, value_error
 from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import text
 from services.filters import FILTER_SPECS, FilterValueError, set_filter, unset_filter
@@ -37,7 +37,8 @@ class SettingsFlow(StatesGroup):
 def filters_screen(subscriber: Subscriber, language: str) -> tuple[str, keyboards.InlineKeyboardMarkup]:
     filters = subscriber.filters
     body = filters_body(filters, language)
-    values = {name: format_filter_value(name, value) for name, value in filters.to_dict().items()}
+    values = {name: format_filter_value(name, value, CHANNELS_SHOWN_ON_BUTTON)
+              for name, value in filters.to_dict().items()}
     return f"{body}\n\n{text('filters_screen_hint', language)}", keyboards.filters_menu(filters, language, values)
 
 
