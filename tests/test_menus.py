@@ -19,6 +19,7 @@ from bot.callbacks import MAX_CALLBACK_BYTES, FilterCB, LanguageCB, MenuCB, Plan
 from bot.fsm_storage import SESSION_TTL_SECONDS, fsm_keys
 from bot.keyboards import MAIN_SCREENS
 from bot.middlewares.throttling import FloodGate
+from bot.routers.account import paysupport_key
 from bot.runtime import MENU_COMMANDS
 from bot.texts import TEXTS
 from managers.redis_manager import RedisManager, RedisOptions
@@ -263,6 +264,28 @@ async def test_paysupport_reaches_the_admins(env: BotEnv) -> None:
     assert "Sent to the team" in reply.text
     forwarded = env.server.messages_to(ADMIN)[-1]
     assert "71" in forwarded.text and "paid 0.09 SOL <b>no plan</b>" in forwarded.text
+
+
+async def test_a_second_paysupport_within_a_minute_is_refused_politely(env: BotEnv) -> None:
+    chat = env.chat(77)
+    assert "Sent to the team" in (await chat.ask("/paysupport first: paid, no plan")).text
+    forwarded = [r.text for r in env.server.messages_to(ADMIN)]
+    assert len(forwarded) == 1 and "first: paid, no plan" in forwarded[0]
+
+    refused = await chat.ask("/paysupport second: still nothing")
+    assert "less than a minute ago" in refused.text
+    wait = int(re.search(r"write again in (\d+) s", refused.text).group(1))  # type: ignore[union-attr]
+    assert 0 < wait <= 60
+    assert [r.text for r in env.server.messages_to(ADMIN)] == forwarded  # not forwarded
+    # The minute is the user's own, kept in Redis; when it has passed they may write again.
+    assert "Sent to the team" in (await env.chat(78).ask("/paysupport mine")).text
+    russian = env.chat(79, "ru")
+    await russian.ask("/paysupport первое")
+    assert "Написать снова можно через" in (await russian.ask("/paysupport второе")).text
+    assert 0 < await env.stores.redis.ttl(paysupport_key(77)) <= 60
+    await env.stores.redis.delete(paysupport_key(77))
+    assert "Sent to the team" in (await chat.ask("/paysupport third: sorted, thanks")).text
+    assert len(env.server.messages_to(ADMIN)) == 4
 
 
 async def test_plans_and_help_screens_from_the_menu(env: BotEnv) -> None:

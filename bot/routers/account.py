@@ -1,6 +1,10 @@
 """/status, /language, /plans, /privacy (with delete-my-data) and /paysupport.
 
-Each is a command and, except /paysupport, a main-menu screen as well.
+Each is a command and, except /paysupport, a main-menu screen as well. /paysupport forwards one
+request a minute per user: the minute is a Redis key with a TTL (through the RedisManager, so it
+holds across processes and restarts, and in its in-memory fallback while Redis is down), which
+also tells a second request how long to wait. The flood throttling, in memory per process and
+per update, answers a different question (many updates within seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from bot.routers.filters import filter_lines
 from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import LANGUAGE_NAMES, text
 from managers.postgres import PostgresManager
+from managers.redis_manager import RedisManager
 from services.accounts import AccountFigures, AccountService, Plan, plan_expiry_text
 from services.sender import AlertSender, Lane
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
@@ -31,6 +36,12 @@ from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, 
 logger = logging.getLogger("alertbot.handlers")
 
 PAYSUPPORT_MAX = 1500  # characters of a support request forwarded to the admins
+PAYSUPPORT_INTERVAL = 60  # seconds between two support requests of one user
+
+
+def paysupport_key(telegram_id: int) -> str:
+    """Exists for PAYSUPPORT_INTERVAL seconds after the user's last forwarded request."""
+    return f"paysupport:{telegram_id}"
 
 
 def _accounts(store: SubscriberStore | None, postgres: PostgresManager | None) -> AccountService | None:
@@ -185,8 +196,9 @@ async def privacy_action(callback: CallbackQuery, callback_data: PrivacyCB, subs
         return
     await state.clear()
     chat_id = callback.message.chat.id if callback.message else subscriber.telegram_id
+    keys = [*fsm_keys(chat_id, subscriber.telegram_id), paysupport_key(subscriber.telegram_id)]
     try:
-        await accounts.delete_everything(subscriber.telegram_id, fsm_keys(chat_id, subscriber.telegram_id))
+        await accounts.delete_everything(subscriber.telegram_id, keys)
     except StoreUnavailable:
         await show(callback, text("unavailable", language))
         return
@@ -195,8 +207,23 @@ async def privacy_action(callback: CallbackQuery, callback_data: PrivacyCB, subs
 
 # ---------------------------------------------------------------------------------- /paysupport
 
+async def claim_paysupport(redis: RedisManager | None, telegram_id: int) -> int:
+    """0 when the user may write to the team now (their minute starts), else seconds to wait.
+    Without Redis at all a request goes through: a payment question matters more than a limit."""
+    if redis is None:
+        return 0
+    key = paysupport_key(telegram_id)
+    if await redis.set(key, "1", ex=PAYSUPPORT_INTERVAL, nx=True):
+        return 0
+    left = await redis.ttl(key)
+    if left == -2:  # expired in between: this request may go
+        return 0 if await redis.set(key, "1", ex=PAYSUPPORT_INTERVAL, nx=True) else 1
+    return left if left > 0 else PAYSUPPORT_INTERVAL
+
+
 async def paysupport(message: Message, command: CommandObject, subscriber: Subscriber, language: str, bot: Bot,
-                     settings: Settings | None = None, sender: AlertSender | None = None) -> None:
+                     settings: Settings | None = None, sender: AlertSender | None = None,
+                     redis: RedisManager | None = None) -> None:
     request = (command.args or "").strip()
     if not request:
         await message.answer(text("paysupport", language))
@@ -204,6 +231,12 @@ async def paysupport(message: Message, command: CommandObject, subscriber: Subsc
     admins = sorted(settings.admin_id_set) if settings is not None else []
     if not admins:
         await message.answer(text("paysupport_no_admins", language))
+        return
+    wait = await claim_paysupport(redis, subscriber.telegram_id)
+    if wait:
+        logger.info("payment support request from %s refused: the last one was under a minute ago",
+                    subscriber.telegram_id)
+        await message.answer(text("paysupport_wait", language, seconds=wait))
         return
     user = message.from_user
     who = html.escape(f"@{user.username}" if user and user.username else (user.first_name if user else "?") or "?")
@@ -223,6 +256,8 @@ async def paysupport(message: Message, command: CommandObject, subscriber: Subsc
         except TelegramAPIError as exc:
             logger.warning("could not forward a payment question to admin %s: %s", admin, exc)
     logger.info("payment support request from %s forwarded to %d admin(s)", subscriber.telegram_id, forwarded)
+    if not forwarded and redis is not None:
+        await redis.delete(paysupport_key(subscriber.telegram_id))  # nothing went: they may try again
     await message.answer(text("paysupport_sent" if forwarded else "paysupport_no_admins", language))
 
 
