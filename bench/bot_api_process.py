@@ -6,12 +6,16 @@ rates (1,000 msg/s) the benchmark measures the two together. Here the server run
 the little else the bench needs:
 
     child  -> parent   base_url, once listening
+    child  -> parent   CompanionResult, when the companion (if any) has finished
     parent -> child    "stop", after the sender drained
     child  -> parent   ServerResult (accepted sends with server times, ServerStats), then exits
 
 A forced burst of 429s is armed up front and fired inside the child the moment the N-th send
 is accepted (what `server.wait_for` + `force_retry_after` did in process), so no round trip
 over the pipe delays it. Progress lines go to stderr from the child, which counts the sends.
+A companion (a picklable async function of the server) runs in the child beside the server for
+what must act on its state at once, like a scripted user who injects updates and times the
+bot's answers by the server's clock; the parent collects what it returned.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import multiprocessing
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -67,13 +72,24 @@ class ServerResult:
     stats: dict[str, int]  # ServerStats.as_dict(): rejected_429 etc.
 
 
+# Runs in the child with the server; must be picklable (a module-level function or a partial of one).
+Companion = Callable[[FakeTelegramServer], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class CompanionResult:
+    value: Any = None
+    error: str | None = None  # the companion raised: its repr
+
+
 class BotApiProcess:
     """``async with BotApiProcess(limits=...) as api: bot = api.create_bot(); ...; result = await api.finish()``."""
 
-    def __init__(self, *, limits: RateLimits, burst: Burst | None = None, progress: Progress | None = None) -> None:
+    def __init__(self, *, limits: RateLimits, burst: Burst | None = None, progress: Progress | None = None,
+                 companion: Companion | None = None) -> None:
         context = multiprocessing.get_context("spawn")  # no forked copy of the bench's loop and state
         self._conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_child_main, args=(child_conn, limits, burst, progress),
+        self._process = context.Process(target=_child_main, args=(child_conn, limits, burst, progress, companion),
                                         name="bot-api", daemon=True)
         self._child_conn = child_conn
         self.base_url: str | None = None
@@ -98,10 +114,22 @@ class BotApiProcess:
             raise RuntimeError("server not started")
         return Bot(DEFAULT_TOKEN, session=LocalAiohttpSession(api=TelegramAPIServer.from_base(self.base_url)))
 
+    async def companion_result(self, timeout: float | None = None) -> Any:
+        """What the companion returned, once it has finished (RuntimeError if it raised)."""
+        result = await asyncio.wait_for(_recv(self._conn), timeout)
+        if not isinstance(result, CompanionResult):
+            raise RuntimeError(f"expected the companion's result, got {type(result).__name__}")
+        if result.error is not None:
+            raise RuntimeError(f"the companion failed: {result.error}")
+        return result.value
+
     async def finish(self) -> ServerResult:
         """Stop the server and return what it accepted."""
         self._conn.send("stop")
-        result: ServerResult = await asyncio.wait_for(_recv(self._conn), STOP_TIMEOUT)
+        while True:  # a companion's result nobody asked for comes first
+            result = await asyncio.wait_for(_recv(self._conn), STOP_TIMEOUT)
+            if isinstance(result, ServerResult):
+                break
         await asyncio.to_thread(self._process.join, STOP_TIMEOUT)
         return result
 
@@ -128,20 +156,24 @@ async def _recv(conn: Connection) -> Any:
     return conn.recv()
 
 
-def _child_main(conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None) -> None:
+def _child_main(conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None,
+                companion: Companion | None) -> None:
     # Ctrl-C reaches the whole process group; the parent decides, and EOF on the pipe ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        asyncio.run(_serve(conn, limits, burst, progress))
+        asyncio.run(_serve(conn, limits, burst, progress, companion))
     except EOFError:
         pass  # the parent went away
 
 
-async def _serve(conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None) -> None:
+async def _serve(conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None,
+                 companion: Companion | None) -> None:
     async with FakeTelegramServer(limits=limits) as server:
         helpers = [asyncio.create_task(_fire_burst(server, burst))] if burst else []
         if progress is not None:
             helpers.append(asyncio.create_task(_report_progress(server, progress)))
+        if companion is not None:
+            helpers.append(asyncio.create_task(_run_companion(server, companion, conn)))
         conn.send(server.base_url)
         try:
             command = await _recv(conn)
@@ -151,6 +183,16 @@ async def _serve(conn: Connection, limits: RateLimits, burst: Burst | None, prog
             for task in helpers:
                 task.cancel()
         result = ServerResult([Accepted(r.chat_id, r.monotonic) for r in server.sent], server.stats.as_dict())
+    conn.send(result)
+
+
+async def _run_companion(server: FakeTelegramServer, companion: Companion, conn: Connection) -> None:
+    try:
+        result = CompanionResult(value=await companion(server))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
+        result = CompanionResult(error=repr(exc))
     conn.send(result)
 
 

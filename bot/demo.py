@@ -69,7 +69,7 @@ def _show(out: TextIO, who: str, message: str, markup: dict[str, Any] | None = N
 # Alice types commands and presses the buttons the bot sent her, as a user would; the number is
 # how many new messages the bot answers with (a press that edits its message answers with none).
 CONVERSATION: tuple[tuple[str, str, int], ...] = (
-    ("say", "/start", 1), ("press", "🎯 Filters", 0), ("press", "Min win rate", 1), ("say", "40", 2),
+    ("say", "/start", 1), ("press", "🎯 Filters", 0), ("press", "Min win rate", 0), ("say", "40", 1),
     ("say", "/set min_mcap 50k", 1), ("say", "/filters", 1),
 )
 
@@ -85,6 +85,10 @@ def _button_data(telegram: FakeTelegramServer, label: str) -> tuple[int, str]:
     raise LookupError(f"the bot offered no button {label!r}")
 
 
+def _edits(telegram: FakeTelegramServer, message_id: int) -> int:
+    return sum(1 for r in telegram.edits if r.chat_id == DEMO_USER_ID and r.message_id == message_id)
+
+
 async def _conversation(telegram: FakeTelegramServer, out: TextIO) -> None:
     for action, value, replies in CONVERSATION:
         sent_before = len(telegram.messages_to(DEMO_USER_ID))
@@ -96,10 +100,13 @@ async def _conversation(telegram: FakeTelegramServer, out: TextIO) -> None:
             _show(out, DEMO_USER_NAME, f"presses [{value}]")
             message_id, data = _button_data(telegram, value)
             answered = len(telegram.answered_callbacks)
+            edited = _edits(telegram, message_id)
             telegram.inject_callback(DEMO_USER_ID, message_id, data)
             await telegram.wait_for(lambda: len(telegram.answered_callbacks) > answered, timeout=REPLY_TIMEOUT)
             if not replies:
-                shown.append(message_id)  # the pressed message, as the press edited it
+                # The press is answered first, then its message edited: show it as edited.
+                await telegram.wait_for(lambda: _edits(telegram, message_id) > edited, timeout=REPLY_TIMEOUT)
+                shown.append(message_id)
         await telegram.wait_for(lambda: len(telegram.messages_to(DEMO_USER_ID)) >= sent_before + replies,
                                 timeout=REPLY_TIMEOUT)
         shown += [record.message_id for record in telegram.messages_to(DEMO_USER_ID)[sent_before:]]

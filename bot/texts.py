@@ -198,6 +198,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "paysupport_sent": "✅ Sent to the team. You will get the answer in this chat.",
         "paysupport_to_admin": "💬 <b>Payment support</b> from {user} (<code>{user_id}</code>):\n{message}",
         "paysupport_no_admins": "No one can take payment questions right now. Please try again later.",
+        "paysupport_wait": (
+            "⏳ Your last message reached the team less than a minute ago, so this one was not sent. "
+            "You can write again in {seconds} s; the answer to the first comes here."
+        ),
         "plans_title": "<b>Plans</b>\nA plan turns alerts on for its days; days add up.",
         "plans_none": "No plans are on offer right now.",
         "plan_card": "<b>{title}</b>: {days} days of alerts\nPrice: {prices}",
@@ -222,9 +226,6 @@ TEXTS: dict[str, dict[str, str]] = {
             "Changing a filter yourself stops following.\nYour filters now:\n{filters}"
         ),
         "preset_unfollowed": "🔕 You no longer follow <b>{title}</b>. Your filters stay as they are.",
-        "preset_toast_applied": "Applied: {title}",
-        "preset_toast_followed": "Following: {title}",
-        "preset_toast_unfollowed": "No longer following: {title}",
         "preset_gone": "This preset no longer exists; here are the current ones.",
         "preset_not_followed": "You do not follow this preset.",
         "preset_changed_notice": (
@@ -451,6 +452,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "paysupport_sent": "✅ Отправлено команде. Ответ придёт в этот чат.",
         "paysupport_to_admin": "💬 <b>Вопрос по оплате</b> от {user} (<code>{user_id}</code>):\n{message}",
         "paysupport_no_admins": "Сейчас некому принять вопрос по оплате. Пожалуйста, попробуйте позже.",
+        "paysupport_wait": (
+            "⏳ Ваше прошлое сообщение ушло команде меньше минуты назад, поэтому это не отправлено. "
+            "Написать снова можно через {seconds} с; ответ на первое придёт сюда."
+        ),
         "plans_title": "<b>Тарифы</b>\nТариф включает оповещения на свой срок; дни суммируются.",
         "plans_none": "Сейчас тарифов нет.",
         "plan_card": "<b>{title}</b>: оповещения на {days} дн.\nЦена: {prices}",
@@ -476,9 +481,6 @@ TEXTS: dict[str, dict[str, str]] = {
             "Ваши фильтры теперь:\n{filters}"
         ),
         "preset_unfollowed": "🔕 Вы отписались от пресета <b>{title}</b>. Ваши фильтры остались прежними.",
-        "preset_toast_applied": "Применён: {title}",
-        "preset_toast_followed": "Подписка: {title}",
-        "preset_toast_unfollowed": "Подписка отменена: {title}",
         "preset_gone": "Этого пресета больше нет; вот актуальные.",
         "preset_not_followed": "Вы не подписаны на этот пресет.",
         "preset_changed_notice": (

@@ -12,6 +12,10 @@ chat, 20 per minute per group or channel; beyond them it answers 429 with `retry
   that), so no network delay or stalled loop can squeeze more into its window;
 * every chat has a "next allowed" time, set from when its previous send *completed* (Telegram
   recorded the send before our answer came back, so the spacing it sees is never shorter);
+* a reply to a user's own action (the REPLY lane) need not wait for that time while its private
+  chat is within a short burst: Telegram takes a few quick messages in a private chat, so each
+  has a bucket of REPLY_BURST sends refilled at the chat's rate, which every send to the chat
+  draws on; alerts keep the full spacing;
 * the pacer picks the best message among the chats that are ready now, so a message waiting on
   its chat's interval never holds up messages to other chats (no head-of-line blocking);
 * at most one send per chat is in flight, which keeps each chat's messages in order;
@@ -29,11 +33,11 @@ a pause that doubles up to `backoff_max`, and `stalled()` tells the durable queu
 until one goes through. Only an answer about the message itself (400, 403, 413) ends it.
 
 It is the only sender for the bot token. Requests the handlers make themselves (replies,
-edits) take a `turn` in the same pacing, in the first lane, so one limiter sees everything the
-bot sends and a broadcast never delays a reply. Queued alerts that pile up for one chat (a
-backlog past `DigestPolicy.threshold`, or a wait past `DigestPolicy.max_delay`) go out as one
-digest instead of a flood: as many numbered messages as the renderer needs, sent in order with the
-chat's spacing, each alert settled when the part that carries it was sent.
+edits, callback answers) take a `turn` in the same pacing, in the first lane, so one limiter
+sees everything the bot sends and a broadcast never delays a reply. Queued alerts that pile up
+for one chat (a backlog past `DigestPolicy.threshold`, or a wait past `DigestPolicy.max_delay`)
+go out as one digest instead of a flood: as many numbered messages as the renderer needs, sent in
+order with the chat's spacing, each alert settled when the part that carries it was sent.
 """
 
 from __future__ import annotations
@@ -89,7 +93,10 @@ PAID_BROADCAST_RATE = 1000  # messages a second Telegram allows with allow_paid_
 # Sends the pace may make up at once after waking late (see _pace_limiter), in seconds of them.
 PACE_CATCH_UP = 0.010
 RATE_WINDOW = 1.0  # seconds over which Telegram counts sends against global_rate
-CAPTION_LIMIT = 1024  # characters of a photo caption, after entities are parsed
+CAPTION_LIMIT = 1024  # UTF-16 code units of a photo caption, after entities are parsed
+# Quick sends a private chat may take from the REPLY lane before its spacing applies; the
+# bucket refills at the chat's own rate (per_chat_interval), and every send to the chat uses it.
+REPLY_BURST = 3
 # A send with no answer within this long is ambiguous (Telegram may have delivered it).
 DEFAULT_REQUEST_TIMEOUT = 20.0
 # Sends in a row without a verdict from Telegram after which it counts as unreachable: one such
@@ -231,13 +238,14 @@ class AlertSender:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         link_preview: bool = False,
         digest: DigestPolicy | None = None,
+        reply_burst: int = REPLY_BURST,
     ) -> None:
         if global_rate is None:
             global_rate = PAID_BROADCAST_RATE if paid_broadcast else 30
         if global_rate <= 0 or per_chat_interval < 0 or group_rate_per_minute <= 0:
             raise ValueError("rates must be positive")
-        if workers < 1 or max_retries < 0:
-            raise ValueError("workers must be at least 1 and max_retries not negative")
+        if workers < 1 or max_retries < 0 or reply_burst < 1:
+            raise ValueError("workers and reply_burst must be at least 1 and max_retries not negative")
         self._bot = bot
         self._limiter = _pace_limiter(global_rate)
         self._private_interval = per_chat_interval
@@ -263,6 +271,7 @@ class AlertSender:
         self._ready: list[tuple[int, int, int]] = []
         self._sleeping: list[tuple[float, int]] = []  # (time the chat may send again, chat)
         self._next_allowed: dict[int, float] = {}
+        self._bursts = _ChatBursts(reply_burst, per_chat_interval)  # private chats' quick sends left
         self._busy: set[int] = set()  # chats with a send in flight
         self._queued = 0
         self._active = 0  # sends taken from the queue and not finished yet
@@ -355,8 +364,9 @@ class AlertSender:
         """Wait for this request's place in the pace, then make it inside the block.
 
         For requests the bot makes outside the queue (a handler's reply). With `chat_id` the
-        chat's spacing applies as to queued messages; `None` takes only a place in the overall
-        pace (edits, which have no per-chat limit). Report a 429 with `Turn.rate_limited`.
+        chat's spacing applies as to queued messages (in the REPLY lane, after its burst);
+        `None` takes only a place in the overall pace (edits and callback answers, which are no
+        new message in a chat). Report a 429 with `Turn.rate_limited`.
         """
         if self._pacer is None or self._pacer.done():
             raise RuntimeError("turn needs a started sender")
@@ -476,7 +486,7 @@ class AlertSender:
         queue = self._queues.get(chat_id)
         if not queue or chat_id in self._busy:
             return
-        allowed = self._next_allowed.get(chat_id, 0.0)
+        allowed = self._allowed_at(chat_id, queue[0][2], time.monotonic())
         if allowed > time.monotonic():
             heapq.heappush(self._sleeping, (allowed, chat_id))
         else:
@@ -498,7 +508,7 @@ class AlertSender:
                 queue
                 and chat_id not in self._busy
                 and queue[0][:2] == (priority, seq)
-                and self._next_allowed.get(chat_id, 0.0) <= now
+                and self._allowed_at(chat_id, queue[0][2], now) <= now
             ):
                 return True
             heapq.heappop(self._ready)
@@ -632,7 +642,7 @@ class AlertSender:
         if used:
             self._counters.turns += 1
             if job.chat_id > _UNCHAINED_BASE:
-                self._next_allowed[job.chat_id] = now + self._interval(job.chat_id)
+                self._spaced(job.chat_id, now)
         if handle.retry_after is not None:
             self._counters.rate_limited += 1
             self._paused_until = max(self._paused_until, now + handle.retry_after)
@@ -682,8 +692,24 @@ class AlertSender:
         # Positive ids are users; groups, supergroups and channels are negative.
         return self._private_interval if chat_id > 0 else self._group_interval
 
+    def _spaced(self, chat_id: int, now: float) -> None:
+        """A send to `chat_id` just completed: the chat's spacing starts now, and it used one
+        send of its burst."""
+        self._next_allowed[chat_id] = now + self._interval(chat_id)
+        if chat_id > 0:
+            self._bursts.spend(chat_id, now)
+
+    def _allowed_at(self, chat_id: int, job: _Job, now: float) -> float:
+        """When `job`, the head of its chat's queue, may go: alerts when the chat's spacing ends;
+        a reply to a user's own action sooner, while the private chat has burst left."""
+        allowed = self._next_allowed.get(chat_id, 0.0)
+        if allowed > now and job.priority == Lane.REPLY and chat_id > 0 and not job.failures:
+            return min(allowed, self._bursts.ready_at(chat_id, now))
+        return allowed
+
     def _caption_fits(self, html: str) -> bool:
-        return len(_visible_text(html)) <= CAPTION_LIMIT
+        # Telegram counts a caption in UTF-16 code units: an emoji beyond U+FFFF takes two.
+        return _utf16_len(_visible_text(html)) <= CAPTION_LIMIT
 
     async def _send(self, job: _Job) -> Message:
         """The request itself: a photo with caption when the job has one that fits, else text."""
@@ -696,9 +722,10 @@ class AlertSender:
                     request_timeout=timeout, **paid,
                 )
             except TelegramBadRequest as exc:
-                if not _is_media_error(exc.message):
+                if not (_is_media_error(exc.message) or _is_caption_error(exc.message)):
                     raise
-                # The image is unreachable or not an image: the alert matters, not the picture.
+                # The image is unusable, or Telegram counts the caption longer than we did: the
+                # alert matters, not the picture, and a text message takes four times as much.
                 self._counters.photo_fallbacks += 1
                 logger.info("photo for chat %s refused (%s); sending text", job.chat_id, exc.message)
                 job.photo_url = None
@@ -757,7 +784,7 @@ class AlertSender:
             self._fail(job, f"{type(exc).__name__}: {exc}")
         else:
             self._answered()
-            self._next_allowed[chat_id] = time.monotonic() + self._interval(chat_id)
+            self._spaced(chat_id, time.monotonic())
         finally:
             self._active -= 1
             self._busy.discard(chat_id)
@@ -876,6 +903,7 @@ class AlertSender:
         if len(self._next_allowed) > 10_000:
             now = time.monotonic()
             self._next_allowed = {c: t for c, t in self._next_allowed.items() if t > now}
+            self._bursts.prune(now)
 
 
 def _pace_limiter(rate: float) -> AsyncLimiter:
@@ -890,6 +918,38 @@ def _pace_limiter(rate: float) -> AsyncLimiter:
     """
     capacity = max(1, math.floor(rate * PACE_CATCH_UP))
     return AsyncLimiter(capacity, capacity / rate)
+
+
+class _ChatBursts:
+    """Per private chat, the quick sends it has left: a bucket of `size` refilled one per
+    `interval` seconds. Every send to the chat takes one; only replies wait on it (alerts wait
+    for the full spacing, which refills at least the one they take). Plain bookkeeping on the
+    times it is given, so it is exact whatever the loop's lateness."""
+
+    def __init__(self, size: int, interval: float) -> None:
+        self.size = size
+        self.interval = interval
+        self._state: dict[int, tuple[float, float]] = {}  # chat -> (sends left, as of when)
+
+    def level(self, chat_id: int, now: float) -> float:
+        entry = self._state.get(chat_id)
+        if entry is None or self.interval <= 0:
+            return float(self.size)
+        left, since = entry
+        return min(float(self.size), left + (now - since) / self.interval)
+
+    def ready_at(self, chat_id: int, now: float) -> float:
+        """When the chat has one whole send left (`now` if it has)."""
+        level = self.level(chat_id, now)
+        return now if level >= 1 - 1e-9 else now + (1 - level) * self.interval
+
+    def spend(self, chat_id: int, now: float) -> None:
+        if self.interval > 0:
+            self._state[chat_id] = (self.level(chat_id, now) - 1, now)
+
+    def prune(self, now: float) -> None:
+        """Forget chats whose bucket is full again: they are like chats never sent to."""
+        self._state = {chat: entry for chat, entry in self._state.items() if self.level(chat, now) < self.size}
 
 
 class Turn:
@@ -921,6 +981,19 @@ _MEDIA_ERRORS = ("wrong file identifier", "failed to get http url content", "wro
 def _is_media_error(message: str) -> bool:
     lowered = message.lower()
     return any(marker in lowered for marker in _MEDIA_ERRORS)
+
+
+_CAPTION_ERRORS = ("caption is too long", "media_caption_too_long")
+
+
+def _is_caption_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in _CAPTION_ERRORS)
+
+
+def _utf16_len(text: str) -> int:
+    """Length as Telegram counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _visible_text(html: str) -> str:

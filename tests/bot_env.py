@@ -1,18 +1,23 @@
 """A running bot for conversation tests: the real Dispatcher (every router) polling the Telegram
 double, on the test's real Redis and PostgreSQL, and a `Chat` that talks to it as a user does:
-typing messages and pressing the inline buttons the bot really sent (by their label)."""
+typing messages and pressing the inline buttons the bot really sent (by their label).
+
+A press is answered before the bot does anything else, so `Chat.press` also waits until the
+dispatcher is done with the update (`HandledUpdates`) before it reads the screen."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiogram import Dispatcher
+from aiogram.types import TelegramObject, Update
 
 from bot.config import Settings
+from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate
 from bot.runtime import build_dispatcher, create_bot
 from managers.postgres import PostgresManager
@@ -27,6 +32,41 @@ REPLY_TIMEOUT = 10.0
 JsonDict = dict[str, Any]
 
 
+class HandledUpdates:
+    """An update middleware, outermost of all, that notes each update the dispatcher is done with
+    (handlers, and the error router after a failure)."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        self._changed = asyncio.Event()
+
+    async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+                       event: TelegramObject, data: dict[str, Any]) -> Any:
+        try:
+            return await handler(event, data)
+        finally:
+            if isinstance(event, Update):
+                self.ids.add(event.update_id)
+            self._changed.set()
+
+    def attach(self, dispatcher: Dispatcher) -> None:
+        observer = dispatcher.update.outer_middleware
+        inner = list(observer)
+        for middleware in inner:
+            observer.unregister(middleware)
+        observer.register(self)
+        for middleware in inner:
+            observer.register(middleware)
+
+    async def wait(self, update_id: int, timeout: float = REPLY_TIMEOUT) -> None:
+        async def handled() -> None:
+            while update_id not in self.ids:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(handled(), timeout)
+
+
 @dataclass
 class BotEnv:
     server: FakeTelegramServer
@@ -34,9 +74,10 @@ class BotEnv:
     stores: Stores
     dispatcher: Dispatcher
     sender: AlertSender | None = None
+    handled: HandledUpdates = field(default_factory=HandledUpdates)
 
     def chat(self, user_id: int, language_code: str = "en", first_name: str = "Ann") -> Chat:
-        return Chat(self.server, user_id, language_code, first_name)
+        return Chat(self.server, user_id, language_code, first_name, handled=self.handled)
 
 
 @dataclass
@@ -55,11 +96,12 @@ class Chat:
     """One user's private chat with the bot."""
 
     def __init__(self, server: FakeTelegramServer, user_id: int, language_code: str = "en",
-                 first_name: str = "Ann") -> None:
+                 first_name: str = "Ann", *, handled: HandledUpdates | None = None) -> None:
         self.server = server
         self.user_id = user_id
         self.language_code = language_code
         self.first_name = first_name
+        self.handled = handled
 
     def sent(self) -> list[SentRecord]:
         return self.server.messages_to(self.user_id)
@@ -94,13 +136,16 @@ class Chat:
 
     async def press(self, label: str) -> Screen:
         """Press the button labelled `label` (on the newest message offering it) and wait until the
-        bot answered the press; returns the pressed message as it is then."""
+        bot answered the press and finished with it; returns the pressed message as it is then."""
         screen = self.latest_with(label)
         data = next(d for text, d in screen.buttons if label in text)
-        answered = len(self.server.answered_callbacks)
-        self.server.inject_callback(self.user_id, screen.message_id, data)
-        await self.server.wait_for(lambda: len(self.server.answered_callbacks) > answered, REPLY_TIMEOUT,
-                                   description=f"the answer to pressing {label!r}")
+        update_id = self.server.inject_callback(self.user_id, screen.message_id, data)
+        query_id = self.server.callback_query_id_of(update_id)
+        await self.server.wait_for(
+            lambda: any(a.callback_query_id == query_id for a in self.server.answered_callbacks), REPLY_TIMEOUT,
+            description=f"the answer to pressing {label!r}")
+        if self.handled is not None:
+            await self.handled.wait(update_id)
         return self.screen(screen.message_id)
 
     def last_toast(self) -> str | None:
@@ -128,9 +173,12 @@ class StoreEnv:
 
 @asynccontextmanager
 async def running_bot(stores: Stores, *, flood_gate: FloodGate | None = None, with_sender: bool = False,
+                      sender_options: dict[str, Any] | None = None, limits: RateLimits | None = None,
                       **dependencies: Any) -> AsyncIterator[BotEnv]:
-    """With `with_sender`, handlers get a started AlertSender (as in production) on the same bot."""
-    async with FakeTelegramServer(limits=RateLimits.unlimited()) as server:
+    """With `with_sender`, a started AlertSender (built with `sender_options`) paces the handlers'
+    own requests and is theirs to queue messages on, as in production. The double enforces no
+    limits unless `limits` says so."""
+    async with FakeTelegramServer(limits=limits or RateLimits.unlimited()) as server:
         settings = Settings(_env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url,
                             admin_ids=[ADMIN])
         store = SubscriberStore(stores.redis, stores.postgres, stores.caches, settings.admin_id_set)
@@ -138,15 +186,20 @@ async def running_bot(stores: Stores, *, flood_gate: FloodGate | None = None, wi
         # A script types faster than any person: unless a test is about flooding, the gate is
         # wide open so a long conversation is not taken for a flood.
         gate = flood_gate or FloodGate(burst=10_000)
-        sender = AlertSender(bot) if with_sender else None
+        sender = AlertSender(bot, **(sender_options or {})) if with_sender else None
         if sender is not None:
             await sender.start()
             dependencies["sender"] = sender
+            for middleware in bot.session.middleware:
+                if isinstance(middleware, PacedRequestsMiddleware):
+                    middleware.attach(sender)
         dispatcher = build_dispatcher(settings=settings, store=store, redis=stores.redis, postgres=stores.postgres,
                                       flood_gate=gate, **dependencies)
+        env = BotEnv(server, store, stores, dispatcher, sender)
+        env.handled.attach(dispatcher)
         polling = asyncio.create_task(dispatcher.start_polling(bot, handle_signals=False))
         try:
-            yield BotEnv(server, store, stores, dispatcher, sender)
+            yield env
         finally:
             await dispatcher.stop_polling()
             await asyncio.wait_for(polling, timeout=10)

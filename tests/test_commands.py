@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,7 @@ import pytest
 from tests.conftest import Stores
 
 from bot.texts import TEXTS
-from services.filters import FILTER_SPECS
+from services.filters import FILTER_SPECS, Filters
 from services.subscribers import subscriber_key
 from tests.bot_env import ADMIN, REPLY_TIMEOUT, StoreEnv, running_bot
 
@@ -184,3 +185,30 @@ def test_every_text_exists_in_every_language() -> None:
     assert keys["en"] == keys["ru"]
     assert {f"accepted_{name}" for name in FILTER_SPECS} <= keys["en"]
     assert all(TEXTS["ru"][key].strip() for key in keys["ru"])
+
+
+def utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+async def test_filter_screens_stay_within_4096_whatever_the_channel_lists(env: Env) -> None:
+    """200 channels of the longest usernames in each list (more than /set takes; a preset or an
+    older version could have stored them): the lists are shortened with a count, and /filters,
+    /status and /settings each stay one message Telegram accepts."""
+    await env.ask(7, "/start")
+    channels = frozenset(f"@{'a' * 27}{i:04d}" for i in range(200))
+    excluded = frozenset(f"@{'x' * 27}{i:04d}" for i in range(200))
+    filters = Filters(min_mcap=50_000, max_mcap=2_000_000, min_liquidity=10_000, min_holders=100, max_age=120,
+                      min_win_rate=40, min_avg_gain=2, channels=channels, exclude_channels=excluded, min_channels=2)
+    await env.store.update_filters(7, filters, name="channels")
+    for command, title in (("/filters", "Your filters"), ("/status", "Your status"), ("/settings", "Your filters")):
+        reply = await env.ask(7, command)
+        assert reply.text is not None and title in reply.text, (command, reply.text)
+        assert utf16_units(reply.text) <= 4096, command
+        shortened = re.findall(r"… \(\+(\d+)\)", reply.text)
+        assert len(shortened) == 2, command  # both lists, each with how many more it holds
+        assert all(0 < int(more) < 200 for more in shortened)
+        assert f"{sorted(channels)[0]}, " in reply.text and "min_channels = 2" in reply.text
+    # The buttons of the Filters screen say little more than the label.
+    labels = [b["text"] for row in reply.reply_markup["inline_keyboard"] for b in row]  # type: ignore[index]
+    assert all(utf16_units(label) <= 64 for label in labels), labels

@@ -19,6 +19,7 @@ from bot.callbacks import MAX_CALLBACK_BYTES, FilterCB, LanguageCB, MenuCB, Plan
 from bot.fsm_storage import SESSION_TTL_SECONDS, fsm_keys
 from bot.keyboards import MAIN_SCREENS
 from bot.middlewares.throttling import FloodGate
+from bot.routers.account import paysupport_key
 from bot.runtime import MENU_COMMANDS
 from bot.texts import TEXTS
 from managers.redis_manager import RedisManager, RedisOptions
@@ -67,15 +68,15 @@ async def test_new_user_sets_filters_by_buttons(env: BotEnv, language: str) -> N
     assert t("filters_none", language) in screen.text
     assert TEXTS[language]["label_min_mcap"] in screen.labels()
 
-    await chat.press(TEXTS[language]["label_min_mcap"])
-    prompt = chat.sent()[-1]
+    prompt = await chat.press(TEXTS[language]["label_min_mcap"])  # the screen becomes the question
+    assert prompt.message_id == screen.message_id
     assert "min_mcap" in prompt.text and TEXTS[language]["accepted_min_mcap"] in prompt.text
-    saved, shown = await chat.say("50k", replies=2)
-    assert "min_mcap = $50K" in saved.text
+    shown = await chat.ask("50k")  # saved, and the screen again below it, in one message
+    assert "min_mcap = $50K" in shown.text and t("filters_screen_hint", language) in shown.text
     assert f"{TEXTS[language]['label_min_mcap']}: $50K" in chat.screen(shown.message_id).labels()
 
     await chat.press(TEXTS[language]["label_min_win_rate"])
-    saved, _ = await chat.say("40", replies=2)
+    saved = await chat.ask("40")
     assert "min_win_rate = 40%" in saved.text
 
     listed = await chat.ask("/filters")
@@ -106,7 +107,7 @@ async def test_wrong_value_in_the_flow_saves_nothing_and_keeps_waiting(env: BotE
     state_key = fsm_keys(22, 22)[0]
     assert await env.stores.redis.get(state_key) == "SettingsFlow:value"
     assert SESSION_TTL_SECONDS - 60 < await env.stores.redis.ttl(state_key) <= SESSION_TTL_SECONDS
-    saved, _ = await chat.say("150", replies=2)
+    saved = await chat.ask("150")
     assert "min_holders = 150" in saved.text
     assert await pg_filters(env, 22) == {"min_holders": 150}
     assert await env.stores.redis.get(state_key) is None
@@ -119,8 +120,9 @@ async def test_commands_still_work_during_the_flow_and_cancel(env: BotEnv) -> No
     await chat.press("Max token age")
     listed = await chat.ask("/filters")  # a command is a command, not a value
     assert "no filters" in listed.text
-    pressed = await chat.press("Cancel")
-    assert "Nothing changed" in pressed.text
+    pressed = await chat.press("Cancel")  # the question turns back into the Filters screen
+    assert chat.last_toast() == "Nothing changed."
+    assert "Max token age" in pressed.labels() and "no filters" in pressed.text
     assert await env.stores.redis.get(fsm_keys(23, 23)[0]) is None
 
 
@@ -131,12 +133,12 @@ async def test_one_tap_resets(env: BotEnv) -> None:
     await chat.ask("/settings")
     await chat.press("Min holders")
     screen = await chat.press("Remove this filter")
-    assert "Removed" in (chat.last_toast() or "")
-    assert "max_age = 2h" in screen.text and "min_holders" not in screen.text
+    assert screen.text.startswith("✅ Removed: min_holders")
+    assert "max_age = 2h" in screen.text and "min_holders =" not in screen.text
     assert await pg_filters(env, 24) == {"max_age": 120}
 
     screen = await chat.press("Reset all filters")
-    assert "All filters removed" in (chat.last_toast() or "")
+    assert "All filters removed" in screen.text
     assert "no filters" in screen.text
     assert await pg_filters(env, 24) == {}
     sources = await env.stores.postgres.fetch("SELECT source FROM settings_history ORDER BY id")
@@ -201,7 +203,7 @@ async def test_language_is_chosen_from_telegram_then_changed(env: BotEnv) -> Non
     assert "Добро пожаловать" in (await chat.ask("/start")).text
     await chat.ask("/language")
     screen = await chat.press("English")
-    assert chat.last_toast() == "✅ Language: English"
+    assert screen.text.startswith("✅ Language: English")
     assert "Main menu" in screen.text and "🎯 Filters" in screen.labels()
     assert "What I can do" in (await chat.ask("/help")).text
     assert await env.stores.redis.hget(subscriber_key(51), "language") == "en"
@@ -262,6 +264,28 @@ async def test_paysupport_reaches_the_admins(env: BotEnv) -> None:
     assert "Sent to the team" in reply.text
     forwarded = env.server.messages_to(ADMIN)[-1]
     assert "71" in forwarded.text and "paid 0.09 SOL <b>no plan</b>" in forwarded.text
+
+
+async def test_a_second_paysupport_within_a_minute_is_refused_politely(env: BotEnv) -> None:
+    chat = env.chat(77)
+    assert "Sent to the team" in (await chat.ask("/paysupport first: paid, no plan")).text
+    forwarded = [r.text for r in env.server.messages_to(ADMIN)]
+    assert len(forwarded) == 1 and "first: paid, no plan" in forwarded[0]
+
+    refused = await chat.ask("/paysupport second: still nothing")
+    assert "less than a minute ago" in refused.text
+    wait = int(re.search(r"write again in (\d+) s", refused.text).group(1))  # type: ignore[union-attr]
+    assert 0 < wait <= 60
+    assert [r.text for r in env.server.messages_to(ADMIN)] == forwarded  # not forwarded
+    # The minute is the user's own, kept in Redis; when it has passed they may write again.
+    assert "Sent to the team" in (await env.chat(78).ask("/paysupport mine")).text
+    russian = env.chat(79, "ru")
+    await russian.ask("/paysupport первое")
+    assert "Написать снова можно через" in (await russian.ask("/paysupport второе")).text
+    assert 0 < await env.stores.redis.ttl(paysupport_key(77)) <= 60
+    await env.stores.redis.delete(paysupport_key(77))
+    assert "Sent to the team" in (await chat.ask("/paysupport third: sorted, thanks")).text
+    assert len(env.server.messages_to(ADMIN)) == 4
 
 
 async def test_plans_and_help_screens_from_the_menu(env: BotEnv) -> None:
@@ -427,7 +451,7 @@ async def test_the_settings_flow_survives_redis_going_down(stores: Stores) -> No
                 await chat.press("Min holders")
                 await proxy.stop_forwarding()
 
-                saved, _ = await chat.say("150", replies=2)
+                saved = await chat.ask("150")
                 assert "min_holders = 150" in saved.text
                 assert await pg_filters(env, 76) == {"min_holders": 150}
 

@@ -119,6 +119,8 @@ async def test_menu_button_edits_the_message_into_the_presets_screen(env: Env) -
     await env.server.wait_for(
         lambda: any(a.callback_query_id == query_id for a in env.server.answered_callbacks), REPLY_TIMEOUT
     )
+    # The press is answered first; the screen follows.
+    await env.server.wait_for(lambda: any(record.chat_id == 7 for record in env.server.edits), REPLY_TIMEOUT)
     edited = [record for record in env.server.edits if record.chat_id == 7]
     assert edited and "Presets" in edited[-1].text and "Degen" in edited[-1].text
     assert PresetCB(action="follow", code="degen").pack() in edited[-1].callback_data

@@ -18,7 +18,7 @@ from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from services.sender import AlertSender, DeliveryError
+from services.sender import AlertSender, DeliveryError, Lane
 from tests.doubles.tcp_proxy import TcpProxy
 from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits
 
@@ -277,3 +277,58 @@ async def test_stop_without_drain_drops_the_queue(server: FakeTelegramServer, bo
     assert sender.pending() == 0
     with pytest.raises(RuntimeError):
         sender.submit(70, "too late")
+
+
+# ------------------------------------------------------------------ replies, captions
+
+
+async def test_replies_take_a_short_burst_while_alerts_keep_the_spacing(server: FakeTelegramServer, bot: Bot) -> None:
+    """A chat spaced an hour apart: whatever waits for its spacing does not come during the test.
+    Replies (handlers' turns in the REPLY lane) still go, as many as the chat's burst allows, and
+    every send to the chat, the alert too, counts in it."""
+    sender = AlertSender(bot, per_chat_interval=3600)
+    await sender.start()
+
+    async def reply(i: int) -> None:
+        async with sender.turn(77, Lane.REPLY):
+            await bot.send_message(77, f"reply {i}")
+
+    replies: list[asyncio.Task[None]] = []
+    try:
+        sender.submit(77, "alert 0")
+        await server.wait_for_sent(lambda r: r.chat_id == 77, count=1)
+        sender.submit(77, "alert 1")  # waits for the chat's spacing
+        replies += [asyncio.create_task(reply(i)) for i in range(3)]
+        await asyncio.wait_for(asyncio.gather(replies[0], replies[1]), 10)
+        assert not replies[2].done()  # the burst (alert 0, reply 0, reply 1) is used up
+        assert [r.text for r in server.messages_to(77)] == ["alert 0", "reply 0", "reply 1"]
+        assert sender.pending() == 2 and server.stats.rejected_429 == 0
+    finally:
+        for task in replies:
+            task.cancel()
+        await asyncio.gather(*replies, return_exceptions=True)
+        await sender.stop(drain=False)
+
+
+async def test_a_caption_is_measured_in_utf16_units(server: FakeTelegramServer, bot: Bot) -> None:
+    """1,000 astral emoji are 1,000 characters but 2,000 UTF-16 units: over the 1,024 a caption may
+    have, so the alert goes as text; 512 of them (1,024 units) still fit."""
+    rocket = "\U0001F680"
+    async with AlertSender(bot) as sender:
+        sender.submit(81, f"<b>{rocket * 1000}</b>", photo_url="https://img.example/ok.png")
+        sender.submit(82, f"<b>{rocket * 512}</b>", photo_url="https://img.example/ok.png")
+    [as_text] = server.messages_to(81)
+    assert as_text.method == "sendMessage" and as_text.text == rocket * 1000
+    [as_photo] = server.messages_to(82)
+    assert as_photo.method == "sendPhoto" and as_photo.caption == rocket * 512
+    assert sender.stats()["failed"] == 0 and server.stats.rejected_400 == 0
+
+
+async def test_a_caption_telegram_finds_too_long_falls_back_to_text(server: FakeTelegramServer, bot: Bot) -> None:
+    server.force_error(400, "Bad Request: message caption is too long", methods=["sendPhoto"])
+    async with AlertSender(bot) as sender:
+        sender.submit(83, "<b>short enough for us</b>", photo_url="https://img.example/ok.png")
+    [sent] = server.messages_to(83)
+    assert sent.method == "sendMessage" and sent.text == "short enough for us"
+    assert [c.status for c in server.calls if c.method == "sendPhoto"] == [400]
+    assert sender.stats()["photo_fallbacks"] == 1 and sender.stats()["failed"] == 0

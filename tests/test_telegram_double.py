@@ -239,6 +239,11 @@ async def test_text_limits(bot: Bot, server: FakeTelegramServer, clock: ManualCl
     clock.advance(1)
     with pytest.raises(TelegramBadRequest, match="message caption is too long"):
         await bot.send_photo(1, BufferedInputFile(tiny_png(), "p.png"), caption="c" * 1025)
+    # Telegram counts UTF-16 code units: an emoji beyond U+FFFF is two.
+    with pytest.raises(TelegramBadRequest, match="message caption is too long"):
+        await bot.send_photo(1, BufferedInputFile(tiny_png(), "p.png"), caption="\U0001F680" * 513)
+    with pytest.raises(TelegramBadRequest, match="message is too long"):
+        await bot.send_message(1, "\U0001F680" * 2049)
     assert len(server.sent) == 1
 
 
@@ -412,18 +417,43 @@ async def test_global_limit_frees_up_after_the_window(bot: Bot, server: FakeTele
     assert server.stats.sent == 31
 
 
-async def test_two_messages_to_one_private_chat_within_a_second(
+async def test_a_private_chat_takes_a_burst_of_three_then_one_a_second(
     bot: Bot, server: FakeTelegramServer, clock: ManualClock
 ) -> None:
-    await bot.send_message(77, "first")
+    for i in range(3):
+        await bot.send_message(77, f"quick {i}")
     clock.advance(0.5)
     with pytest.raises(TelegramRetryAfter) as caught:
-        await bot.send_message(77, "second")
+        await bot.send_message(77, "fourth")
     assert caught.value.retry_after == 1
-    assert [r.text for r in server.messages_to(77)] == ["first"]
-    clock.advance(0.5)
-    await bot.send_message(77, "second")
-    assert [r.text for r in server.messages_to(77)] == ["first", "second"]
+    assert len(server.messages_to(77)) == 3
+    clock.advance(0.5)  # a second after the burst, one send is back
+    await bot.send_message(77, "fourth")
+    with pytest.raises(TelegramRetryAfter):
+        await bot.send_message(77, "fifth")
+    clock.advance(3)  # the bucket is full again: another burst of three, no more
+    for i in range(3):
+        await bot.send_message(77, f"again {i}")
+    with pytest.raises(TelegramRetryAfter):
+        await bot.send_message(77, "one too many")
+    assert len(server.messages_to(77)) == 7
+
+
+async def test_without_a_burst_two_messages_to_one_private_chat_within_a_second(clock: ManualClock) -> None:
+    async with FakeTelegramServer(clock=clock, limits=RateLimits(private_chat_burst=1)) as server:
+        bot = server.create_bot()
+        try:
+            await bot.send_message(77, "first")
+            clock.advance(0.5)
+            with pytest.raises(TelegramRetryAfter) as caught:
+                await bot.send_message(77, "second")
+            assert caught.value.retry_after == 1
+            assert [r.text for r in server.messages_to(77)] == ["first"]
+            clock.advance(0.5)
+            await bot.send_message(77, "second")
+            assert [r.text for r in server.messages_to(77)] == ["first", "second"]
+        finally:
+            await bot.session.close()
 
 
 async def test_21_messages_to_one_group_within_a_minute(

@@ -1,9 +1,11 @@
 """Every request the bot makes keeps to Telegram's limits, through the one sender of the token.
 
-This sits on the Bot's session, so the handlers' own requests (replies, edits) are paced by the
-same `AlertSender` that sends the alerts: they take a turn in its first lane, so a user's answer
-goes out ahead of every queued alert and the overall count never passes Telegram's limit. Requests
-the sender makes from its queue are already paced and pass straight through.
+This sits on the Bot's session, so the handlers' own requests (replies, edits, callback answers)
+are paced by the same `AlertSender` that sends the alerts: they take a turn in its first lane, so
+a user's answer goes out ahead of every queued alert and the overall count never passes
+Telegram's limit. Only new messages wait for their chat's pacing (after the chat's short reply
+burst); an edit or a callback answer is no message in a chat and takes a place in the overall
+pace alone. Requests the sender makes from its queue are already paced and pass straight through.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ SENDING_METHODS = frozenset(
 EDITING_METHODS = frozenset(
     {"editMessageText", "editMessageReplyMarkup", "editMessageCaption", "editMessageMedia"}
 )
+# Counted in the overall rate only as well: an answer stops a button's spinner, it is no message.
+ANSWERING_METHODS = frozenset({"answerCallbackQuery"})
+OVERALL_ONLY_METHODS = EDITING_METHODS | ANSWERING_METHODS
 
 
 class PacedRequestsMiddleware(BaseRequestMiddleware):
@@ -48,7 +53,7 @@ class PacedRequestsMiddleware(BaseRequestMiddleware):
         name = method.__api_method__
         sender = self.sender
         if sending_from_queue() or sender is None or not sender.running or (
-                name not in SENDING_METHODS and name not in EDITING_METHODS):
+                name not in SENDING_METHODS and name not in OVERALL_ONLY_METHODS):
             return await make_request(bot, method)
         chat_id = getattr(method, "chat_id", None) if name in SENDING_METHODS else None
         if sender.paid_broadcast and hasattr(method, "allow_paid_broadcast"):

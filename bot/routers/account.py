@@ -1,6 +1,10 @@
 """/status, /language, /plans, /privacy (with delete-my-data) and /paysupport.
 
-Each is a command and, except /paysupport, a main-menu screen as well.
+Each is a command and, except /paysupport, a main-menu screen as well. /paysupport forwards one
+request a minute per user: the minute is a Redis key with a TTL (through the RedisManager, so it
+holds across processes and restarts, and in its in-memory fallback while Redis is down), which
+also tells a second request how long to wait. The flood throttling, in memory per process and
+per update, answers a different question (many updates within seconds).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from bot.callbacks import LanguageCB, MenuCB, PlanCB, PrivacyCB
 from bot.config import Settings
 from bot.fsm_storage import fsm_keys
 from bot.routers.filters import filter_lines
-from bot.routers.screens import show
+from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import LANGUAGE_NAMES, text
 from managers.postgres import PostgresManager
+from managers.redis_manager import RedisManager
 from services.accounts import AccountFigures, AccountService, Plan, plan_expiry_text
 from services.sender import AlertSender, Lane
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
@@ -31,6 +36,12 @@ from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, 
 logger = logging.getLogger("alertbot.handlers")
 
 PAYSUPPORT_MAX = 1500  # characters of a support request forwarded to the admins
+PAYSUPPORT_INTERVAL = 60  # seconds between two support requests of one user
+
+
+def paysupport_key(telegram_id: int) -> str:
+    """Exists for PAYSUPPORT_INTERVAL seconds after the user's last forwarded request."""
+    return f"paysupport:{telegram_id}"
 
 
 def _accounts(store: SubscriberStore | None, postgres: PostgresManager | None) -> AccountService | None:
@@ -65,6 +76,7 @@ def status_text(subscriber: Subscriber, figures: AccountFigures | None, language
 async def status(event: Message | CallbackQuery, subscriber: Subscriber, language: str, bot: Bot,
                  store: SubscriberStore | None = None, postgres: PostgresManager | None = None,
                  subscriber_loaded: bool = True) -> None:
+    await acknowledge(event)
     accounts = _accounts(store, postgres)
     if accounts is None or not subscriber_loaded:
         await show(event, text("unavailable", language), keyboards.back_only(language))
@@ -82,11 +94,13 @@ async def status(event: Message | CallbackQuery, subscriber: Subscriber, languag
 # ---------------------------------------------------------------------------------- /language
 
 async def language_screen(event: Message | CallbackQuery, language: str) -> None:
+    await acknowledge(event)
     await show(event, text("language_title", language), keyboards.languages(language))
 
 
 async def choose_language(callback: CallbackQuery, callback_data: LanguageCB, subscriber: Subscriber,
                           store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+    await acknowledge(callback)
     chosen = callback_data.code
     if chosen not in LANGUAGE_NAMES or store is None or not subscriber_loaded:
         await show(callback, text("unavailable", chosen if chosen in LANGUAGE_NAMES else "en"))
@@ -97,7 +111,8 @@ async def choose_language(callback: CallbackQuery, callback_data: LanguageCB, su
         await show(callback, text("unavailable", chosen))
         return
     # The answer is already in the new language, and so is the menu.
-    await show(callback, text("menu_title", chosen), keyboards.main_menu(chosen), notice=text("language_set", chosen))
+    await show(callback, with_notice(text("language_set", chosen), text("menu_title", chosen)),
+               keyboards.main_menu(chosen))
 
 
 # ---------------------------------------------------------------------------------- /plans
@@ -148,23 +163,27 @@ async def plan_screen(accounts: AccountService | None, code: str, language: str)
 
 async def plans(event: Message | CallbackQuery, language: str, store: SubscriberStore | None = None,
                 postgres: PostgresManager | None = None) -> None:
+    await acknowledge(event)
     await show(event, *await plans_screen(_accounts(store, postgres), language))
 
 
 async def one_plan(callback: CallbackQuery, callback_data: PlanCB, language: str,
                    store: SubscriberStore | None = None, postgres: PostgresManager | None = None) -> None:
+    await acknowledge(callback)
     await show(callback, *await plan_screen(_accounts(store, postgres), callback_data.code, language))
 
 
 # ---------------------------------------------------------------------------------- /privacy
 
 async def privacy(event: Message | CallbackQuery, language: str) -> None:
+    await acknowledge(event)
     await show(event, text("privacy", language), keyboards.privacy(language))
 
 
 async def privacy_action(callback: CallbackQuery, callback_data: PrivacyCB, subscriber: Subscriber, language: str,
                          state: FSMContext, store: SubscriberStore | None = None,
                          postgres: PostgresManager | None = None) -> None:
+    await acknowledge(callback)
     if callback_data.action == "ask":
         await show(callback, text("privacy_confirm", language), keyboards.privacy_confirm(language))
         return
@@ -177,8 +196,9 @@ async def privacy_action(callback: CallbackQuery, callback_data: PrivacyCB, subs
         return
     await state.clear()
     chat_id = callback.message.chat.id if callback.message else subscriber.telegram_id
+    keys = [*fsm_keys(chat_id, subscriber.telegram_id), paysupport_key(subscriber.telegram_id)]
     try:
-        await accounts.delete_everything(subscriber.telegram_id, fsm_keys(chat_id, subscriber.telegram_id))
+        await accounts.delete_everything(subscriber.telegram_id, keys)
     except StoreUnavailable:
         await show(callback, text("unavailable", language))
         return
@@ -187,8 +207,23 @@ async def privacy_action(callback: CallbackQuery, callback_data: PrivacyCB, subs
 
 # ---------------------------------------------------------------------------------- /paysupport
 
+async def claim_paysupport(redis: RedisManager | None, telegram_id: int) -> int:
+    """0 when the user may write to the team now (their minute starts), else seconds to wait.
+    Without Redis at all a request goes through: a payment question matters more than a limit."""
+    if redis is None:
+        return 0
+    key = paysupport_key(telegram_id)
+    if await redis.set(key, "1", ex=PAYSUPPORT_INTERVAL, nx=True):
+        return 0
+    left = await redis.ttl(key)
+    if left == -2:  # expired in between: this request may go
+        return 0 if await redis.set(key, "1", ex=PAYSUPPORT_INTERVAL, nx=True) else 1
+    return left if left > 0 else PAYSUPPORT_INTERVAL
+
+
 async def paysupport(message: Message, command: CommandObject, subscriber: Subscriber, language: str, bot: Bot,
-                     settings: Settings | None = None, sender: AlertSender | None = None) -> None:
+                     settings: Settings | None = None, sender: AlertSender | None = None,
+                     redis: RedisManager | None = None) -> None:
     request = (command.args or "").strip()
     if not request:
         await message.answer(text("paysupport", language))
@@ -196,6 +231,12 @@ async def paysupport(message: Message, command: CommandObject, subscriber: Subsc
     admins = sorted(settings.admin_id_set) if settings is not None else []
     if not admins:
         await message.answer(text("paysupport_no_admins", language))
+        return
+    wait = await claim_paysupport(redis, subscriber.telegram_id)
+    if wait:
+        logger.info("payment support request from %s refused: the last one was under a minute ago",
+                    subscriber.telegram_id)
+        await message.answer(text("paysupport_wait", language, seconds=wait))
         return
     user = message.from_user
     who = html.escape(f"@{user.username}" if user and user.username else (user.first_name if user else "?") or "?")
@@ -215,6 +256,8 @@ async def paysupport(message: Message, command: CommandObject, subscriber: Subsc
         except TelegramAPIError as exc:
             logger.warning("could not forward a payment question to admin %s: %s", admin, exc)
     logger.info("payment support request from %s forwarded to %d admin(s)", subscriber.telegram_id, forwarded)
+    if not forwarded and redis is not None:
+        await redis.delete(paysupport_key(subscriber.telegram_id))  # nothing went: they may try again
     await message.answer(text("paysupport_sent" if forwarded else "paysupport_no_admins", language))
 
 

@@ -18,7 +18,7 @@ from aiogram.types import CallbackQuery, Message
 from bot import keyboards
 from bot.callbacks import MenuCB
 from bot.routers.account import plan_screen
-from bot.routers.screens import show
+from bot.routers.screens import acknowledge, show
 from bot.texts import pick_language, text
 from managers.postgres import PostgresManager
 from services.accounts import AccountService, parse_start_payload
@@ -55,6 +55,7 @@ async def start(
 
 
 async def main_menu(event: Message | CallbackQuery, language: str, state: FSMContext) -> None:
+    await acknowledge(event)
     await state.clear()
     await show(event, text("menu_title", language), keyboards.main_menu(language))
 
@@ -63,13 +64,14 @@ async def help_screen(event: Message | CallbackQuery, language: str | None = Non
     if language is None:  # no subscriber middleware (cannot happen in get_routers; kept for safety)
         user = event.from_user
         language = pick_language(user.language_code if user else None)
+    await acknowledge(event)
     await show(event, text("help", language), keyboards.back_only(language))
 
 
 async def stale_button(callback: CallbackQuery, language: str) -> None:
     """A press no handler took: a button of an older version, or of a screen that is gone."""
-    await show(callback, text("menu_title", language), keyboards.main_menu(language),
-               notice=text("stale_button", language))
+    await acknowledge(callback, text("stale_button", language))
+    await show(callback, text("menu_title", language), keyboards.main_menu(language))
 
 
 def build_router() -> Router:

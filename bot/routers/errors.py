@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiogram import Router
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import ErrorEvent
 
 from bot.texts import pick_language, text
@@ -20,8 +21,12 @@ async def on_error(event: ErrorEvent) -> bool:
     language = pick_language(user.language_code if user else None)
     try:
         if update.callback_query is not None:
-            await update.callback_query.answer(text("error", language), show_alert=False)
-        elif message is not None:
+            try:
+                await update.callback_query.answer(text("error", language), show_alert=False)
+                return True
+            except TelegramBadRequest:
+                pass  # answered already (a press is answered first): say it in the chat instead
+        if message is not None:
             await message.answer(text("error", language))
     except Exception:  # noqa: BLE001 - telling the user is best effort; the failure is logged above
         logger.warning("could not tell the user about the failed update %s", update.update_id)

@@ -1,13 +1,16 @@
 """/filters, /set NAME VALUE and /unset NAME: a subscriber's filters (CONTRACT.md "Filters").
 
 A bad name or value gets a reply saying what is wrong and what is accepted, and nothing is saved.
-Everything the user typed is HTML-escaped before it is echoed.
+Everything the user typed is HTML-escaped before it is echoed. A channel list is shown up to a
+few hundred characters and the rest counted ("@a, @b … (+37)"), so no screen that lists the
+filters can outgrow Telegram's 4,096 characters, whatever the user set.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from aiogram import Router
@@ -21,6 +24,9 @@ from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore
 logger = logging.getLogger("alertbot.handlers")
 
 ECHO_LIMIT = 64  # characters of user input echoed back in an error
+# Characters of a channel list shown in a message and on a button; the channels past them are counted.
+CHANNELS_SHOWN = 300
+CHANNELS_SHOWN_ON_BUTTON = 24
 
 
 def _trim(value: float) -> str:
@@ -43,8 +49,25 @@ def format_minutes(minutes: int) -> str:
     return f"{minutes}m"
 
 
-def format_filter_value(name: str, value: Any) -> str:
-    """A filter's value as the user would type it (plain text, not yet escaped)."""
+def format_channels(channels: Iterable[str], budget: int = CHANNELS_SHOWN) -> str:
+    """Channels in order while they fit in `budget` characters (the first one always), then how
+    many more: '@a, @b … (+37)'. Channel refs are ASCII, so characters are UTF-16 units too."""
+    ordered = sorted(channels)
+    shown: list[str] = []
+    used = 0
+    for channel in ordered:
+        cost = len(channel) + (2 if shown else 0)
+        if shown and used + cost > budget:
+            break
+        shown.append(channel)
+        used += cost
+    rest = len(ordered) - len(shown)
+    return ", ".join(shown) + (f" … (+{rest})" if rest else "")
+
+
+def format_filter_value(name: str, value: Any, channels_budget: int = CHANNELS_SHOWN) -> str:
+    """A filter's value as the user would type it (plain text, not yet escaped); a long channel
+    list shortened to `channels_budget` characters and a count."""
     if name in ("min_mcap", "max_mcap", "min_liquidity"):
         return format_usd(float(value))
     if name == "max_age":
@@ -54,7 +77,7 @@ def format_filter_value(name: str, value: Any) -> str:
     if name == "min_avg_gain":
         return f"{_trim(float(value))}x"
     if name in ("channels", "exclude_channels"):
-        return ", ".join(sorted(value))
+        return format_channels(value, channels_budget)
     return str(value)
 
 

@@ -21,7 +21,7 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 from bot.callbacks import MenuCB, PresetCB
 from bot.filters_admin import IsAdmin
 from bot.routers.filters import filter_lines
-from bot.routers.screens import edit_or_send
+from bot.routers.screens import acknowledge, edit_or_send, with_notice
 from bot.texts import pick_language, text
 from managers.postgres import PostgresManager
 from services.filters import Filters
@@ -39,9 +39,8 @@ from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, 
 logger = logging.getLogger("alertbot.presets")
 
 MAX_LISTED = 20  # presets shown (and given buttons) on one screen
-MESSAGE_BUDGET = 3800  # of Telegram's 4096 characters, leaving room for the markup's overhead
+MESSAGE_BUDGET = 3800  # of Telegram's 4096 UTF-16 units, leaving room for the markup's overhead
 BUTTON_TITLE = 28  # characters of a title on a button
-TOAST_LIMIT = 200  # Telegram's limit for a callback answer
 
 # One PresetStore per PostgresManager, so its short list cache serves every handler call; weak,
 # so a test's or a restarted runtime's manager does not stay alive through it.
@@ -63,15 +62,16 @@ def _short(title: str, limit: int = BUTTON_TITLE) -> str:
     return title if len(title) <= limit else title[: limit - 1] + "…"
 
 
-def _toast(plain: str) -> str:
-    return plain if len(plain) <= TOAST_LIMIT else plain[: TOAST_LIMIT - 1] + "…"
+def _utf16_len(html: str) -> int:
+    """What Telegram counts (UTF-16 units); of the HTML, which is never shorter than its text."""
+    return len(html.encode("utf-16-le")) // 2
 
 
 def render_presets(presets: list[Preset], subscriber: Subscriber, language: str) -> tuple[str, InlineKeyboardMarkup]:
     """The Presets screen: each preset with its filters, and its Apply and Follow/Unfollow buttons."""
     blocks = [text("presets_title", language)]
     rows: list[list[InlineKeyboardButton]] = []
-    length = len(blocks[0])
+    length = _utf16_len(blocks[0])
     for preset in presets[:MAX_LISTED]:
         followed = subscriber.preset == preset.code
         lines = [f"<b>{'⭐ ' if followed else ''}{html.escape(preset.title)}</b>"]
@@ -81,10 +81,10 @@ def render_presets(presets: list[Preset], subscriber: Subscriber, language: str)
             lines.append(html.escape(preset.description))
         lines.append(_filters_block(preset.filters, language))
         block = "\n".join(lines)
-        if length + len(block) + 2 > MESSAGE_BUDGET:
+        if length + _utf16_len(block) + 2 > MESSAGE_BUDGET:
             break  # a screen too long for one message shows the first presets only
         blocks.append(block)
-        length += len(block) + 2
+        length += _utf16_len(block) + 2
         rows.append([
             InlineKeyboardButton(
                 text=text("preset_button_apply", language, title=_short(preset.title)),
@@ -130,16 +130,16 @@ async def presets_screen(
     postgres: PostgresManager | None = None,
 ) -> None:
     if postgres is None:
-        await callback.answer(text("unavailable", language), show_alert=True)
+        await acknowledge(callback, text("unavailable", language), alert=True)
         return
+    await acknowledge(callback)
     try:
         presets = await preset_store(postgres).list()
     except StoreUnavailable:
-        await callback.answer(text("unavailable", language), show_alert=True)
+        await edit_or_send(callback, text("unavailable", language), _back_to_menu(language))
         return
     body, markup = render_presets(presets, subscriber, language)
     await edit_or_send(callback, body, markup)
-    await callback.answer()
 
 
 async def preset_action(
@@ -151,20 +151,25 @@ async def preset_action(
     postgres: PostgresManager | None = None,
     subscriber_loaded: bool = True,
 ) -> None:
-    """apply / follow / unfollow CODE (and show: the list again)."""
+    """apply / follow / unfollow CODE (and show: the list again). The press is answered first;
+    the screen shows the new "followed" mark and the result comes as a message of its own."""
     if store is None or postgres is None or not subscriber_loaded:
-        await callback.answer(text("unavailable", language), show_alert=True)
+        await acknowledge(callback, text("unavailable", language), alert=True)
         return
-    presets = preset_store(postgres)
     action, code = callback_data.action, callback_data.code
+    if action == "unfollow" and subscriber.preset != code:
+        await acknowledge(callback, text("preset_not_followed", language))
+        return
+    await acknowledge(callback)
+    presets = preset_store(postgres)
     try:
         if action in ("apply", "follow"):
             preset = await presets.get(code)
             if preset is None:
                 # Deleted since the screen was shown: show what there is now.
                 presets.forget()
-                await edit_or_send(callback, *render_presets(await presets.list(), subscriber, language))
-                await callback.answer(text("preset_gone", language), show_alert=True)
+                body, markup = render_presets(await presets.list(), subscriber, language)
+                await edit_or_send(callback, with_notice(text("preset_gone", language), body), markup)
                 return
             # Applying a preset ends following another one (the filters are no longer its), but
             # applying the one followed is a no-op, not a silent unfollow.
@@ -172,25 +177,19 @@ async def preset_action(
             updated = await store.apply_filters(
                 subscriber.telegram_id, preset.filters, source="preset", preset=following
             )
-            result_key, toast_key = (
-                ("preset_followed", "preset_toast_followed") if following else ("preset_applied", "preset_toast_applied")
-            )
+            result_key = "preset_followed" if following else "preset_applied"
             title = preset.title
         elif action == "unfollow":
-            if subscriber.preset != code:
-                await callback.answer(text("preset_not_followed", language))
-                return
             preset = await presets.get(code)
             updated = await store.set_following(subscriber.telegram_id, None, source="menu")
-            result_key, toast_key = "preset_unfollowed", "preset_toast_unfollowed"
+            result_key = "preset_unfollowed"
             title = preset.title if preset is not None else code
         else:  # "show", or an action a newer version of the bot offers
             await edit_or_send(callback, *render_presets(await presets.list(), subscriber, language))
-            await callback.answer()
             return
         listed = await presets.list()
     except (StoreUnavailable, UnknownSubscriber):
-        await callback.answer(text("unavailable", language), show_alert=True)
+        await edit_or_send(callback, text("unavailable", language), _back_to_menu(language))
         return
     # The screen shows the new "followed" mark; the result goes below it as a message of its own,
     # so the filters just set stay in the chat.
@@ -200,7 +199,12 @@ async def preset_action(
             callback.from_user.id,
             text(result_key, language, title=html.escape(title), filters=_filters_block(updated.filters, language)),
         )
-    await callback.answer(_toast(text(toast_key, language, title=title)))
+
+
+def _back_to_menu(language: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[[
+        InlineKeyboardButton(text=text("preset_button_back", language), callback_data=MenuCB(screen="main").pack())
+    ]])
 
 
 # ------------------------------------------------------------------ admins

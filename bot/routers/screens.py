@@ -1,8 +1,10 @@
 """Showing a screen: a command gets a new message, a button press edits the message it is on.
 
-Every callback is answered (Telegram shows a spinner on the button until it is), and an edit that
-Telegram refuses (message too old, or deleted) falls back to a new message, so a press always
-gets a visible answer.
+A press is answered first (`acknowledge`), before any store lookup or other request: Telegram
+shows a spinner on the button until it is, and an answer is no chat message, so it waits for no
+chat's pacing. What the press did then shows on the screen itself, which replaces the message
+pressed; an edit Telegram refuses (message too old, or deleted) falls back to a new message, so
+a press always gets a visible answer.
 """
 
 from __future__ import annotations
@@ -16,21 +18,32 @@ from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 
 logger = logging.getLogger("alertbot.handlers")
 
+TOAST_LIMIT = 200  # characters of a callback answer
 
-async def show(
-    target: Message | CallbackQuery, html: str, markup: InlineKeyboardMarkup | None = None, *, notice: str | None = None
-) -> None:
-    """`notice`: a short toast for a button press (what was done), shown over the new screen."""
+
+async def acknowledge(event: Message | CallbackQuery, toast: str | None = None, *, alert: bool = False) -> None:
+    """Answer a press at once, with an optional short `toast` (HTML allowed; shown as plain
+    text, as a dialog with `alert`). Nothing for a typed message, which the screen answers."""
+    if isinstance(event, CallbackQuery):
+        await event.answer(toast_text(toast) if toast else None, show_alert=alert)
+
+
+async def show(target: Message | CallbackQuery, html: str, markup: InlineKeyboardMarkup | None = None) -> None:
+    """A new message for a command; for a press (acknowledged already) the pressed message edited."""
     if isinstance(target, Message):
         await target.answer(html, reply_markup=markup)
         return
     await edit_or_send(target, html, markup)
-    await target.answer(toast_text(notice) if notice else None)
+
+
+def with_notice(notice: str, screen: str) -> str:
+    """A screen headed by what the press just did ("✅ Removed: ...")."""
+    return f"{notice}\n\n{screen}"
 
 
 async def edit_or_send(callback: CallbackQuery, html: str, markup: InlineKeyboardMarkup | None = None) -> None:
     """Put the screen in place of the message pressed; a new message when it cannot be edited.
-    The callback itself is left for the caller to answer."""
+    The callback itself is left for the caller to answer (first)."""
     message = callback.message
     if isinstance(message, Message):
         try:
@@ -45,17 +58,7 @@ async def edit_or_send(callback: CallbackQuery, html: str, markup: InlineKeyboar
         await callback.bot.send_message(callback.from_user.id, html, reply_markup=markup)
 
 
-async def reply(target: Message | CallbackQuery, html: str, markup: InlineKeyboardMarkup | None = None) -> None:
-    """A new message in the chat (what a button's result should not overwrite)."""
-    if isinstance(target, CallbackQuery):
-        if target.bot is not None:
-            await target.bot.send_message(target.from_user.id, html, reply_markup=markup)
-        await target.answer()
-    else:
-        await target.answer(html, reply_markup=markup)
-
-
 def toast_text(html: str) -> str:
     """A callback answer (toast) is plain text of at most 200 characters: drop tags, unescape."""
     plain = html_lib.unescape(re.sub(r"<[^>]+>", "", html))
-    return plain if len(plain) <= 200 else plain[:199] + "…"
+    return plain if len(plain) <= TOAST_LIMIT else plain[: TOAST_LIMIT - 1] + "…"

@@ -1,9 +1,10 @@
 """/settings and the Filters screen: every filter of the contract edited by buttons.
 
-Pressing a filter asks for its value and waits in the `SettingsFlow.value` state (kept in Redis
-through the dispatcher's FSM storage, so a restart does not lose the question). A typed value is
-checked by the same parser as `/set`: a bad one gets the reason and what is accepted, nothing is
-saved, and the flow keeps waiting; a good one is saved (source "menu") and the screen comes back.
+Pressing a filter turns the screen into the question for its value and waits in the
+`SettingsFlow.value` state (kept in Redis through the dispatcher's FSM storage, so a restart does
+not lose the question). A typed value is checked by the same parser as `/set`: a bad one gets the
+reason and what is accepted, nothing is saved, and the flow keeps waiting; a good one is saved
+(source "menu") and the screen comes back below it, in one message headed by what was saved.
 Commands typed during the flow are still commands: the state only catches plain text.
 """
 
@@ -20,8 +21,8 @@ from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards
 from bot.callbacks import FilterCB, MenuCB
-from bot.routers.filters import filters_body, format_filter_value, value_error
-from bot.routers.screens import reply, show
+from bot.routers.filters import CHANNELS_SHOWN_ON_BUTTON, filters_body, format_filter_value, value_error
+from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import text
 from services.filters import FILTER_SPECS, FilterValueError, set_filter, unset_filter
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore
@@ -36,12 +37,14 @@ class SettingsFlow(StatesGroup):
 def filters_screen(subscriber: Subscriber, language: str) -> tuple[str, keyboards.InlineKeyboardMarkup]:
     filters = subscriber.filters
     body = filters_body(filters, language)
-    values = {name: format_filter_value(name, value) for name, value in filters.to_dict().items()}
+    values = {name: format_filter_value(name, value, CHANNELS_SHOWN_ON_BUTTON)
+              for name, value in filters.to_dict().items()}
     return f"{body}\n\n{text('filters_screen_hint', language)}", keyboards.filters_menu(filters, language, values)
 
 
 async def open_filters(event: Message | CallbackQuery, subscriber: Subscriber, language: str,
                        state: FSMContext, subscriber_loaded: bool = True) -> None:
+    await acknowledge(event)
     await state.clear()
     if not subscriber_loaded:
         await show(event, text("unavailable", language))
@@ -53,15 +56,17 @@ async def ask_value(callback: CallbackQuery, callback_data: FilterCB, subscriber
                     state: FSMContext) -> None:
     name = callback_data.name
     if name not in FILTER_SPECS:
-        await callback.answer(text("stale_button", language), show_alert=True)
+        await acknowledge(callback, text("stale_button", language), alert=True)
         return
+    await acknowledge(callback)
     current = getattr(subscriber.filters, name)
     shown = html.escape(format_filter_value(name, current)) if current is not None else text("value_not_set", language)
     await state.set_state(SettingsFlow.value)
     await state.update_data(name=name)
     prompt = text("ask_value", language, label=text(f"label_{name}", language), name=name,
                   accepted=html.escape(text(f"accepted_{name}", language)), current=shown)
-    await reply(callback, prompt, keyboards.value_prompt(name, current is not None, language))
+    # The question takes the place of the screen pressed; the answer brings the screen back.
+    await show(callback, prompt, keyboards.value_prompt(name, current is not None, language))
 
 
 async def receive_value(message: Message, state: FSMContext, subscriber: Subscriber, language: str,
@@ -87,23 +92,24 @@ async def receive_value(message: Message, state: FSMContext, subscriber: Subscri
         return
     await state.clear()
     value = html.escape(format_filter_value(name, getattr(saved.filters, name)))
-    await message.answer(text("filter_set", language, name=name, value=value))
     screen, markup = filters_screen(saved, language)
-    await message.answer(screen, reply_markup=markup)
+    await message.answer(with_notice(text("filter_set", language, name=name, value=value), screen), reply_markup=markup)
 
 
 async def reset_one(callback: CallbackQuery, callback_data: FilterCB, subscriber: Subscriber, language: str,
                     state: FSMContext, store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
-    await state.clear()
     name = callback_data.name
     if name not in FILTER_SPECS:
-        await callback.answer(text("stale_button", language), show_alert=True)
+        await acknowledge(callback, text("stale_button", language), alert=True)
         return
+    await acknowledge(callback)
+    await state.clear()
     if store is None or not subscriber_loaded:
         await show(callback, text("unavailable", language))
         return
     if name not in subscriber.filters.to_dict():
-        await show(callback, *filters_screen(subscriber, language), notice=text("filter_not_set", language, name=name))
+        screen, markup = filters_screen(subscriber, language)
+        await show(callback, with_notice(text("filter_not_set", language, name=name), screen), markup)
         return
     try:
         saved = await store.update_filters(subscriber.telegram_id, unset_filter(subscriber.filters, name),
@@ -111,11 +117,13 @@ async def reset_one(callback: CallbackQuery, callback_data: FilterCB, subscriber
     except StoreUnavailable:
         await show(callback, text("unavailable", language))
         return
-    await show(callback, *filters_screen(saved, language), notice=text("filter_unset", language, name=name))
+    screen, markup = filters_screen(saved, language)
+    await show(callback, with_notice(text("filter_unset", language, name=name), screen), markup)
 
 
 async def reset_all(callback: CallbackQuery, subscriber: Subscriber, language: str, state: FSMContext,
                     store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+    await acknowledge(callback)
     await state.clear()
     if store is None or not subscriber_loaded:
         await show(callback, text("unavailable", language))
@@ -129,12 +137,19 @@ async def reset_all(callback: CallbackQuery, subscriber: Subscriber, language: s
     except StoreUnavailable:
         await show(callback, text("unavailable", language))
         return
-    await show(callback, *filters_screen(saved, language), notice=text("reset_all_done", language))
+    screen, markup = filters_screen(saved, language)
+    await show(callback, with_notice(text("reset_all_done", language), screen), markup)
 
 
-async def cancel(callback: CallbackQuery, language: str, state: FSMContext) -> None:
+async def cancel(callback: CallbackQuery, subscriber: Subscriber, language: str, state: FSMContext,
+                 subscriber_loaded: bool = True) -> None:
+    """The question goes back to being the Filters screen, unchanged."""
+    await acknowledge(callback, text("flow_cancelled", language))
     await state.clear()
-    await show(callback, text("flow_cancelled", language))
+    if not subscriber_loaded:
+        await show(callback, text("unavailable", language))
+        return
+    await show(callback, *filters_screen(subscriber, language))
 
 
 def build_router() -> Router:

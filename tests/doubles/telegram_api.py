@@ -10,9 +10,9 @@ importable without pytest and why its rate limits and clock are configurable.
 
 What it models, and why:
 
-* the send limits Telegram enforces (~30 messages/s per bot, 1/s per private chat, 20/min per
-  group), answering 429 with ``retry_after`` exactly like Telegram, because the bot's broadcaster
-  must survive them;
+* the send limits Telegram enforces (~30 messages/s per bot, 1/s per private chat after a short
+  burst of 3, 20/min per group), answering 429 with ``retry_after`` exactly like Telegram,
+  because the bot's broadcaster must survive them;
 * recipients that went away (blocked, deactivated, kicked, deleted, migrated group), answering the
   403/400 errors the bot must use to clean up its subscriber list;
 * Telegram's HTML parser (a port of tdlib's ``parse_html``) and the length limits, because a bad
@@ -161,6 +161,10 @@ class RateLimits:
     #: Overall limit for sends carrying ``allow_paid_broadcast=true``.
     paid_per_second: int | None = 1000
     private_chat_per_second: int | None = 1
+    #: Quick messages a private chat takes before its per-second limit applies (Telegram lets a
+    #: short burst through): a bucket of this many, refilled at private_chat_per_second. 1 is a
+    #: strict sliding window.
+    private_chat_burst: int = 3
     group_per_minute: int | None = 20
     global_window: float = 1.0
     private_window: float = 1.0
@@ -763,6 +767,8 @@ class _BotState:
     commands: dict[tuple[str, str], list[JsonDict]] = field(default_factory=dict)
     global_window: deque[float] = field(default_factory=deque)
     chat_windows: dict[int, deque[float]] = field(default_factory=dict)
+    # Private chats' bursts: when each chat's bucket is full again if nothing more is sent.
+    chat_full_at: dict[int, float] = field(default_factory=dict)
 
     def next_message_id(self, chat_id: int) -> int:
         # Message ids are per chat and shared by both sides of the conversation.
@@ -991,6 +997,7 @@ class FakeTelegramServer:
         for state in self._all_states():
             state.global_window.clear()
             state.chat_windows.clear()
+            state.chat_full_at.clear()
         self._forced.clear()
 
     def force_retry_after(
@@ -1728,7 +1735,7 @@ class FakeTelegramServer:
             if required:
                 raise _bad_request("message text is empty")
             return None, []
-        if len(plain) > max_length:
+        if _utf16_len(plain) > max_length:  # Telegram counts UTF-16 code units
             raise _bad_request("message caption is too long" if is_caption else "message is too long")
         return plain, entities
 
@@ -1784,7 +1791,12 @@ class FakeTelegramServer:
             else:
                 limit, window = limits.group_per_minute, limits.group_window
             chat_window = state.chat_windows.get(chat_id)
-            if limit is not None and chat_window is not None:
+            if limit is not None and chat_id > 0 and limits.private_chat_burst > 1:
+                wait = self._burst_wait(state.chat_full_at.get(chat_id), now, window / limit,
+                                        limits.private_chat_burst)
+                if wait is not None:
+                    waits.append(wait)
+            elif limit is not None and chat_window is not None:
                 wait = self._window_wait(chat_window, now, window, limit)
                 if wait is not None:
                     waits.append(wait)
@@ -1805,6 +1817,15 @@ class FakeTelegramServer:
         # The send that frees the slot is the (len - limit + 1)-th oldest in the window.
         return window[len(window) - limit] + length - now
 
+    @staticmethod
+    def _burst_wait(full_at: float | None, now: float, interval: float, burst: int) -> float | None:
+        """Seconds until a bucket of `burst` sends, refilled one per `interval`, has one, None if
+        it has now; `full_at` is when it is full again if nothing more is sent (GCRA)."""
+        if full_at is None:
+            return None
+        wait = full_at - (burst - 1) * interval - now
+        return wait if wait > 1e-9 else None
+
     def _record_limits(self, state: _BotState, chat_id: int, *, per_chat: bool) -> None:
         if not self.limits.enabled:
             return
@@ -1812,10 +1833,15 @@ class FakeTelegramServer:
         state.global_window.append(now)
         if per_chat:
             state.chat_windows.setdefault(chat_id, deque()).append(now)
+            limit = self.limits.private_chat_per_second
+            if chat_id > 0 and limit:
+                interval = self.limits.private_window / limit
+                state.chat_full_at[chat_id] = max(state.chat_full_at.get(chat_id, now), now) + interval
             if len(state.chat_windows) > 50_000:
                 # Drop idle chats so long benchmarks don't accumulate a window per recipient.
                 horizon = now - max(self.limits.private_window, self.limits.group_window)
                 state.chat_windows = {c: w for c, w in state.chat_windows.items() if w and w[-1] > horizon}
+                state.chat_full_at = {c: t for c, t in state.chat_full_at.items() if t > now}
 
     def _deliver(
         self,
