@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits, WaitTimeout
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits, WaitTimeout
 
 STARTUP_TIMEOUT = 30.0  # seconds for the child to import aiohttp/aiogram and listen
 STOP_TIMEOUT = 10.0

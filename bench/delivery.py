@@ -2,7 +2,7 @@
 
     python -m bench.delivery [--alerts N] [--chats N] [--scenario all|steady|burst429|paid] [--quick]
 
-The server (tests/doubles/telegram_api.py) allows 30 messages/s per bot, 1/s per private chat,
+The server (standins/telegram) allows 30 messages/s per bot, 1/s per private chat,
 20/min per group and 1,000/s for sends with allow_paid_broadcast, and answers 429 with
 retry_after beyond them. It runs in a process of its own (bench/bot_api_process.py), so the
 sender has a core to itself and every send is a real HTTP request. Scenarios, one table row each:
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from bench.bot_api_process import Accepted, BotApiProcess, Burst, Progress
 from bench.table import print_markdown
 from services.sender import AlertSender
-from tests.doubles.telegram_api import RateLimits
+from standins.telegram import RateLimits
 
 FIRST_CHAT = 1_000_000
 WARMUP_SECONDS = 5  # 1-s windows before this are left out of min/max

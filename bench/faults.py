@@ -3,8 +3,8 @@
     python -m bench.faults [--quick] [--only ROW[,ROW...]] [--seed N] [--keep]
 
 The bot runs as it does in production, `python -m bot run` in a process of its own, against:
-the test Bot API (tests/doubles/telegram_api.py, enforcing Telegram's limits) and the feed
-stand-in (tests/doubles/feed_server.py), both served by this process; and a Redis and a
+the test Bot API (standins/telegram, enforcing Telegram's limits) and the feed
+stand-in (standins/feed_server.py), both served by this process; and a Redis and a
 PostgreSQL of the bench's own (bench/private_stores.py), which it stops and restarts. Everything
 listens on 127.0.0.1. One row per fault, each on fresh stores:
 
@@ -25,7 +25,7 @@ Subscribers (about 490, --quick about 100) are created before the bot starts, th
 project's SubscriberStore (register, filters, a 30-day grant), plus two without a plan and two
 paused, who must get nothing. Their filters are each one token rule or a count of channels, so
 which tokens they get does not depend on the order the bot's workers take the calls in. The
-expected alerts are worked out independently from the frames (tests/alert_oracle.py).
+expected alerts are worked out independently from the frames (standins/oracle.py).
 
 Counted at the test Bot API, per (chat, token address), a digest message counting once for each
 token it carries: `delivered` expected alerts received at least once, `duplicated` copies
@@ -72,10 +72,10 @@ from services.cache import CacheRegistry
 from services.delivery_queue import STREAM_KEY
 from services.filters import Filters, set_filter
 from services.subscribers import Subscriber, SubscriberStore
-from tests.alert_oracle import expected_alerts
-from tests.doubles.feed_server import FeedServer
-from tests.doubles.feedgen import generate
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, SentRecord
+from standins.feed_server import FeedServer
+from standins.feedgen import generate
+from standins.oracle import expected_alerts
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, SentRecord
 
 WORKTREE = Path(__file__).resolve().parent.parent
 ADMIN = 999  # grants are recorded as given by this id; it is no admin of the bot

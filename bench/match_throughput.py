@@ -48,7 +48,7 @@ from services.matching import SubscriberIndex
 from services.notification import NotificationService, AlertBatch, ProcessingWorkers
 from services.subscribers import Subscriber
 from bench.table import print_markdown
-from tests.doubles.feedgen import load_sample
+from standins.feedgen import load_sample
 
 BENCH_DB = 14
 LATENCY_PASS_RATE = 200  # frames a second, ~12x the original design's stated load

@@ -52,7 +52,7 @@ from bench.table import print_markdown
 from bot.config import Settings
 from bot.runtime import Runtime
 from services.sender import Lane
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
 
 USER = 7
 FIRST_CHAT = 1_000_000

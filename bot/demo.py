@@ -1,7 +1,7 @@
 """`alertbot demo`: the real service on embedded stores and a local Bot API, shown in the terminal.
 
 Nothing here is a mock of our own code: the demo starts the same `Runtime` as `alertbot run`,
-against the protocol-level doubles from tests/doubles (a Bot API server that enforces
+against the protocol-level stand-ins from standins/ (a Bot API server that enforces
 Telegram's limits, and a WebSocket feed playing the bundled recorded stream), and plays a
 scripted subscriber plus three subscribers with different filters.
 """
@@ -22,9 +22,9 @@ from bot.config import Settings
 from bot.logs import setup_logging
 from bot.runtime import Runtime
 from services.filters import Filters, set_filter
-from tests.doubles.feed_server import FeedServer
-from tests.doubles.feedgen import load_sample
-from tests.doubles.telegram_api import FakeTelegramServer, SentRecord
+from standins.feed_server import FeedServer
+from standins.feedgen import load_sample
+from standins.telegram import FakeTelegramServer, SentRecord
 
 DEMO_TOKEN = "123456789:DEMO-token-for-the-local-bot-api-server"
 DEMO_ADMIN = 1000

@@ -24,8 +24,8 @@ from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.sender import AlertSender
 from services.subscribers import SubscriberStore
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
 from tests.conftest import Stores
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
 
 ADMIN = 1000
 REPLY_TIMEOUT = 10.0

@@ -27,7 +27,7 @@ from bot.alert_text import (
 )
 from services.events import ChannelRef, TokenInfo
 from services.filters import ChannelFacts
-from tests.doubles.telegram_api import FakeTelegramServer, RateLimits, SentRecord, parse_html
+from standins.telegram import FakeTelegramServer, RateLimits, SentRecord, parse_html
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -21,8 +21,8 @@ from services.delivery_queue import GROUP, STREAM_KEY, Delivery, DeliveryQueue
 from services.events import CallerLine, TokenInfo
 from services.metrics import Metrics
 from services.sender import AlertSender, DigestPolicy, Lane, Outcome
+from standins.telegram import FakeTelegramServer, RateLimits
 from tests.conftest import Stores
-from tests.doubles.telegram_api import FakeTelegramServer, RateLimits
 
 
 @dataclass
@@ -345,7 +345,7 @@ async def test_delivery_rows_written_while_postgresql_is_down_arrive_once_it_is_
     from urllib.parse import urlsplit
 
     from managers.postgres import PostgresManager
-    from tests.doubles.tcp_proxy import TcpProxy
+    from standins.tcp_proxy import TcpProxy
 
     target = urlsplit(stores.database_url)
     async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:

@@ -9,8 +9,8 @@ from pathlib import Path
 from services.delivery_queue import Delivery
 from services.filters import Filters
 from services.sender import Lane
-from tests.doubles.feed_server import FeedServer
-from tests.doubles.telegram_api import FakeTelegramServer
+from standins.feed_server import FeedServer
+from standins.telegram import FakeTelegramServer
 from tests.test_token_pipeline_e2e import CHANNEL_FRAMES, FOLLOWER, Member, alerts_by_chat, bot_on_feed, call_frame
 
 BLOCKER = Member(203, Filters())

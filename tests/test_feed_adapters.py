@@ -22,7 +22,7 @@ from managers.feed_adapters import (
     sol_amount,
 )
 from services.events import CallEvent, ChannelStatsEvent, CreateEvent, MigrateEvent, PriceEvent
-from tests.doubles import feedgen
+from standins import feedgen
 
 NOW = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
 SOL_USD = 150.0

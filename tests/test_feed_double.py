@@ -1,5 +1,5 @@
-"""The feed double itself: the committed sample (tests/doubles/feedgen.py) and the WebSocket /
-poll server that plays it (tests/doubles/feed_server.py).
+"""The feed double itself: the committed sample (standins/feedgen.py) and the WebSocket /
+poll server that plays it (standins/feed_server.py).
 
 Nothing here waits on the clock to pass: the server's wait_for_* helpers wake on events, and
 the few "nothing arrives while paused" checks only get stronger on a slow machine.
@@ -22,8 +22,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from tests.doubles import feedgen
-from tests.doubles.feed_server import FeedServer
+from standins import feedgen
+from standins.feed_server import FeedServer
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 10.0  # generous: only a broken double ever waits this long
@@ -183,7 +183,7 @@ def test_command_line_reproduces_the_committed_file_byte_for_byte(tmp_path):
     # A different hash seed: nothing may depend on set or dict-of-str iteration order.
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     result = subprocess.run(
-        [sys.executable, "-m", "tests.doubles.feedgen", "--out", str(out)],
+        [sys.executable, "-m", "standins.feedgen", "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -27,10 +27,10 @@ from services.accounts import parse_start_payload
 from services.cache import CacheRegistry
 from services.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
 from services.subscribers import SUBSCRIBERS_KEY, subscriber_key
+from standins.tcp_proxy import TcpProxy
+from standins.telegram import ManualClock
 from tests.bot_env import ADMIN, BotEnv, running_bot
 from tests.conftest import Stores
-from tests.doubles.tcp_proxy import TcpProxy
-from tests.doubles.telegram_api import ManualClock
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -31,8 +31,8 @@ from services.events import CallEvent, ChannelRef, TokenInfo
 from services.metrics import Metrics
 from managers.postgres import is_connection_failure
 from services.persistence import PersistenceWriter
-from tests.doubles import feedgen
-from tests.doubles.tcp_proxy import TcpProxy
+from standins import feedgen
+from standins.tcp_proxy import TcpProxy
 
 TIMEOUT = 90.0  # generous: only a writer that lost its way waits this long
 CALLED_AT = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

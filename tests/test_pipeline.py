@@ -121,7 +121,7 @@ async def test_two_workers_racing_on_one_token_alert_once(redis: RedisManager) -
 
 
 async def test_redis_outage_keeps_alerting_without_repeats(redis_url: str) -> None:
-    from tests.doubles.tcp_proxy import TcpProxy
+    from standins.tcp_proxy import TcpProxy
     from urllib.parse import urlsplit
 
     parts = urlsplit(redis_url)

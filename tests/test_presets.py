@@ -22,10 +22,10 @@ from services.presets import (
     preset_definition,
 )
 from services.subscribers import RETRY_KEY, SubscriberStore, subscriber_key
+from standins.telegram import SentRecord
 from tests import bot_env
 from tests.bot_env import ADMIN, REPLY_TIMEOUT, StoreEnv
 from tests.conftest import Stores
-from tests.doubles.telegram_api import SentRecord
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -28,7 +28,7 @@ from managers.redis_manager import (
     RedisUnavailable,
     redact_url,
 )
-from tests.doubles.tcp_proxy import TcpProxy
+from standins.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -34,8 +34,8 @@ from services.replay import (
     replay_for,
 )
 from services.subscribers import Subscriber, SubscriberStore
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
 from tests.conftest import Stores
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 
 from services.sender import Lane
+from standins.telegram import RateLimits, SentRecord
 from tests.bot_env import REPLY_TIMEOUT, BotEnv, running_bot
 from tests.conftest import Stores
-from tests.doubles.telegram_api import RateLimits, SentRecord
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -22,8 +22,8 @@ from bot.config import Settings
 from bot.runtime import Runtime, webhook_secret
 from bot.texts import TEXTS
 from services.dedup import AlertLedger
-from tests.doubles.tcp_proxy import TcpProxy
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer
+from standins.tcp_proxy import TcpProxy
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer
 
 USER = 4242
 

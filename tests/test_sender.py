@@ -19,8 +19,8 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from services.sender import AlertSender, DeliveryError, Lane
-from tests.doubles.tcp_proxy import TcpProxy
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits
+from standins.tcp_proxy import TcpProxy
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits
 
 pytestmark = pytest.mark.timeout(30)
 

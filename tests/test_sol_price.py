@@ -1,5 +1,5 @@
 """The SOL/USD price from Pyth: the account decoder, the usability rules, and `SolPriceSource`
-against a local Solana JSON-RPC node (tests/doubles/solana_rpc.py).
+against a local Solana JSON-RPC node (standins/solana_rpc.py).
 
 Freshness is judged by an injected clock, so nothing here waits on the wall clock for its
 verdict; the only real waits are bounded guards (and one short HTTP timeout for a stalled node).
@@ -35,8 +35,8 @@ from services.sol_price import (
     safe_rpc_url,
     why_unusable,
 )
-from tests.doubles import solana_rpc
-from tests.doubles.solana_rpc import SolanaRpcServer, price_update_bytes
+from standins import solana_rpc
+from standins.solana_rpc import SolanaRpcServer, price_update_bytes
 
 T0 = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
 OTHER_FEED = "e62df6c8b4a85fe1a67db44dc12de5db330f7ac66b72dc658afedf0f4a415b43"  # BTC/USD

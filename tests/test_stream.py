@@ -21,8 +21,8 @@ from aiohttp import web
 from managers.feed_adapters import parse_alert_frame, pumpportal_parser
 from managers.stream import RecentKeys, StreamManager, SubscriptionSet, redact_url
 from services.events import CreateEvent, Event, MigrateEvent, PriceEvent
-from tests.doubles import feedgen
-from tests.doubles.feed_server import FeedServer, PumpPortalReplies
+from standins import feedgen
+from standins.feed_server import FeedServer, PumpPortalReplies
 from tests.test_feed_adapters import (
     BONK_MINT,
     MINT,

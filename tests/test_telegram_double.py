@@ -39,7 +39,7 @@ from aiogram.types import (
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
-from tests.doubles.telegram_api import (
+from standins.telegram import (
     DEFAULT_TOKEN,
     EntityParseError,
     FakeTelegramServer,

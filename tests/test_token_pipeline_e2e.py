@@ -18,10 +18,10 @@ from bot.config import Settings
 from bot.runtime import Runtime
 from services.filters import Filters, set_filter
 from services.subscribers import Subscriber
-from tests.alert_oracle import expected_alerts
-from tests.doubles.feed_server import FeedServer
-from tests.doubles.feedgen import load_sample
-from tests.doubles.telegram_api import DEFAULT_TOKEN, FakeTelegramServer
+from standins.feed_server import FeedServer
+from standins.feedgen import load_sample
+from standins.oracle import expected_alerts
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer
 
 ADMIN = 900
 FAST_STREAM = {"min_connect_interval": 0.05, "backoff_base": 0.05, "backoff_max": 0.2, "silence_timeout": 30.0}

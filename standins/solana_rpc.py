@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from tests.doubles.feed_server import _Waitable
+from standins.feed_server import _Waitable
 
 __all__ = [
     "PRICE_UPDATE_LEN",

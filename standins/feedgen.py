@@ -2,7 +2,7 @@
 
 Everything comes from one seeded ``random.Random`` and a fixed start time, never the wall clock,
 so the same seed always gives the same frames, byte for byte. The committed sample
-``data/feed_sample.jsonl`` is ``python -m tests.doubles.feedgen`` with the defaults.
+``data/feed_sample.jsonl`` is ``python -m standins.feedgen`` with the defaults.
 
 What is in it, and why:
 
@@ -465,7 +465,7 @@ def loads(text: str) -> list[Frame]:
 
 def load_sample() -> list[Frame]:
     """The committed sample (seed 7, default token count)."""
-    resource = resources.files(__package__ or "tests.doubles").joinpath("data", SAMPLE_NAME)
+    resource = resources.files(__package__ or "standins").joinpath("data", SAMPLE_NAME)
     return loads(resource.read_text(encoding="utf-8"))
 
 
@@ -537,7 +537,7 @@ def summary(frames: Sequence[Frame]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.doubles.feedgen", description="Write a deterministic alert-feed sample."
+        prog="python -m standins.feedgen", description="Write a deterministic alert-feed sample."
     )
     parser.add_argument("--out", default=str(SAMPLE_PATH), help="JSON lines file to write ('-': stdout)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
