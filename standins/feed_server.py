@@ -1,4 +1,4 @@
-"""A local alert feed (CONTRACT.md, "The alert feed"), for tests, the demo and the benchmarks.
+"""A local alert feed, for tests, the demo and the benchmarks.
 
 ``FeedServer`` is a WebSocket server that plays frames to every client that connects, then
 broadcasts whatever the test pushes. Beside it, an HTTP endpoint (``FeedPollServer``, started

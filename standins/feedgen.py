@@ -1,4 +1,4 @@
-"""A deterministic sample of the alert feed (CONTRACT.md, "The alert feed").
+"""A deterministic sample of the alert feed: the frames the demo plays and the tests read.
 
 Everything comes from one seeded ``random.Random`` and a fixed start time, never the wall clock,
 so the same seed always gives the same frames, byte for byte. The committed sample

@@ -1,6 +1,7 @@
 """The alerts a feed should produce, worked out frame by frame with the plain filter rules.
 
-Independent of the pipeline (no index, no Redis): tests compare what the bot sent with this.
+Independent of the pipeline (no index, no Redis): the tests and the fault bench compare what the
+bot sent with this.
 """
 
 from __future__ import annotations
