@@ -37,22 +37,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from cachetools import LRUCache
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from managers.circuit_breaker import CircuitBreaker, CircuitState
+from managers.redis_fallback import FallbackStore
+from managers.redis_replay import PendingKey, PendingOp, PendingWrites, _left_ms
 from managers.urls import redact_credentials
 
 T = TypeVar("T")
@@ -69,7 +68,6 @@ FAILURES: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 
 Value = str | bytes | int | float
 
@@ -109,309 +107,6 @@ def _seconds(ex: int | float | timedelta | None, px: int | timedelta | None) -> 
     if px is not None:
         return px.total_seconds() if isinstance(px, timedelta) else px / 1000.0
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# The in-memory stand-in
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    value: str | dict[str, str] | set[str]
-    expires_at: float | None  # on the store's clock; None = no TTL
-
-
-class FallbackStore:
-    """Strings, hashes and sets with per-key TTLs, bounded by an LRU, on an injectable clock.
-
-    Follows Redis semantics where the bot can tell (empty hashes/sets disappear, INCR keeps the
-    TTL, SET clears it, WRONGTYPE on type clashes). Expired keys are dropped when touched and by
-    `purge_expired()`, which the health loop calls.
-    """
-
-    def __init__(self, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: LRUCache[str, _Entry] = LRUCache(maxsize=max_keys)
-        self._clock = clock
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._live(key) is not None
-
-    def purge_expired(self) -> int:
-        now = self._clock()
-        dead = [k for k, e in list(self._data.items()) if e.expires_at is not None and e.expires_at <= now]
-        for key in dead:
-            self._data.pop(key, None)
-        return len(dead)
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def forget(self, key: str) -> None:
-        self._data.pop(key, None)
-
-    def deadline(self, key: str) -> float | None:
-        entry = self._live(key)
-        return entry.expires_at if entry else None
-
-    # -- keys ----------------------------------------------------------------------------------
-
-    def delete(self, key: str) -> bool:
-        existed = self._live(key) is not None
-        self._data.pop(key, None)
-        return existed
-
-    def exists(self, key: str) -> bool:
-        return self._live(key) is not None
-
-    def expire(self, key: str, seconds: float) -> bool:
-        entry = self._live(key)
-        if entry is None:
-            return False
-        if seconds <= 0:
-            self.forget(key)  # Redis deletes a key given a non-positive TTL
-        else:
-            entry.expires_at = self._clock() + seconds
-        return True
-
-    def ttl(self, key: str) -> int:
-        entry = self._live(key)
-        if entry is None:
-            return -2
-        if entry.expires_at is None:
-            return -1
-        remaining_ms = max(0, int((entry.expires_at - self._clock()) * 1000))
-        return (remaining_ms + 500) // 1000  # Redis rounds TTL to the nearest second
-
-    # -- strings -------------------------------------------------------------------------------
-
-    def get(self, key: str) -> str | None:
-        entry = self._typed(key, str)
-        return entry.value if entry else None  # type: ignore[return-value]
-
-    def set(self, key: str, value: str, ttl: float | None = None, nx: bool = False, keepttl: bool = False) -> bool:
-        existing = self._live(key)
-        if nx and existing is not None:
-            return False
-        if ttl is not None and ttl <= 0:
-            raise redis.exceptions.ResponseError("invalid expire time in 'set' command")
-        expires_at = self._clock() + ttl if ttl is not None else None
-        if keepttl and existing is not None:
-            expires_at = existing.expires_at
-        self._data[key] = _Entry(value, expires_at)
-        return True
-
-    def incrby(self, key: str, amount: int) -> int:
-        entry = self._typed(key, str)
-        try:
-            current = int(entry.value) if entry else 0  # type: ignore[arg-type]
-        except ValueError:
-            raise redis.exceptions.ResponseError("value is not an integer or out of range") from None
-        result = current + amount
-        self._data[key] = _Entry(str(result), entry.expires_at if entry else None)
-        return result
-
-    # -- hashes --------------------------------------------------------------------------------
-
-    def hget(self, key: str, field: str) -> str | None:
-        entry = self._typed(key, dict)
-        return entry.value.get(field) if entry else None  # type: ignore[union-attr]
-
-    def hgetall(self, key: str) -> dict[str, str]:
-        entry = self._typed(key, dict)
-        return dict(entry.value) if entry else {}  # type: ignore[arg-type]
-
-    def hset(self, key: str, mapping: Mapping[str, str]) -> int:
-        entry = self._typed(key, dict)
-        if entry is None:
-            entry = _Entry({}, None)
-            self._data[key] = entry
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
-        added = sum(1 for name in mapping if name not in fields)
-        fields.update(mapping)
-        return added
-
-    def hdel(self, key: str, names: Iterable[str]) -> int:
-        entry = self._typed(key, dict)
-        if entry is None:
-            return 0
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
-        removed = sum(1 for name in set(names) if fields.pop(name, None) is not None)
-        if not fields:
-            self.forget(key)
-        return removed
-
-    # -- sets ----------------------------------------------------------------------------------
-
-    def sadd(self, key: str, members: Iterable[str]) -> int:
-        entry = self._typed(key, set)
-        if entry is None:
-            entry = _Entry(set(), None)
-            self._data[key] = entry
-        current: set[str] = entry.value  # type: ignore[assignment]
-        new = set(members) - current
-        current |= new
-        return len(new)
-
-    def srem(self, key: str, members: Iterable[str]) -> int:
-        entry = self._typed(key, set)
-        if entry is None:
-            return 0
-        current: set[str] = entry.value  # type: ignore[assignment]
-        gone = current & set(members)
-        current -= gone
-        if not current:
-            self.forget(key)
-        return len(gone)
-
-    def smembers(self, key: str) -> set[str]:
-        entry = self._typed(key, set)
-        return set(entry.value) if entry else set()  # type: ignore[arg-type]
-
-    def sismember(self, key: str, member: str) -> bool:
-        entry = self._typed(key, set)
-        return entry is not None and member in entry.value
-
-    # -- copying what Redis answered -----------------------------------------------------------
-
-    def mirror(self, key: str, value: str | dict[str, str] | set[str] | None, pttl: int) -> None:
-        """Keep a copy of a whole key read from Redis, with its remaining TTL (PTTL reply)."""
-        if value is None or pttl == -2 or (isinstance(value, (dict, set)) and not value):
-            self.forget(key)
-            return
-        copy: str | dict[str, str] | set[str] = value if isinstance(value, str) else type(value)(value)
-        self._data[key] = _Entry(copy, self._deadline_from_pttl(pttl))
-
-    def mirror_field(self, key: str, name: str, value: str | None, pttl: int) -> None:
-        """Keep a copy of one hash field read from Redis (the rest of the hash stays as known)."""
-        if pttl == -2:
-            self.forget(key)
-            return
-        entry = self._live(key)
-        if entry is None or not isinstance(entry.value, dict):
-            if value is None:
-                return
-            entry = _Entry({}, None)
-            self._data[key] = entry
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
-        if value is None:
-            fields.pop(name, None)
-        else:
-            fields[name] = value
-        entry.expires_at = self._deadline_from_pttl(pttl)
-        if not fields:
-            self.forget(key)
-
-    # -- internals -----------------------------------------------------------------------------
-
-    def _deadline_from_pttl(self, pttl: int) -> float | None:
-        return None if pttl is None or pttl < 0 else self._clock() + pttl / 1000.0
-
-    def _live(self, key: str) -> _Entry | None:
-        entry = self._data.get(key)
-        if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
-            self._data.pop(key, None)
-            return None
-        return entry
-
-    def _typed(self, key: str, kind: type) -> _Entry | None:
-        entry = self._live(key)
-        if entry is not None and not isinstance(entry.value, kind):
-            raise redis.exceptions.ResponseError(WRONGTYPE)
-        return entry
-
-
-# --------------------------------------------------------------------------------------------
-# Writes waiting for Redis to come back
-# --------------------------------------------------------------------------------------------
-
-Command = Literal["set", "delete", "incrby", "hset", "hdel", "sadd", "srem", "expire"]
-
-
-@dataclass
-class PendingOp:
-    command: Command
-    args: tuple[Any, ...] = ()
-    expires_at: float | None = None  # set / expire: absolute deadline on the manager's clock
-    nx: bool = False
-
-    @property
-    def overwrites(self) -> bool:
-        """After this op the key's earlier history does not matter any more."""
-        return self.command == "delete" or (self.command == "set" and not self.nx)
-
-
-@dataclass
-class PendingKey:
-    ops: list[PendingOp] = field(default_factory=list)
-
-    @property
-    def deadline(self) -> float | None:
-        """The key's TTL after these ops: SET and EXPIRE set it, DELETE clears it, the rest keep it."""
-        deadline: float | None = None
-        for op in self.ops:
-            if op.command in ("set", "expire"):
-                deadline = op.expires_at
-            elif op.command == "delete":
-                deadline = None
-        return deadline
-
-
-class PendingWrites:
-    """Per-key write log, oldest key first, bounded (the oldest key's writes are dropped first)."""
-
-    def __init__(self, max_keys: int = 10_000) -> None:
-        self._keys: OrderedDict[str, PendingKey] = OrderedDict()
-        self._max_keys = max_keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __bool__(self) -> bool:
-        return bool(self._keys)
-
-    def op_count(self) -> int:
-        return sum(len(entry.ops) for entry in self._keys.values())
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
-    def record(self, key: str, op: PendingOp) -> int:
-        """Log a write; returns how many keys' writes were dropped to stay within the bound."""
-        entry = self._keys.get(key)
-        if entry is None or op.overwrites:
-            # Last write wins: drop the key's history and move it to the end of the replay order.
-            self._keys.pop(key, None)
-            entry = PendingKey()
-            self._keys[key] = entry
-        entry.ops.append(op)
-        dropped = 0
-        while len(self._keys) > self._max_keys:
-            self._keys.popitem(last=False)
-            dropped += 1
-        return dropped
-
-    def pop_first(self) -> tuple[str, PendingKey] | None:
-        if not self._keys:
-            return None
-        return self._keys.popitem(last=False)
-
-    def restore(self, key: str, entry: PendingKey) -> None:
-        """Put back a key whose replay failed, ahead of writes recorded for it in the meantime."""
-        newer = self._keys.pop(key, None)
-        if newer is not None:
-            if newer.ops and newer.ops[0].overwrites:
-                entry = newer
-            else:
-                entry = PendingKey(entry.ops + newer.ops)
-        self._keys[key] = entry
-        self._keys.move_to_end(key, last=False)
-
-    def clear(self) -> None:
-        self._keys.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1140,10 +835,3 @@ class RedisManager:
         if logger.isEnabledFor(level):
             logger.log(level, self._redact(msg % args if args else msg), stacklevel=2)
 
-
-def _left_ms(deadline: float | None, now: float) -> int | None:
-    """Milliseconds left until `deadline`, None if there is none or it has passed."""
-    if deadline is None:
-        return None
-    left = math.ceil((deadline - now) * 1000)
-    return left if left > 0 else None

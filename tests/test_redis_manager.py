@@ -19,15 +19,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from managers.circuit_breaker import CircuitBreaker, CircuitState
-from managers.redis_manager import (
-    FallbackStore,
-    PendingOp,
-    PendingWrites,
-    RedisManager,
-    RedisOptions,
-    RedisUnavailable,
-    redact_url,
-)
+from managers.redis_fallback import FallbackStore
+from managers.redis_manager import RedisManager, RedisOptions, RedisUnavailable, redact_url
+from managers.redis_replay import PendingOp, PendingWrites
 from tests.doubles.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(30)

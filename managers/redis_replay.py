@@ -1,0 +1,101 @@
+"""Writes made while Redis was down, and their replay into Redis once it is back."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Command = Literal["set", "delete", "incrby", "hset", "hdel", "sadd", "srem", "expire"]
+
+
+@dataclass
+class PendingOp:
+    command: Command
+    args: tuple[Any, ...] = ()
+    expires_at: float | None = None  # set / expire: absolute deadline on the manager's clock
+    nx: bool = False
+
+    @property
+    def overwrites(self) -> bool:
+        """After this op the key's earlier history does not matter any more."""
+        return self.command == "delete" or (self.command == "set" and not self.nx)
+
+
+@dataclass
+class PendingKey:
+    ops: list[PendingOp] = field(default_factory=list)
+
+    @property
+    def deadline(self) -> float | None:
+        """The key's TTL after these ops: SET and EXPIRE set it, DELETE clears it, the rest keep it."""
+        deadline: float | None = None
+        for op in self.ops:
+            if op.command in ("set", "expire"):
+                deadline = op.expires_at
+            elif op.command == "delete":
+                deadline = None
+        return deadline
+
+
+class PendingWrites:
+    """Per-key write log, oldest key first, bounded (the oldest key's writes are dropped first)."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self._keys: OrderedDict[str, PendingKey] = OrderedDict()
+        self._max_keys = max_keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def op_count(self) -> int:
+        return sum(len(entry.ops) for entry in self._keys.values())
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def record(self, key: str, op: PendingOp) -> int:
+        """Log a write; returns how many keys' writes were dropped to stay within the bound."""
+        entry = self._keys.get(key)
+        if entry is None or op.overwrites:
+            # Last write wins: drop the key's history and move it to the end of the replay order.
+            self._keys.pop(key, None)
+            entry = PendingKey()
+            self._keys[key] = entry
+        entry.ops.append(op)
+        dropped = 0
+        while len(self._keys) > self._max_keys:
+            self._keys.popitem(last=False)
+            dropped += 1
+        return dropped
+
+    def pop_first(self) -> tuple[str, PendingKey] | None:
+        if not self._keys:
+            return None
+        return self._keys.popitem(last=False)
+
+    def restore(self, key: str, entry: PendingKey) -> None:
+        """Put back a key whose replay failed, ahead of writes recorded for it in the meantime."""
+        newer = self._keys.pop(key, None)
+        if newer is not None:
+            if newer.ops and newer.ops[0].overwrites:
+                entry = newer
+            else:
+                entry = PendingKey(entry.ops + newer.ops)
+        self._keys[key] = entry
+        self._keys.move_to_end(key, last=False)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+
+def _left_ms(deadline: float | None, now: float) -> int | None:
+    """Milliseconds left until `deadline`, None if there is none or it has passed."""
+    if deadline is None:
+        return None
+    left = math.ceil((deadline - now) * 1000)
+    return left if left > 0 else None
