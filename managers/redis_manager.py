@@ -41,7 +41,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -51,7 +51,7 @@ from redis.backoff import NoBackoff
 
 from managers.circuit_breaker import CircuitBreaker, CircuitState
 from managers.redis_fallback import FallbackStore
-from managers.redis_replay import PendingKey, PendingOp, PendingWrites, _left_ms
+from managers.redis_replay import PendingOp, PendingWrites, replay
 from managers.urls import redact_credentials
 
 T = TypeVar("T")
@@ -651,7 +651,7 @@ class RedisManager:
             while (item := self.pending.pop_first()) is not None:
                 key, entry = item
                 try:
-                    outcome = await self._replay(key, entry)
+                    result = await replay(self._client, key, entry, self._clock())
                 except FAILURES:
                     self.pending.restore(key, entry)
                     raise
@@ -660,12 +660,21 @@ class RedisManager:
                     self.fallback.forget(key)
                     self._log(errors_log, logging.ERROR, "Redis rejected the pending writes of %r: %s", key, exc)
                     continue
-                if outcome == "applied":
+                if result.outcome != "applied" or result.rejected is not None:
+                    # Our copy may now differ from what Redis holds: reads take Redis' value.
+                    self.fallback.forget(key)
+                if result.rejected is not None:
+                    self.counters.reconcile_errors += 1
+                    self._log(
+                        errors_log, logging.ERROR, "Redis rejected part of the pending writes of %r: %s", key, result.rejected
+                    )
+                if result.outcome == "applied":
                     applied += 1
-                elif outcome == "skipped":
+                elif result.outcome == "skipped":
                     skipped += 1
                 else:
                     conflicts += 1
+                    self._log(errors_log, logging.WARNING, "SET NX of %r made during the outage lost to Redis' value", key)
             self.counters.reconciled += applied
             self.counters.reconcile_skipped += skipped
             self.counters.reconcile_conflicts += conflicts
@@ -678,55 +687,6 @@ class RedisManager:
                     skipped,
                     conflicts,
                 )
-
-    async def _replay(self, key: str, entry: PendingKey) -> Literal["applied", "skipped", "conflict"]:
-        now = self._clock()
-        ops = entry.ops
-        deadline = entry.deadline
-        if deadline is not None and deadline <= now:
-            # Expired before Redis came back: the key would be gone by now, so make it gone.
-            if not (ops[0].command == "set" and ops[0].nx):
-                await self._client.delete(key)
-            self.fallback.forget(key)
-            return "skipped"
-        if ops[0].command == "set" and ops[0].nx:
-            first, ops = ops[0], ops[1:]
-            stored = await self._client.set(key, first.args[0], px=_left_ms(first.expires_at, now), nx=True)
-            if not stored:
-                # A value appeared in Redis meanwhile: it wins; drop our copy so reads take Redis'.
-                self.fallback.forget(key)
-                self._log(errors_log, logging.WARNING, "SET NX of %r made during the outage lost to Redis' value", key)
-                return "conflict"
-        if not ops:
-            return "applied"
-        pipe = self._client.pipeline(transaction=True)
-        for op in ops:
-            if op.command == "set":
-                # A SET whose own TTL ran out is only still alive through a later EXPIRE, replayed after it.
-                pipe.set(key, op.args[0], px=_left_ms(op.expires_at, now), nx=op.nx)
-            elif op.command == "delete":
-                pipe.delete(key)
-            elif op.command == "incrby":
-                pipe.incrby(key, op.args[0])
-            elif op.command == "hset":
-                pipe.hset(key, mapping=op.args[0])
-            elif op.command == "hdel":
-                pipe.hdel(key, *op.args)
-            elif op.command == "sadd":
-                pipe.sadd(key, *op.args)
-            elif op.command == "srem":
-                pipe.srem(key, *op.args)
-            elif op.command == "expire":
-                left = _left_ms(op.expires_at, now)
-                if left is not None:  # an EXPIRE already past was overtaken by a later SET/EXPIRE
-                    pipe.pexpire(key, left)
-        results = await pipe.execute(raise_on_error=False)
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed:
-            self.counters.reconcile_errors += 1
-            self.fallback.forget(key)
-            self._log(errors_log, logging.ERROR, "Redis rejected part of the pending writes of %r: %s", key, failed[0])
-        return "applied"
 
     # -- health loop -----------------------------------------------------------------------------
 

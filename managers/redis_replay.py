@@ -7,6 +7,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import redis.asyncio as aioredis
+
 Command = Literal["set", "delete", "incrby", "hset", "hdel", "sadd", "srem", "expire"]
 
 
@@ -91,6 +93,57 @@ class PendingWrites:
 
     def clear(self) -> None:
         self._keys.clear()
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What replaying one key did; `rejected` is the first command Redis refused (the rest went in)."""
+
+    outcome: Literal["applied", "skipped", "conflict"]
+    rejected: Exception | None = None
+
+
+async def replay(client: aioredis.Redis, key: str, entry: PendingKey, now: float) -> Replayed:
+    """Apply one key's pending writes to Redis; `now` is on the clock the deadlines were set on."""
+    ops = entry.ops
+    deadline = entry.deadline
+    if deadline is not None and deadline <= now:
+        # Expired before Redis came back: the key would be gone by now, so make it gone.
+        if not (ops[0].command == "set" and ops[0].nx):
+            await client.delete(key)
+        return Replayed("skipped")
+    if ops[0].command == "set" and ops[0].nx:
+        first, ops = ops[0], ops[1:]
+        stored = await client.set(key, first.args[0], px=_left_ms(first.expires_at, now), nx=True)
+        if not stored:
+            # A value appeared in Redis meanwhile: it wins.
+            return Replayed("conflict")
+    if not ops:
+        return Replayed("applied")
+    pipe = client.pipeline(transaction=True)
+    for op in ops:
+        if op.command == "set":
+            # A SET whose own TTL ran out is only still alive through a later EXPIRE, replayed after it.
+            pipe.set(key, op.args[0], px=_left_ms(op.expires_at, now), nx=op.nx)
+        elif op.command == "delete":
+            pipe.delete(key)
+        elif op.command == "incrby":
+            pipe.incrby(key, op.args[0])
+        elif op.command == "hset":
+            pipe.hset(key, mapping=op.args[0])
+        elif op.command == "hdel":
+            pipe.hdel(key, *op.args)
+        elif op.command == "sadd":
+            pipe.sadd(key, *op.args)
+        elif op.command == "srem":
+            pipe.srem(key, *op.args)
+        elif op.command == "expire":
+            left = _left_ms(op.expires_at, now)
+            if left is not None:  # an EXPIRE already past was overtaken by a later SET/EXPIRE
+                pipe.pexpire(key, left)
+    results = await pipe.execute(raise_on_error=False)
+    failed = [r for r in results if isinstance(r, Exception)]
+    return Replayed("applied", failed[0] if failed else None)
 
 
 def _left_ms(deadline: float | None, now: float) -> int | None:
