@@ -65,19 +65,6 @@ class FallbackStore:
         self._data.pop(key, None)
         return existed
 
-    def exists(self, key: str) -> bool:
-        return self._live(key) is not None
-
-    def expire(self, key: str, seconds: float) -> bool:
-        entry = self._live(key)
-        if entry is None:
-            return False
-        if seconds <= 0:
-            self.forget(key)  # Redis deletes a key given a non-positive TTL
-        else:
-            entry.expires_at = self._clock() + seconds
-        return True
-
     def ttl(self, key: str) -> int:
         entry = self._live(key)
         if entry is None:
@@ -135,16 +122,6 @@ class FallbackStore:
         fields.update(mapping)
         return added
 
-    def hdel(self, key: str, names: Iterable[str]) -> int:
-        entry = self._typed(key, dict)
-        if entry is None:
-            return 0
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
-        removed = sum(1 for name in set(names) if fields.pop(name, None) is not None)
-        if not fields:
-            self.forget(key)
-        return removed
-
     # -- sets ----------------------------------------------------------------------------------
 
     def sadd(self, key: str, members: Iterable[str]) -> int:
@@ -167,14 +144,6 @@ class FallbackStore:
         if not current:
             self.forget(key)
         return len(gone)
-
-    def smembers(self, key: str) -> set[str]:
-        entry = self._typed(key, set)
-        return set(entry.value) if entry else set()  # type: ignore[arg-type]
-
-    def sismember(self, key: str, member: str) -> bool:
-        entry = self._typed(key, set)
-        return entry is not None and member in entry.value
 
     # -- copying what Redis answered -----------------------------------------------------------
 

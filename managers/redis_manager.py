@@ -9,17 +9,17 @@ back, the log is replayed into Redis before any operation reaches Redis again.
 
 Reconciliation rule (what the replay does, key by key, in the order the keys were last written):
   * Last write per key wins: a SET (without NX) or a DELETE made during the outage replaces every
-    earlier pending write of that key; other writes (INCRBY, HSET, HDEL, SADD, SREM, EXPIRE) are
+    earlier pending write of that key; other writes (INCRBY, HSET, SADD, SREM) are
     replayed in order after it, as deltas, so a counter bumped during the outage is added to what
     Redis holds instead of overwriting it.
-  * A key whose TTL (set or changed during the outage) ran out before Redis came back is skipped:
+  * A key whose TTL (set during the outage) ran out before Redis came back is skipped:
     none of its writes are replayed. Because without the outage the key would now be gone, it is
     deleted from Redis instead, so an older value does not come back; the exception is a key
     whose writes began with SET NX, which never touches a value Redis already holds.
   * A SET NX made during the outage is replayed as SET NX: if a value appeared in Redis meanwhile
     (another instance took the lock, say), Redis' value wins, the key's other pending writes are
     dropped and the local copy is forgotten, so the next read takes Redis' value.
-  * TTLs are replayed as what is left of them (PX/PEXPIRE), never restarted from scratch.
+  * TTLs are replayed as what is left of them (PX), never restarted from scratch.
   * Each key's writes go in one MULTI/EXEC. If Redis fails mid-way, the unapplied keys stay pending
     for the next probe. A write whose connection timed out may have reached Redis: replaying it is
     harmless for SET/DEL/HSET/SADD/…, but an INCRBY can then count twice.
@@ -402,36 +402,6 @@ class RedisManager:
 
         return await self._run("delete", remote, local, write=True)
 
-    async def exists(self, *keys: str) -> int:
-        return await self._run(
-            "exists",
-            lambda client: client.exists(*keys),
-            lambda: sum(self.fallback.exists(key) for key in keys),
-        )
-
-    async def expire(self, key: str, seconds: int | timedelta) -> bool:
-        """EXPIRE. During an outage: True only if the fallback knows the key; the expiry is
-        replayed either way (Redis may hold the key)."""
-        ttl = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
-
-        async def remote(client: aioredis.Redis) -> bool:
-            done = bool(await client.expire(key, seconds))
-            if done:
-                self.fallback.expire(key, ttl)
-            else:
-                self.fallback.forget(key)
-            return done
-
-        def local() -> bool:
-            done = self.fallback.expire(key, ttl)
-            if ttl <= 0:
-                self._pend(key, PendingOp("delete"))  # what Redis does with such a TTL
-            else:
-                self._pend(key, PendingOp("expire", expires_at=self._clock() + ttl))
-            return done
-
-        return await self._run("expire", remote, local, write=True)
-
     async def ttl(self, key: str) -> int:
         """Seconds left; -1 without TTL, -2 when missing (in the fallback: as far as it knows)."""
 
@@ -442,9 +412,6 @@ class RedisManager:
             return left
 
         return await self._run("ttl", remote, lambda: self.fallback.ttl(key))
-
-    async def incr(self, key: str, amount: int = 1) -> int:
-        return await self.incrby(key, amount)
 
     async def incrby(self, key: str, amount: int = 1) -> int:
         async def remote(client: aioredis.Redis) -> int:
@@ -505,19 +472,6 @@ class RedisManager:
 
         return await self._run("hgetall", remote, lambda: self.fallback.hgetall(key))
 
-    async def hdel(self, key: str, *names: str) -> int:
-        async def remote(client: aioredis.Redis) -> int:
-            removed = int(await client.hdel(key, *names))
-            self._mirror(key, lambda: self.fallback.hdel(key, names))
-            return removed
-
-        def local() -> int:
-            removed = self.fallback.hdel(key, names)
-            self._pend(key, PendingOp("hdel", names))
-            return removed
-
-        return await self._run("hdel", remote, local, write=True)
-
     # -- sets ------------------------------------------------------------------------------------
 
     async def sadd(self, key: str, *members: Value) -> int:
@@ -549,24 +503,6 @@ class RedisManager:
             return removed
 
         return await self._run("srem", remote, local, write=True)
-
-    async def smembers(self, key: str) -> set[str]:
-        async def remote(client: aioredis.Redis) -> set[str]:
-            if not self.options.mirror_reads:
-                return set(await client.smembers(key))
-            value, pttl = await client.pipeline(transaction=False).smembers(key).pttl(key).execute()
-            self.fallback.mirror(key, set(value), pttl)
-            return set(value)
-
-        return await self._run("smembers", remote, lambda: self.fallback.smembers(key))
-
-    async def sismember(self, key: str, member: Value) -> bool:
-        item = _encode(member)
-
-        async def remote(client: aioredis.Redis) -> bool:
-            return bool(await client.sismember(key, item))
-
-        return await self._run("sismember", remote, lambda: self.fallback.sismember(key, item))
 
     # -- the breaker around every operation ------------------------------------------------------
 

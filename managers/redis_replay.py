@@ -9,14 +9,14 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
-Command = Literal["set", "delete", "incrby", "hset", "hdel", "sadd", "srem", "expire"]
+Command = Literal["set", "delete", "incrby", "hset", "sadd", "srem"]
 
 
 @dataclass
 class PendingOp:
     command: Command
     args: tuple[Any, ...] = ()
-    expires_at: float | None = None  # set / expire: absolute deadline on the manager's clock
+    expires_at: float | None = None  # set: absolute deadline on the manager's clock
     nx: bool = False
 
     @property
@@ -31,10 +31,10 @@ class PendingKey:
 
     @property
     def deadline(self) -> float | None:
-        """The key's TTL after these ops: SET and EXPIRE set it, DELETE clears it, the rest keep it."""
+        """The key's TTL after these ops: SET sets it, DELETE clears it, the rest keep it."""
         deadline: float | None = None
         for op in self.ops:
-            if op.command in ("set", "expire"):
+            if op.command == "set":
                 deadline = op.expires_at
             elif op.command == "delete":
                 deadline = None
@@ -123,7 +123,6 @@ async def replay(client: aioredis.Redis, key: str, entry: PendingKey, now: float
     pipe = client.pipeline(transaction=True)
     for op in ops:
         if op.command == "set":
-            # A SET whose own TTL ran out is only still alive through a later EXPIRE, replayed after it.
             pipe.set(key, op.args[0], px=_left_ms(op.expires_at, now), nx=op.nx)
         elif op.command == "delete":
             pipe.delete(key)
@@ -131,16 +130,10 @@ async def replay(client: aioredis.Redis, key: str, entry: PendingKey, now: float
             pipe.incrby(key, op.args[0])
         elif op.command == "hset":
             pipe.hset(key, mapping=op.args[0])
-        elif op.command == "hdel":
-            pipe.hdel(key, *op.args)
         elif op.command == "sadd":
             pipe.sadd(key, *op.args)
         elif op.command == "srem":
             pipe.srem(key, *op.args)
-        elif op.command == "expire":
-            left = _left_ms(op.expires_at, now)
-            if left is not None:  # an EXPIRE already past was overtaken by a later SET/EXPIRE
-                pipe.pexpire(key, left)
     results = await pipe.execute(raise_on_error=False)
     failed = [r for r in results if isinstance(r, Exception)]
     return Replayed("applied", failed[0] if failed else None)
