@@ -688,7 +688,7 @@ class RedisManager:
 
     def _pend(self, key: str, op: PendingOp) -> None:
         """Record a write made to the fallback, to be replayed into Redis when it is back."""
-        dropped = self.pending.record(key, op)
+        dropped = self.pending.record(key, op, self._clock())
         if dropped:
             before = self.counters.pending_dropped
             self.counters.pending_dropped += dropped

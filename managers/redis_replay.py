@@ -60,13 +60,15 @@ class PendingWrites:
     def keys(self) -> list[str]:
         return list(self._keys)
 
-    def record(self, key: str, op: PendingOp) -> int:
-        """Log a write; returns how many keys' writes were dropped to stay within the bound."""
+    def record(self, key: str, op: PendingOp, now: float) -> int:
+        """Log a write made at `now`; returns how many keys' writes were dropped to stay within the bound."""
         entry = self._keys.get(key)
-        if entry is None or op.overwrites:
+        expired = entry is not None and entry.deadline is not None and entry.deadline <= now
+        if entry is None or op.overwrites or expired:
             # Last write wins: drop the key's history and move it to the end of the replay order.
             self._keys.pop(key, None)
-            entry = PendingKey()
+            # A write to a key whose TTL ran out made it anew: what Redis still holds must go first.
+            entry = PendingKey([PendingOp("delete")] if expired and not op.overwrites else [])
             self._keys[key] = entry
         entry.ops.append(op)
         dropped = 0

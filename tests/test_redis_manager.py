@@ -171,18 +171,21 @@ def test_fallback_store_follows_redis_semantics_and_is_bounded() -> None:
 
 def test_pending_writes_last_write_wins_and_bounded() -> None:
     pending = PendingWrites(max_keys=2)
-    pending.record("a", PendingOp("incrby", (1,)))
-    pending.record("a", PendingOp("incrby", (2,)))
-    pending.record("a", PendingOp("set", ("x",), expires_at=50.0))  # overwrites the increments
-    pending.record("a", PendingOp("incrby", (3,)))
-    pending.record("b", PendingOp("delete"))
+    pending.record("a", PendingOp("incrby", (1,)), now=10.0)
+    pending.record("a", PendingOp("incrby", (2,)), now=10.0)
+    pending.record("a", PendingOp("set", ("x",), expires_at=50.0), now=10.0)  # overwrites the increments
+    pending.record("a", PendingOp("incrby", (3,)), now=20.0)
+    pending.record("b", PendingOp("delete"), now=20.0)
     key, entry = pending.pop_first() or ("", None)
     assert key == "a" and entry is not None
     assert [op.command for op in entry.ops] == ["set", "incrby"] and entry.deadline == 50.0
     pending.restore("a", entry)
     assert pending.keys() == ["a", "b"]
-    assert pending.record("c", PendingOp("sadd", ("m",))) == 1  # over the bound: oldest key dropped
-    assert pending.keys() == ["b", "c"]
+    pending.record("a", PendingOp("incrby", (4,)), now=60.0)  # "a" expired at 50: this INCRBY made it anew
+    assert pending.record("c", PendingOp("sadd", ("m",)), now=60.0) == 1  # over the bound: oldest key dropped
+    assert pending.keys() == ["a", "c"]
+    key, entry = pending.pop_first() or ("", None)
+    assert entry is not None and [(op.command, op.args) for op in entry.ops] == [("delete", ()), ("incrby", (4,))]
 
 
 def test_redact_url() -> None:
@@ -360,6 +363,32 @@ async def test_fallback_ttls_and_expired_writes_are_not_replayed(
         assert await direct.get("nottl") == "c" and await direct.ttl("nottl") == -1
         assert await direct.exists("old") == 0  # overwritten, then expired: the old value must not return
         assert mgr.metrics()["reconcile_skipped"] == 2
+    finally:
+        await mgr.close()
+
+
+async def test_a_write_after_a_key_expired_during_the_outage_starts_it_afresh(
+    proxied_url: str, proxy: TcpProxy, direct: aioredis.Redis
+) -> None:
+    """Once its TTL ran out the key was gone: a later write made it anew, so it must reach Redis
+    (not be dropped with the expired value), and the expired value must not outlive its TTL."""
+    clock = FakeClock()
+    mgr = RedisManager.from_url(proxied_url, FAST, clock=clock)
+    await proxy.stop_forwarding()
+    await mgr.start()
+    try:
+        await direct.set("count", "100")
+        assert await mgr.set("count", "7", ex=5)
+        assert await mgr.set("name", "old", ex=5)
+        clock.advance(6)
+        assert await mgr.incrby("count") == 1
+        assert await mgr.set("name", "new", nx=True)
+
+        await proxy.resume()
+        clock.advance(1)
+        await wait_recovered(mgr)
+        assert await direct.get("count") == "1" and await direct.ttl("count") == -1
+        assert await direct.get("name") == "new" and await direct.ttl("name") == -1
     finally:
         await mgr.close()
 
