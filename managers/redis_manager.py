@@ -37,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -51,7 +53,7 @@ from redis.backoff import NoBackoff
 
 from managers.circuit_breaker import CircuitBreaker, CircuitState
 from managers.redis_fallback import FallbackStore
-from managers.redis_replay import PendingOp, PendingWrites, replay
+from managers.redis_replay import MARKER_TTL_MS, PendingOp, PendingWrites, replay
 from managers.urls import redact_credentials
 
 T = TypeVar("T")
@@ -132,6 +134,9 @@ class RedisOptions:
     fallback_max_keys: int = 10_000
     pending_max_keys: int = 10_000
     mirror_reads: bool = True  # copy read keys (with their PTTL, same round trip) into the fallback
+    # How long Redis remembers that a key's pending writes went in, so a replay retried after a lost
+    # answer does not apply them twice.
+    replay_marker_ttl: float = MARKER_TTL_MS / 1000
 
 
 @dataclass
@@ -144,6 +149,7 @@ class RedisCounters:
     reconcile_conflicts: int = 0  # SET NX replays where Redis' value won
     reconcile_skipped: int = 0  # keys whose TTL ran out before Redis came back
     reconcile_errors: int = 0  # replays Redis rejected (e.g. WRONGTYPE); dropped
+    reconcile_already_applied: int = 0  # retried replays an earlier try had applied (its answer lost)
     pending_dropped: int = 0  # pending keys dropped because the log was full
     slow_operations: int = 0
 
@@ -175,6 +181,7 @@ class RedisManager:
         self.pending = PendingWrites(self.options.pending_max_keys)
         self.counters = RedisCounters()
         self._reconcile_lock = asyncio.Lock()
+        self._marker_ttl_ms = math.ceil(self.options.replay_marker_ttl * 1000)
         self._health_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # set on close, so the health loop's sleep ends at once
         self._started = False
@@ -581,22 +588,23 @@ class RedisManager:
         return ok
 
     async def _reconcile(self) -> None:
-        """Replay the pending writes into Redis (see the module docstring for the rule)."""
+        """Replay the pending writes into Redis (the rule is in managers/redis_replay.py)."""
         async with self._reconcile_lock:
-            applied = skipped = conflicts = 0
+            outcomes: Counter[str] = Counter()
             while (item := self.pending.pop_first()) is not None:
                 key, entry = item
                 try:
-                    result = await replay(self._client, key, entry, self._clock())
+                    result = await replay(self._client, key, entry, self._clock(), marker_ttl_ms=self._marker_ttl_ms)
                 except FAILURES:
-                    self.pending.restore(key, entry)
+                    self.pending.restore(key, entry)  # the marker keeps a retry from applying it twice
                     raise
                 except redis.exceptions.RedisError as exc:
                     self.counters.reconcile_errors += 1
                     self.fallback.forget(key)
                     self._log(errors_log, logging.ERROR, "Redis rejected the pending writes of %r: %s", key, exc)
                     continue
-                if result.outcome != "applied" or result.rejected is not None:
+                outcomes[result.outcome] += 1
+                if result.outcome in ("skipped", "conflict") or result.rejected is not None:
                     # Our copy may now differ from what Redis holds: reads take Redis' value.
                     self.fallback.forget(key)
                 if result.rejected is not None:
@@ -604,24 +612,22 @@ class RedisManager:
                     self._log(
                         errors_log, logging.ERROR, "Redis rejected part of the pending writes of %r: %s", key, result.rejected
                     )
-                if result.outcome == "applied":
-                    applied += 1
-                elif result.outcome == "skipped":
-                    skipped += 1
-                else:
-                    conflicts += 1
+                if result.outcome == "conflict":
                     self._log(errors_log, logging.WARNING, "SET NX of %r made during the outage lost to Redis' value", key)
-            self.counters.reconciled += applied
-            self.counters.reconcile_skipped += skipped
-            self.counters.reconcile_conflicts += conflicts
-            if applied or skipped or conflicts:
+            self.counters.reconciled += outcomes["applied"]
+            self.counters.reconcile_skipped += outcomes["skipped"]
+            self.counters.reconcile_conflicts += outcomes["conflict"]
+            self.counters.reconcile_already_applied += outcomes["already_applied"]
+            if outcomes:
                 self._log(
                     errors_log,
                     logging.WARNING,
-                    "reconciled writes made while Redis was down: %d keys applied, %d expired, %d NX conflicts",
-                    applied,
-                    skipped,
-                    conflicts,
+                    "reconciled writes made while Redis was down: %d keys applied, %d expired, %d NX conflicts, "
+                    "%d found applied by an earlier try",
+                    outcomes["applied"],
+                    outcomes["skipped"],
+                    outcomes["conflict"],
+                    outcomes["already_applied"],
                 )
 
     # -- health loop -----------------------------------------------------------------------------

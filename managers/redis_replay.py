@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.client import Pipeline
 
 Command = Literal["set", "delete", "incrby", "hset", "sadd", "srem"]
 
@@ -28,6 +31,8 @@ class PendingOp:
 @dataclass
 class PendingKey:
     ops: list[PendingOp] = field(default_factory=list)
+    # Names this entry's marker in Redis; kept when writes made during a failed replay are appended.
+    replay_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def deadline(self) -> float | None:
@@ -89,7 +94,7 @@ class PendingWrites:
             if newer.ops and newer.ops[0].overwrites:
                 entry = newer
             else:
-                entry = PendingKey(entry.ops + newer.ops)
+                entry = PendingKey(entry.ops + newer.ops, entry.replay_id)
         self._keys[key] = entry
         self._keys.move_to_end(key, last=False)
 
@@ -97,48 +102,72 @@ class PendingWrites:
         self._keys.clear()
 
 
+MARKER_PREFIX = "replayed:"
+# A marker must outlive the outage that may follow a lost answer, until the retry: a day, one small
+# key per replayed key.
+MARKER_TTL_MS = 86_400_000
+
+
 @dataclass(frozen=True)
 class Replayed:
     """What replaying one key did; `rejected` is the first command Redis refused (the rest went in)."""
 
-    outcome: Literal["applied", "skipped", "conflict"]
+    outcome: Literal["applied", "skipped", "conflict", "already_applied"]
     rejected: Exception | None = None
 
 
-async def replay(client: aioredis.Redis, key: str, entry: PendingKey, now: float) -> Replayed:
-    """Apply one key's pending writes to Redis; `now` is on the clock the deadlines were set on."""
-    ops = entry.ops
-    deadline = entry.deadline
-    if deadline is not None and deadline <= now:
-        # Expired before Redis came back: the key would be gone by now, so make it gone.
-        if not (ops[0].command == "set" and ops[0].nx):
-            await client.delete(key)
-        return Replayed("skipped")
-    if ops[0].command == "set" and ops[0].nx:
-        first, ops = ops[0], ops[1:]
-        stored = await client.set(key, first.args[0], px=_left_ms(first.expires_at, now), nx=True)
-        if not stored:
-            # A value appeared in Redis meanwhile: it wins.
-            return Replayed("conflict")
+async def replay(
+    client: aioredis.Redis, key: str, entry: PendingKey, now: float, *, marker_ttl_ms: int = MARKER_TTL_MS
+) -> Replayed:
+    """Apply one key's pending writes to Redis, each at most once; `now` is on the deadlines' clock."""
+    async with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                return await _replay_watched(pipe, key, entry, now, marker_ttl_ms)
+            except redis.exceptions.WatchError:
+                # The key changed, or the connection died while watched (the EXEC may have gone in):
+                # read the marker again. If Redis cannot be reached the next WATCH raises.
+                await pipe.reset()
+
+
+async def _replay_watched(pipe: Pipeline, key: str, entry: PendingKey, now: float, marker_ttl_ms: int) -> Replayed:
+    marker = MARKER_PREFIX + entry.replay_id
+    nx_first = entry.ops[0].command == "set" and entry.ops[0].nx
+    await (pipe.watch(marker, key) if nx_first else pipe.watch(marker))
+    done = int(await pipe.get(marker) or 0)  # ops of this entry that went in on an earlier try
+    ops = entry.ops[done:]
     if not ops:
-        return Replayed("applied")
-    pipe = client.pipeline(transaction=True)
-    for op in ops:
-        if op.command == "set":
-            pipe.set(key, op.args[0], px=_left_ms(op.expires_at, now), nx=op.nx)
-        elif op.command == "delete":
-            pipe.delete(key)
-        elif op.command == "incrby":
-            pipe.incrby(key, op.args[0])
-        elif op.command == "hset":
-            pipe.hset(key, mapping=op.args[0])
-        elif op.command == "sadd":
-            pipe.sadd(key, *op.args)
-        elif op.command == "srem":
-            pipe.srem(key, *op.args)
+        return Replayed("already_applied")
+    expired = entry.deadline is not None and entry.deadline <= now
+    if expired and nx_first:
+        return Replayed("skipped")  # a SET NX never touched what Redis holds: nothing to undo
+    if not expired and nx_first and done == 0 and await pipe.exists(key):
+        return Replayed("conflict")  # a value appeared in Redis meanwhile: it wins
+    pipe.multi()
+    if expired:
+        pipe.delete(key)  # without the outage the key would be gone by now
+    else:
+        for op in ops:
+            _queue(pipe, key, op, now)
+    pipe.set(marker, len(entry.ops), px=marker_ttl_ms)
     results = await pipe.execute(raise_on_error=False)
     failed = [r for r in results if isinstance(r, Exception)]
-    return Replayed("applied", failed[0] if failed else None)
+    return Replayed("skipped" if expired else "applied", failed[0] if failed else None)
+
+
+def _queue(pipe: Pipeline, key: str, op: PendingOp, now: float) -> None:
+    if op.command == "set":
+        pipe.set(key, op.args[0], px=_left_ms(op.expires_at, now), nx=op.nx)
+    elif op.command == "delete":
+        pipe.delete(key)
+    elif op.command == "incrby":
+        pipe.incrby(key, op.args[0])
+    elif op.command == "hset":
+        pipe.hset(key, mapping=op.args[0])
+    elif op.command == "sadd":
+        pipe.sadd(key, *op.args)
+    elif op.command == "srem":
+        pipe.srem(key, *op.args)
 
 
 def _left_ms(deadline: float | None, now: float) -> int | None:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -21,7 +22,7 @@ import redis.exceptions
 from managers.circuit_breaker import CircuitBreaker, CircuitState
 from managers.redis_fallback import FallbackStore
 from managers.redis_manager import RedisManager, RedisOptions, RedisUnavailable, redact_url
-from managers.redis_replay import PendingOp, PendingWrites
+from managers.redis_replay import PendingKey, PendingOp, PendingWrites, replay
 from tests.doubles.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(30)
@@ -60,6 +61,81 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], step: floa
         if result:
             return
         await asyncio.sleep(step)
+
+
+class AnswerLosingProxy:
+    """Forwards TCP to a server; armed with `lose_answer_after(request)`, the next connection that
+    sends `request` loses every later answer: the server did the work, and the client either times
+    out ("swallow") or sees its connection reset when the answer comes ("reset")."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._armed: bytes | None = None
+        self._how: Literal["swallow", "reset"] = "swallow"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.lost_bytes = 0  # bytes of answers swallowed: > 0 means the server did answer
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def lose_answer_after(self, request: bytes, how: Literal["swallow", "reset"] = "swallow") -> None:
+        self._armed, self._how = request, how
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        swallowing = False
+
+        async def upstream(up_writer: asyncio.StreamWriter) -> None:
+            nonlocal swallowing
+            while data := await reader.read(65536):
+                if self._armed is not None and self._armed in data:
+                    self._armed, swallowing = None, True
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream(up_reader: asyncio.StreamReader) -> None:
+            while data := await up_reader.read(65536):
+                if swallowing:
+                    self.lost_bytes += len(data)
+                    if self._how == "reset":
+                        writer.transport.abort()
+                        return
+                    continue
+                writer.write(data)
+                await writer.drain()
+
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            done, pending = await asyncio.wait(
+                [asyncio.ensure_future(upstream(up_writer)), asyncio.ensure_future(downstream(up_reader))],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for other in pending:
+                other.cancel()
+            await asyncio.gather(*done, *pending, return_exceptions=True)
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    w.close()
+            self._tasks.discard(task)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +264,33 @@ def test_pending_writes_last_write_wins_and_bounded() -> None:
     assert entry is not None and [(op.command, op.args) for op in entry.ops] == [("delete", ()), ("incrby", (4,))]
 
 
+async def test_a_replay_retried_after_it_went_in_is_not_applied_again(direct: aioredis.Redis) -> None:
+    """A replay whose answer was lost may have gone in: the retry the manager makes then (the same
+    entry put back into the log, with writes made meanwhile appended) applies only what is new."""
+    await direct.set("hits", "10")
+    log = PendingWrites()
+    log.record("hits", PendingOp("incrby", (5,)), now=0.0)
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "applied"
+    log.record("hits", PendingOp("incrby", (2,)), now=0.0)  # made while that replay was under way
+    log.restore(key, entry)  # as when the replay raised: its answer never came
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "applied"
+    assert await direct.get("hits") == "17"
+    log.restore(key, entry)  # that answer was lost too
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "already_applied"
+    assert await direct.get("hits") == "17"
+
+    log.record("lock", PendingOp("set", ("mine",), nx=True), now=0.0)
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "applied"
+    log.restore(key, entry)
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "already_applied"  # not an NX conflict with itself
+    assert await direct.get("lock") == "mine"
+
+
 def test_redact_url() -> None:
     assert redact_url("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("rediss://user:p%40ss@host/1") == "rediss://user:***@host/1"
@@ -312,6 +415,35 @@ async def test_outage_served_from_fallback_then_reconciled_into_redis(
     assert await direct.exists("before") == 0
     assert manager.metrics()["reconciled"] == 5
     assert manager.client is not None and await manager.get("counter") == "16"
+
+
+@pytest.mark.parametrize("how", ["swallow", "reset"])
+async def test_an_outage_increment_reaches_redis_once_when_the_replay_answer_is_lost(
+    how: Literal["swallow", "reset"], proxy: TcpProxy, proxied_url: str, direct: aioredis.Redis
+) -> None:
+    """The replay's MULTI/EXEC reaches Redis but its answer does not. On a timeout the writes stay
+    pending for the next probe; on a reset connection the client would send them again at once.
+    Either way the retry must add nothing."""
+    lossy = AnswerLosingProxy(proxy.listen_host, proxy.port)
+    await lossy.start()
+    parts = urlsplit(proxied_url)
+    mgr = RedisManager.from_url(
+        urlunsplit((parts.scheme, f"127.0.0.1:{lossy.port}", parts.path, parts.query, parts.fragment)),
+        dataclasses.replace(FAST, socket_timeout=0.3),
+    )
+    await mgr.start()
+    try:
+        await direct.set("hits", "10")
+        await proxy.stop_forwarding()
+        assert await mgr.incrby("hits", 5) == 5  # the fallback never saw the key: it counts from 0
+        lossy.lose_answer_after(b"EXEC", how)
+        await proxy.resume()
+        await wait_recovered(mgr)
+        assert lossy.lost_bytes > 0  # Redis did answer the first replay: it went in
+        assert await direct.get("hits") == "15"  # added to what Redis held, once
+    finally:
+        await mgr.close()
+        await lossy.close()
 
 
 async def test_operations_during_outage_do_not_hang(proxied_url: str, proxy: TcpProxy) -> None:
