@@ -1,8 +1,7 @@
 """The in-memory store that answers for Redis while it is down.
 
-`RedisManager` mirrors what it reads and writes into a `FallbackStore` while Redis answers, and
-serves the same operations from it during an outage. It follows Redis' semantics where the bot can
-tell the difference, within an LRU bound, on the manager's clock.
+RedisManager copies into it what it reads and writes while Redis answers (the keys it has seen,
+LRU-bounded) and serves the same operations from it during an outage.
 """
 
 from __future__ import annotations

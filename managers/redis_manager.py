@@ -1,35 +1,13 @@
-"""Redis access for the bot that survives Redis going away.
+"""Redis access that keeps the bot answering while Redis is away.
 
-`RedisManager` wraps a `redis.asyncio` client (or, with no URL, the embedded fakeredis stand-in)
-and puts every operation behind a circuit breaker. While Redis answers, operations go to Redis and
-what they read or write is mirrored into a bounded in-memory `FallbackStore`. While Redis is down
-(connection/timeout errors, or the circuit is open), the same operations are served by that store,
-so the bot keeps answering, and writes are kept in a `PendingWrites` log. When a probe finds Redis
-back, the log is replayed into Redis before any operation reaches Redis again.
+`RedisManager` wraps a `redis.asyncio` client (with no URL, an in-process fakeredis) and puts every
+operation behind a circuit breaker. Its wrapped operations mirror what they read and write into a
+`FallbackStore`, which serves them while Redis is down; writes made meanwhile are replayed into
+Redis when a probe finds it back, before anything else reaches it (managers/redis_replay.py).
+A key the fallback never saw reads as missing: code that writes a default on a miss should use NX.
 
-Reconciliation rule (what the replay does, key by key, in the order the keys were last written):
-  * Last write per key wins: a SET (without NX) or a DELETE made during the outage replaces every
-    earlier pending write of that key; other writes (INCRBY, HSET, SADD, SREM) are
-    replayed in order after it, as deltas, so a counter bumped during the outage is added to what
-    Redis holds instead of overwriting it.
-  * A key whose TTL (set during the outage) ran out before Redis came back is skipped:
-    none of its writes are replayed. Because without the outage the key would now be gone, it is
-    deleted from Redis instead, so an older value does not come back; the exception is a key
-    whose writes began with SET NX, which never touches a value Redis already holds.
-  * A SET NX made during the outage is replayed as SET NX: if a value appeared in Redis meanwhile
-    (another instance took the lock, say), Redis' value wins, the key's other pending writes are
-    dropped and the local copy is forgotten, so the next read takes Redis' value.
-  * TTLs are replayed as what is left of them (PX), never restarted from scratch.
-  * Each key's writes go in one MULTI/EXEC. If Redis fails mid-way, the unapplied keys stay pending
-    for the next probe. A write whose connection timed out may have reached Redis: replaying it is
-    harmless for SET/DEL/HSET/SADD/…, but an INCRBY can then count twice.
-
-What the fallback can answer during an outage: the keys read or written through the manager
-before it (LRU-bounded); for hashes and sets, the fields and members it has seen. A key it never
-saw reads as missing, so code that writes a default when a read finds nothing should use NX.
-
-Raw access (`manager.client`: pipelines, Lua, streams, pub/sub) is not mirrored; while the circuit
-is not closed it raises `RedisUnavailable` at once rather than letting callers wait on timeouts.
+Raw access (`client`, `guarded()`: pipelines, Lua, streams, pub/sub) is neither mirrored nor
+replayed; while the circuit is not closed it raises `RedisUnavailable` at once.
 """
 
 from __future__ import annotations
@@ -109,11 +87,6 @@ def _seconds(ex: int | float | timedelta | None, px: int | timedelta | None) -> 
     if px is not None:
         return px.total_seconds() if isinstance(px, timedelta) else px / 1000.0
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# The manager
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

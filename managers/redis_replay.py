@@ -1,4 +1,19 @@
-"""Writes made while Redis was down, and their replay into Redis once it is back."""
+"""Writes made while Redis was down, and their replay into Redis once it is back.
+
+Replayed: the writes made through RedisManager's wrapped operations (SET, DELETE, INCRBY, HSET,
+SADD, SREM) while Redis failed; never raw client access, pipelines, Lua or streams.
+
+How, key by key, oldest first:
+  * A SET without NX or a DELETE replaces the key's earlier pending writes; the others follow it
+    as deltas, so an INCRBY adds to what Redis holds. TTLs go in as what is left of them.
+  * A key whose TTL ran out before Redis came back is deleted instead, as the expiry would have
+    (unless its writes began with SET NX, which never touched Redis' value). A write made after
+    the TTL ran out starts the key afresh.
+  * A leading SET NX goes in only if Redis still has no value; otherwise Redis' value wins and
+    the key's other writes are dropped.
+  * A key's writes go in one MULTI/EXEC with a marker saying how many of them went in, read under
+    WATCH first: a replay retried after a lost answer applies only what the marker does not cover.
+"""
 
 from __future__ import annotations
 
