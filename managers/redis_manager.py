@@ -1,35 +1,13 @@
-"""Redis access for the bot that survives Redis going away.
+"""Redis access that keeps the bot answering while Redis is away.
 
-`RedisManager` wraps a `redis.asyncio` client (or, with no URL, the embedded fakeredis stand-in)
-and puts every operation behind a circuit breaker. While Redis answers, operations go to Redis and
-what they read or write is mirrored into a bounded in-memory `FallbackStore`. While Redis is down
-(connection/timeout errors, or the circuit is open), the same operations are served by that store,
-so the bot keeps answering, and writes are kept in a `PendingWrites` log. When a probe finds Redis
-back, the log is replayed into Redis before any operation reaches Redis again.
+`RedisManager` wraps a `redis.asyncio` client (with no URL, an in-process fakeredis) and puts every
+operation behind a circuit breaker. Its wrapped operations mirror what they read and write into a
+`FallbackStore`, which serves them while Redis is down; writes made meanwhile are replayed into
+Redis when a probe finds it back, before anything else reaches it (managers/redis_replay.py).
+A key the fallback never saw reads as missing: code that writes a default on a miss should use NX.
 
-Reconciliation rule (what the replay does, key by key, in the order the keys were last written):
-  * Last write per key wins: a SET (without NX) or a DELETE made during the outage replaces every
-    earlier pending write of that key; other writes (INCRBY, HSET, HDEL, SADD, SREM, EXPIRE) are
-    replayed in order after it, as deltas, so a counter bumped during the outage is added to what
-    Redis holds instead of overwriting it.
-  * A key whose TTL (set or changed during the outage) ran out before Redis came back is skipped:
-    none of its writes are replayed. Because without the outage the key would now be gone, it is
-    deleted from Redis instead, so an older value does not come back; the exception is a key
-    whose writes began with SET NX, which never touches a value Redis already holds.
-  * A SET NX made during the outage is replayed as SET NX: if a value appeared in Redis meanwhile
-    (another instance took the lock, say), Redis' value wins, the key's other pending writes are
-    dropped and the local copy is forgotten, so the next read takes Redis' value.
-  * TTLs are replayed as what is left of them (PX/PEXPIRE), never restarted from scratch.
-  * Each key's writes go in one MULTI/EXEC. If Redis fails mid-way, the unapplied keys stay pending
-    for the next probe. A write whose connection timed out may have reached Redis: replaying it is
-    harmless for SET/DEL/HSET/SADD/…, but an INCRBY can then count twice.
-
-What the fallback can answer during an outage: the keys read or written through the manager
-before it (LRU-bounded); for hashes and sets, the fields and members it has seen. A key it never
-saw reads as missing, so code that writes a default when a read finds nothing should use NX.
-
-Raw access (`manager.client`: pipelines, Lua, streams, pub/sub) is not mirrored; while the circuit
-is not closed it raises `RedisUnavailable` at once rather than letting callers wait on timeouts.
+Raw access (`client`, `guarded()`: pipelines, Lua, streams, pub/sub) is neither mirrored nor
+replayed; while the circuit is not closed it raises `RedisUnavailable` at once.
 """
 
 from __future__ import annotations
@@ -39,20 +17,21 @@ import contextlib
 import logging
 import math
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from cachetools import LRUCache
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from managers.circuit_breaker import CircuitBreaker, CircuitState
+from managers.redis_fallback import FallbackStore
+from managers.redis_replay import MARKER_TTL_MS, PendingOp, PendingWrites, replay
 from managers.urls import redact_credentials
 
 T = TypeVar("T")
@@ -69,7 +48,6 @@ FAILURES: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 
 Value = str | bytes | int | float
 
@@ -111,314 +89,6 @@ def _seconds(ex: int | float | timedelta | None, px: int | timedelta | None) -> 
     return None
 
 
-# --------------------------------------------------------------------------------------------
-# The in-memory stand-in
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    value: str | dict[str, str] | set[str]
-    expires_at: float | None  # on the store's clock; None = no TTL
-
-
-class FallbackStore:
-    """Strings, hashes and sets with per-key TTLs, bounded by an LRU, on an injectable clock.
-
-    Follows Redis semantics where the bot can tell (empty hashes/sets disappear, INCR keeps the
-    TTL, SET clears it, WRONGTYPE on type clashes). Expired keys are dropped when touched and by
-    `purge_expired()`, which the health loop calls.
-    """
-
-    def __init__(self, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: LRUCache[str, _Entry] = LRUCache(maxsize=max_keys)
-        self._clock = clock
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._live(key) is not None
-
-    def purge_expired(self) -> int:
-        now = self._clock()
-        dead = [k for k, e in list(self._data.items()) if e.expires_at is not None and e.expires_at <= now]
-        for key in dead:
-            self._data.pop(key, None)
-        return len(dead)
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def forget(self, key: str) -> None:
-        self._data.pop(key, None)
-
-    def deadline(self, key: str) -> float | None:
-        entry = self._live(key)
-        return entry.expires_at if entry else None
-
-    # -- keys ----------------------------------------------------------------------------------
-
-    def delete(self, key: str) -> bool:
-        existed = self._live(key) is not None
-        self._data.pop(key, None)
-        return existed
-
-    def exists(self, key: str) -> bool:
-        return self._live(key) is not None
-
-    def expire(self, key: str, seconds: float) -> bool:
-        entry = self._live(key)
-        if entry is None:
-            return False
-        if seconds <= 0:
-            self.forget(key)  # Redis deletes a key given a non-positive TTL
-        else:
-            entry.expires_at = self._clock() + seconds
-        return True
-
-    def ttl(self, key: str) -> int:
-        entry = self._live(key)
-        if entry is None:
-            return -2
-        if entry.expires_at is None:
-            return -1
-        remaining_ms = max(0, int((entry.expires_at - self._clock()) * 1000))
-        return (remaining_ms + 500) // 1000  # Redis rounds TTL to the nearest second
-
-    # -- strings -------------------------------------------------------------------------------
-
-    def get(self, key: str) -> str | None:
-        entry = self._typed(key, str)
-        return entry.value if entry else None  # type: ignore[return-value]
-
-    def set(self, key: str, value: str, ttl: float | None = None, nx: bool = False, keepttl: bool = False) -> bool:
-        existing = self._live(key)
-        if nx and existing is not None:
-            return False
-        if ttl is not None and ttl <= 0:
-            raise redis.exceptions.ResponseError("invalid expire time in 'set' command")
-        expires_at = self._clock() + ttl if ttl is not None else None
-        if keepttl and existing is not None:
-            expires_at = existing.expires_at
-        self._data[key] = _Entry(value, expires_at)
-        return True
-
-    def incrby(self, key: str, amount: int) -> int:
-        entry = self._typed(key, str)
-        try:
-            current = int(entry.value) if entry else 0  # type: ignore[arg-type]
-        except ValueError:
-            raise redis.exceptions.ResponseError("value is not an integer or out of range") from None
-        result = current + amount
-        self._data[key] = _Entry(str(result), entry.expires_at if entry else None)
-        return result
-
-    # -- hashes --------------------------------------------------------------------------------
-
-    def hget(self, key: str, field: str) -> str | None:
-        entry = self._typed(key, dict)
-        return entry.value.get(field) if entry else None  # type: ignore[union-attr]
-
-    def hgetall(self, key: str) -> dict[str, str]:
-        entry = self._typed(key, dict)
-        return dict(entry.value) if entry else {}  # type: ignore[arg-type]
-
-    def hset(self, key: str, mapping: Mapping[str, str]) -> int:
-        entry = self._typed(key, dict)
-        if entry is None:
-            entry = _Entry({}, None)
-            self._data[key] = entry
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
-        added = sum(1 for name in mapping if name not in fields)
-        fields.update(mapping)
-        return added
-
-    def hdel(self, key: str, names: Iterable[str]) -> int:
-        entry = self._typed(key, dict)
-        if entry is None:
-            return 0
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
-        removed = sum(1 for name in set(names) if fields.pop(name, None) is not None)
-        if not fields:
-            self.forget(key)
-        return removed
-
-    # -- sets ----------------------------------------------------------------------------------
-
-    def sadd(self, key: str, members: Iterable[str]) -> int:
-        entry = self._typed(key, set)
-        if entry is None:
-            entry = _Entry(set(), None)
-            self._data[key] = entry
-        current: set[str] = entry.value  # type: ignore[assignment]
-        new = set(members) - current
-        current |= new
-        return len(new)
-
-    def srem(self, key: str, members: Iterable[str]) -> int:
-        entry = self._typed(key, set)
-        if entry is None:
-            return 0
-        current: set[str] = entry.value  # type: ignore[assignment]
-        gone = current & set(members)
-        current -= gone
-        if not current:
-            self.forget(key)
-        return len(gone)
-
-    def smembers(self, key: str) -> set[str]:
-        entry = self._typed(key, set)
-        return set(entry.value) if entry else set()  # type: ignore[arg-type]
-
-    def sismember(self, key: str, member: str) -> bool:
-        entry = self._typed(key, set)
-        return entry is not None and member in entry.value
-
-    # -- copying what Redis answered -----------------------------------------------------------
-
-    def mirror(self, key: str, value: str | dict[str, str] | set[str] | None, pttl: int) -> None:
-        """Keep a copy of a whole key read from Redis, with its remaining TTL (PTTL reply)."""
-        if value is None or pttl == -2 or (isinstance(value, (dict, set)) and not value):
-            self.forget(key)
-            return
-        copy: str | dict[str, str] | set[str] = value if isinstance(value, str) else type(value)(value)
-        self._data[key] = _Entry(copy, self._deadline_from_pttl(pttl))
-
-    def mirror_field(self, key: str, name: str, value: str | None, pttl: int) -> None:
-        """Keep a copy of one hash field read from Redis (the rest of the hash stays as known)."""
-        if pttl == -2:
-            self.forget(key)
-            return
-        entry = self._live(key)
-        if entry is None or not isinstance(entry.value, dict):
-            if value is None:
-                return
-            entry = _Entry({}, None)
-            self._data[key] = entry
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
-        if value is None:
-            fields.pop(name, None)
-        else:
-            fields[name] = value
-        entry.expires_at = self._deadline_from_pttl(pttl)
-        if not fields:
-            self.forget(key)
-
-    # -- internals -----------------------------------------------------------------------------
-
-    def _deadline_from_pttl(self, pttl: int) -> float | None:
-        return None if pttl is None or pttl < 0 else self._clock() + pttl / 1000.0
-
-    def _live(self, key: str) -> _Entry | None:
-        entry = self._data.get(key)
-        if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
-            self._data.pop(key, None)
-            return None
-        return entry
-
-    def _typed(self, key: str, kind: type) -> _Entry | None:
-        entry = self._live(key)
-        if entry is not None and not isinstance(entry.value, kind):
-            raise redis.exceptions.ResponseError(WRONGTYPE)
-        return entry
-
-
-# --------------------------------------------------------------------------------------------
-# Writes waiting for Redis to come back
-# --------------------------------------------------------------------------------------------
-
-Command = Literal["set", "delete", "incrby", "hset", "hdel", "sadd", "srem", "expire"]
-
-
-@dataclass
-class PendingOp:
-    command: Command
-    args: tuple[Any, ...] = ()
-    expires_at: float | None = None  # set / expire: absolute deadline on the manager's clock
-    nx: bool = False
-
-    @property
-    def overwrites(self) -> bool:
-        """After this op the key's earlier history does not matter any more."""
-        return self.command == "delete" or (self.command == "set" and not self.nx)
-
-
-@dataclass
-class PendingKey:
-    ops: list[PendingOp] = field(default_factory=list)
-
-    @property
-    def deadline(self) -> float | None:
-        """The key's TTL after these ops: SET and EXPIRE set it, DELETE clears it, the rest keep it."""
-        deadline: float | None = None
-        for op in self.ops:
-            if op.command in ("set", "expire"):
-                deadline = op.expires_at
-            elif op.command == "delete":
-                deadline = None
-        return deadline
-
-
-class PendingWrites:
-    """Per-key write log, oldest key first, bounded (the oldest key's writes are dropped first)."""
-
-    def __init__(self, max_keys: int = 10_000) -> None:
-        self._keys: OrderedDict[str, PendingKey] = OrderedDict()
-        self._max_keys = max_keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __bool__(self) -> bool:
-        return bool(self._keys)
-
-    def op_count(self) -> int:
-        return sum(len(entry.ops) for entry in self._keys.values())
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
-    def record(self, key: str, op: PendingOp) -> int:
-        """Log a write; returns how many keys' writes were dropped to stay within the bound."""
-        entry = self._keys.get(key)
-        if entry is None or op.overwrites:
-            # Last write wins: drop the key's history and move it to the end of the replay order.
-            self._keys.pop(key, None)
-            entry = PendingKey()
-            self._keys[key] = entry
-        entry.ops.append(op)
-        dropped = 0
-        while len(self._keys) > self._max_keys:
-            self._keys.popitem(last=False)
-            dropped += 1
-        return dropped
-
-    def pop_first(self) -> tuple[str, PendingKey] | None:
-        if not self._keys:
-            return None
-        return self._keys.popitem(last=False)
-
-    def restore(self, key: str, entry: PendingKey) -> None:
-        """Put back a key whose replay failed, ahead of writes recorded for it in the meantime."""
-        newer = self._keys.pop(key, None)
-        if newer is not None:
-            if newer.ops and newer.ops[0].overwrites:
-                entry = newer
-            else:
-                entry = PendingKey(entry.ops + newer.ops)
-        self._keys[key] = entry
-        self._keys.move_to_end(key, last=False)
-
-    def clear(self) -> None:
-        self._keys.clear()
-
-
-# --------------------------------------------------------------------------------------------
-# The manager
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class RedisOptions:
     max_connections: int = 50
@@ -437,6 +107,9 @@ class RedisOptions:
     fallback_max_keys: int = 10_000
     pending_max_keys: int = 10_000
     mirror_reads: bool = True  # copy read keys (with their PTTL, same round trip) into the fallback
+    # How long Redis remembers that a key's pending writes went in, so a replay retried after a lost
+    # answer does not apply them twice.
+    replay_marker_ttl: float = MARKER_TTL_MS / 1000
 
 
 @dataclass
@@ -449,6 +122,7 @@ class RedisCounters:
     reconcile_conflicts: int = 0  # SET NX replays where Redis' value won
     reconcile_skipped: int = 0  # keys whose TTL ran out before Redis came back
     reconcile_errors: int = 0  # replays Redis rejected (e.g. WRONGTYPE); dropped
+    reconcile_already_applied: int = 0  # retried replays an earlier try had applied (its answer lost)
     pending_dropped: int = 0  # pending keys dropped because the log was full
     slow_operations: int = 0
 
@@ -480,6 +154,7 @@ class RedisManager:
         self.pending = PendingWrites(self.options.pending_max_keys)
         self.counters = RedisCounters()
         self._reconcile_lock = asyncio.Lock()
+        self._marker_ttl_ms = math.ceil(self.options.replay_marker_ttl * 1000)
         self._health_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # set on close, so the health loop's sleep ends at once
         self._started = False
@@ -707,36 +382,6 @@ class RedisManager:
 
         return await self._run("delete", remote, local, write=True)
 
-    async def exists(self, *keys: str) -> int:
-        return await self._run(
-            "exists",
-            lambda client: client.exists(*keys),
-            lambda: sum(self.fallback.exists(key) for key in keys),
-        )
-
-    async def expire(self, key: str, seconds: int | timedelta) -> bool:
-        """EXPIRE. During an outage: True only if the fallback knows the key; the expiry is
-        replayed either way (Redis may hold the key)."""
-        ttl = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
-
-        async def remote(client: aioredis.Redis) -> bool:
-            done = bool(await client.expire(key, seconds))
-            if done:
-                self.fallback.expire(key, ttl)
-            else:
-                self.fallback.forget(key)
-            return done
-
-        def local() -> bool:
-            done = self.fallback.expire(key, ttl)
-            if ttl <= 0:
-                self._pend(key, PendingOp("delete"))  # what Redis does with such a TTL
-            else:
-                self._pend(key, PendingOp("expire", expires_at=self._clock() + ttl))
-            return done
-
-        return await self._run("expire", remote, local, write=True)
-
     async def ttl(self, key: str) -> int:
         """Seconds left; -1 without TTL, -2 when missing (in the fallback: as far as it knows)."""
 
@@ -747,9 +392,6 @@ class RedisManager:
             return left
 
         return await self._run("ttl", remote, lambda: self.fallback.ttl(key))
-
-    async def incr(self, key: str, amount: int = 1) -> int:
-        return await self.incrby(key, amount)
 
     async def incrby(self, key: str, amount: int = 1) -> int:
         async def remote(client: aioredis.Redis) -> int:
@@ -810,19 +452,6 @@ class RedisManager:
 
         return await self._run("hgetall", remote, lambda: self.fallback.hgetall(key))
 
-    async def hdel(self, key: str, *names: str) -> int:
-        async def remote(client: aioredis.Redis) -> int:
-            removed = int(await client.hdel(key, *names))
-            self._mirror(key, lambda: self.fallback.hdel(key, names))
-            return removed
-
-        def local() -> int:
-            removed = self.fallback.hdel(key, names)
-            self._pend(key, PendingOp("hdel", names))
-            return removed
-
-        return await self._run("hdel", remote, local, write=True)
-
     # -- sets ------------------------------------------------------------------------------------
 
     async def sadd(self, key: str, *members: Value) -> int:
@@ -854,24 +483,6 @@ class RedisManager:
             return removed
 
         return await self._run("srem", remote, local, write=True)
-
-    async def smembers(self, key: str) -> set[str]:
-        async def remote(client: aioredis.Redis) -> set[str]:
-            if not self.options.mirror_reads:
-                return set(await client.smembers(key))
-            value, pttl = await client.pipeline(transaction=False).smembers(key).pttl(key).execute()
-            self.fallback.mirror(key, set(value), pttl)
-            return set(value)
-
-        return await self._run("smembers", remote, lambda: self.fallback.smembers(key))
-
-    async def sismember(self, key: str, member: Value) -> bool:
-        item = _encode(member)
-
-        async def remote(client: aioredis.Redis) -> bool:
-            return bool(await client.sismember(key, item))
-
-        return await self._run("sismember", remote, lambda: self.fallback.sismember(key, item))
 
     # -- the breaker around every operation ------------------------------------------------------
 
@@ -950,88 +561,47 @@ class RedisManager:
         return ok
 
     async def _reconcile(self) -> None:
-        """Replay the pending writes into Redis (see the module docstring for the rule)."""
+        """Replay the pending writes into Redis (the rule is in managers/redis_replay.py)."""
         async with self._reconcile_lock:
-            applied = skipped = conflicts = 0
+            outcomes: Counter[str] = Counter()
             while (item := self.pending.pop_first()) is not None:
                 key, entry = item
                 try:
-                    outcome = await self._replay(key, entry)
+                    result = await replay(self._client, key, entry, self._clock(), marker_ttl_ms=self._marker_ttl_ms)
                 except FAILURES:
-                    self.pending.restore(key, entry)
+                    self.pending.restore(key, entry)  # the marker keeps a retry from applying it twice
                     raise
                 except redis.exceptions.RedisError as exc:
                     self.counters.reconcile_errors += 1
                     self.fallback.forget(key)
                     self._log(errors_log, logging.ERROR, "Redis rejected the pending writes of %r: %s", key, exc)
                     continue
-                if outcome == "applied":
-                    applied += 1
-                elif outcome == "skipped":
-                    skipped += 1
-                else:
-                    conflicts += 1
-            self.counters.reconciled += applied
-            self.counters.reconcile_skipped += skipped
-            self.counters.reconcile_conflicts += conflicts
-            if applied or skipped or conflicts:
+                outcomes[result.outcome] += 1
+                if result.outcome in ("skipped", "conflict") or result.rejected is not None:
+                    # Our copy may now differ from what Redis holds: reads take Redis' value.
+                    self.fallback.forget(key)
+                if result.rejected is not None:
+                    self.counters.reconcile_errors += 1
+                    self._log(
+                        errors_log, logging.ERROR, "Redis rejected part of the pending writes of %r: %s", key, result.rejected
+                    )
+                if result.outcome == "conflict":
+                    self._log(errors_log, logging.WARNING, "SET NX of %r made during the outage lost to Redis' value", key)
+            self.counters.reconciled += outcomes["applied"]
+            self.counters.reconcile_skipped += outcomes["skipped"]
+            self.counters.reconcile_conflicts += outcomes["conflict"]
+            self.counters.reconcile_already_applied += outcomes["already_applied"]
+            if outcomes:
                 self._log(
                     errors_log,
                     logging.WARNING,
-                    "reconciled writes made while Redis was down: %d keys applied, %d expired, %d NX conflicts",
-                    applied,
-                    skipped,
-                    conflicts,
+                    "reconciled writes made while Redis was down: %d keys applied, %d expired, %d NX conflicts, "
+                    "%d found applied by an earlier try",
+                    outcomes["applied"],
+                    outcomes["skipped"],
+                    outcomes["conflict"],
+                    outcomes["already_applied"],
                 )
-
-    async def _replay(self, key: str, entry: PendingKey) -> Literal["applied", "skipped", "conflict"]:
-        now = self._clock()
-        ops = entry.ops
-        deadline = entry.deadline
-        if deadline is not None and deadline <= now:
-            # Expired before Redis came back: the key would be gone by now, so make it gone.
-            if not (ops[0].command == "set" and ops[0].nx):
-                await self._client.delete(key)
-            self.fallback.forget(key)
-            return "skipped"
-        if ops[0].command == "set" and ops[0].nx:
-            first, ops = ops[0], ops[1:]
-            stored = await self._client.set(key, first.args[0], px=_left_ms(first.expires_at, now), nx=True)
-            if not stored:
-                # A value appeared in Redis meanwhile: it wins; drop our copy so reads take Redis'.
-                self.fallback.forget(key)
-                self._log(errors_log, logging.WARNING, "SET NX of %r made during the outage lost to Redis' value", key)
-                return "conflict"
-        if not ops:
-            return "applied"
-        pipe = self._client.pipeline(transaction=True)
-        for op in ops:
-            if op.command == "set":
-                # A SET whose own TTL ran out is only still alive through a later EXPIRE, replayed after it.
-                pipe.set(key, op.args[0], px=_left_ms(op.expires_at, now), nx=op.nx)
-            elif op.command == "delete":
-                pipe.delete(key)
-            elif op.command == "incrby":
-                pipe.incrby(key, op.args[0])
-            elif op.command == "hset":
-                pipe.hset(key, mapping=op.args[0])
-            elif op.command == "hdel":
-                pipe.hdel(key, *op.args)
-            elif op.command == "sadd":
-                pipe.sadd(key, *op.args)
-            elif op.command == "srem":
-                pipe.srem(key, *op.args)
-            elif op.command == "expire":
-                left = _left_ms(op.expires_at, now)
-                if left is not None:  # an EXPIRE already past was overtaken by a later SET/EXPIRE
-                    pipe.pexpire(key, left)
-        results = await pipe.execute(raise_on_error=False)
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed:
-            self.counters.reconcile_errors += 1
-            self.fallback.forget(key)
-            self._log(errors_log, logging.ERROR, "Redis rejected part of the pending writes of %r: %s", key, failed[0])
-        return "applied"
 
     # -- health loop -----------------------------------------------------------------------------
 
@@ -1097,7 +667,7 @@ class RedisManager:
 
     def _pend(self, key: str, op: PendingOp) -> None:
         """Record a write made to the fallback, to be replayed into Redis when it is back."""
-        dropped = self.pending.record(key, op)
+        dropped = self.pending.record(key, op, self._clock())
         if dropped:
             before = self.counters.pending_dropped
             self.counters.pending_dropped += dropped
@@ -1140,10 +710,3 @@ class RedisManager:
         if logger.isEnabledFor(level):
             logger.log(level, self._redact(msg % args if args else msg), stacklevel=2)
 
-
-def _left_ms(deadline: float | None, now: float) -> int | None:
-    """Milliseconds left until `deadline`, None if there is none or it has passed."""
-    if deadline is None:
-        return None
-    left = math.ceil((deadline - now) * 1000)
-    return left if left > 0 else None

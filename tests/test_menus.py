@@ -242,7 +242,7 @@ async def test_delete_my_data_removes_rows_and_keys(env: BotEnv) -> None:
     assert await postgres.fetchval("SELECT count(*) FROM users WHERE telegram_id = 61") == 0
     assert await postgres.fetchval("SELECT count(*) FROM users WHERE telegram_id = $1", ADMIN) == 1
     assert await redis.hgetall(subscriber_key(61)) == {}
-    assert not await redis.sismember(SUBSCRIBERS_KEY, 61)
+    assert not await redis.client.sismember(SUBSCRIBERS_KEY, "61")
     for key in fsm_keys(61, 61):
         assert await redis.get(key) is None
     assert await env.store.get(61) is None

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -19,15 +20,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from managers.circuit_breaker import CircuitBreaker, CircuitState
-from managers.redis_manager import (
-    FallbackStore,
-    PendingOp,
-    PendingWrites,
-    RedisManager,
-    RedisOptions,
-    RedisUnavailable,
-    redact_url,
-)
+from managers.redis_fallback import FallbackStore
+from managers.redis_manager import RedisManager, RedisOptions, RedisUnavailable, redact_url
+from managers.redis_replay import PendingKey, PendingOp, PendingWrites, replay
 from standins.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(30)
@@ -66,6 +61,81 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], step: floa
         if result:
             return
         await asyncio.sleep(step)
+
+
+class AnswerLosingProxy:
+    """Forwards TCP to a server; armed with `lose_answer_after(request)`, the next connection that
+    sends `request` loses every later answer: the server did the work, and the client either times
+    out ("swallow") or sees its connection reset when the answer comes ("reset")."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._armed: bytes | None = None
+        self._how: Literal["swallow", "reset"] = "swallow"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.lost_bytes = 0  # bytes of answers swallowed: > 0 means the server did answer
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def lose_answer_after(self, request: bytes, how: Literal["swallow", "reset"] = "swallow") -> None:
+        self._armed, self._how = request, how
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        swallowing = False
+
+        async def upstream(up_writer: asyncio.StreamWriter) -> None:
+            nonlocal swallowing
+            while data := await reader.read(65536):
+                if self._armed is not None and self._armed in data:
+                    self._armed, swallowing = None, True
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream(up_reader: asyncio.StreamReader) -> None:
+            while data := await up_reader.read(65536):
+                if swallowing:
+                    self.lost_bytes += len(data)
+                    if self._how == "reset":
+                        writer.transport.abort()
+                        return
+                    continue
+                writer.write(data)
+                await writer.drain()
+
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            done, pending = await asyncio.wait(
+                [asyncio.ensure_future(upstream(up_writer)), asyncio.ensure_future(downstream(up_reader))],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for other in pending:
+                other.cancel()
+            await asyncio.gather(*done, *pending, return_exceptions=True)
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    w.close()
+            self._tasks.discard(task)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,11 +217,10 @@ def test_fallback_store_honours_ttls() -> None:
     store = FallbackStore(clock=clock)
     store.set("a", "1", ttl=10)
     store.set("b", "2")
-    store.hset("h", {"f": "v"})
-    assert store.expire("h", 5)
+    store.mirror("h", {"f": "v"}, pttl=5000)
     assert store.ttl("a") == 10 and store.ttl("b") == -1 and store.ttl("missing") == -2
     clock.advance(5)
-    assert store.hgetall("h") == {} and not store.exists("h")
+    assert store.hgetall("h") == {} and "h" not in store
     assert store.get("a") == "1" and store.ttl("a") == 5
     assert store.incrby("a", 2) == 3 and store.ttl("a") == 5  # INCR keeps the TTL
     clock.advance(5)
@@ -165,8 +234,7 @@ def test_fallback_store_honours_ttls() -> None:
 def test_fallback_store_follows_redis_semantics_and_is_bounded() -> None:
     store = FallbackStore(max_keys=3)
     assert store.sadd("s", ["a", "b"]) == 2 and store.sadd("s", ["b", "c"]) == 1
-    assert store.srem("s", ["a", "b", "c"]) == 3 and not store.exists("s")  # empty set disappears
-    assert store.hset("h", {"a": "1"}) == 1 and store.hdel("h", ["a"]) == 1 and not store.exists("h")
+    assert store.srem("s", ["a", "b", "c"]) == 3 and "s" not in store  # empty set disappears
     assert store.set("k", "v") and not store.set("k", "w", nx=True) and store.get("k") == "v"
     with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
         store.hget("k", "f")
@@ -179,18 +247,48 @@ def test_fallback_store_follows_redis_semantics_and_is_bounded() -> None:
 
 def test_pending_writes_last_write_wins_and_bounded() -> None:
     pending = PendingWrites(max_keys=2)
-    pending.record("a", PendingOp("incrby", (1,)))
-    pending.record("a", PendingOp("incrby", (2,)))
-    pending.record("a", PendingOp("set", ("x",), expires_at=50.0))  # overwrites the increments
-    pending.record("a", PendingOp("expire", expires_at=90.0))
-    pending.record("b", PendingOp("delete"))
+    pending.record("a", PendingOp("incrby", (1,)), now=10.0)
+    pending.record("a", PendingOp("incrby", (2,)), now=10.0)
+    pending.record("a", PendingOp("set", ("x",), expires_at=50.0), now=10.0)  # overwrites the increments
+    pending.record("a", PendingOp("incrby", (3,)), now=20.0)
+    pending.record("b", PendingOp("delete"), now=20.0)
     key, entry = pending.pop_first() or ("", None)
     assert key == "a" and entry is not None
-    assert [op.command for op in entry.ops] == ["set", "expire"] and entry.deadline == 90.0
+    assert [op.command for op in entry.ops] == ["set", "incrby"] and entry.deadline == 50.0
     pending.restore("a", entry)
     assert pending.keys() == ["a", "b"]
-    assert pending.record("c", PendingOp("sadd", ("m",))) == 1  # over the bound: oldest key dropped
-    assert pending.keys() == ["b", "c"]
+    pending.record("a", PendingOp("incrby", (4,)), now=60.0)  # "a" expired at 50: this INCRBY made it anew
+    assert pending.record("c", PendingOp("sadd", ("m",)), now=60.0) == 1  # over the bound: oldest key dropped
+    assert pending.keys() == ["a", "c"]
+    key, entry = pending.pop_first() or ("", None)
+    assert entry is not None and [(op.command, op.args) for op in entry.ops] == [("delete", ()), ("incrby", (4,))]
+
+
+async def test_a_replay_retried_after_it_went_in_is_not_applied_again(direct: aioredis.Redis) -> None:
+    """A replay whose answer was lost may have gone in: the retry the manager makes then (the same
+    entry put back into the log, with writes made meanwhile appended) applies only what is new."""
+    await direct.set("hits", "10")
+    log = PendingWrites()
+    log.record("hits", PendingOp("incrby", (5,)), now=0.0)
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "applied"
+    log.record("hits", PendingOp("incrby", (2,)), now=0.0)  # made while that replay was under way
+    log.restore(key, entry)  # as when the replay raised: its answer never came
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "applied"
+    assert await direct.get("hits") == "17"
+    log.restore(key, entry)  # that answer was lost too
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "already_applied"
+    assert await direct.get("hits") == "17"
+
+    log.record("lock", PendingOp("set", ("mine",), nx=True), now=0.0)
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "applied"
+    log.restore(key, entry)
+    key, entry = log.pop_first() or ("", PendingKey())
+    assert (await replay(direct, key, entry, now=0.0)).outcome == "already_applied"  # not an NX conflict with itself
+    assert await direct.get("lock") == "mine"
 
 
 def test_redact_url() -> None:
@@ -251,19 +349,15 @@ async def test_basic_operations(manager: RedisManager, direct: aioredis.Redis) -
     assert await manager.set("s", "v", ex=100)
     assert not await manager.set("s", "w", nx=True)
     assert await manager.get("s") == "v" and 99 <= await manager.ttl("s") <= 100
-    assert await manager.exists("s", "nope") == 1
-    assert await manager.incr("n") == 1 and await manager.incrby("n", 4) == 5
-    assert await manager.expire("n", 50) and not await manager.expire("nope", 50)
+    assert await manager.incrby("n") == 1 and await manager.incrby("n", 4) == 5
     assert await manager.hset("h", mapping={"a": 1, "b": "x"}) == 2
     assert await manager.hset("h", "c", "y") == 1
     assert await manager.hget("h", "a") == "1"
     assert await manager.hgetall("h") == {"a": "1", "b": "x", "c": "y"}
-    assert await manager.hdel("h", "a", "zz") == 1
     assert await manager.sadd("set", "a", "b", 3) == 3 and await manager.srem("set", "a") == 1
-    assert await manager.smembers("set") == {"b", "3"}
-    assert await manager.sismember("set", "b") and not await manager.sismember("set", "a")
     assert await manager.delete("s", "nope") == 1 and await manager.get("s") is None
-    assert await direct.get("n") == "5" and await direct.hgetall("h") == {"b": "x", "c": "y"}
+    assert await direct.get("n") == "5" and await direct.hgetall("h") == {"a": "1", "b": "x", "c": "y"}
+    assert await direct.smembers("set") == {"b", "3"}
     pipe = manager.client.pipeline()
     results = await pipe.set("raw", "1").get("raw").execute()
     assert results == [True, "1"]
@@ -273,7 +367,7 @@ async def test_basic_operations(manager: RedisManager, direct: aioredis.Redis) -
     assert latency is not None and latency >= 0
     health = manager.health()
     assert health["status"] == "ok" and health["circuit"] == "closed" and health["errors"] == 0
-    assert manager.metrics()["operations"] >= 20 and manager.metrics()["fallback_reads"] == 0
+    assert manager.metrics()["operations"] >= 14 and manager.metrics()["fallback_reads"] == 0
 
 
 async def test_outage_served_from_fallback_then_reconciled_into_redis(
@@ -295,11 +389,10 @@ async def test_outage_served_from_fallback_then_reconciled_into_redis(
     # ... and so do writes.
     assert await manager.set("during", "x", ex=300)
     assert await manager.hset("profile", "tier", "pro") == 0
-    assert await manager.incr("counter") == 6
+    assert await manager.incrby("counter") == 6
     assert await manager.sadd("subs", "c") == 1 and await manager.srem("subs", "a") == 1
     assert await manager.delete("before") == 1
     assert await manager.get("during") == "x" and await manager.get("before") is None
-    assert await manager.smembers("subs") == {"b", "c"}
 
     health = manager.health()
     assert health["status"] == "degraded" and health["circuit"] == "open"
@@ -322,6 +415,35 @@ async def test_outage_served_from_fallback_then_reconciled_into_redis(
     assert await direct.exists("before") == 0
     assert manager.metrics()["reconciled"] == 5
     assert manager.client is not None and await manager.get("counter") == "16"
+
+
+@pytest.mark.parametrize("how", ["swallow", "reset"])
+async def test_an_outage_increment_reaches_redis_once_when_the_replay_answer_is_lost(
+    how: Literal["swallow", "reset"], proxy: TcpProxy, proxied_url: str, direct: aioredis.Redis
+) -> None:
+    """The replay's MULTI/EXEC reaches Redis but its answer does not. On a timeout the writes stay
+    pending for the next probe; on a reset connection the client would send them again at once.
+    Either way the retry must add nothing."""
+    lossy = AnswerLosingProxy(proxy.listen_host, proxy.port)
+    await lossy.start()
+    parts = urlsplit(proxied_url)
+    mgr = RedisManager.from_url(
+        urlunsplit((parts.scheme, f"127.0.0.1:{lossy.port}", parts.path, parts.query, parts.fragment)),
+        dataclasses.replace(FAST, socket_timeout=0.3),
+    )
+    await mgr.start()
+    try:
+        await direct.set("hits", "10")
+        await proxy.stop_forwarding()
+        assert await mgr.incrby("hits", 5) == 5  # the fallback never saw the key: it counts from 0
+        lossy.lose_answer_after(b"EXEC", how)
+        await proxy.resume()
+        await wait_recovered(mgr)
+        assert lossy.lost_bytes > 0  # Redis did answer the first replay: it went in
+        assert await direct.get("hits") == "15"  # added to what Redis held, once
+    finally:
+        await mgr.close()
+        await lossy.close()
 
 
 async def test_operations_during_outage_do_not_hang(proxied_url: str, proxy: TcpProxy) -> None:
@@ -377,6 +499,32 @@ async def test_fallback_ttls_and_expired_writes_are_not_replayed(
         await mgr.close()
 
 
+async def test_a_write_after_a_key_expired_during_the_outage_starts_it_afresh(
+    proxied_url: str, proxy: TcpProxy, direct: aioredis.Redis
+) -> None:
+    """Once its TTL ran out the key was gone: a later write made it anew, so it must reach Redis
+    (not be dropped with the expired value), and the expired value must not outlive its TTL."""
+    clock = FakeClock()
+    mgr = RedisManager.from_url(proxied_url, FAST, clock=clock)
+    await proxy.stop_forwarding()
+    await mgr.start()
+    try:
+        await direct.set("count", "100")
+        assert await mgr.set("count", "7", ex=5)
+        assert await mgr.set("name", "old", ex=5)
+        clock.advance(6)
+        assert await mgr.incrby("count") == 1
+        assert await mgr.set("name", "new", nx=True)
+
+        await proxy.resume()
+        clock.advance(1)
+        await wait_recovered(mgr)
+        assert await direct.get("count") == "1" and await direct.ttl("count") == -1
+        assert await direct.get("name") == "new" and await direct.ttl("name") == -1
+    finally:
+        await mgr.close()
+
+
 async def test_set_nx_conflict_keeps_redis_value(
     manager: RedisManager, proxy: TcpProxy, direct: aioredis.Redis
 ) -> None:
@@ -424,9 +572,9 @@ async def test_embedded_mode_needs_no_server() -> None:
     try:
         assert mgr.embedded and mgr.health()["status"] == "ok" and mgr.health()["mode"] == "embedded"
         assert await mgr.set("k", 1, ex=10) and await mgr.get("k") == "1"
-        assert await mgr.incr("k") == 2
+        assert await mgr.incrby("k") == 2
         assert await mgr.hset("h", mapping={"a": "b"}) == 1 and await mgr.hgetall("h") == {"a": "b"}
-        assert await mgr.sadd("s", "x") == 1 and await mgr.smembers("s") == {"x"}
+        assert await mgr.sadd("s", "x") == 1 and await mgr.client.smembers("s") == {"x"}
         assert await mgr.ping() is not None
         await mgr.client.xadd("stream", {"f": "v"})
         assert await mgr.client.xlen("stream") == 1
@@ -502,7 +650,7 @@ async def test_concurrent_operations_during_outage_and_guarded_raw_access(
     with pytest.raises(RedisUnavailable):
         async with manager.guarded() as raw:  # a raw-client failure feeds the breaker
             await raw.xadd("events", {"k": "v"})
-    results = await asyncio.gather(*(manager.incr("hits") for _ in range(200)))
+    results = await asyncio.gather(*(manager.incrby("hits") for _ in range(200)))
     assert sorted(results) == list(range(1, 201))
     assert manager.health()["circuit"] == "open"
     await proxy.resume()

@@ -50,7 +50,7 @@ async def test_register_and_get_round_trip(stores: Stores, store: SubscriberStor
 
     stored = await stores.redis.hgetall(subscriber_key(42))
     assert stored["status"] == "active" and stored["filters"] == "{}" and stored["language"] == "ru"
-    assert "42" in await stores.redis.smembers(SUBSCRIBERS_KEY)
+    assert "42" in await stores.redis.client.smembers(SUBSCRIBERS_KEY)
 
     # A second process (its own caches) reads the same subscriber.
     other = SubscriberStore(stores.redis, stores.postgres, CacheRegistry(stores.redis), frozenset({ADMIN}))
