@@ -1,4 +1,4 @@
-"""Typed settings, read from the environment and `.env`, exactly as CONTRACT.md names them."""
+"""Typed settings, read from the environment and `.env`, named as docs/contract.md names them."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     nowpayments_ipn_secret: SecretStr | None = None
     public_base_url: str | None = None
     log_dir: Path = Path("./logs")
-    # Delivery (issue 4; not in CONTRACT.md's table, which an issue may extend):
+    # Delivery settings beyond the contract's table:
     # send with allow_paid_broadcast, up to 1,000 messages a second (Telegram charges Stars).
     paid_broadcast: bool = False
     # A subscriber's queued alerts are merged into one digest from this many on...

@@ -132,7 +132,7 @@ class Runtime:
     consumer_name: str = field(default_factory=lambda: f"sender-{socket.gethostname()}")
     shutdown_drain_seconds: float = 10.0
     # Calls to outside APIs (Solana RPC, later NOWPayments) share one bound, so a slow provider
-    # cannot pile up requests (the original design's api_semaphore).
+    # cannot pile up requests.
     api_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(API_CONCURRENCY))
     sol_price: SolPriceSource | None = None
     service: NotificationService | None = None

@@ -2,7 +2,7 @@
 
 Pure functions, no I/O. Two feeds:
 
-* the contract's alert feed (CONTRACT.md, "The alert feed"): `parse_alert_frame`;
+* the contract's alert feed (docs/contract.md, "The alert feed"): `parse_alert_frame`;
 * PumpPortal's data WebSocket (`wss://pumpportal.fun/api/data`): `parse_pumpportal_frame`,
   or `pumpportal_parser(...)` for a parser the stream can call with text alone.
 

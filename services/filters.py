@@ -1,6 +1,6 @@
 """Subscriber filters: parsing what a user types, and deciding whether a token or a channel passes.
 
-Pure functions only (no I/O), so the rules of CONTRACT.md "Filters" read in one place.
+Pure functions only (no I/O), so the rules of docs/contract.md, "Filters", read in one place.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class Subscriber:
         return self.plan_expires_at is not None and self.plan_expires_at > now
 
     def receives_alerts(self, now: datetime) -> bool:
-        """Only subscribers with an active plan, and admins, receive token alerts (CONTRACT.md)."""
+        """Only subscribers with an active plan, and admins, receive token alerts."""
         if self.status != "active" or self.paused:
             return False
         return self.is_admin or self.has_active_plan(now)

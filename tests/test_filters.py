@@ -1,4 +1,4 @@
-"""The filter rules of CONTRACT.md, as pure functions."""
+"""The filter rules of docs/contract.md, as pure functions."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Admin commands: /grant USER_ID DAYS and /revoke USER_ID.
 
-Everyone else who tries any admin-only command of CONTRACT.md is refused with a short reply, and
+Everyone else who tries any admin-only command of docs/contract.md is refused with a short reply, and
 the attempt goes to bot.log (warning) and activity_log ('admin_refused'). The refusal handler
 matches non-admins only, so admins' commands pass on to whichever router implements them.
 """

@@ -1,4 +1,4 @@
-"""/filters, /set NAME VALUE and /unset NAME: a subscriber's filters (CONTRACT.md "Filters").
+"""/filters, /set NAME VALUE and /unset NAME: a subscriber's filters (docs/contract.md, "Filters").
 
 A bad name or value gets a reply saying what is wrong and what is accepted, and nothing is saved.
 Everything the user typed is HTML-escaped before it is echoed. A channel list is shown up to a
