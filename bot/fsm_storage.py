@@ -31,10 +31,11 @@ class ManagedRedisStorage(BaseStorage):
 
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         redis_key = self.key_builder.build(key, "state")
-        if state is None:
+        name = state.state if isinstance(state, State) else state
+        if name is None:  # no state, or default_state (a State without a name), as aiogram's own storages
             await self.redis.delete(redis_key)
         else:
-            await self.redis.set(redis_key, state.state if isinstance(state, State) else str(state), ex=self.ttl)
+            await self.redis.set(redis_key, name, ex=self.ttl)
 
     async def get_state(self, key: StorageKey) -> str | None:
         return await self.redis.get(self.key_builder.build(key, "state"))

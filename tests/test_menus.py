@@ -14,9 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as aioredis
+from aiogram.fsm.state import default_state
+from aiogram.fsm.storage.base import StorageKey
 
 from bot.callbacks import MAX_CALLBACK_BYTES, FilterCB, LanguageCB, MenuCB, PlanCB, PresetCB, PrivacyCB
-from bot.fsm_storage import SESSION_TTL_SECONDS, fsm_keys
+from bot.fsm_storage import SESSION_TTL_SECONDS, ManagedRedisStorage, fsm_keys
 from bot.keyboards import MAIN_SCREENS
 from bot.middlewares.throttling import FloodGate
 from bot.routers.account import paysupport_key
@@ -470,6 +472,18 @@ async def test_the_settings_flow_survives_redis_going_down(stores: Stores) -> No
         finally:
             await caches.stop()
             await redis.close()
+
+
+async def test_setting_the_default_state_ends_the_flow(redis_url: str) -> None:
+    """default_state (a State without a name) means "no flow", as in aiogram's own storages."""
+    key = StorageKey(bot_id=1, chat_id=91, user_id=91)
+    async with RedisManager.from_url(redis_url) as redis:
+        storage = ManagedRedisStorage(redis)
+        await storage.set_state(key, "Settings:value")
+        assert await storage.get_state(key) == "Settings:value"
+        await storage.set_state(key, default_state)
+        assert await storage.get_state(key) is None
+        assert await redis.get(fsm_keys(91, 91)[0]) is None
 
 
 @pytest.mark.parametrize("name", list(FILTER_SPECS))
