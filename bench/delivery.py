@@ -38,6 +38,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bench.bot_api_process import Accepted, BotApiProcess, Burst, Progress
 from bench.table import print_markdown
@@ -81,7 +82,7 @@ class Row:
 
 
 def analyse(scenario: str, alerts: int, chats: int, sent: list[Accepted], rejected_429: int,
-            sender_stats: dict[str, object]) -> Row:
+            sender_stats: dict[str, Any]) -> Row:
     times = sorted(record.monotonic for record in sent)
     seconds = rate = longest_pause = None
     min_window = max_window = None
@@ -124,7 +125,7 @@ async def run(scenario: str, alerts: int, chats: int, *, workers: int | None = N
         if workers is not None:
             options["workers"] = workers
         try:
-            async with AlertSender(bot, digest=None, **options) as sender:  # type: ignore[arg-type]
+            async with AlertSender(bot, digest=None, **options) as sender:  # type: ignore[arg-type]  # paid_broadcast: bool, workers: int
                 for i in range(alerts):
                     chat = FIRST_CHAT + i % chats
                     sender.submit(chat, f"<b>Alert {i}</b> for chat <code>{chat}</code>", meta={"alert": i})

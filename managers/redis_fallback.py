@@ -9,16 +9,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeAlias, TypeVar
 
 import redis.exceptions
 from cachetools import LRUCache
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 
+# What a key holds: a string, a hash or a set (named here because the class's own `set` method
+# would shadow the builtin in its signatures).
+Value: TypeAlias = str | dict[str, str] | set[str]
+_Kind = TypeVar("_Kind")
+
 
 @dataclass
 class _Entry:
-    value: str | dict[str, str] | set[str]
+    value: Value
     expires_at: float | None  # on the store's clock; None = no TTL
 
 
@@ -76,8 +82,8 @@ class FallbackStore:
     # -- strings -------------------------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
-        entry = self._typed(key, str)
-        return entry.value if entry else None  # type: ignore[return-value]
+        found = self._typed(key, str)
+        return found[1] if found else None
 
     def set(self, key: str, value: str, ttl: float | None = None, nx: bool = False, keepttl: bool = False) -> bool:
         existing = self._live(key)
@@ -92,31 +98,33 @@ class FallbackStore:
         return True
 
     def incrby(self, key: str, amount: int) -> int:
-        entry = self._typed(key, str)
+        found = self._typed(key, str)
         try:
-            current = int(entry.value) if entry else 0  # type: ignore[arg-type]
+            current = int(found[1]) if found else 0
         except ValueError:
             raise redis.exceptions.ResponseError("value is not an integer or out of range") from None
         result = current + amount
-        self._data[key] = _Entry(str(result), entry.expires_at if entry else None)
+        self._data[key] = _Entry(str(result), found[0].expires_at if found else None)
         return result
 
     # -- hashes --------------------------------------------------------------------------------
 
     def hget(self, key: str, field: str) -> str | None:
-        entry = self._typed(key, dict)
-        return entry.value.get(field) if entry else None  # type: ignore[union-attr]
+        found = self._typed(key, dict)
+        return found[1].get(field) if found else None
 
     def hgetall(self, key: str) -> dict[str, str]:
-        entry = self._typed(key, dict)
-        return dict(entry.value) if entry else {}  # type: ignore[arg-type]
+        found = self._typed(key, dict)
+        return dict(found[1]) if found else {}
 
     def hset(self, key: str, mapping: Mapping[str, str]) -> int:
-        entry = self._typed(key, dict)
-        if entry is None:
-            entry = _Entry({}, None)
-            self._data[key] = entry
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
+        found = self._typed(key, dict)
+        fields: dict[str, str]
+        if found is None:
+            fields = {}
+            self._data[key] = _Entry(fields, None)
+        else:
+            fields = found[1]
         added = sum(1 for name in mapping if name not in fields)
         fields.update(mapping)
         return added
@@ -124,20 +132,22 @@ class FallbackStore:
     # -- sets ----------------------------------------------------------------------------------
 
     def sadd(self, key: str, members: Iterable[str]) -> int:
-        entry = self._typed(key, set)
-        if entry is None:
-            entry = _Entry(set(), None)
-            self._data[key] = entry
-        current: set[str] = entry.value  # type: ignore[assignment]
+        found = self._typed(key, set)
+        current: set[str]
+        if found is None:
+            current = set()
+            self._data[key] = _Entry(current, None)
+        else:
+            current = found[1]
         new = set(members) - current
         current |= new
         return len(new)
 
     def srem(self, key: str, members: Iterable[str]) -> int:
-        entry = self._typed(key, set)
-        if entry is None:
+        found = self._typed(key, set)
+        if found is None:
             return 0
-        current: set[str] = entry.value  # type: ignore[assignment]
+        current: set[str] = found[1]
         gone = current & set(members)
         current -= gone
         if not current:
@@ -146,12 +156,12 @@ class FallbackStore:
 
     # -- copying what Redis answered -----------------------------------------------------------
 
-    def mirror(self, key: str, value: str | dict[str, str] | set[str] | None, pttl: int) -> None:
+    def mirror(self, key: str, value: Value | None, pttl: int) -> None:
         """Keep a copy of a whole key read from Redis, with its remaining TTL (PTTL reply)."""
         if value is None or pttl == -2 or (isinstance(value, (dict, set)) and not value):
             self.forget(key)
             return
-        copy: str | dict[str, str] | set[str] = value if isinstance(value, str) else type(value)(value)
+        copy: Value = value if isinstance(value, str) else value.copy()
         self._data[key] = _Entry(copy, self._deadline_from_pttl(pttl))
 
     def mirror_field(self, key: str, name: str, value: str | None, pttl: int) -> None:
@@ -160,12 +170,15 @@ class FallbackStore:
             self.forget(key)
             return
         entry = self._live(key)
-        if entry is None or not isinstance(entry.value, dict):
+        fields: dict[str, str]
+        if entry is not None and isinstance(entry.value, dict):
+            fields = entry.value
+        else:
             if value is None:
                 return
-            entry = _Entry({}, None)
+            fields = {}
+            entry = _Entry(fields, None)
             self._data[key] = entry
-        fields: dict[str, str] = entry.value  # type: ignore[assignment]
         if value is None:
             fields.pop(name, None)
         else:
@@ -186,9 +199,12 @@ class FallbackStore:
             return None
         return entry
 
-    def _typed(self, key: str, kind: type) -> _Entry | None:
+    def _typed(self, key: str, kind: type[_Kind]) -> tuple[_Entry, _Kind] | None:
+        """The live entry and its value, or None; WRONGTYPE when the key holds another kind."""
         entry = self._live(key)
-        if entry is not None and not isinstance(entry.value, kind):
+        if entry is None:
+            return None
+        if not isinstance(entry.value, kind):
             raise redis.exceptions.ResponseError(WRONGTYPE)
-        return entry
+        return entry, entry.value
 

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -331,8 +331,11 @@ class RedisManager:
     async def get(self, key: str) -> str | None:
         async def remote(client: aioredis.Redis) -> str | None:
             if not self.options.mirror_reads:
-                return await client.get(key)
-            value, pttl = await client.pipeline(transaction=False).get(key).pttl(key).execute()
+                return cast(str | None, await client.get(key))  # decode_responses=True: text
+            pipe = client.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            value, pttl = await pipe.execute()
             self.fallback.mirror(key, value, pttl)
             return value
 
@@ -350,7 +353,8 @@ class RedisManager:
         text = _encode(value)
         ttl = _seconds(ex, px)
         if ex is not None and isinstance(ex, float):
-            ex, px = None, int(ex * 1000)  # Redis' EX takes whole seconds only
+            px = int(ex * 1000)  # Redis' EX takes whole seconds only
+            ex = None
 
         async def remote(client: aioredis.Redis) -> bool:
             stored = bool(await client.set(key, text, ex=ex, px=px, nx=nx))
@@ -411,8 +415,11 @@ class RedisManager:
     async def hget(self, key: str, name: str) -> str | None:
         async def remote(client: aioredis.Redis) -> str | None:
             if not self.options.mirror_reads:
-                return await client.hget(key, name)
-            value, pttl = await client.pipeline(transaction=False).hget(key, name).pttl(key).execute()
+                return cast(str | None, await client.hget(key, name))  # decode_responses=True: text
+            pipe = client.pipeline(transaction=False)
+            pipe.hget(key, name)
+            pipe.pttl(key)
+            value, pttl = await pipe.execute()
             self.fallback.mirror_field(key, name, value, pttl)
             return value
 
@@ -431,7 +438,8 @@ class RedisManager:
             raise redis.exceptions.DataError("'hset' with no key value pairs")
 
         async def remote(client: aioredis.Redis) -> int:
-            added = int(await client.hset(key, mapping=fields))
+            # redis-py types `mapping` with an invariant key type that no dict[str, str] matches.
+            added = int(await client.hset(key, mapping=fields))  # type: ignore[arg-type]
             self._mirror(key, lambda: self.fallback.hset(key, fields))
             return added
 
@@ -445,8 +453,11 @@ class RedisManager:
     async def hgetall(self, key: str) -> dict[str, str]:
         async def remote(client: aioredis.Redis) -> dict[str, str]:
             if not self.options.mirror_reads:
-                return dict(await client.hgetall(key))
-            value, pttl = await client.pipeline(transaction=False).hgetall(key).pttl(key).execute()
+                return dict(cast(dict[str, str], await client.hgetall(key)))  # decode_responses=True: text
+            pipe = client.pipeline(transaction=False)
+            pipe.hgetall(key)
+            pipe.pttl(key)
+            value, pttl = await pipe.execute()
             self.fallback.mirror(key, dict(value), pttl)
             return dict(value)
 

@@ -78,7 +78,7 @@ class SmartCache(Generic[V]):
         if value is _MISSING:
             value = await load()
             self.set(key, value)
-        return value  # type: ignore[return-value]
+        return value
 
     def __len__(self) -> int:
         return len(self._data)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import cast
 
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager, RedisUnavailable
@@ -88,7 +89,8 @@ class ChannelDirectory:
     async def _load(self, missing: list[str], found: dict[str, ChannelInfo]) -> None:
         try:
             async with self.redis.guarded() as client:
-                values = await client.mget([channel_info_key(c) for c in missing])
+                # decode_responses=True: text, or None for a missing key
+                values = cast(list[str | None], await client.mget([channel_info_key(c) for c in missing]))
             for channel_id, value in zip(missing, values):
                 if value:
                     found[channel_id] = ChannelInfo.from_json(value)

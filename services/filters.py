@@ -187,7 +187,8 @@ class Filters:
         return replace(self, **{name: value})
 
     def without(self, name: str) -> Filters:
-        return replace(self, **{name: 1 if name == "min_channels" else None})
+        cleared: dict[str, Any] = {name: 1 if name == "min_channels" else None}
+        return replace(self, **cleared)
 
     @property
     def has_channel_filters(self) -> bool:

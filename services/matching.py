@@ -60,7 +60,7 @@ class _Columns:
 def _build(subscribers: Sequence[Subscriber]) -> _Columns:
     n = len(subscribers)
 
-    def column(values: Iterable[float], dtype: type = np.float64) -> npt.NDArray:  # type: ignore[type-arg]
+    def column(values: Iterable[float], dtype: type = np.float64) -> npt.NDArray:
         return np.fromiter(values, dtype=dtype, count=n)
 
     allow: dict[str, list[int]] = {}
@@ -194,4 +194,4 @@ class SubscriberIndex:
         for channel in distinct.values():
             passing += self.channel_mask(channel)
         mask &= passing >= c.min_channels
-        return c.ids[mask].tolist()  # type: ignore[no-any-return]
+        return c.ids[mask].tolist()

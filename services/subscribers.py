@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import redis.exceptions
@@ -67,6 +67,8 @@ _PG_PERMANENT: tuple[type[BaseException], ...] = (
     asyncpg.SyntaxOrAccessError,
 )
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (ConnectionError, redis.exceptions.RedisError)
+# A deferred write that retrying cannot fix: malformed, or rejected by PostgreSQL.
+_ENTRY_REJECTED: tuple[type[BaseException], ...] = (*_PG_PERMANENT, KeyError, ValueError, TypeError)
 
 
 def subscriber_key(telegram_id: int) -> str:
@@ -493,7 +495,7 @@ class SubscriberStore:
             while (entry := await self._pop_retry()) is not None:
                 try:
                     await self._write_entry(entry)
-                except (*_PG_PERMANENT, KeyError, ValueError, TypeError) as exc:
+                except _ENTRY_REJECTED as exc:
                     # Retrying cannot fix a malformed entry or one PostgreSQL rejects: drop it, loudly.
                     logger.error("dropping a deferred settings write that cannot be applied: %s (%r)", entry, exc)
                     continue
@@ -626,7 +628,7 @@ class SubscriberStore:
             return self._local_retry.popleft()
         try:
             async with self.redis.guarded() as client:
-                raw = await client.lpop(RETRY_KEY)
+                raw = cast(str | None, await client.lpop(RETRY_KEY))  # one element, as text (decode_responses)
         except _REDIS_FAILURES:
             return None
         return json.loads(raw) if raw else None

@@ -477,7 +477,9 @@ def frame_time(frame: Frame) -> str | None:
 def is_hostile(text: str | None) -> bool:
     """Anything beyond ASCII letters, digits and spaces, or very long: true of every entry in
     HOSTILE_NAMES and of no generated plain name."""
-    return bool(text) and (PLAIN_TEXT.fullmatch(text) is None or len(text) >= 300)
+    if not text:
+        return False
+    return PLAIN_TEXT.fullmatch(text) is None or len(text) >= 300
 
 
 def token_multiples(frames: Iterable[Frame]) -> dict[str, tuple[float, float]]:

@@ -95,7 +95,7 @@ class TcpProxy:
         self._writers.add(writer)
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             if self._mode == "blackhole":
@@ -117,7 +117,7 @@ class TcpProxy:
                 if w is not None:
                     self._writers.discard(w)
                     _reset(w)
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

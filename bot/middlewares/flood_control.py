@@ -57,7 +57,7 @@ class PacedRequestsMiddleware(BaseRequestMiddleware):
             return await make_request(bot, method)
         chat_id = getattr(method, "chat_id", None) if name in SENDING_METHODS else None
         if sender.paid_broadcast and hasattr(method, "allow_paid_broadcast"):
-            method.allow_paid_broadcast = True  # type: ignore[attr-defined]
+            method.allow_paid_broadcast = True
         for attempt in range(MAX_RETRIES + 1):
             async with sender.turn(chat_id if isinstance(chat_id, int) else None, Lane.REPLY) as turn:
                 try:

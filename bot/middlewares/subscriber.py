@@ -22,6 +22,9 @@ from services.subscribers import PG_FAILURES, StoreUnavailable, Subscriber, Subs
 
 logger = logging.getLogger("alertbot.subscribers")
 
+# The stores cannot say who the user is: answer with defaults.
+_STORES_DOWN: tuple[type[BaseException], ...] = (StoreUnavailable, ConnectionError, *PG_FAILURES)
+
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
 
@@ -60,7 +63,7 @@ async def _load(store: SubscriberStore, user: User) -> tuple[Subscriber | None, 
             user.id, username=user.username, first_name=user.first_name, language_code=user.language_code
         )
         return subscriber, True
-    except (StoreUnavailable, ConnectionError, *PG_FAILURES) as exc:
+    except _STORES_DOWN as exc:
         logger.warning("stores unavailable for user %s (%r); answering with defaults", user.id, exc)
         return None, False
 

@@ -16,7 +16,7 @@ from aiogram.types import CallbackQuery
 
 from bot.callbacks import FilterCB
 from bot.texts import text
-from managers.postgres import PostgresManager, PostgresNotStarted
+from managers.postgres import PostgresManager
 from services.replay import DEFAULT_HOURS, ReplayAlert, ReplayReport, replay_for
 from services.subscribers import PG_FAILURES, Subscriber
 
@@ -75,7 +75,7 @@ async def replay_pressed(
         return
     try:
         report = await replay_for(postgres, subscriber.filters, datetime.now(timezone.utc))
-    except (PostgresNotStarted, *PG_FAILURES) as exc:
+    except PG_FAILURES as exc:  # PostgresNotStarted among them
         logger.warning("filter replay for %s failed: %r", subscriber.telegram_id, exc)
         await bot.send_message(chat_id, text("replay_unavailable", language))
         return
