@@ -55,7 +55,7 @@ import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +376,7 @@ class BotProcess:
         process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), BOT_STOP_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process.kill()
             await process.wait()
         self.exit_codes.append(process.returncode or 0)
@@ -394,7 +394,7 @@ class BotProcess:
                 outbox = int(await client.xlen(STREAM_KEY))
             finally:
                 await client.aclose()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError, aioredis.RedisError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError, aioredis.RedisError) as exc:
             return f"not answering ({type(exc).__name__})"
         pending = metrics.get("alertbot_sender_pending")
         if pending is not None and pending < 0:
@@ -514,7 +514,7 @@ class Stored:
 async def stored_outcomes(database_url: str) -> Stored | None:
     try:
         conn = await asyncpg.connect(database_url, timeout=10)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return None
     try:
         alerts = await conn.fetch("SELECT u.telegram_id, a.token_address FROM alerts a JOIN users u ON u.id = a.user_id")
@@ -821,7 +821,7 @@ async def main(argv: list[str] | None = None) -> int:
     if unknown or not wanted:
         parser.error(f"--only takes rows among {', '.join(ROWS)}")
     plan = QUICK if args.quick else FULL
-    workload = build_workload(plan.alerts, args.seed, datetime.now(timezone.utc))
+    workload = build_workload(plan.alerts, args.seed, datetime.now(UTC))
     folder = temp_folder("faults-pg-")
     postgres = PrivatePostgres(folder / "pg")
     rows: list[Row] = []

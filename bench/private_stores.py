@@ -104,7 +104,7 @@ class PrivateRedis:
         process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process.kill()
             await process.wait()
 

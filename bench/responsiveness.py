@@ -187,7 +187,7 @@ async def feed_alerts(runtime: Runtime, chats: int, stop: asyncio.Event) -> int:
             sent += 1
         try:
             await asyncio.wait_for(stop.wait(), 0.05)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     return sent
 

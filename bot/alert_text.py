@@ -12,7 +12,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
@@ -225,7 +225,7 @@ def format_age(seconds: float, language: str = "en") -> str:
 
 def _utc(moment: datetime) -> datetime:
     # Naive datetimes are taken as UTC, which is what every feed in this project sends.
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _labels(language: str) -> dict[str, str]:

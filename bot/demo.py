@@ -173,7 +173,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
                 if stream.stats.frames >= len(frames) and not new_alerts():
                     try:
                         await runtime.drained(timeout=0.05)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     if not new_alerts():
                         break

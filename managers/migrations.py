@@ -156,7 +156,7 @@ async def apply_migrations(
     try:
         try:
             await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY, timeout=lock_timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise MigrationError(
                 f"gave up after {lock_timeout:g}s waiting for another process to finish migrating"
             ) from exc

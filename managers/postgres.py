@@ -201,7 +201,7 @@ class PostgresManager:
         try:
             async with pool.acquire(timeout=self.acquire_timeout) as conn:
                 return await getattr(conn, method)(query, *args, timeout=timeout)
-        except (asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             self._log_failure(method, query, exc, timeout)
             raise
 
@@ -222,7 +222,7 @@ class PostgresManager:
         try:
             async with pool.acquire(timeout=self.acquire_timeout) as conn:
                 return await conn.fetchval(query, *args, column=column, timeout=timeout)
-        except (asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             self._log_failure("fetchval", query, exc, timeout)
             raise
 
@@ -235,7 +235,7 @@ class PostgresManager:
         try:
             async with pool.acquire(timeout=self.acquire_timeout) as conn:
                 await conn.executemany(query, args, timeout=timeout)
-        except (asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             self._log_failure("executemany", query, exc, timeout)
             raise
 
@@ -247,7 +247,7 @@ class PostgresManager:
         try:
             conn_cm = pool.acquire(timeout=self.acquire_timeout if timeout is None else timeout)
             conn = await conn_cm.__aenter__()
-        except (asyncio.TimeoutError, asyncpg.InterfaceError, OSError) as exc:
+        except (TimeoutError, asyncpg.InterfaceError, OSError) as exc:
             logger.error("cannot get a PostgreSQL connection: %s: %s", type(exc).__name__, exc)
             raise
         try:

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import cast
 
 from managers.postgres import PostgresManager
@@ -148,7 +148,7 @@ class ChannelDirectory:
         merged = known.merged(incoming) if known else incoming
         await self._save(merged)
         if self.persistence is not None:
-            self.persistence.channel(event, at=datetime.now(timezone.utc))
+            self.persistence.channel(event, at=datetime.now(UTC))
         return merged
 
     async def _save(self, info: ChannelInfo) -> None:

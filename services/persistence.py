@@ -27,10 +27,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-
-import asyncpg
 
 from managers.postgres import PostgresManager, is_connection_failure
 from services.events import CallEvent, ChannelStatsEvent, PriceEvent, TokenInfo
@@ -126,7 +124,7 @@ class PersistenceWriter:
         self, postgres: PostgresManager, *, batch_size: int = 1_000, flush_interval: float = 0.2,
         max_pending: int = 200_000, history_days: float | None = HISTORY_DAYS,
         prune_interval: float = PRUNE_INTERVAL_SECONDS, max_backoff: float = MAX_BACKOFF_SECONDS,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.postgres = postgres
         self.batch_size = batch_size

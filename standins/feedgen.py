@@ -33,14 +33,14 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 Frame = dict[str, Any]
 
-START = datetime(2026, 11, 20, 10, 0, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 SUPPLY = 1_000_000_000  # pump.fun mints 1e9 tokens, so market cap = price x 1e9
 DEFAULT_SEED = 7
 DEFAULT_TOKENS = 100
@@ -106,11 +106,11 @@ MISSING = object()  # marks a field left out of a frame (as opposed to null)
 
 def iso(ts: datetime) -> str:
     """The feed's timestamp format: UTC, whole seconds, trailing Z."""
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_ts(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def b58encode(data: bytes) -> str:

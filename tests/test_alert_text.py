@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiogram import Bot
@@ -32,8 +32,8 @@ from standins.telegram import FakeTelegramServer, RateLimits, SentRecord, parse_
 pytestmark = pytest.mark.timeout(30)
 
 ADDRESS = "8yZ1rj5nHbUFuCbnoowE6rHLZYiuTe1tbxEskgzUpump"
-CREATED = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
-SEEN = datetime(2026, 11, 20, 10, 1, 30, tzinfo=timezone.utc)
+CREATED = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+SEEN = datetime(2026, 11, 20, 10, 1, 30, tzinfo=UTC)
 ALLOWED_LINK_PREFIXES = (
     f"https://dexscreener.com/solana/{ADDRESS}",
     f"https://pump.fun/coin/{ADDRESS}",

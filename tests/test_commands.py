@@ -12,12 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import Stores
-
 from bot.texts import TEXTS
 from services.filters import FILTER_SPECS, Filters
 from services.subscribers import subscriber_key
 from tests.bot_env import ADMIN, REPLY_TIMEOUT, StoreEnv, running_bot
+from tests.conftest import Stores
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from aiogram import Bot
@@ -231,7 +231,7 @@ def rendered_alert(chat_id: int, seed: int) -> Delivery:
     token = TokenInfo(address=solana_address(seed), symbol=f"TOK{seed}", name=f"Token number {seed}",
                       market_cap_usd=40_000.0 + seed)
     callers = [CallerLine(channel_id=f"-100{seed}", name="Alpha Calls", username="alphacalls")]
-    seen = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+    seen = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     return Delivery(token=token.address, chat_id=chat_id, html=render_alert(token, callers, seen_at=seen),
                     priority=Lane.PAID_ALERT, digest_line=render_digest_line(token, callers, seen_at=seen))
 

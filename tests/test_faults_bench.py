@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bench.faults import Copy, Kill, Received, build_workload, explain_copies, tally, tokens_in
 
@@ -43,7 +43,7 @@ def test_tokens_are_read_from_the_text_only_where_the_feed_has_them() -> None:
 
 
 def test_the_workload_reaches_its_target_and_its_controls_expect_nothing() -> None:
-    workload = build_workload(300, seed=7, now=datetime(2026, 11, 20, tzinfo=timezone.utc))
+    workload = build_workload(300, seed=7, now=datetime(2026, 11, 20, tzinfo=UTC))
     assert 300 <= len(workload.expected) < 320
     controls = {m.telegram_id for m in workload.members if not m.plan or m.paused}
     assert len(controls) == 4

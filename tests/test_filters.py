@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,7 +19,7 @@ from services.filters import (
     unset_filter,
 )
 
-NOW = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 ALPHA = ChannelFacts.build("-1001", "AlphaCalls", 0.41, 2.7)
 BETA = ChannelFacts.build("-1002", "beta", 0.10, 1.2)
 

@@ -265,7 +265,7 @@ async def core(database_url: str):
 
 
 async def test_updated_at_trigger(core: asyncpg.Connection) -> None:
-    old = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    old = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     user_id = await core.fetchval(
         "INSERT INTO users (telegram_id, username, created_at, updated_at) "
         "VALUES (42, 'alice', $1, $1) RETURNING id", old,
@@ -304,7 +304,7 @@ async def _seed(conn: asyncpg.Connection) -> tuple[int, int]:
 
 async def test_unique_constraints_reject_duplicates(core: asyncpg.Connection) -> None:
     user_a, user_b = await _seed(core)
-    called = dt.datetime(2026, 11, 20, 10, 1, 30, tzinfo=dt.timezone.utc)
+    called = dt.datetime(2026, 11, 20, 10, 1, 30, tzinfo=dt.UTC)
 
     await core.execute(
         "INSERT INTO calls (token_address, channel_id, called_at) VALUES ('Tok1', '-1001', $1)", called

@@ -26,10 +26,9 @@ from prometheus_client import generate_latest
 
 from managers.embedded_postgres import start_embedded_postgres_async
 from managers.migrations import apply_migrations
-from managers.postgres import PostgresManager, PostgresNotStarted
+from managers.postgres import PostgresManager, PostgresNotStarted, is_connection_failure
 from services.events import CallEvent, ChannelRef, TokenInfo
 from services.metrics import Metrics
-from managers.postgres import is_connection_failure
 from services.persistence import PersistenceWriter
 from standins import feedgen
 from standins.tcp_proxy import TcpProxy

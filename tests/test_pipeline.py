@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,14 +15,15 @@ from services.dedup import AlertLedger
 from services.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
 from services.filters import Filters
 from services.matching import SubscriberIndex
-from services.notification import NotificationService, AlertBatch
+from services.notification import AlertBatch, NotificationService
 from services.subscribers import Subscriber
+
 
 def _split(batch: AlertBatch) -> list[AlertBatch]:
     return [AlertBatch((one,), batch.token, batch.callers, batch.seen_at, batch.received_at) for one in batch.telegram_ids]
 
 
-T0 = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 GOOD = ChannelStatsEvent(id="-1001", name="Good Calls", username="goodcalls", win_rate=0.6, avg_gain=3.0, calls=50)
 POOR = ChannelStatsEvent(id="-1002", name="Poor Calls", username="poorcalls", win_rate=0.1, avg_gain=1.1, calls=80)
 OTHERS = [ChannelStatsEvent(id=f"-10{i}", name=f"Other {i}", win_rate=0.3, avg_gain=1.5) for i in range(10, 15)]
@@ -121,8 +122,9 @@ async def test_two_workers_racing_on_one_token_alert_once(redis: RedisManager) -
 
 
 async def test_redis_outage_keeps_alerting_without_repeats(redis_url: str) -> None:
-    from standins.tcp_proxy import TcpProxy
     from urllib.parse import urlsplit
+
+    from standins.tcp_proxy import TcpProxy
 
     parts = urlsplit(redis_url)
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:

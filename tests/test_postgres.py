@@ -159,7 +159,7 @@ def short_tmp() -> Iterator[Path]:
 async def _cannot_connect(dsn: str) -> bool:
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return True
     await conn.close()
     return False

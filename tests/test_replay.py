@@ -7,7 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiogram import Bot, Dispatcher
@@ -39,7 +39,7 @@ from tests.conftest import Stores
 
 pytestmark = pytest.mark.timeout(60)
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 WINDOW = NOW - timedelta(hours=24)  # the replay window is (WINDOW, NOW]
 
 # ------------------------------------------------------------------------------- the recorded day
@@ -457,7 +457,7 @@ FILTER_COMMANDS = ["/set min_mcap 20k", "/set min_win_rate 50", "/set min_channe
 
 
 async def test_the_button_answers_with_the_counts_in_english_and_russian(env: Env) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     await write_day(env.postgres, now)
     await record_history_since(env.postgres, now - timedelta(days=3))
 

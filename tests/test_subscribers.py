@@ -14,7 +14,6 @@ import pytest
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
 from services.filters import Filters, set_filter, unset_filter
-from tests.conftest import Stores
 from services.subscribers import (
     RETRY_KEY,
     SUBSCRIBERS_KEY,
@@ -22,6 +21,7 @@ from services.subscribers import (
     UnknownSubscriber,
     subscriber_key,
 )
+from tests.conftest import Stores
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ async def test_subscribers_get_exactly_the_alerts_their_filters_pass(
         rng = random.Random(4)
         for bad in malformed_frames(1000):
             frames.insert(rng.randrange(len(frames) + 1), bad)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     expected = expected_alerts(sample, as_subscribers(MEMBERS, now), now)
     assert [len(expected[m.telegram_id]) for m in MEMBERS] == [6, 8, 7, 0, 0]
     addresses = {f["token"]["address"] for f in sample if f["type"] == "call"}
@@ -151,7 +151,7 @@ async def test_subscribers_get_exactly_the_alerts_their_filters_pass(
 
 
 def call_frame(address: str, channel: str, minute: int, *, name: str = "Token", mcap: float = 80_000) -> dict:
-    at = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc) + timedelta(minutes=minute)
+    at = datetime(2026, 11, 21, 9, 0, tzinfo=UTC) + timedelta(minutes=minute)
     return {
         "type": "call",
         "token": {"address": address, "symbol": "TKN", "name": name, "chain": "solana", "market_cap_usd": mcap,

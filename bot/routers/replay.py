@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aiogram import Bot, F, Router
 from aiogram.types import CallbackQuery
@@ -74,7 +74,7 @@ async def replay_pressed(
         await bot.send_message(chat_id, text("unavailable", language))
         return
     try:
-        report = await replay_for(postgres, subscriber.filters, datetime.now(timezone.utc))
+        report = await replay_for(postgres, subscriber.filters, datetime.now(UTC))
     except PG_FAILURES as exc:  # PostgresNotStarted among them
         logger.warning("filter replay for %s failed: %r", subscriber.telegram_id, exc)
         await bot.send_message(chat_id, text("replay_unavailable", language))

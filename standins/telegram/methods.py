@@ -799,7 +799,7 @@ class BotApiMethods(FloodControl):
                         self._changed.fire()
                         continue
                     error = f"Wrong response from the webhook: {response.status} {response.reason}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 error = f"Connection failed: {type(exc).__name__}: {exc}"
             self.stats.webhook_errors += 1
             state.webhook_last_error = (int(time.time()), error)

@@ -17,10 +17,10 @@ from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiohttp import web
 
 from standins.telegram.limits import RateLimits, _ForcedErrors
 from standins.telegram.methods import BotApiMethods

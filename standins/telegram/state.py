@@ -42,7 +42,7 @@ class _Pulse:
         event = self._event
         try:
             await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
