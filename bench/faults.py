@@ -470,6 +470,11 @@ async def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.
     return True
 
 
+def delivered_at_least(receipts: Receipts, count: int) -> Callable[[], bool]:
+    """A check for `wait_until`: the Bot API has accepted `count` expected alerts."""
+    return lambda: receipts.delivered >= count
+
+
 async def create_subscribers(redis_url: str, database_url: str, members: Sequence[Member]) -> int:
     """Through the project's own store, as /start, /set and an admin's grant would; returns how
     many receive alerts according to the store."""
@@ -517,7 +522,9 @@ async def stored_outcomes(database_url: str) -> Stored | None:
     except (TimeoutError, OSError, asyncpg.PostgresError):
         return None
     try:
-        alerts = await conn.fetch("SELECT u.telegram_id, a.token_address FROM alerts a JOIN users u ON u.id = a.user_id")
+        alerts = await conn.fetch(
+            "SELECT u.telegram_id, a.token_address FROM alerts a JOIN users u ON u.id = a.user_id"
+        )
         deliveries = await conn.fetch("SELECT chat_id, token_address, status, reason FROM deliveries")
     finally:
         await conn.close()
@@ -747,7 +754,7 @@ async def sigkill(stage: Stage) -> None:
     stage.notes.append("kill points (expected alerts received): " + ", ".join(f"{p:,}" for p in points))
     frames_before = 0
     for number, point in enumerate(points, 1):
-        if not await wait_until(lambda: stage.receipts.delivered >= point, timeout=300):
+        if not await wait_until(delivered_at_least(stage.receipts, point), timeout=300):
             stage.notes.append(f"kill {number}: {point:,} alerts never arrived; killed anyway")
         at = time.monotonic()
         await stage.bot.kill()

@@ -91,29 +91,34 @@ def _edits(telegram: FakeTelegramServer, message_id: int) -> int:
 
 async def _conversation(telegram: FakeTelegramServer, out: TextIO) -> None:
     for action, value, replies in CONVERSATION:
-        sent_before = len(telegram.messages_to(DEMO_USER_ID))
-        shown: list[int] = []
-        if action == "say":
-            _show(out, DEMO_USER_NAME, value)
-            telegram.inject_message(DEMO_USER_ID, value, first_name=DEMO_USER_NAME, username="alice_demo")
-        else:
-            _show(out, DEMO_USER_NAME, f"presses [{value}]")
-            message_id, data = _button_data(telegram, value)
-            answered = len(telegram.answered_callbacks)
-            edited = _edits(telegram, message_id)
-            telegram.inject_callback(DEMO_USER_ID, message_id, data)
-            await telegram.wait_for(lambda: len(telegram.answered_callbacks) > answered, timeout=REPLY_TIMEOUT)
-            if not replies:
-                # The press is answered first, then its message edited: show it as edited.
-                await telegram.wait_for(lambda: _edits(telegram, message_id) > edited, timeout=REPLY_TIMEOUT)
-                shown.append(message_id)
-        await telegram.wait_for(lambda: len(telegram.messages_to(DEMO_USER_ID)) >= sent_before + replies,
-                                timeout=REPLY_TIMEOUT)
-        shown += [record.message_id for record in telegram.messages_to(DEMO_USER_ID)[sent_before:]]
-        for message_id in shown:
-            message = telegram.message(DEMO_USER_ID, message_id) or {}
-            _show(out, "bot", terminal_text(message.get("text") or ""), message.get("reply_markup"))
-        print("", file=out)
+        await _exchange(telegram, out, action, value, replies)
+
+
+async def _exchange(telegram: FakeTelegramServer, out: TextIO, action: str, value: str, replies: int) -> None:
+    """One step of the conversation: the user says or presses `value`; show what the bot answered."""
+    sent_before = len(telegram.messages_to(DEMO_USER_ID))
+    shown: list[int] = []
+    if action == "say":
+        _show(out, DEMO_USER_NAME, value)
+        telegram.inject_message(DEMO_USER_ID, value, first_name=DEMO_USER_NAME, username="alice_demo")
+    else:
+        _show(out, DEMO_USER_NAME, f"presses [{value}]")
+        pressed, data = _button_data(telegram, value)
+        answered = len(telegram.answered_callbacks)
+        edited = _edits(telegram, pressed)
+        telegram.inject_callback(DEMO_USER_ID, pressed, data)
+        await telegram.wait_for(lambda: len(telegram.answered_callbacks) > answered, timeout=REPLY_TIMEOUT)
+        if not replies:
+            # The press is answered first, then its message edited: show it as edited.
+            await telegram.wait_for(lambda: _edits(telegram, pressed) > edited, timeout=REPLY_TIMEOUT)
+            shown.append(pressed)
+    await telegram.wait_for(lambda: len(telegram.messages_to(DEMO_USER_ID)) >= sent_before + replies,
+                            timeout=REPLY_TIMEOUT)
+    shown += [record.message_id for record in telegram.messages_to(DEMO_USER_ID)[sent_before:]]
+    for message_id in shown:
+        message = telegram.message(DEMO_USER_ID, message_id) or {}
+        _show(out, "bot", terminal_text(message.get("text") or ""), message.get("reply_markup"))
+    print("", file=out)
 
 
 async def _subscribers(runtime: Runtime) -> dict[int, str]:

@@ -412,6 +412,13 @@ async def test_the_filters_screen_offers_the_replay(env: BotEnv) -> None:
     assert "no call history yet" in chat.sent()[-1].text
 
 
+async def press_and_wait_for_the_answer(env: BotEnv, chat_id: int, message_id: int, data: str) -> None:
+    answered = len(env.server.answered_callbacks)
+    env.server.inject_callback(chat_id, message_id, data, check_button=False)
+    await env.server.wait_for(lambda: len(env.server.answered_callbacks) > answered, 10,
+                              description=f"the answer to {data!r}")
+
+
 async def test_forged_or_odd_button_data_is_answered_without_an_error(env: BotEnv) -> None:
     """Callback data is user input: a crafted client can send anything. Each press is answered,
     nothing is changed, and the user never sees the error text."""
@@ -422,10 +429,7 @@ async def test_forged_or_odd_button_data_is_answered_without_an_error(env: BotEn
         "p1:apply:nosuch", "p1:unfollow:safe", "p1:follow:" + "x" * 40, "m1:nowhere", "m1", "", "🙂" * 10,
     ]
     for data in forged:
-        answered = len(env.server.answered_callbacks)
-        env.server.inject_callback(75, welcome.message_id, data, check_button=False)
-        await env.server.wait_for(lambda: len(env.server.answered_callbacks) > answered, 10,
-                                  description=f"the answer to {data!r}")
+        await press_and_wait_for_the_answer(env, 75, welcome.message_id, data)
     assert all(TEXTS["en"]["error"] not in record.body for record in chat.sent())
     assert await pg_filters(env, 75) == {}
     assert await env.store.get(75) is not None  # "d1:maybe" deleted nothing
