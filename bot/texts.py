@@ -509,7 +509,9 @@ TEXTS: dict[str, dict[str, str]] = {
             "⚠ Часть подписчиков сейчас обновить не удалось (см. лог); "
             "позже отправьте тот же /setpreset {code} ещё раз, чтобы закончить."
         ),
-        "delpreset_usage": "<b>Как использовать:</b> <code>/delpreset КОД</code>, например <code>/delpreset degen</code>",
+        "delpreset_usage": (
+            "<b>Как использовать:</b> <code>/delpreset КОД</code>, например <code>/delpreset degen</code>"
+        ),
         "delpreset_unknown": "Пресета <code>{code}</code> нет; ничего не изменилось.",
         "delpreset_done": (
             "✅ Пресет <code>{code}</code> (<b>{title}</b>) удалён. "

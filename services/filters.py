@@ -59,10 +59,14 @@ def parse_usd(raw: str) -> float:
 def parse_int(raw: str, minimum: int = 0, maximum: int = 10**9) -> int:
     text = raw.strip().replace("_", "").replace(",", "")
     if not re.fullmatch(r"\d+", text):
-        raise FilterValueError(f"a whole number from {minimum} to {maximum}", "whole_number", minimum=minimum, maximum=maximum)
+        raise FilterValueError(
+            f"a whole number from {minimum} to {maximum}", "whole_number", minimum=minimum, maximum=maximum
+        )
     value = int(text)
     if not minimum <= value <= maximum:
-        raise FilterValueError(f"a whole number from {minimum} to {maximum}", "whole_number", minimum=minimum, maximum=maximum)
+        raise FilterValueError(
+            f"a whole number from {minimum} to {maximum}", "whole_number", minimum=minimum, maximum=maximum
+        )
     return value
 
 
@@ -117,7 +121,9 @@ def parse_channels(raw: str) -> frozenset[str]:
     if not parts:
         raise FilterValueError("comma-separated channel ids (like -1001234567890) or @usernames", "channels")
     if len(parts) > MAX_CHANNELS_IN_FILTER:
-        raise FilterValueError(f"at most {MAX_CHANNELS_IN_FILTER} channels", "channels_max", maximum=MAX_CHANNELS_IN_FILTER)
+        raise FilterValueError(
+            f"at most {MAX_CHANNELS_IN_FILTER} channels", "channels_max", maximum=MAX_CHANNELS_IN_FILTER
+        )
     return frozenset(normalize_channel_ref(part) for part in parts)
 
 

@@ -383,7 +383,11 @@ class SubscriberStore:
                    "changed_at": self.clock().isoformat()}
         saved = await self._save_to_pg(telegram_id, language=language, history=history)
         settings_log.info(
-            "user %s language %s -> %s%s", telegram_id, current.language, language, "" if saved else " (postgres deferred)"
+            "user %s language %s -> %s%s",
+            telegram_id,
+            current.language,
+            language,
+            "" if saved else " (postgres deferred)",
         )
         return await self._changed(replace(current, language=language))
 

@@ -16,7 +16,9 @@ from services.filters import ChannelFacts, TokenFacts, token_matches
 from services.subscribers import Subscriber
 
 
-def expected_alerts(frames: Iterable[dict | str], subscribers: Iterable[Subscriber], now: datetime) -> dict[int, list[str]]:
+def expected_alerts(
+    frames: Iterable[dict | str], subscribers: Iterable[Subscriber], now: datetime
+) -> dict[int, list[str]]:
     """telegram id -> token addresses, in the order the alerts become due."""
     channels: dict[str, dict[str, object]] = {}
     callers: dict[str, list[str]] = {}

@@ -349,8 +349,11 @@ async def test_delivery_rows_written_while_postgresql_is_down_arrive_once_it_is_
 
     target = urlsplit(stores.database_url)
     async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
-        postgres = PostgresManager(stores.database_url.replace(target.netloc, f"{target.username}@127.0.0.1:{proxy.port}"),
-                                   min_size=1, max_size=2)
+        postgres = PostgresManager(
+            stores.database_url.replace(target.netloc, f"{target.username}@127.0.0.1:{proxy.port}"),
+            min_size=1,
+            max_size=2,
+        )
         await postgres.start()
         sender = AlertSender(server.create_bot(), paid_broadcast=True)
         await sender.start()

@@ -314,9 +314,18 @@ MALFORMED: list[tuple[str, str]] = [
     (json.dumps(dict(CALL, called_at="soon")), "invalid called_at"),
     ('{"type": "price", "price_usd": 1, "ts": "2026-11-20T10:00:00Z"}', "missing address"),
     (f'{{"type": "price", "address": "{ADDRESS}", "ts": "2026-11-20T10:00:00Z"}}', "missing price_usd"),
-    (f'{{"type": "price", "address": "{ADDRESS}", "price_usd": "x", "ts": "2026-11-20T10:00:00Z"}}', "invalid price_usd"),
-    (f'{{"type": "price", "address": "{ADDRESS}", "price_usd": -1, "ts": "2026-11-20T10:00:00Z"}}', "invalid price_usd"),
-    (f'{{"type": "price", "address": "{ADDRESS}", "price_usd": NaN, "ts": "2026-11-20T10:00:00Z"}}', "invalid price_usd"),
+    (
+        f'{{"type": "price", "address": "{ADDRESS}", "price_usd": "x", "ts": "2026-11-20T10:00:00Z"}}',
+        "invalid price_usd",
+    ),
+    (
+        f'{{"type": "price", "address": "{ADDRESS}", "price_usd": -1, "ts": "2026-11-20T10:00:00Z"}}',
+        "invalid price_usd",
+    ),
+    (
+        f'{{"type": "price", "address": "{ADDRESS}", "price_usd": NaN, "ts": "2026-11-20T10:00:00Z"}}',
+        "invalid price_usd",
+    ),
     (f'{{"type": "price", "address": "{ADDRESS}", "price_usd": 1}}', "missing ts"),
     ('{"type": "channel", "name": "x"}', "missing id"),
 ]

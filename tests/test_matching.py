@@ -11,7 +11,9 @@ from services.subscribers import Subscriber
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CHANNELS = [
-    ChannelFacts.build(f"-100{i}", f"chan{i}" if i % 3 else None, None if i % 7 == 0 else i / 25, None if i % 5 == 0 else 1 + i / 4)
+    ChannelFacts.build(
+        f"-100{i}", f"chan{i}" if i % 3 else None, None if i % 7 == 0 else i / 25, None if i % 5 == 0 else 1 + i / 4
+    )
     for i in range(20)
 ]
 

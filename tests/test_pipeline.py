@@ -20,7 +20,9 @@ from services.subscribers import Subscriber
 
 
 def _split(batch: AlertBatch) -> list[AlertBatch]:
-    return [AlertBatch((one,), batch.token, batch.callers, batch.seen_at, batch.received_at) for one in batch.telegram_ids]
+    return [
+        AlertBatch((one,), batch.token, batch.callers, batch.seen_at, batch.received_at) for one in batch.telegram_ids
+    ]
 
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -31,12 +33,16 @@ OTHERS = [ChannelStatsEvent(id=f"-10{i}", name=f"Other {i}", win_rate=0.3, avg_g
 SUBSCRIBERS = [
     Subscriber(telegram_id=1, filters=Filters(min_mcap=20_000), is_admin=True),  # loose
     Subscriber(telegram_id=2, filters=Filters(min_win_rate=50), plan_expires_at=T0 + timedelta(days=30)),
-    Subscriber(telegram_id=3, filters=Filters(max_mcap=30_000, min_holders=100), plan_expires_at=T0 + timedelta(days=30)),
+    Subscriber(
+        telegram_id=3, filters=Filters(max_mcap=30_000, min_holders=100), plan_expires_at=T0 + timedelta(days=30)
+    ),
     Subscriber(telegram_id=4, filters=Filters()),  # no plan: never alerted
 ]
 
 
-def call(address: str, channel: ChannelStatsEvent, minutes: int, mcap: float = 41_250, holders: int | None = 212) -> CallEvent:
+def call(
+    address: str, channel: ChannelStatsEvent, minutes: int, mcap: float = 41_250, holders: int | None = 212
+) -> CallEvent:
     token = TokenInfo(address=address, symbol="TKN", name="Token", market_cap_usd=mcap, holders=holders,
                       created_at=T0 - timedelta(minutes=30))
     return CallEvent(token=token, channel=ChannelRef(channel.id, channel.name, channel.username),
@@ -55,7 +61,10 @@ async def build(redis: RedisManager, sent: list[AlertBatch]) -> NotificationServ
     caches = CacheRegistry(redis)
     channels = ChannelDirectory(redis, None, caches)
     service = NotificationService(
-        index=SubscriberIndex(SUBSCRIBERS), ledger=AlertLedger(redis), channels=channels, deliver=lambda batch: sent.extend(_split(batch)),
+        index=SubscriberIndex(SUBSCRIBERS),
+        ledger=AlertLedger(redis),
+        channels=channels,
+        deliver=lambda batch: sent.extend(_split(batch)),
         clock=lambda: T0 + timedelta(hours=1),
     )
     for stats in (GOOD, POOR, *OTHERS):

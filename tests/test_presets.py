@@ -214,7 +214,9 @@ async def test_apply_keeps_the_followed_preset_and_ends_following_another(env: E
 
 
 async def test_admin_creates_and_deletes_a_preset(env: Env) -> None:
-    reply = await env.ask(ADMIN, '/setpreset whales "Whales only" "Big caps, many holders" min_mcap=1m min_holders=1000')
+    reply = await env.ask(
+        ADMIN, '/setpreset whales "Whales only" "Big caps, many holders" min_mcap=1m min_holders=1000'
+    )
     assert "created" in reply.text and "min_mcap = $1M" in reply.text
     whales = await env.preset("whales")
     assert (whales.title, whales.description) == ("Whales only", "Big caps, many holders")
@@ -252,7 +254,9 @@ async def test_notices_go_through_the_sender_when_there_is_one(stores: Stores) -
 
 async def test_bad_setpreset_is_explained_and_saves_nothing(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     async def presets_now() -> list[tuple[Any, ...]]:
-        rows = await env.postgres.fetch("SELECT code, title, description, filters, updated_at FROM presets ORDER BY code")
+        rows = await env.postgres.fetch(
+            "SELECT code, title, description, filters, updated_at FROM presets ORDER BY code"
+        )
         return [tuple(row) for row in rows]
 
     before = await presets_now()

@@ -415,17 +415,23 @@ class Env:
     async def ask(self, user_id: int, message: str, language_code: str = "en") -> SentRecord:
         before = len(self.server.messages_to(user_id))
         self.server.inject_message(user_id, message, language_code=language_code, first_name="Ann")
-        replies = await self.server.wait_for_sent(lambda r: r.chat_id == user_id, count=before + 1, timeout=REPLY_TIMEOUT)
+        replies = await self.server.wait_for_sent(
+            lambda r: r.chat_id == user_id, count=before + 1, timeout=REPLY_TIMEOUT
+        )
         return replies[before]
 
     async def press_replay(self, user_id: int) -> SentRecord:
         """The bot offers the button (as the Filters screen will), the user presses it."""
         data = FilterCB(action="replay").pack()
-        markup = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="Test my filters", callback_data=data)]])
+        markup = InlineKeyboardMarkup(
+            inline_keyboard=[[InlineKeyboardButton(text="Test my filters", callback_data=data)]]
+        )
         offered = await self.bot.send_message(user_id, "Your filters", reply_markup=markup)
         before = len(self.server.messages_to(user_id))
         self.server.inject_callback(user_id, offered.message_id, data)
-        replies = await self.server.wait_for_sent(lambda r: r.chat_id == user_id, count=before + 1, timeout=REPLY_TIMEOUT)
+        replies = await self.server.wait_for_sent(
+            lambda r: r.chat_id == user_id, count=before + 1, timeout=REPLY_TIMEOUT
+        )
         await self.server.wait_for(lambda: any(a.user_id == user_id for a in self.server.answered_callbacks),
                                    REPLY_TIMEOUT, description="the press answered")
         return replies[before]

@@ -40,7 +40,9 @@ async def telegram() -> AsyncIterator[FakeTelegramServer]:
         yield server
 
 
-def make_settings(telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path, **extra: object) -> Settings:
+def make_settings(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path, **extra: object
+) -> Settings:
     return Settings(
         _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=telegram.base_url, redis_url=redis_url,
         database_url=database_url, http_port=free_port(), log_dir=tmp_path / "logs", **extra,

@@ -257,7 +257,8 @@ async def test_refresh_reads_the_price_with_a_real_get_account_info(rpc, clock, 
             lambda server: server.set_price(150.0, publish_time=T0, owner=solana_rpc.SYSTEM_PROGRAM), id="wrong-owner"
         ),
         pytest.param(
-            lambda server: server.set_account(SOL_USD_PRICE_ACCOUNT, b"junk", owner=PYTH_RECEIVER_PROGRAM), id="malformed"
+            lambda server: server.set_account(SOL_USD_PRICE_ACCOUNT, b"junk", owner=PYTH_RECEIVER_PROGRAM),
+            id="malformed",
         ),
     ],
 )

@@ -258,7 +258,9 @@ async def test_silence_makes_the_stream_reconnect():
     sink = Sink()
     async with FeedServer(heartbeats, interval=0.01) as feed:
         # No pings: the watchdog alone must notice a server that went quiet.
-        stream = StreamManager(feed.url, parse_alert_frame, sink, **{**FAST, "silence_timeout": 0.5}, ping_interval=None)
+        stream = StreamManager(
+            feed.url, parse_alert_frame, sink, **{**FAST, "silence_timeout": 0.5}, ping_interval=None
+        )
         async with stream:
             await stream.wait_for(lambda: stream.stats.frames >= 5, TIMEOUT)
             feed.pause()
@@ -308,7 +310,9 @@ async def test_frames_sent_during_a_drop_too_short_to_poll_are_read_after_the_re
     sink = Sink()
     async with FeedServer(before) as feed:
         # Polling proper would start only after a minute down: the drop is far shorter.
-        stream = StreamManager(feed.url, parse_alert_frame, sink, poll_url=feed.poll_url, **{**FAST, "poll_after": 60.0})
+        stream = StreamManager(
+            feed.url, parse_alert_frame, sink, poll_url=feed.poll_url, **{**FAST, "poll_after": 60.0}
+        )
         async with stream:
             await stream.wait_for(lambda: len(sink.events) >= len(events_of(before)), TIMEOUT)
             feed.refuse_websocket(True)

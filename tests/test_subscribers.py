@@ -219,7 +219,9 @@ async def test_postgres_failure_keeps_the_change_and_writes_it_later(stores: Sto
         await conn.close()
 
 
-async def test_a_language_chosen_while_postgres_is_down_is_written_later(stores: Stores, store: SubscriberStore) -> None:
+async def test_a_language_chosen_while_postgres_is_down_is_written_later(
+    stores: Stores, store: SubscriberStore
+) -> None:
     await register(store, 7)
     await stores.postgres.close()
     saved = await store.set_language(7, "ru")

@@ -74,7 +74,9 @@ async def bot_on_feed(
         store = runtime.store
         assert store is not None and runtime.index_sync is not None
         for member in members:
-            await store.register(member.telegram_id, username=None, first_name=f"U{member.telegram_id}", language_code="en")
+            await store.register(
+                member.telegram_id, username=None, first_name=f"U{member.telegram_id}", language_code="en"
+            )
             await store.update_filters(member.telegram_id, member.filters, name="min_mcap")
             if member.plan_days:
                 await store.grant(member.telegram_id, member.plan_days, granted_by=ADMIN)
@@ -200,7 +202,9 @@ async def test_five_channels_one_alert_and_rejected_then_upgraded(
             assert {(r["telegram_id"], r["token_address"]) for r in rows} == {
                 (FOLLOWER.telegram_id, five), (FOLLOWER.telegram_id, upgraded),
                 (PICKY.telegram_id, five), (PICKY.telegram_id, upgraded)}
-            picky_row = next(r for r in rows if r["telegram_id"] == PICKY.telegram_id and r["token_address"] == upgraded)
+            picky_row = next(
+                r for r in rows if r["telegram_id"] == PICKY.telegram_id and r["token_address"] == upgraded
+            )
             assert picky_row["channel_ids"] == ["-2014", "-2015", "-2001"]
             calls = await runtime.postgres.fetchval("SELECT count(*) FROM calls WHERE token_address = $1", upgraded)
             assert calls == 4
@@ -214,7 +218,9 @@ async def test_a_restart_between_two_calls_never_repeats_an_alert(
         async with FeedServer(CHANNEL_FRAMES) as feed:
             async with bot_on_feed(feed, telegram, redis_url, database_url, tmp_path, [FOLLOWER]) as runtime:
                 await feed.push(call_frame(token, "-2010", 0))
-                await runtime.streams[0].wait_for(lambda: runtime.streams[0].stats.events >= len(CHANNEL_FRAMES) + 1, 30)
+                await runtime.streams[0].wait_for(
+                    lambda: runtime.streams[0].stats.events >= len(CHANNEL_FRAMES) + 1, 30
+                )
                 await runtime.drained()
         assert alerts_by_chat(telegram, {token}) == {FOLLOWER.telegram_id: [token]}
         async with FeedServer(CHANNEL_FRAMES) as feed:
@@ -222,7 +228,9 @@ async def test_a_restart_between_two_calls_never_repeats_an_alert(
                 await feed.push(call_frame(token, "-2011", 5))
                 other = "S" * 40 + "pump"
                 await feed.push(call_frame(other, "-2011", 6))  # proves the restarted bot is alerting
-                await runtime.streams[0].wait_for(lambda: runtime.streams[0].stats.events >= len(CHANNEL_FRAMES) + 2, 30)
+                await runtime.streams[0].wait_for(
+                    lambda: runtime.streams[0].stats.events >= len(CHANNEL_FRAMES) + 2, 30
+                )
                 await runtime.drained()
         assert alerts_by_chat(telegram, {token, other}) == {FOLLOWER.telegram_id: [token, other]}
 

@@ -67,7 +67,9 @@ def status_text(subscriber: Subscriber, figures: AccountFigures | None, language
         lines.append(text("status_preset", language, preset=html.escape(subscriber.preset)))
     filter_list = filter_lines(subscriber.filters)
     lines.append("")
-    lines.extend([text("filters_title", language), *filter_list] if filter_list else [text("status_filters_none", language)])
+    lines.extend(
+        [text("filters_title", language), *filter_list] if filter_list else [text("status_filters_none", language)]
+    )
     if invite_link is not None and figures is not None:
         lines.extend(["", text("status_invite", language, link=html.escape(invite_link), count=figures.referred_users)])
     return "\n".join(lines)
@@ -88,7 +90,9 @@ async def status(event: Message | CallbackQuery, subscriber: Subscriber, languag
         link = f"https://t.me/{me.username}?start=ref_{code}" if me.username else None
     except StoreUnavailable:
         figures, link = None, None
-    await show(event, status_text(subscriber, figures, language, datetime.now(UTC), link), keyboards.back_only(language))
+    await show(
+        event, status_text(subscriber, figures, language, datetime.now(UTC), link), keyboards.back_only(language)
+    )
 
 
 # ---------------------------------------------------------------------------------- /language

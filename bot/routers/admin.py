@@ -75,7 +75,9 @@ async def _notify(message: Message, store: SubscriberStore, user_id: int, days: 
     try:
         target = await store.get(user_id)
         language = pick_language(target.language if target else None)
-        await message.bot.send_message(user_id, text("grant_notice", language, days=days, expires=format_moment(expires)))
+        await message.bot.send_message(
+            user_id, text("grant_notice", language, days=days, expires=format_moment(expires))
+        )
     except (TelegramAPIError, StoreUnavailable) as exc:
         logger.info("could not tell %s about their grant: %r", user_id, exc)
 

@@ -97,7 +97,9 @@ def render_presets(presets: list[Preset], subscriber: Subscriber, language: str)
         ])
     if not presets:
         blocks.append(text("presets_none", language))
-    rows.append([InlineKeyboardButton(text=text("preset_button_back", language), callback_data=MenuCB(screen="main").pack())])
+    rows.append(
+        [InlineKeyboardButton(text=text("preset_button_back", language), callback_data=MenuCB(screen="main").pack())]
+    )
     return "\n\n".join(blocks), InlineKeyboardMarkup(inline_keyboard=rows)
 
 

@@ -36,6 +36,8 @@ _SECRET_TOKEN_RE: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _DEFAULT_EXCLUDED_UPDATES: Final[frozenset[str]] = frozenset(
     {"chat_member", "message_reaction", "message_reaction_count"}
 )
+# Telegram's words for an inline button without text or without an action.
+_TEXT_BUTTONS_UNALLOWED: Final = "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"
 _INLINE_BUTTON_ACTIONS: Final[tuple[str, ...]] = (
     "url",
     "callback_data",
@@ -251,13 +253,15 @@ class BotApiMethods(FloodControl):
             raise _bad_request('field "inline_keyboard" of the InlineKeyboardMarkup must be an Array')
         for row in rows:
             if not isinstance(row, list):
-                raise _bad_request('can\'t parse inline keyboard button: field "inline_keyboard" must be an Array of Arrays')
+                raise _bad_request(
+                    'can\'t parse inline keyboard button: field "inline_keyboard" must be an Array of Arrays'
+                )
             for button in row:
                 if not isinstance(button, dict) or not isinstance(button.get("text"), str):
-                    raise _bad_request("can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard")
+                    raise _bad_request(_TEXT_BUTTONS_UNALLOWED)
                 actions = [key for key in _INLINE_BUTTON_ACTIONS if key in button]
                 if not actions:
-                    raise _bad_request("can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard")
+                    raise _bad_request(_TEXT_BUTTONS_UNALLOWED)
                 if "callback_data" in button:
                     data = button["callback_data"]
                     if not isinstance(data, str) or not 1 <= len(data.encode("utf-8")) <= MAX_CALLBACK_DATA_BYTES:
