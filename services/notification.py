@@ -310,7 +310,8 @@ class NotificationService:
         callers = await self.channels.callers(call_times, {event.channel.id: event.channel})
         matched = self.index.match(facts, event.called_at, [c.facts() for c in callers], now)
         candidates = self.ledger.not_known_alerted(token.address, matched)
-        caller_lines = _caller_lines(callers, call_times)
+        # Only a call with someone to alert lists its callers (most calls alert nobody).
+        caller_lines = _caller_lines(callers, call_times) if candidates else ()
         alert = None
         if candidates and self.outbox is not None:
             alert = self.outbox.render(AlertBatch(tuple(candidates), token, caller_lines, now, event.received_at))
@@ -319,17 +320,18 @@ class NotificationService:
 
     async def _finish(self, plan: _CallPlan, result: ClaimResult, now: datetime) -> list[int]:
         event, token = plan.event, plan.event.token
+        won = result.won
+        if won and result.local and self.outbox is not None and plan.request.alert is not None:
+            # Redis is down: to the sender directly, waiting while too many such alerts are unsent.
+            # First, so nothing that fails below can leave these claims without their alerts.
+            await self.outbox.queue.publish(plan.request.alert.deliveries(won))
         self.stats.matched += len(plan.matched)
         if self.persistence is not None:
             self.persistence.token(token, now)
             self.persistence.call(event)
-        won = result.won
         self.stats.duplicates_avoided += len(plan.matched) - len(won)
         if not won:
             return []
-        if result.local and self.outbox is not None and plan.request.alert is not None:
-            # Redis is down: to the sender directly, waiting while too many such alerts are unsent.
-            await self.outbox.queue.publish(plan.request.alert.deliveries(won))
         if self.deliver is not None:
             handed = self.deliver(AlertBatch(tuple(won), token, plan.caller_lines, now, event.received_at))
             if inspect.isawaitable(handed):
