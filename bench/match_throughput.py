@@ -1,6 +1,7 @@
 """Match throughput: the vectorised pipeline beside the original per-subscriber loop, same run.
 
     python -m bench.match_throughput [--redis-url URL] [--events N] [--sizes 100,1000,10000]
+                                     [--engines pipeline,outbox,loop]
 
 Uses the Redis in --redis-url / REDIS_URL, else the local server, else the embedded stand-in,
 on logical database 14, which it empties. Prints a table:
@@ -12,14 +13,18 @@ on logical database 14, which it empties. Prints a table:
                 measured in a second pass with frames arriving steadily at 200 a second
 * alerts/event  how many subscribers a call alerted on average (the filter mix's selectivity)
 
-The baseline is the loop the original design describes: for each subscriber, GET its
-processed_token record, apply the filters, SET the decision (accepted 14 days / rejected 1 h).
+Engines: `pipeline` claims and hands the alerts to a counter; `outbox` is the service's own
+path, which also renders each alert and queues it in the Redis stream in the claim's script (a
+task empties the stream as it grows, as the delivery queue would); `loop` is the baseline: the
+loop the original design describes, for each subscriber GET its processed_token record, apply
+the filters, SET the decision (accepted 14 days / rejected 1 h).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -36,16 +41,21 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.asyncio.connection as redis_connection
 
+from aiogram import Bot
+
+from bot.alert_outbox import AlertOutbox
 from managers.feed_adapters import parse_alert_frame
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
+from services.delivery_queue import STREAM_KEY, DeliveryQueue
 from services.event_queue import EventQueue
 from services.events import CallEvent, ChannelStatsEvent
 from services.filters import ChannelFacts, Filters, TokenFacts, token_matches
 from services.matching import SubscriberIndex
 from services.notification import NotificationService, AlertBatch, ProcessingWorkers
+from services.sender import AlertSender
 from services.subscribers import Subscriber
 from bench.table import print_markdown
 from standins.feedgen import load_sample
@@ -194,8 +204,34 @@ async def redis_commands(client: aioredis.Redis) -> int:
     return int(info.get("total_commands_processed", 0))
 
 
+class StreamDrain:
+    """Empties the outbox stream every 50 ms, as the delivery queue's acknowledgements would, so a
+    flood of alerts does not pile up in Redis; its commands are left out of the counts."""
+
+    def __init__(self, manager: RedisManager) -> None:
+        self.manager = manager
+        self.commands = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.manager.client.unlink(STREAM_KEY)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            await self.manager.client.unlink(STREAM_KEY)
+            self.commands += 1
+
+
 async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber], frames: list[str],
-                       channel_frames: list[dict[str, Any]]) -> Row:
+                       channel_frames: list[dict[str, Any]], *, outbox: bool = False) -> Row:
     manager = RedisManager.from_url(url)
     await manager.start()
     await manager.client.flushdb(asynchronous=True)
@@ -211,8 +247,18 @@ async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber],
         latency = (time.perf_counter() - batch.received_at) * 1000
         latencies.extend([latency] * len(batch.telegram_ids))
 
+    index = SubscriberIndex(subscribers)
+    bot: Bot | None = None
+    alert_outbox: AlertOutbox | None = None
+    drain: StreamDrain | None = None
+    if outbox:
+        # The sender is never started: with Redis up, alerts only go to the stream.
+        bot = Bot("1:bench")
+        alert_outbox = AlertOutbox(DeliveryQueue(manager, None, AlertSender(bot), consumer="bench"), index)
+        drain = StreamDrain(manager)
+        await drain.start()
     service = NotificationService(
-        index=SubscriberIndex(subscribers), ledger=AlertLedger(manager), channels=directory, deliver=deliver,
+        index=index, ledger=AlertLedger(manager), channels=directory, outbox=alert_outbox, deliver=deliver,
         clock=lambda: NOW,
     )
     for frame in channel_frames:
@@ -225,6 +271,7 @@ async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber],
     await workers.start()
     commands_before = await redis_commands(manager.client) if url else 0
     trips_before = RoundTrips.count
+    drained_before = drain.commands if drain else 0
     # Throughput: every frame offered at once; the queue and workers go as fast as they can.
     started = time.perf_counter()
     for text in frames:
@@ -234,8 +281,9 @@ async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber],
     while not workers.idle:
         await asyncio.sleep(0.001)
     seconds = time.perf_counter() - started
-    trips = RoundTrips.count - trips_before
-    commands = (await redis_commands(manager.client) - commands_before - 1) if url else 0
+    drains = (drain.commands if drain else 0) - drained_before
+    trips = RoundTrips.count - trips_before - drains
+    commands = (await redis_commands(manager.client) - commands_before - 1 - drains) if url else 0
     flood_alerts = alerts
     # Latency: frames arriving at a steady rate, as a live feed delivers them; queueing delay
     # under a flood says nothing about how fast one frame goes through.
@@ -255,8 +303,12 @@ async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber],
     while not workers.idle:
         await asyncio.sleep(0.001)
     await workers.stop()
+    if drain is not None:
+        await drain.stop()
+    if bot is not None:
+        await bot.session.close()
     await manager.close()
-    return Row("vectorised pipeline", mix, len(subscribers), len(frames), seconds, trips, max(commands, 0), flood_alerts,
+    return Row("pipeline + outbox" if outbox else "vectorised pipeline", mix, len(subscribers), len(frames), seconds, trips, max(commands, 0), flood_alerts,
                list(latencies))
 
 
@@ -329,7 +381,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-budget", type=int, default=60_000,
                         help="subscriber-checks the per-subscriber loop may do per size (it is slow)")
     parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--engines", default="pipeline,loop", help="of pipeline, outbox, loop (see above)")
     args = parser.parse_args(argv)
+    engines = set(args.engines.split(","))
     url = args.redis_url or default_redis_url()
     RoundTrips.install()
     print(f"Redis: {url or 'embedded stand-in (fakeredis)'}; Python {sys.version.split()[0]}", file=sys.stderr)
@@ -339,11 +393,14 @@ async def main(argv: list[str] | None = None) -> int:
         channel_ids = [str(f["id"]) for f in channel_frames]
         for mix in ("selective", "loose"):
             subscribers = subscriber_mix(size, channel_ids, mix)
-            rows.append(await run_pipeline(mix, url, subscribers, frames, channel_frames))
-        subscribers = subscriber_mix(size, channel_ids, "selective")
-        baseline_events = max(3, min(args.events, args.baseline_budget // size))
-        rows.append(await run_per_subscriber_loop("selective", url, subscribers, frames[:baseline_events],
-                                                  channel_frames))
+            for outbox in (False, True):
+                if ("outbox" if outbox else "pipeline") in engines:
+                    rows.append(await run_pipeline(mix, url, subscribers, frames, channel_frames, outbox=outbox))
+        if "loop" in engines:
+            subscribers = subscriber_mix(size, channel_ids, "selective")
+            baseline_events = max(3, min(args.events, args.baseline_budget // size))
+            rows.append(await run_per_subscriber_loop("selective", url, subscribers, frames[:baseline_events],
+                                                      channel_frames))
     print_table(rows)
     return 0
 

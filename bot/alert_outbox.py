@@ -1,42 +1,44 @@
-"""Turns the pipeline's alert batches into queued Telegram sends, rendered once per language."""
+"""Renders a call's alert once per language for the subscribers it may reach, before the claim.
+
+The claim script (services.dedup) writes the outbox entry of each subscriber it wins from what
+`render` returns; `queue` takes the direct path while Redis is down.
+"""
 
 from __future__ import annotations
 
 import time
 
 from bot.alert_text import render_alert, render_digest_line
-from services.delivery_queue import Delivery, DeliveryQueue
+from services.delivery_queue import DeliveryQueue, RenderedAlert
 from services.matching import SubscriberIndex
 from services.notification import AlertBatch
 from services.sender import Lane
 
 
 class AlertOutbox:
-    """Renders each alert once per language and publishes one durable send per subscriber."""
+    """Each alert rendered once per language, and each subscriber's language and lane."""
 
     def __init__(self, queue: DeliveryQueue, index: SubscriberIndex) -> None:
         self.queue = queue
         self.index = index
 
-    async def __call__(self, batch: AlertBatch) -> None:
-        rendered: dict[str, tuple[str, str]] = {}
-        # The frame's arrival on the wall clock, so the latency survives a restart in between.
-        received = time.time() - (time.perf_counter() - batch.received_at) if batch.received_at else None
-        photo = batch.token.image_url if (batch.token.image_url or "").startswith("https://") else None
-        deliveries: list[Delivery] = []
+    def render(self, batch: AlertBatch) -> RenderedAlert:
+        languages: dict[str, int] = {}
+        texts: list[tuple[str, str]] = []
+        routes: dict[int, tuple[int, int]] = {}
         for telegram_id in batch.telegram_ids:
             subscriber = self.index.get(telegram_id)
             language = subscriber.language if subscriber else "en"
-            texts = rendered.get(language)
-            if texts is None:
-                texts = rendered[language] = (
+            at = languages.get(language)
+            if at is None:
+                at = languages[language] = len(texts)
+                texts.append((
                     render_alert(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
                     render_digest_line(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
-                )
+                ))
             paid = subscriber is not None and subscriber.plan_expires_at is not None
-            deliveries.append(Delivery(
-                token=batch.token.address, chat_id=telegram_id, html=texts[0],
-                priority=Lane.PAID_ALERT if paid else Lane.FREE_ALERT, digest_line=texts[1], photo_url=photo,
-                received_at=received,
-            ))
-        await self.queue.publish(deliveries)
+            routes[telegram_id] = (at, int(Lane.PAID_ALERT if paid else Lane.FREE_ALERT))
+        # The frame's arrival on the wall clock, so the latency survives a restart in between.
+        received = time.time() - (time.perf_counter() - batch.received_at) if batch.received_at else None
+        photo = batch.token.image_url if (batch.token.image_url or "").startswith("https://") else None
+        return RenderedAlert(batch.token.address, tuple(texts), routes, photo, received)

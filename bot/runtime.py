@@ -254,7 +254,7 @@ class Runtime:
         self._stack.push_async_callback(self._stop_delivery)
         channels = ChannelDirectory(self.redis, self.postgres, self.caches, self.persistence)
         self.service = NotificationService(
-            index=self.index, ledger=ledger, channels=channels, deliver=AlertOutbox(self.delivery, self.index),
+            index=self.index, ledger=ledger, channels=channels, outbox=AlertOutbox(self.delivery, self.index),
             persistence=self.persistence,
         )
         self.workers = ProcessingWorkers(self.queue, self.service, self.pipeline_workers)

@@ -1,4 +1,4 @@
-"""Exactly one alert per subscriber per token, across workers, processes and restarts.
+"""Exactly one alert per subscriber per token, across workers, processes, restarts and outages.
 
 Two Redis records per token, each read and written in a single round trip whatever the number
 of subscribers:
@@ -7,24 +7,29 @@ of subscribers:
   the "channels checked" and "channels' call times" of the product's processed-token record.
   They are the same for every subscriber, so they are kept once per token. A subscriber whose
   filters a token failed is checked again whenever a new channel calls it, against every calling
-  channel's latest statistics (CONTRACT.md), and alerted then if it now passes.
+  channel's latest statistics, and alerted then if it now passes.
 * `processed_token:{token}` (set of the subscriber ids alerted, kept 14 days after the last
-  alert): the "accepted" status. One Lua script asks which of the matched subscribers are not
-  in it yet and adds them (SMISMEMBER + SADD), so two workers or two processes can never both
-  alert one subscriber, and a restart never repeats an alert. The alert's own time and channels
-  are in PostgreSQL's `alerts` row.
+  alert): the "accepted" status. The alert's own time and channels are in PostgreSQL's `alerts`.
 
-The original design kept one `processed_token:{token}:{user}` string per subscriber (accepted
-for 14 days, rejected for 1 hour). Measured with bench/match_throughput.py at 10,000 subscribers,
-the per-subscriber SET NX EX cost Redis 3.5 us per alert, about 1.2 ms per call, which capped the
-pipeline near 800 calls a second; the set costs a small fraction of that.
+Claim and enqueue are one step: one Lua script per call records the call, claims the matched
+subscribers not in the set yet (SMISMEMBER + SADD) and adds an `outbox:alerts` entry for each
+one it wins, so two workers or two processes never both alert one subscriber, a restart never
+repeats an alert, and no claim exists without its alert. Every value travels as an argument of
+its own and the reply is an array, so no channel id or text is ever split on a delimiter. Redis
+keeps a script's earlier writes when a later command fails, so the script reads before it writes
+and writes the entries before the claims: a failing script leaves nothing behind.
+
+While Redis is unreachable this process decides alone, from its own copy, so it keeps alerting
+and never repeats its own alerts. The calls and claims made meanwhile are written back when
+Redis answers, with the alerts the sender has not sent yet: one script per token adds such an
+alert to the stream unless another process claimed its subscriber meanwhile, then the claims.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,58 +37,135 @@ from cachetools import TTLCache
 from redis.exceptions import NoScriptError
 
 from managers.redis_manager import RedisManager, RedisUnavailable
+from services.delivery_queue import STREAM_KEY, Delivery, RenderedAlert
 
 logger = logging.getLogger("alertbot.dedup")
 
 ACCEPTED_TTL_SECONDS = 14 * 24 * 3600
 REJECTED_TTL_SECONDS = 3600
+# Write-back of an outage's claims keeps at most this many tokens; beyond it the oldest are
+# dropped (logged): a repeat is possible for them later, never a lost alert.
+UNSYNCED_TOKENS_MAX = 200_000
 
-# A Lua function both scripts share: which of the subscribers in `csv` are new to the set at
-# `key`, as one string: '1' for each added now (an alert to send), '0' for each already there.
-# SMISMEMBER and SADD loop in C; one bulk reply is far cheaper to read than hundreds of integers.
-# unpack() is limited by Lua's stack, so ids go in chunks.
-_CLAIM_FUNCTION = """
-local function claim(key, csv, ttl)
-  local ids = {}
-  for user in string.gmatch(csv, '[^,]+') do ids[#ids + 1] = user end
-  local out = {}
-  for first = 1, #ids, 4000 do
-    local chunk = {unpack(ids, first, math.min(first + 3999, #ids))}
-    local seen = redis.call('SMISMEMBER', key, unpack(chunk))
-    redis.call('SADD', key, unpack(chunk))
-    for i = 1, #seen do
-      if seen[i] == 1 then out[#out + 1] = '0' else out[#out + 1] = '1' end
+# Record a call, then claim and enqueue. KEYS: token_calls, processed_token, outbox stream.
+# ARGV: channel, call time, calls TTL, claims TTL, exact ('1': claim only if Redis knows exactly
+# the assumed callers; '0': at least them), n assumed, the assumed channels; then, when there are
+# candidates: enqueue ('1'/'0'), token, photo ('' none), received_at ('' none), n texts,
+# (html, digest) per text, and groups to the end: lane, text index (0-based), the group's ids
+# as a JSON array of decimal strings. The ids go as one argument each group, decoded by cjson:
+# redis-py packs every argument in Python, about 0.8 us apiece, more than the script spends on
+# an id. Candidates are distinct. The caller matched with the assumed callers; matching only
+# grows as channels are added, so a claim made with a subset of the real callers is right.
+# Reply: {1 if claimed else 0, one '1' (won) or '0' per candidate in argument order, channel,
+# time, channel, time, ...}.
+#
+# Redis keeps a script's earlier writes when a later command fails, so nothing is written until
+# it cannot fail: a key of the wrong type fails HGETALL or the first SMISMEMBER, before any
+# write, and the stream's fails the first XADD, the first write that changes anything (a SADD
+# of members already there changes nothing); an out-of-memory refusal only ever hits that first
+# write. Each chunk's entries are added before its claims.
+_RECORD_CLAIM_ENQUEUE_LUA = """
+local flat = redis.call('HGETALL', KEYS[1])
+local assumed = tonumber(ARGV[6])
+local present = {}
+local known = #flat / 2
+for i = 1, #flat, 2 do present[flat[i]] = true end
+local reply = {0, ''}
+for i = 1, #flat do reply[i + 2] = flat[i] end
+if not present[ARGV[1]] then
+  present[ARGV[1]] = true
+  known = known + 1
+  reply[#reply + 1] = ARGV[1]
+  reply[#reply + 1] = ARGV[2]
+end
+local agreed = ARGV[5] ~= '1' or known == assumed
+for i = 7, 6 + assumed do
+  if not present[ARGV[i]] then agreed = false end
+end
+local p = 7 + assumed
+local flags, n, won = {}, 0, 0
+if agreed and p <= #ARGV then
+  local enqueue, token, photo, received = ARGV[p] == '1', ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
+  local texts = p + 5
+  p = texts + 2 * tonumber(ARGV[p + 4])
+  local extra = {}
+  if photo ~= '' then extra[#extra + 1] = 'photo'; extra[#extra + 1] = photo end
+  if received ~= '' then extra[#extra + 1] = 'received_at'; extra[#extra + 1] = received end
+  while p <= #ARGV do
+    local lane, body = ARGV[p], texts + 2 * tonumber(ARGV[p + 1])
+    local html, digest = ARGV[body], ARGV[body + 1]
+    local ids = cjson.decode(ARGV[p + 2])
+    p = p + 3
+    -- unpack() is limited by Lua's stack, so ids go in chunks.
+    for first = 1, #ids, 4000 do
+      local last = math.min(first + 3999, #ids)
+      local seen = redis.call('SMISMEMBER', KEYS[2], unpack(ids, first, last))
+      for i = 1, #seen do
+        n = n + 1
+        if seen[i] == 0 then
+          flags[n] = '1'
+          won = won + 1
+          if enqueue then
+            redis.call('XADD', KEYS[3], '*', 'token', token, 'chat', ids[first + i - 1], 'html', html,
+                       'priority', lane, 'digest', digest, unpack(extra))
+          end
+        else
+          flags[n] = '0'
+        end
+      end
+      redis.call('SADD', KEYS[2], unpack(ids, first, last))
     end
   end
-  redis.call('EXPIRE', key, ttl)
-  return table.concat(out)
+end
+if won > 0 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if agreed then reply[1] = 1 end
+reply[2] = table.concat(flags)
+return reply
+"""
+
+# The key-type check the write-back starts with: every write comes after it, so a key holding
+# the wrong kind of value fails the script before it has changed anything.
+_CHECK_TYPES = """
+local kinds = {'hash', 'set', 'stream'}
+for i = 1, 3 do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= kinds[i] then
+    return redis.error_reply('WRONGTYPE a dedup or outbox key holds the wrong kind of value')
+  end
 end
 """
 
-# Claim subscribers for a token: KEYS[1] the alerted set, ARGV[1] ids, ARGV[2] TTL.
-_CLAIM_LUA = _CLAIM_FUNCTION + "return claim(KEYS[1], ARGV[1], ARGV[2])\n"
-
-# Record the call and claim in one round trip. The caller matched with the calling channels it
-# already knew (ARGV[4]); matching can only grow as channels are added, so a claim made with a
-# subset of the real callers is always right. If Redis lacks one of the assumed channels (the
-# record expired, or another process knows less), nothing is claimed and the caller re-matches
-# with the callers returned. Reply: {"id=time" lines, claim outcome ('1'/'0' per id) or ''}.
-_RECORD_AND_CLAIM_LUA = _CLAIM_FUNCTION + """
-redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-local flat = redis.call('HGETALL', KEYS[1])
-local lines = {}
-local present = {}
-for i = 1, #flat, 2 do
-  lines[#lines + 1] = flat[i] .. '=' .. flat[i + 1]
-  present[flat[i]] = true
+# Write back what one token's calls and claims did while Redis was down. KEYS as above. ARGV:
+# calls TTL, claims TTL, n calls, (channel, time) per call, n claims, the claimed ids, then to the
+# end per unsent alert: chat, check ('1'/'0'), n field values, the entry's fields and values. An
+# alert to check whose chat is in the set already (claimed meanwhile by another process, or by a
+# script whose answer timed out) is not added. Reply: alerts added.
+_WRITE_BACK_LUA = _CHECK_TYPES + """
+local p = 4
+for i = 1, tonumber(ARGV[3]) do
+  redis.call('HSETNX', KEYS[1], ARGV[p], ARGV[p + 1])
+  p = p + 2
 end
-local callers = table.concat(lines, '\\n')
-for channel in string.gmatch(ARGV[4], '[^,]+') do
-  if not present[channel] then return {callers, ''} end
+if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local claims, first_claim = tonumber(ARGV[p]), p + 1
+p = p + 1 + claims
+local added = 0
+while p <= #ARGV do
+  local n = tonumber(ARGV[p + 2])
+  if ARGV[p + 1] == '0' or redis.call('SISMEMBER', KEYS[2], ARGV[p]) == 0 then
+    redis.call('XADD', KEYS[3], '*', unpack(ARGV, p + 3, p + 2 + n))
+    added = added + 1
+  end
+  p = p + 3 + n
 end
-if ARGV[5] == '' then return {callers, ''} end
-return {callers, claim(KEYS[2], ARGV[5], ARGV[6])}
+local last_claim = first_claim + claims - 1
+for first = first_claim, last_claim, 4000 do
+  redis.call('SADD', KEYS[2], unpack(ARGV, first, math.min(first + 3999, last_claim)))
+end
+if claims > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return added
 """
 
 
@@ -97,13 +179,44 @@ def token_calls_key(token: str) -> str:
 
 @dataclass(frozen=True)
 class ClaimRequest:
-    """One call to record, and the subscribers its match (with `assumed` callers) would alert."""
+    """One call to record, and the subscribers its match (with `assumed` callers) would alert.
+
+    `alert` is what the outbox entries of the candidates won carry; without it the claim is
+    made and nothing is queued (the caller delivers). `exact`: claim only if Redis knows exactly
+    the assumed callers, so an alert never lists fewer channels than Redis knows.
+    """
 
     token: str
     channel_id: str
     called_at: datetime
     assumed: dict[str, datetime]
     candidates: list[int]
+    alert: RenderedAlert | None = None
+    exact: bool = True
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """What one call's round trip decided."""
+
+    callers: dict[str, datetime]  # every calling channel known (Redis's record, or this process's)
+    won: list[int]  # candidates claimed by this call (their entries are in the stream, unless `local`)
+    claimed: bool = True  # False: Redis knows other callers; match again with `callers`
+    local: bool = False  # decided by this process alone (Redis down): the alerts are not queued
+    error: Exception | None = None  # Redis refused this call's script, which wrote nothing: retry it
+
+
+@dataclass
+class _Unsynced:
+    """One token's calls and claims made while Redis was down, to be written back."""
+
+    calls: dict[str, datetime] = field(default_factory=dict)
+    claims: set[int] = field(default_factory=set)
+
+    def merge(self, other: _Unsynced) -> None:
+        for channel, at in other.calls.items():
+            self.calls.setdefault(channel, at)
+        self.claims |= other.claims
 
 
 def _parse_time(text: str) -> datetime:
@@ -111,12 +224,23 @@ def _parse_time(text: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def _encoded(values: list[Any]) -> list[bytes]:
+    """Every argument as bytes, so a string that cannot be encoded fails its own call here
+    instead of the whole pipeline when redis-py packs it."""
+    return [value if isinstance(value, bytes) else str(value).encode() for value in values]
+
+
+class _Script:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha: str | None = None
+
+
 class AlertLedger:
     """The dedup records, with an in-process copy that serves while Redis is down.
 
-    While Redis is unreachable this process decides alone (from its copy), so it keeps alerting
-    and never repeats its own alerts; only a second process running during the same outage
-    could repeat one, which is the price of staying up.
+    Only a second process running during the same outage could repeat an alert of this one,
+    which is the price of staying up; the claims are written back when Redis returns.
     """
 
     def __init__(self, redis: RedisManager, *, local_size: int = 500_000) -> None:
@@ -124,12 +248,18 @@ class AlertLedger:
         # token -> subscribers alerted; one cache entry per token keeps the per-alert cost to a set add.
         self._alerted: TTLCache[str, set[int]] = TTLCache(local_size, ACCEPTED_TTL_SECONDS)
         self._calls: TTLCache[str, dict[str, datetime]] = TTLCache(100_000, REJECTED_TTL_SECONDS)
-        self._claim_script: Any = None
-        self._record_claim_sha: str | None = None
+        self._unsynced: dict[str, _Unsynced] = {}
+        # Claims of an outage already written back: an alert of theirs the sender gives back later
+        # (a send that failed and waits for its retry) is this process's own, added unchecked.
+        self._written: TTLCache[tuple[str, int], bool] = TTLCache(200_000, REJECTED_TTL_SECONDS)
+        self._record_script = _Script(_RECORD_CLAIM_ENQUEUE_LUA)
+        self._write_back_script = _Script(_WRITE_BACK_LUA)
         self._times: dict[str, datetime] = {}
-        self._id_texts: dict[int, str] = {}
+        self._texts: dict[int, str] = {}
         self.round_trips = 0
         self.local_decisions = 0
+        self.written_back = 0  # claims written back after an outage
+        self.reentered = 0  # unsent alerts of an outage added to the stream by the write-back
 
     def known_callers(self, token: str, channel_id: str, called_at: datetime) -> dict[str, datetime]:
         """The calling channels this process knows of, with this call's channel added."""
@@ -137,89 +267,141 @@ class AlertLedger:
         callers.setdefault(channel_id, called_at)
         return callers
 
-    async def record_and_claim(
-        self, token: str, channel_id: str, called_at: datetime, assumed: dict[str, datetime], candidates: list[int]
-    ) -> tuple[dict[str, datetime], list[int]]:
-        """Record the call and claim `candidates` (matched with `assumed` callers) in one round trip.
+    @property
+    def unsynced(self) -> bool:
+        """Calls or claims made while Redis was down and not written back yet."""
+        return bool(self._unsynced)
 
-        Returns all calling channels and the candidates won. When the channels returned differ
-        from `assumed`, the caller must match again with them and `claim` whoever else matches
-        (candidates not claimed here, because Redis lacked an assumed channel, included).
-        """
-        return (await self.record_and_claim_many([ClaimRequest(token, channel_id, called_at, assumed, candidates)]))[0]
+    async def record_and_claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
+        """Record each call, claim its candidates and queue their alerts, all in one round trip.
 
-    async def record_and_claim_many(
-        self, requests: Sequence[ClaimRequest]
-    ) -> list[tuple[dict[str, datetime], list[int]]]:
-        """`record_and_claim` for several calls in one round trip, applied in order.
-
-        Each call's script is atomic on its own, so a later request may assume the channels of an
-        earlier one for the same token: the earlier script has run by the time the later one does.
+        Applied in order, each call's script atomic on its own, so a later request may assume
+        the channels of an earlier one for the same token. A call whose script Redis refused
+        (or whose arguments cannot be sent) has `error` set and changed nothing; the others are
+        decided. With Redis unreachable every call is decided from this process's copy.
+        Other errors of the round trip itself are raised.
         """
         if not requests:
             return []
+        results: list[ClaimResult | None] = [None] * len(requests)
+        calls: list[tuple[int, list[int], list[bytes]]] = []  # request, candidates in the order sent, args
+        for i, request in enumerate(requests):
+            try:
+                calls.append((i, *self._record_args(request)))
+            except (UnicodeError, ValueError, KeyError, IndexError) as exc:
+                results[i] = ClaimResult({}, [], claimed=False, error=exc)
         try:
             async with self.redis.guarded() as client:
-                replies = await self._run_record_scripts(client, requests)
+                replies = await self._eval_many(client, self._record_script, [
+                    ([token_calls_key(requests[i].token), processed_key(requests[i].token), STREAM_KEY], args)
+                    for i, _, args in calls])
         except RedisUnavailable:
-            # Alone, this process's own knowledge is the whole truth: claim from it.
-            self.local_decisions += len(requests)
-            results: list[tuple[dict[str, datetime], list[int]]] = []
-            for request in requests:
-                self._calls[request.token] = request.assumed
-                results.append((request.assumed, self._claim_locally(request.token, request.candidates)))
-            return results
-        results = []
-        for request, (lines, outcome) in zip(requests, replies):
-            callers = self._parse_callers(str(lines))
+            return [result if result is not None else self._decide_locally(request)
+                    for request, result in zip(requests, results)]
+        for (i, sent, _), reply in zip(calls, replies):
+            request = requests[i]
+            if isinstance(reply, Exception):
+                results[i] = ClaimResult({}, [], claimed=False, error=reply)
+                continue
+            claimed, flags, *flat = reply
+            callers = {flat[j]: self._time(flat[j + 1], request.called_at) for j in range(0, len(flat), 2)}
             self._calls[request.token] = callers
-            if not outcome:
-                results.append((callers, []))
+            if not claimed:
+                results[i] = ClaimResult(callers, [], claimed=False)
                 continue
             self._remember(request.token, request.candidates)
-            results.append((callers, [user for user, flag in zip(request.candidates, str(outcome)) if flag == "1"]))
-        return results
+            won = {user for user, flag in zip(sent, flags) if flag == "1"}
+            results[i] = ClaimResult(callers, [user for user in request.candidates if user in won] if won else [])
+        return [result for result in results if result is not None]
 
-    async def _run_record_scripts(self, client: Any, requests: Sequence[ClaimRequest]) -> list[Any]:
-        """One pipeline of EVALSHA calls. redis-py's own script objects would ask SCRIPT EXISTS
-        before every pipeline, a second round trip; instead the script is loaded once and again
-        only when Redis answers NOSCRIPT (a restart or SCRIPT FLUSH), which runs nothing."""
-        if self._record_claim_sha is None:
-            self._record_claim_sha = await client.script_load(_RECORD_AND_CLAIM_LUA)
+    def _record_args(self, request: ClaimRequest) -> tuple[list[int], list[bytes]]:
+        """The script's arguments, and the candidates in the order they are in them (by group)."""
+        args: list[Any] = [request.channel_id, request.called_at.isoformat(), REJECTED_TTL_SECONDS,
+                           ACCEPTED_TTL_SECONDS, 1 if request.exact else 0, len(request.assumed), *request.assumed]
+        head = _encoded(args)
+        if not request.candidates:
+            return [], head
+        alert = request.alert
+        if alert is None:  # claim only: one group, nothing to enqueue
+            return request.candidates, head + [b"0", b"", b"", b"", b"0", b"0", b"0", self._id_array(request.candidates)]
+        head += _encoded([1, request.token, alert.photo_url or "",
+                          "" if alert.received_at is None else repr(alert.received_at), len(alert.texts)])
+        head += _encoded([text for pair in alert.texts for text in pair])
+        # Candidates go grouped by (lane, language), so each needs nothing of its own but its id.
+        groups: dict[tuple[int, int], list[int]] = {}
+        routes = alert.routes
+        for user in request.candidates:
+            text, lane = routes[user]
+            group = groups.get((lane, text))
+            if group is None:
+                group = groups[(lane, text)] = []
+            group.append(user)
+        sent: list[int] = []
+        for (lane, text), users in groups.items():
+            sent += users
+            head += [str(int(lane)).encode(), str(text).encode(), self._id_array(users)]
+        return sent, head
+
+    def _id_texts(self, user_ids: Sequence[int]) -> list[str]:
+        """Ids as decimal text. str(int) costs ~0.2 us, a dict hit a tenth of it, and the same few
+        thousand subscribers match call after call."""
+        cache = self._texts
+        if len(cache) > 1_000_000:
+            cache.clear()
+        try:
+            return [cache[user] for user in user_ids]
+        except KeyError:
+            for user in user_ids:
+                if user not in cache:
+                    cache[user] = str(int(user))
+            return [cache[user] for user in user_ids]
+
+    def _id_array(self, user_ids: list[int]) -> bytes:
+        """A JSON array of the ids as strings (decimal digits need no escaping)."""
+        return ('["' + '","'.join(self._id_texts(user_ids)) + '"]').encode() if user_ids else b"[]"
+
+    async def _eval_many(self, client: Any, script: _Script, calls: list[tuple[list[Any], list[bytes]]]) -> list[Any]:
+        """One pipeline of EVALSHA calls; each reply is the script's or the error Redis gave it.
+
+        redis-py's own script objects would ask SCRIPT EXISTS before every pipeline, a second
+        round trip; instead the script is loaded once and again only when Redis answers NOSCRIPT
+        (a restart or SCRIPT FLUSH), which runs nothing.
+        """
+        if not calls:
+            return []
+        if script.sha is None:
+            script.sha = await client.script_load(script.source)
             self.round_trips += 1
         pipe = client.pipeline(transaction=False)
-        for request in requests:
-            pipe.evalsha(
-                self._record_claim_sha, 2, token_calls_key(request.token), processed_key(request.token),
-                request.channel_id, request.called_at.isoformat(), REJECTED_TTL_SECONDS, ",".join(request.assumed),
-                self._csv(request.candidates), ACCEPTED_TTL_SECONDS,
-            )
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         self.round_trips += 1
         replies = await pipe.execute(raise_on_error=False)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            self._record_claim_sha = None
-            again = await self._run_record_scripts(client, [requests[i] for i in missing])
+            script.sha = None
+            again = await self._eval_many(client, script, [calls[i] for i in missing])
             for i, reply in zip(missing, again):
                 replies[i] = reply
-        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
-        if failed is not None:
-            raise failed
-        return replies
+        return list(replies)
 
-    def _parse_callers(self, text: str) -> dict[str, datetime]:
-        callers: dict[str, datetime] = {}
-        for line in text.split("\n"):
-            channel, _, at = line.partition("=")
-            if channel:
-                callers[channel] = self._time(at)
-        return callers
-
-    def _claim_locally(self, token: str, user_ids: list[int]) -> list[int]:
-        known = self._alerted.get(token) or set()
-        won = [user for user in user_ids if user not in known]
-        self._remember(token, user_ids)
-        return won
+    def _decide_locally(self, request: ClaimRequest) -> ClaimResult:
+        """Alone, this process's own knowledge is the whole truth: claim from it, and keep what
+        was decided for the write-back."""
+        self.local_decisions += 1
+        self._calls[request.token] = request.assumed
+        known = self._alerted.get(request.token) or set()
+        won = [user for user in request.candidates if user not in known]
+        self._remember(request.token, request.candidates)
+        pending = self._unsynced.pop(request.token, None) or _Unsynced()
+        pending.calls.setdefault(request.channel_id, request.called_at)
+        pending.claims.update(won)
+        self._unsynced[request.token] = pending  # re-inserted: the dict stays oldest first
+        while len(self._unsynced) > UNSYNCED_TOKENS_MAX:
+            dropped = next(iter(self._unsynced))
+            logger.error("too many tokens to write back after the outage; the claims for %s are dropped", dropped)
+            del self._unsynced[dropped]
+        return ClaimResult(dict(request.assumed), won, local=True)
 
     def _remember(self, token: str, user_ids: list[int]) -> None:
         alerted = self._alerted.get(token)
@@ -228,24 +410,17 @@ class AlertLedger:
         # Lost claims were won elsewhere: either way these subscribers have had the alert.
         alerted.update(user_ids)
 
-    def _csv(self, user_ids: list[int]) -> str:
-        """Ids as the scripts take them. str(int) costs ~0.2 us, a dict hit a tenth of it, and the
-        same few thousand subscribers match call after call."""
-        texts = self._id_texts
-        if len(texts) > 1_000_000:
-            texts.clear()
-        for user in user_ids:
-            if user not in texts:
-                texts[user] = str(user)
-        return ",".join([texts[user] for user in user_ids])
-
-    def _time(self, text: str) -> datetime:
+    def _time(self, text: str, default: datetime) -> datetime:
         """Parsed call times are memoised: the same few strings come back on every re-call."""
         parsed = self._times.get(text)
         if parsed is None:
+            try:
+                parsed = _parse_time(text)
+            except ValueError:
+                return default  # not written by this code; the channel still counts as a caller
             if len(self._times) > 100_000:
                 self._times.clear()
-            parsed = self._times[text] = _parse_time(text)
+            self._times[text] = parsed
         return parsed
 
     def not_known_alerted(self, token: str, user_ids: list[int]) -> list[int]:
@@ -253,26 +428,77 @@ class AlertLedger:
         alerted = self._alerted.get(token)
         return [user for user in user_ids if user not in alerted] if alerted else user_ids
 
-    async def claim(self, token: str, user_ids: list[int]) -> list[int]:
-        """Atomically mark `user_ids` as alerted for `token`; returns those this call won."""
-        if not user_ids:
+    async def write_back(self, unsent: Sequence[Delivery] = ()) -> list[Delivery]:
+        """Write the calls and claims made while Redis was down, and `unsent` (alerts of that time
+        the sender had not started), into Redis; one script per token, in one round trip.
+
+        An unsent alert goes to the stream unless its subscriber was claimed meanwhile by another
+        process. Returns the alerts not written (Redis failed again, or refused their token's
+        script): the caller sends them directly; their token's claims stay for the next try.
+        """
+        pending, self._unsynced = self._unsynced, {}
+        by_token: dict[str, list[Delivery]] = {}
+        for delivery in unsent:
+            by_token.setdefault(delivery.token, []).append(delivery)
+        tokens = list(dict.fromkeys([*pending, *by_token]))
+        if not tokens:
             return []
+        calls: list[tuple[list[Any], list[bytes]]] = []
+        sendable: list[str] = []
+        left: list[Delivery] = []
+        for token in tokens:
+            try:
+                calls.append(([token_calls_key(token), processed_key(token), STREAM_KEY],
+                              self._write_back_args(pending.get(token) or _Unsynced(), by_token.get(token, []))))
+                sendable.append(token)
+            except UnicodeError as exc:
+                logger.error("cannot write back the outage records of a token (%s); dropped", exc)
+                left.extend(by_token.get(token, []))
         try:
             async with self.redis.guarded() as client:
-                if self._claim_script is None:
-                    self._claim_script = client.register_script(_CLAIM_LUA)
-                self.round_trips += 1
-                outcome = await self._claim_script(
-                    keys=[processed_key(token)],
-                    args=[self._csv(user_ids), ACCEPTED_TTL_SECONDS],
-                    client=client,
-                )
-        except RedisUnavailable:
-            self.local_decisions += 1
-            return self._claim_locally(token, user_ids)
-        won = [user for user, flag in zip(user_ids, str(outcome)) if flag == "1"]
-        self._remember(token, user_ids)
-        return won
+                replies = await self._eval_many(client, self._write_back_script, calls)
+        except Exception as exc:  # noqa: BLE001 - nothing was written: all of it is tried again
+            self._restore(pending)
+            if not isinstance(exc, RedisUnavailable):
+                logger.error("writing back the outage's claims failed: %s", exc)
+            return list(unsent)
+        refused: dict[str, _Unsynced] = {}
+        for token, reply in zip(sendable, replies):
+            if isinstance(reply, Exception):
+                logger.error("Redis refused the outage records of token %s: %s; will retry", token, reply)
+                if token in pending:
+                    refused[token] = pending[token]
+                left.extend(by_token.get(token, []))
+                continue
+            if token in pending:
+                self.written_back += len(pending[token].claims)
+                for user in pending[token].claims:
+                    self._written[(token, user)] = True
+            self.reentered += int(reply)
+        if refused:
+            self._restore(refused)
+        return left
+
+    def _write_back_args(self, pending: _Unsynced, unsent: list[Delivery]) -> list[bytes]:
+        args: list[bytes] = _encoded([REJECTED_TTL_SECONDS, ACCEPTED_TTL_SECONDS, len(pending.calls)])
+        for channel, at in pending.calls.items():
+            args += _encoded([channel, at.isoformat()])
+        args += _encoded([len(pending.claims), *self._id_texts(sorted(pending.claims))])
+        for delivery in unsent:
+            fields = _encoded([part for pair in delivery.fields().items() for part in pair])
+            own = (delivery.token, delivery.chat_id) in self._written
+            args += _encoded([delivery.chat_id, 0 if own else 1, len(fields)]) + fields
+        return args
+
+    def _restore(self, pending: dict[str, _Unsynced]) -> None:
+        """Put back records whose write-back failed, ahead of those made since."""
+        merged = dict(pending)
+        for token, later in self._unsynced.items():
+            if token in merged:
+                merged[token].merge(later)
+            else:
+                merged[token] = later
+        self._unsynced = merged
 
     def forget_local(self) -> None:
         """Drop the in-process copy (tests use it to act as a freshly restarted process)."""

@@ -22,21 +22,26 @@ sender retries it (see README, "Delivery"): a subscriber who pays for alerts los
 silent miss than by a rare duplicate, and a timeout far above Telegram's usual answer time most
 often means the request never reached a working server.
 
-While Redis is down, `publish` hands alerts to the sender directly: they go out, but are not
-durable until Redis is back.
+Alerts of the token pipeline enter the stream through the claim script (services.dedup), which
+writes each entry together with its dedup claim; `notify_published` wakes the reader for them.
+While Redis is down, `publish` hands alerts to the sender directly, at most `direct_limit`
+unsent at a time: beyond that publishing waits, so the pipeline's workers wait and the bounded
+event queue pushes back on the feed. When Redis is back, the direct alerts the sender has not
+started are taken back (`withdraw_direct`) and written to the stream, so a restart loses none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from managers.postgres import PostgresManager, is_connection_failure
 from managers.redis_manager import RedisManager, RedisUnavailable
@@ -119,10 +124,35 @@ class Delivery:
         )
 
 
+@dataclass(frozen=True)
+class RenderedAlert:
+    """One call's alert rendered once per language, and how it goes to each subscriber it may reach.
+
+    `texts` holds (html, digest line) per language; `routes` maps a chat to (index into `texts`,
+    lane). Made before the claim, so the claim script can write the won entries itself.
+    """
+
+    token: str
+    texts: tuple[tuple[str, str], ...]
+    routes: dict[int, tuple[int, int]]
+    photo_url: str | None = None
+    received_at: float | None = None  # wall-clock time of the frame
+
+    def delivery(self, chat_id: int) -> Delivery:
+        text, lane = self.routes[chat_id]
+        html, digest = self.texts[text]
+        return Delivery(token=self.token, chat_id=chat_id, html=html, priority=lane, digest_line=digest,
+                        photo_url=self.photo_url, received_at=self.received_at)
+
+    def deliveries(self, chat_ids: Iterable[int]) -> list[Delivery]:
+        return [self.delivery(chat_id) for chat_id in chat_ids]
+
+
 @dataclass
 class DeliveryStats:
     published: int = 0
     direct: int = 0  # handed to the sender without the stream (Redis down)
+    direct_waits: int = 0  # times publishing waited for the direct path to have room
     read: int = 0
     resumed: int = 0  # read back after a restart or from an abandoned consumer
     already_delivered: int = 0  # resumed, but PostgreSQL shows Telegram had answered
@@ -137,7 +167,7 @@ class DeliveryStats:
 class DeliveryQueue:
     def __init__(
         self, redis: RedisManager, postgres: PostgresManager | None, sender: AlertSender, *, consumer: str,
-        window: int = DEFAULT_WINDOW, claim_idle: float = CLAIM_IDLE_SECONDS,
+        window: int = DEFAULT_WINDOW, claim_idle: float = CLAIM_IDLE_SECONDS, direct_limit: int = DEFAULT_WINDOW,
     ) -> None:
         self.redis = redis
         self.postgres = postgres
@@ -154,6 +184,10 @@ class DeliveryQueue:
         self._acker: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._in_hand: set[str] = set()  # entry ids handed to the sender and not acknowledged
+        self.direct_limit = direct_limit
+        self._direct: dict[int, Delivery] = {}  # sent without the stream (Redis down), not answered yet
+        self._direct_keys = itertools.count()
+        self._direct_room = asyncio.Event()
         # The loops stop at a point between Redis commands: cancelling one inside redis-py's
         # connection pool can leave the pool's lock held (CPython 3.11) and hang every later call.
         self._stopping = asyncio.Event()
@@ -194,29 +228,86 @@ class DeliveryQueue:
         are deleted). 0 when every alert published so far has been answered."""
         try:
             async with self.redis.guarded() as client:
-                return int(await client.xlen(STREAM_KEY)) + len(self._acks)
+                return int(await client.xlen(STREAM_KEY)) + len(self._acks) + len(self._direct)
         except RedisUnavailable:
-            return len(self._in_hand)
+            return len(self._in_hand) + len(self._direct)
 
     # ------------------------------------------------------------------ producing
 
     async def publish(self, deliveries: Sequence[Delivery]) -> None:
+        """Add alerts to the stream in one transaction; while Redis is down or refuses them, hand
+        them to the sender directly.
+
+        The direct path holds at most `direct_limit` unsent alerts; beyond that this waits for
+        room, trying the stream again now and then, and never drops an alert.
+        """
         if not deliveries:
             return
-        try:
-            async with self.redis.guarded() as client:
-                pipe = client.pipeline(transaction=False)
-                for delivery in deliveries:
-                    pipe.xadd(STREAM_KEY, delivery.fields())
-                await pipe.execute()
-        except RedisUnavailable as exc:
-            logger.warning("Redis unavailable (%s): %d alert(s) sent without the durable queue", exc, len(deliveries))
-            self.stats.direct += len(deliveries)
-            for delivery in deliveries:
-                self._submit(None, delivery)
+        while True:
+            try:
+                async with self.redis.guarded() as client:
+                    pipe = client.pipeline(transaction=True)
+                    for delivery in deliveries:
+                        pipe.xadd(STREAM_KEY, delivery.fields())
+                    await pipe.execute()
+            except RedisError as exc:  # unreachable, or refusing the stream: the alerts go anyway
+                if len(self._direct) < self.direct_limit:
+                    logger.warning("Redis unavailable or refusing the stream (%s): %d alert(s) sent without the "
+                                   "durable queue", exc, len(deliveries))
+                    self.send_direct(deliveries)
+                    return
+                self.stats.direct_waits += 1
+                self._direct_room.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._direct_room.wait(), 0.5)
+                continue
+            self.notify_published(len(deliveries))
             return
-        self.stats.published += len(deliveries)
-        self._published.set()
+
+    def notify_published(self, count: int) -> None:
+        """`count` entries were added to the stream by someone else (the claim script): read them."""
+        if count:
+            self.stats.published += count
+            self._published.set()
+
+    @property
+    def direct_pending(self) -> int:
+        """Alerts sent without the stream whose send Telegram has not answered yet."""
+        return len(self._direct)
+
+    def send_direct(self, deliveries: Iterable[Delivery]) -> None:
+        """Hand alerts to the sender without the stream (Redis is down); no waiting for room."""
+        for delivery in deliveries:
+            key = next(self._direct_keys)
+            self._direct[key] = delivery
+            self._submit_direct(key, delivery)
+            self.stats.direct += 1
+
+    def withdraw_direct(self) -> list[Delivery]:
+        """The direct alerts the sender has not started sending, taken back from it: Redis is
+        back and they belong in the stream. The caller writes them there or sends them again."""
+        if not self._direct:
+            return []
+        metas = self.sender.withdraw(lambda meta: meta.get("direct") in self._direct)
+        taken = [self._direct.pop(meta["direct"]) for meta in metas]
+        if taken:
+            self._direct_room.set()
+        return taken
+
+    def _submit_direct(self, key: int, delivery: Delivery) -> None:
+        received = None
+        if delivery.received_at is not None:
+            received = time.perf_counter() - max(0.0, time.time() - delivery.received_at)
+
+        async def done(outcome: Outcome) -> None:
+            if self._direct.pop(key, None) is not None:
+                self._direct_room.set()
+
+        self.sender.submit(
+            delivery.chat_id, delivery.html, priority=delivery.priority, photo_url=delivery.photo_url,
+            digest_line=delivery.digest_line, on_done=done,
+            meta={"kind": "alert", "token": delivery.token, "received_at": received, "direct": key},
+        )
 
     # ------------------------------------------------------------------ consuming
 

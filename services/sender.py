@@ -359,6 +359,33 @@ class AlertSender:
         job.photo_url, job.digest_line, job.on_done = photo_url, digest_line, on_done
         self._push(job)
 
+    def withdraw(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Take back the queued messages (not those being sent) whose `meta` the predicate accepts,
+        a digest waiting for a retry when it accepts all its alerts; returns their metas. Their
+        `on_done` is never called: they are the caller's again."""
+        taken: list[dict[str, Any]] = []
+        for chat_id, queue in list(self._queues.items()):
+            keep: list[tuple[int, int, _Job]] = []
+            for entry in queue:
+                job = entry[2]
+                metas = [member.meta for member in job.members] if job.members else [job.meta]
+                if job.permit is None and job.future is None and all(predicate(meta) for meta in metas):
+                    taken.extend(metas)
+                else:
+                    keep.append(entry)
+            if len(keep) == len(queue):
+                continue
+            self._queued -= len(queue) - len(keep)
+            if keep:
+                heapq.heapify(keep)
+                self._queues[chat_id] = keep
+                self._schedule(chat_id)  # its head may have changed
+            else:
+                del self._queues[chat_id]
+        if taken:
+            self._progress.set()
+        return taken
+
     @asynccontextmanager
     async def turn(self, chat_id: int | None, priority: int = Lane.REPLY) -> AsyncIterator[Turn]:
         """Wait for this request's place in the pace, then make it inside the block.
