@@ -35,14 +35,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.asyncio.connection as redis_connection
-
 from aiogram import Bot
 
+from bench.table import print_markdown
 from bot.alert_outbox import AlertOutbox
 from managers.feed_adapters import parse_alert_frame
 from managers.redis_manager import RedisManager
@@ -54,16 +54,15 @@ from services.event_queue import EventQueue
 from services.events import CallEvent, ChannelStatsEvent
 from services.filters import ChannelFacts, Filters, TokenFacts, token_matches
 from services.matching import SubscriberIndex
-from services.notification import NotificationService, AlertBatch, ProcessingWorkers
+from services.notification import AlertBatch, NotificationService, ProcessingWorkers
 from services.sender import AlertSender
 from services.subscribers import Subscriber
-from bench.table import print_markdown
 from standins.feedgen import load_sample
 
 BENCH_DB = 14
 LATENCY_PASS_RATE = 200  # frames a second, ~12x the original design's stated load
 LATENCY_PASS_EVENTS = 1_000
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 class RoundTrips:

@@ -45,6 +45,7 @@ from managers.stream import StreamManager
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
+from services.delivery_queue import DeliveryQueue
 from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
@@ -52,7 +53,6 @@ from services.matching import SubscriberIndex
 from services.metrics import Metrics
 from services.notification import NotificationService, ProcessingWorkers
 from services.persistence import PersistenceWriter
-from services.delivery_queue import DeliveryQueue
 from services.sender import AlertSender, DigestPolicy
 from services.sol_price import SolPriceSource
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
@@ -400,7 +400,7 @@ class Runtime:
                     pass  # polling had not started yet
             try:
                 await asyncio.wait_for(self._polling, timeout=10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._polling.cancel()
             self._polling = None
         await self._stack.aclose()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cachetools import TTLCache
@@ -221,7 +221,7 @@ class _Unsynced:
 
 def _parse_time(text: str) -> datetime:
     parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _encoded(values: list[Any]) -> list[bytes]:

@@ -566,7 +566,7 @@ async def _finish(task: asyncio.Task[None] | None, timeout: float = 10.0) -> Non
         return
     try:
         await asyncio.wait_for(asyncio.shield(task), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -34,7 +34,16 @@ from services.channels import ChannelDirectory, ChannelInfo
 from services.dedup import AlertLedger, ClaimRequest, ClaimResult
 from services.delivery_queue import DeliveryQueue, RenderedAlert
 from services.event_queue import EventQueue
-from services.events import CallerLine, CallEvent, ChannelStatsEvent, CreateEvent, Event, MigrateEvent, PriceEvent, TokenInfo
+from services.events import (
+    CallerLine,
+    CallEvent,
+    ChannelStatsEvent,
+    CreateEvent,
+    Event,
+    MigrateEvent,
+    PriceEvent,
+    TokenInfo,
+)
 from services.filters import TokenFacts
 from services.matching import SubscriberIndex
 from services.persistence import PersistenceWriter
@@ -51,7 +60,7 @@ UPKEEP_INTERVAL = 0.25
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -449,7 +458,7 @@ class ProcessingWorkers:
         if self._upkeep is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._upkeep), 10.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._upkeep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._upkeep

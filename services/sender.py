@@ -313,7 +313,7 @@ class AlertSender:
         if drain and self._pacer is not None:
             try:
                 await asyncio.wait_for(self._drained(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("stop: %d message(s) still pending after %.1fs", self.pending(), timeout)
         if self._pacer is not None:
             self._pacer.cancel()
@@ -603,7 +603,7 @@ class AlertSender:
             delay = self._sleeping[0][0] - now if self._sleeping else None
             try:
                 await asyncio.wait_for(self._wakeup.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _wait_unpaused(self) -> None:

@@ -8,7 +8,7 @@ import inspect
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,14 +20,14 @@ from services.delivery_queue import Delivery, DeliveryQueue
 from services.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
 from services.filters import Filters
 from services.sender import AlertSender, Lane
-from tests.alert_oracle import expected_alerts
-from tests.doubles.feed_server import FeedServer
-from tests.doubles.feedgen import load_sample
-from tests.doubles.tcp_proxy import TcpProxy
-from tests.doubles.telegram_api import FakeTelegramServer
+from standins.feed_server import FeedServer
+from standins.feedgen import load_sample
+from standins.oracle import expected_alerts
+from standins.tcp_proxy import TcpProxy
+from standins.telegram import FakeTelegramServer
 from tests.test_token_pipeline_e2e import MEMBERS, Member, alerts_by_chat, as_subscribers, bot_on_feed, filters
 
-T0 = datetime(2026, 11, 21, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 ANY_A, ANY_B = Member(301, Filters()), Member(302, Filters())
 TWO_CHANNELS = Member(303, filters(min_channels="2"))
 MARKER_CHANNEL = "-9999"  # a channel statistics event after a call proves its batch was processed
@@ -156,7 +156,7 @@ async def test_redis_gone_for_30_s_during_the_replay_every_alert_once_and_the_cl
 ) -> None:
     sample = load_sample()
     first, second = len(sample) // 3, 2 * len(sample) // 3
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     subscribers = as_subscribers(MEMBERS, now)
     expected = expected_alerts(sample, subscribers, now)
     before = expected_alerts(sample[:first], subscribers, now)
