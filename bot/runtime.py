@@ -415,7 +415,7 @@ class Runtime:
         await self.start()
         try:
             await self.begin_receiving()
-            waiters = [asyncio.create_task(stop_requested.wait())]
+            waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop_requested.wait())]
             if self._polling is not None:
                 waiters.append(self._polling)
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

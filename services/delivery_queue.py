@@ -248,7 +248,7 @@ class DeliveryQueue:
                 async with self.redis.guarded() as client:
                     pipe = client.pipeline(transaction=True)
                     for delivery in deliveries:
-                        pipe.xadd(STREAM_KEY, delivery.fields())
+                        pipe.xadd(STREAM_KEY, delivery.fields())  # type: ignore[arg-type]  # str keys are fine
                     await pipe.execute()
             except RedisError as exc:  # unreachable, or refusing the stream: the alerts go anyway
                 if len(self._direct) < self.direct_limit:
@@ -516,8 +516,10 @@ class DeliveryQueue:
                 await self._record([(d, o) for _, d, o in batch if d.token])
                 async with self.redis.guarded() as client:
                     ids = [entry_id for entry_id, _, _ in batch]
-                    await client.pipeline(transaction=False).xack(STREAM_KEY, GROUP, *ids).xdel(
-                        STREAM_KEY, *ids).execute()
+                    pipe = client.pipeline(transaction=False)
+                    pipe.xack(STREAM_KEY, GROUP, *ids)
+                    pipe.xdel(STREAM_KEY, *ids)
+                    await pipe.execute()
             except BaseException:
                 self._acks[:0] = batch
                 raise

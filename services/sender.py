@@ -740,13 +740,13 @@ class AlertSender:
 
     async def _send(self, job: _Job) -> Message:
         """The request itself: a photo with caption when the job has one that fits, else text."""
-        paid = {"allow_paid_broadcast": True} if self.paid_broadcast else {}
+        paid = True if self.paid_broadcast else None  # None: the field is left out of the request
         timeout = math.ceil(self._request_timeout)
         if job.photo_url and self._caption_fits(job.html):
             try:
                 return await self._bot.send_photo(
-                    chat_id=job.chat_id, photo=job.photo_url, caption=job.html, parse_mode=ParseMode.HTML, reply_markup=job.reply_markup,
-                    request_timeout=timeout, **paid,
+                    chat_id=job.chat_id, photo=job.photo_url, caption=job.html, parse_mode=ParseMode.HTML,
+                    reply_markup=job.reply_markup, allow_paid_broadcast=paid, request_timeout=timeout,
                 )
             except TelegramBadRequest as exc:
                 if not (_is_media_error(exc.message) or _is_caption_error(exc.message)):
@@ -758,7 +758,7 @@ class AlertSender:
                 job.photo_url = None
         return await self._bot.send_message(
             chat_id=job.chat_id, text=job.html, parse_mode=ParseMode.HTML, reply_markup=job.reply_markup,
-            link_preview_options=self._link_preview, request_timeout=timeout, **paid,
+            link_preview_options=self._link_preview, allow_paid_broadcast=paid, request_timeout=timeout,
         )
 
     async def _deliver(self, job: _Job) -> None:
