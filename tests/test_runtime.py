@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +22,8 @@ from aiogram.types import Message
 from bot.config import Settings
 from bot.runtime import Runtime, webhook_secret
 from bot.texts import TEXTS
-from services.dedup import AlertLedger
+from managers.redis_manager import RedisManager
+from services.dedup import AlertLedger, ClaimRequest
 from standins.tcp_proxy import TcpProxy
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer
 
@@ -185,6 +187,13 @@ async def test_webhook_mode_receives_updates_over_http(
         await runtime.stop()
 
 
+async def _claim(redis: RedisManager, token: str, users: list[int]) -> list[int]:
+    """Claim `users` for `token` through the dedup records, as a call from one channel would."""
+    now = datetime.now(UTC)
+    request = ClaimRequest(token, "-1001234567890", now, {"-1001234567890": now}, users, exact=False)
+    return (await AlertLedger(redis).record_and_claim_many([request]))[0].won
+
+
 async def test_run_without_redis_url_keeps_its_redis_data_across_a_restart(
     telegram: FakeTelegramServer, database_url: str, tmp_path: Path
 ) -> None:
@@ -197,7 +206,7 @@ async def test_run_without_redis_url_keeps_its_redis_data_across_a_restart(
     await first.start()
     try:
         assert first.redis is not None and not first.redis.embedded  # a real server, not the stand-in
-        assert await AlertLedger(first.redis).claim(token, [USER]) == [USER]  # the dedup record
+        assert await _claim(first.redis, token, [USER]) == [USER]  # the dedup record
         assert await first.redis.set("probe", "kept")
     finally:
         await first.stop()
@@ -208,7 +217,7 @@ async def test_run_without_redis_url_keeps_its_redis_data_across_a_restart(
     try:
         assert second.redis is not None
         assert await second.redis.get("probe") == "kept"
-        assert await AlertLedger(second.redis).claim(token, [USER, USER + 1]) == [USER + 1]  # never twice
+        assert await _claim(second.redis, token, [USER, USER + 1]) == [USER + 1]  # never twice
     finally:
         await second.stop()
 
