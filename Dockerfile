@@ -7,6 +7,7 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
 COPY pyproject.toml README.md ./
+COPY domain ./domain
 COPY bot ./bot
 COPY services ./services
 COPY managers ./managers

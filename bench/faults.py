@@ -65,12 +65,12 @@ import redis.asyncio as aioredis
 
 from bench.private_stores import PrivatePostgres, PrivateRedis, free_port, temp_folder
 from bench.table import print_markdown
+from domain.filters import Filters, set_filter
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
 from services.delivery_queue import STREAM_KEY
-from services.filters import Filters, set_filter
 from services.subscribers import Subscriber, SubscriberStore
 from standins.feed_server import FeedServer
 from standins.feedgen import generate

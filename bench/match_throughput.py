@@ -43,20 +43,20 @@ import redis.asyncio.connection as redis_connection
 from aiogram import Bot
 
 from bench.table import print_markdown
-from bot.alert_outbox import AlertOutbox
-from managers.feed_adapters import parse_alert_frame
+from domain.events import CallEvent, ChannelStatsEvent
+from domain.feed_adapters import parse_alert_frame
+from domain.filters import ChannelFacts, Filters, TokenFacts, token_matches
+from domain.matching import SubscriberIndex
+from domain.subscriber import Subscriber
 from managers.redis_manager import RedisManager
+from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
 from services.delivery_queue import STREAM_KEY, DeliveryQueue
 from services.event_queue import EventQueue
-from services.events import CallEvent, ChannelStatsEvent
-from services.filters import ChannelFacts, Filters, TokenFacts, token_matches
-from services.matching import SubscriberIndex
 from services.notification import AlertBatch, NotificationService, ProcessingWorkers
 from services.sender import AlertSender
-from services.subscribers import Subscriber
 from standins.feedgen import load_sample
 
 BENCH_DB = 14
@@ -248,12 +248,12 @@ async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber],
 
     index = SubscriberIndex(subscribers)
     bot: Bot | None = None
-    alert_outbox: AlertOutbox | None = None
+    alert_outbox: AlertRenderer | None = None
     drain: StreamDrain | None = None
     if outbox:
         # The sender is never started: with Redis up, alerts only go to the stream.
         bot = Bot("1:bench")
-        alert_outbox = AlertOutbox(DeliveryQueue(manager, None, AlertSender(bot), consumer="bench"), index)
+        alert_outbox = AlertRenderer(DeliveryQueue(manager, None, AlertSender(bot), consumer="bench"), index)
         drain = StreamDrain(manager)
         await drain.start()
     service = NotificationService(

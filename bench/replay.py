@@ -33,9 +33,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bench.table import print_markdown
+from domain.filters import Filters, set_filter
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
-from services.filters import Filters, set_filter
 from services.replay import load_replay_day, replay
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"

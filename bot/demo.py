@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from bot.config import Settings
 from bot.logs import setup_logging
 from bot.runtime import Runtime
-from services.filters import Filters, set_filter
+from domain.filters import Filters, set_filter
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample
 from standins.telegram import FakeTelegramServer, SentRecord

@@ -8,7 +8,7 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.callbacks import FilterCB, LanguageCB, MenuCB, PlanCB, PrivacyCB
 from bot.texts import LANGUAGE_NAMES, text
-from services.filters import FILTER_SPECS, Filters
+from domain.filters import FILTER_SPECS, Filters
 
 MAIN_SCREENS = ("filters", "presets", "plans", "status", "language", "help")
 

@@ -27,21 +27,22 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
-from bot.alert_outbox import AlertOutbox
-from bot.alert_text import DigestPart, render_digest
 from bot.config import Settings, SettingsError, require
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
 from bot.routers import get_routers
 from bot.texts import DEFAULT_LANGUAGE, TEXTS, text
+from domain.alert_text import DigestPart, render_digest
+from domain.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
+from domain.matching import SubscriberIndex
 from managers.embedded_postgres import start_embedded_postgres
 from managers.embedded_redis import EmbeddedRedisUnavailable, start_embedded_redis
-from managers.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from managers.stream import StreamManager
+from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
@@ -49,7 +50,6 @@ from services.delivery_queue import DeliveryQueue
 from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
-from services.matching import SubscriberIndex
 from services.metrics import Metrics
 from services.notification import NotificationService, ProcessingWorkers
 from services.persistence import PersistenceWriter
@@ -254,7 +254,7 @@ class Runtime:
         self._stack.push_async_callback(self._stop_delivery)
         channels = ChannelDirectory(self.redis, self.postgres, self.caches, self.persistence)
         self.service = NotificationService(
-            index=self.index, ledger=ledger, channels=channels, outbox=AlertOutbox(self.delivery, self.index),
+            index=self.index, ledger=ledger, channels=channels, outbox=AlertRenderer(self.delivery, self.index),
             persistence=self.persistence,
         )
         self.workers = ProcessingWorkers(self.queue, self.service, self.pipeline_workers)

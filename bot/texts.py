@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.filters import FILTER_SPECS
+from domain.filters import FILTER_SPECS
 
 DEFAULT_LANGUAGE = "en"
 # The languages the bot speaks, as offered by /language (each shown in itself).

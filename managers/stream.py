@@ -1,7 +1,7 @@
 """One real-time feed over a WebSocket, kept alive, with an HTTP poll fallback.
 
 `StreamManager` reads text frames, turns them into events with a parser (see
-`managers.feed_adapters`) and awaits the sink with each one: the sink is the bounded queue's
+`domain.feed_adapters`) and awaits the sink with each one: the sink is the bounded queue's
 put, so a full queue makes the reader wait (back-pressure) instead of dropping.
 
 What it takes care of:
@@ -41,8 +41,8 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from managers.feed_adapters import FrameError, Parser, PumpPortalNotice
-from services.events import Event
+from domain.events import Event
+from domain.feed_adapters import FrameError, Parser, PumpPortalNotice
 
 log = logging.getLogger("alertbot.stream")
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
+from domain.events import ChannelRef, ChannelStatsEvent
+from domain.filters import ChannelFacts
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager, RedisUnavailable
 from services.cache import CHANNELS, CacheRegistry
-from services.events import ChannelRef, ChannelStatsEvent
-from services.filters import ChannelFacts
 from services.persistence import PersistenceWriter
 
 logger = logging.getLogger("alertbot.channels")

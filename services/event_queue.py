@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
-from services.events import Event, PriceEvent
+from domain.events import Event, PriceEvent
 
 DEFAULT_CAPACITY = 10_000
 

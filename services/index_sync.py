@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.matching import SubscriberIndex
+from domain.matching import SubscriberIndex
 from services.subscribers import SubscriberStore
 
 logger = logging.getLogger("alertbot.index")

@@ -1,7 +1,7 @@
 """From an event to alerts: the token pipeline's decisions, with I/O only through its collaborators.
 
 For a call: remember the calling channel, gather every calling channel's latest statistics,
-match all subscribers at once (services.matching), render the alert for the candidates once per
+match all subscribers at once (domain.matching), render the alert for the candidates once per
 language (the outbox), then record the call, claim the matches and queue their alerts in one
 Redis script (services.dedup); calls waiting together share that round trip.
 
@@ -30,11 +30,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from services.channels import ChannelDirectory, ChannelInfo
-from services.dedup import AlertLedger, ClaimRequest, ClaimResult
-from services.delivery_queue import DeliveryQueue, RenderedAlert
-from services.event_queue import EventQueue
-from services.events import (
+from domain.events import (
     CallerLine,
     CallEvent,
     ChannelStatsEvent,
@@ -44,8 +40,12 @@ from services.events import (
     PriceEvent,
     TokenInfo,
 )
-from services.filters import TokenFacts
-from services.matching import SubscriberIndex
+from domain.filters import TokenFacts
+from domain.matching import SubscriberIndex
+from services.channels import ChannelDirectory, ChannelInfo
+from services.dedup import AlertLedger, ClaimRequest, ClaimResult
+from services.delivery_queue import DeliveryQueue, RenderedAlert
+from services.event_queue import EventQueue
 from services.persistence import PersistenceWriter
 
 logger = logging.getLogger("alertbot.pipeline")

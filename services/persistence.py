@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from domain.events import CallEvent, ChannelStatsEvent, PriceEvent, TokenInfo
 from managers.postgres import PostgresManager, is_connection_failure
-from services.events import CallEvent, ChannelStatsEvent, PriceEvent, TokenInfo
 
 logger = logging.getLogger("alertbot.persistence")
 

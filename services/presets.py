@@ -4,7 +4,7 @@ Two halves:
 
 * pure helpers: `parse_preset_definition` reads what an admin types after /setpreset, e.g.
   ``safe "Safe" "Proven channels only" min_mcap=50k min_liquidity=15k min_win_rate=45``, through
-  `services.filters.set_filter`, so a preset can only hold what /set would accept;
+  `domain.filters.set_filter`, so a preset can only hold what /set would accept;
   `preset_definition` writes a preset back in that form (for the admin to copy and edit);
 * `PresetStore`: the business queries on the ``presets`` table (migrations/0004_presets.sql).
 
@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.filters import Filters, FilterValueError, set_filter
 from managers.postgres import PostgresManager
-from services.filters import Filters, FilterValueError, set_filter
 from services.subscribers import PG_FAILURES, StoreUnavailable
 
 logger = logging.getLogger("alertbot.presets")

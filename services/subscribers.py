@@ -30,17 +30,18 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
 import redis.exceptions
 
+from domain.filters import Filters
+from domain.subscriber import Subscriber, language_of
 from managers.postgres import PostgresManager, PostgresNotStarted
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
-from services.filters import Filters
 
 logger = logging.getLogger("alertbot.subscribers")
 settings_log = logging.getLogger("alertbot.settings")
@@ -85,36 +86,6 @@ class StoreUnavailable(RuntimeError):
 
 class UnknownSubscriber(LookupError):
     """No subscriber with this telegram_id (they never sent /start)."""
-
-
-@dataclass(frozen=True)
-class Subscriber:
-    telegram_id: int
-    filters: Filters = field(default_factory=Filters)
-    paused: bool = False
-    status: str = "active"  # active / blocked / banned
-    is_admin: bool = False
-    plan_expires_at: datetime | None = None
-    language: str = "en"
-    username: str | None = None
-    first_name: str | None = None
-    # The preset followed (services/presets.py): an admin's change of it replaces these filters.
-    preset: str | None = None
-
-    def has_active_plan(self, now: datetime) -> bool:
-        return self.plan_expires_at is not None and self.plan_expires_at > now
-
-    def receives_alerts(self, now: datetime) -> bool:
-        """Only subscribers with an active plan, and admins, receive token alerts."""
-        if self.status != "active" or self.paused:
-            return False
-        return self.is_admin or self.has_active_plan(now)
-
-
-def language_of(language_code: str | None) -> str:
-    """What users.language may hold: 'pt-BR' -> 'pt'; anything odd -> 'en'."""
-    base = (language_code or "").split("-")[0].split("_")[0].lower()
-    return base if 2 <= len(base) <= 3 and base.isascii() and base.isalpha() else "en"
 
 
 def _filters_json(filters: Filters) -> str:

@@ -10,10 +10,10 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from managers.feed_adapters import FrameError, parse_alert_frame
-from services.events import CallEvent, ChannelStatsEvent
-from services.filters import ChannelFacts, TokenFacts, token_matches
-from services.subscribers import Subscriber
+from domain.events import CallEvent, ChannelStatsEvent
+from domain.feed_adapters import FrameError, parse_alert_frame
+from domain.filters import ChannelFacts, TokenFacts, token_matches
+from domain.subscriber import Subscriber
 
 
 def expected_alerts(

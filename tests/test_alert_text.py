@@ -14,7 +14,7 @@ import pytest
 from aiogram import Bot
 from aiogram.enums import ParseMode
 
-from bot.alert_text import (
+from domain.alert_text import (
     MAX_CALLERS_SHOWN,
     CallerLine,
     format_usd,
@@ -25,8 +25,8 @@ from bot.alert_text import (
     safe_username,
     sanitize,
 )
-from services.events import ChannelRef, TokenInfo
-from services.filters import ChannelFacts
+from domain.events import ChannelRef, TokenInfo
+from domain.filters import ChannelFacts
 from standins.telegram import FakeTelegramServer, RateLimits, SentRecord, parse_html
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.texts import TEXTS
-from services.filters import FILTER_SPECS, Filters
+from domain.filters import FILTER_SPECS, Filters
 from services.subscribers import subscriber_key
 from tests.bot_env import ADMIN, REPLY_TIMEOUT, StoreEnv, running_bot
 from tests.conftest import Stores

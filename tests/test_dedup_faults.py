@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
+from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
+from domain.filters import Filters
 from managers.redis_manager import RedisManager
 from services.delivery_queue import Delivery, DeliveryQueue
-from services.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
-from services.filters import Filters
 from services.sender import AlertSender, Lane
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample

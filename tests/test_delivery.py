@@ -16,9 +16,9 @@ import pytest
 from aiogram import Bot
 from prometheus_client import generate_latest
 
-from bot.alert_text import render_alert, render_digest, render_digest_line
+from domain.alert_text import render_alert, render_digest, render_digest_line
+from domain.events import CallerLine, TokenInfo
 from services.delivery_queue import GROUP, STREAM_KEY, Delivery, DeliveryQueue
-from services.events import CallerLine, TokenInfo
 from services.metrics import Metrics
 from services.sender import AlertSender, DigestPolicy, Lane, Outcome
 from standins.telegram import FakeTelegramServer, RateLimits

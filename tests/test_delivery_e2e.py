@@ -6,8 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from domain.filters import Filters
 from services.delivery_queue import Delivery
-from services.filters import Filters
 from services.sender import Lane
 from standins.feed_server import FeedServer
 from standins.telegram import FakeTelegramServer

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from domain.events import CallEvent, ChannelRef, PriceEvent, TokenInfo
 from services.event_queue import EventQueue
-from services.events import CallEvent, ChannelRef, PriceEvent, TokenInfo
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 

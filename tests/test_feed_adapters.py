@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from managers.feed_adapters import (
+from domain.events import CallEvent, ChannelStatsEvent, CreateEvent, MigrateEvent, PriceEvent
+from domain.feed_adapters import (
     FrameError,
     PumpPortalNotice,
     classify_notice,
@@ -21,7 +22,6 @@ from managers.feed_adapters import (
     pumpportal_url,
     sol_amount,
 )
-from services.events import CallEvent, ChannelStatsEvent, CreateEvent, MigrateEvent, PriceEvent
 from standins import feedgen
 
 NOW = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.filters import (
+from domain.filters import (
     ChannelFacts,
     Filters,
     FilterValueError,

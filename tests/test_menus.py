@@ -24,10 +24,10 @@ from bot.middlewares.throttling import FloodGate
 from bot.routers.account import paysupport_key
 from bot.runtime import MENU_COMMANDS
 from bot.texts import TEXTS
+from domain.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
 from managers.redis_manager import RedisManager, RedisOptions
 from services.accounts import parse_start_payload
 from services.cache import CacheRegistry
-from services.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
 from services.subscribers import SUBSCRIBERS_KEY, subscriber_key
 from standins.tcp_proxy import TcpProxy
 from standins.telegram import ManualClock

@@ -24,10 +24,10 @@ import asyncpg
 import pytest
 from prometheus_client import generate_latest
 
+from domain.events import CallEvent, ChannelRef, TokenInfo
 from managers.embedded_postgres import start_embedded_postgres_async
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager, PostgresNotStarted, is_connection_failure
-from services.events import CallEvent, ChannelRef, TokenInfo
 from services.metrics import Metrics
 from services.persistence import PersistenceWriter
 from standins import feedgen

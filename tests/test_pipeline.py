@@ -8,15 +8,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
+from domain.filters import Filters
+from domain.matching import SubscriberIndex
+from domain.subscriber import Subscriber
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
-from services.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
-from services.filters import Filters
-from services.matching import SubscriberIndex
 from services.notification import AlertBatch, NotificationService
-from services.subscribers import Subscriber
 
 
 def _split(batch: AlertBatch) -> list[AlertBatch]:

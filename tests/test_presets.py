@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from bot.callbacks import MenuCB, PresetCB
+from domain.filters import Filters, set_filter
 from services.cache import CacheRegistry
-from services.filters import Filters, set_filter
 from services.presets import (
     Preset,
     PresetDefinitionError,

@@ -17,10 +17,10 @@ from bot.callbacks import FilterCB
 from bot.config import Settings
 from bot.routers.replay import render_report
 from bot.runtime import build_dispatcher, create_bot
+from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, PriceEvent, TokenInfo
+from domain.filters import ChannelFacts, Filters
+from domain.matching import SubscriberIndex
 from managers.postgres import PostgresManager
-from services.events import CallEvent, ChannelRef, ChannelStatsEvent, PriceEvent, TokenInfo
-from services.filters import ChannelFacts, Filters
-from services.matching import SubscriberIndex
 from services.persistence import PersistenceWriter
 from services.replay import (
     PricePoint,
@@ -224,7 +224,7 @@ def test_each_filter_kind_is_the_live_rule() -> None:
 
 
 def test_agrees_with_the_live_matcher_on_random_days() -> None:
-    """The live index (services.matching), driven call by call as the pipeline does, alerts the
+    """The live index (domain.matching), driven call by call as the pipeline does, alerts the
     same tokens at the same calls as replay."""
     rng = random.Random(7)
     channel_ids = [f"-10{i}" for i in range(6)]

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from managers.feed_adapters import pumpportal_parser
-from services.events import CreateEvent
+from domain.events import CreateEvent
+from domain.feed_adapters import pumpportal_parser
 from services.sol_price import (
     DEFAULT_MAX_AGE,
     PYTH_RECEIVER_PROGRAM,

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from managers.feed_adapters import parse_alert_frame, pumpportal_parser
+from domain.events import CreateEvent, Event, MigrateEvent, PriceEvent
+from domain.feed_adapters import parse_alert_frame, pumpportal_parser
 from managers.stream import RecentKeys, StreamManager, SubscriptionSet, redact_url
-from services.events import CreateEvent, Event, MigrateEvent, PriceEvent
 from standins import feedgen
 from standins.feed_server import FeedServer, PumpPortalReplies
 from tests.test_feed_adapters import (

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from domain.filters import Filters, set_filter, unset_filter
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
-from services.filters import Filters, set_filter, unset_filter
 from services.subscribers import (
     RETRY_KEY,
     SUBSCRIBERS_KEY,

@@ -16,8 +16,8 @@ import pytest
 
 from bot.config import Settings
 from bot.runtime import Runtime
-from services.filters import Filters, set_filter
-from services.subscribers import Subscriber
+from domain.filters import Filters, set_filter
+from domain.subscriber import Subscriber
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample
 from standins.oracle import expected_alerts

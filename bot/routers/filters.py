@@ -18,7 +18,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.texts import text
-from services.filters import FILTER_SPECS, Filters, FilterValueError, set_filter, unset_filter
+from domain.filters import FILTER_SPECS, Filters, FilterValueError, set_filter, unset_filter
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore
 
 logger = logging.getLogger("alertbot.handlers")

@@ -23,8 +23,8 @@ from bot.filters_admin import IsAdmin
 from bot.routers.filters import filter_lines
 from bot.routers.screens import acknowledge, edit_or_send, with_notice
 from bot.texts import pick_language, text
+from domain.filters import Filters
 from managers.postgres import PostgresManager
-from services.filters import Filters
 from services.presets import (
     Preset,
     PresetDefinitionError,

@@ -24,7 +24,7 @@ from bot.callbacks import FilterCB, MenuCB
 from bot.routers.filters import CHANNELS_SHOWN_ON_BUTTON, filters_body, format_filter_value, value_error
 from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import text
-from services.filters import FILTER_SPECS, FilterValueError, set_filter, unset_filter
+from domain.filters import FILTER_SPECS, FilterValueError, set_filter, unset_filter
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore
 
 logger = logging.getLogger("alertbot.handlers")

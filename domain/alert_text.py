@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
-from services.events import CallerLine, TokenInfo
-from services.identifiers import is_solana_address
+from domain.events import CallerLine, TokenInfo
+from domain.identifiers import is_solana_address
 
 __all__ = [
     "LABELS",

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 
-from bot.alert_text import render_alert, render_digest_line
+from domain.alert_text import render_alert, render_digest_line
+from domain.matching import SubscriberIndex
 from services.delivery_queue import DeliveryQueue, RenderedAlert
-from services.matching import SubscriberIndex
 from services.notification import AlertBatch
 from services.sender import Lane
 
 
-class AlertOutbox:
+class AlertRenderer:
     """Each alert rendered once per language, and each subscriber's language and lane."""
 
     def __init__(self, queue: DeliveryQueue, index: SubscriberIndex) -> None:

@@ -1,4 +1,4 @@
-"""Adapters from feed frames (text) to the internal events of `services.events`.
+"""Adapters from feed frames (text) to the internal events of `domain.events`.
 
 Pure functions, no I/O. Two feeds:
 
@@ -8,7 +8,7 @@ Pure functions, no I/O. Two feeds:
 
 A frame that is not JSON, is not an object or lacks a required field raises `FrameError` with a
 short reason (never the frame itself: reasons are log keys and must stay few and small). So does
-an identifier that is not what it claims to be (`services.identifiers`): a token address that is
+an identifier that is not what it claims to be (`domain.identifiers`): a token address that is
 no Solana address, a channel id that is no Telegram chat id; ids travel on into Redis keys, logs
 and rows, so a `=`, a `,`, a newline or a kilobyte of text must stop here. A frame of a type we
 do not know parses to None. Optional fields that are missing, null or invalid become None (a
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-from services.events import (
+from domain.events import (
     CallEvent,
     ChannelRef,
     ChannelStatsEvent,
@@ -37,7 +37,7 @@ from services.events import (
     PriceEvent,
     TokenInfo,
 )
-from services.identifiers import is_channel_id, is_solana_address, is_telegram_username
+from domain.identifiers import is_channel_id, is_solana_address, is_telegram_username
 
 Json = dict[str, Any]
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from services.filters import ChannelFacts
+    from domain.filters import ChannelFacts
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Which subscribers a call matches, for thousands of subscribers in well under a millisecond.
 
-The rules are those of `services.filters` (and a test checks this index agrees with them on
+The rules are those of `domain.filters` (and a test checks this index agrees with them on
 random filters). Instead of looping over subscribers in Python, every filter bound is a column
 (a numpy array, one entry per subscriber) and a call is checked against all subscribers with a
 handful of vector comparisons. An unset bound is stored as -inf/+inf so it always passes; a
@@ -17,8 +17,8 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from services.filters import ChannelFacts, TokenFacts
-from services.subscribers import Subscriber
+from domain.filters import ChannelFacts, TokenFacts
+from domain.subscriber import Subscriber
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
