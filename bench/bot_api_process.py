@@ -85,12 +85,19 @@ class CompanionResult:
 class BotApiProcess:
     """``async with BotApiProcess(limits=...) as api: bot = api.create_bot(); ...; result = await api.finish()``."""
 
-    def __init__(self, *, limits: RateLimits, burst: Burst | None = None, progress: Progress | None = None,
-                 companion: Companion | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        limits: RateLimits,
+        burst: Burst | None = None,
+        progress: Progress | None = None,
+        companion: Companion | None = None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")  # no forked copy of the bench's loop and state
         self._conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_child_main, args=(child_conn, limits, burst, progress, companion),
-                                        name="bot-api", daemon=True)
+        self._process = context.Process(
+            target=_child_main, args=(child_conn, limits, burst, progress, companion), name="bot-api", daemon=True
+        )
         self._child_conn = child_conn
         self.base_url: str | None = None
 
@@ -104,8 +111,9 @@ class BotApiProcess:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        traceback: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self._kill()
 
     def create_bot(self) -> Bot:
@@ -161,8 +169,9 @@ async def _recv(conn: Connection) -> Any:
     return conn.recv()
 
 
-def _child_main(conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None,
-                companion: Companion | None) -> None:
+def _child_main(
+    conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None, companion: Companion | None
+) -> None:
     # Ctrl-C reaches the whole process group; the parent decides, and EOF on the pipe ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -171,8 +180,9 @@ def _child_main(conn: Connection, limits: RateLimits, burst: Burst | None, progr
         pass  # the parent went away
 
 
-async def _serve(conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None,
-                 companion: Companion | None) -> None:
+async def _serve(
+    conn: Connection, limits: RateLimits, burst: Burst | None, progress: Progress | None, companion: Companion | None
+) -> None:
     async with FakeTelegramServer(limits=limits) as server:
         helpers = [asyncio.create_task(_fire_burst(server, burst))] if burst else []
         if progress is not None:
@@ -204,11 +214,11 @@ async def _run_companion(server: FakeTelegramServer, companion: Companion, conn:
 async def _fire_burst(server: FakeTelegramServer, burst: Burst) -> None:
     try:
         # wait_for re-checks after every request, so the burst starts right at the N-th send.
-        await server.wait_for(lambda: len(server.sent) >= burst.after, timeout=burst.timeout,
-                              description=f"{burst.after} sends")
+        await server.wait_for(
+            lambda: len(server.sent) >= burst.after, timeout=burst.timeout, description=f"{burst.after} sends"
+        )
     except WaitTimeout:
-        print(f"  burst: fewer than {burst.after:,} sends after {burst.timeout:.0f}s; no forced 429s",
-              file=sys.stderr)
+        print(f"  burst: fewer than {burst.after:,} sends after {burst.timeout:.0f}s; no forced 429s", file=sys.stderr)
         return
     server.force_retry_after(burst.retry_after, duration=burst.duration)
 
@@ -222,5 +232,8 @@ async def _report_progress(server: FakeTelegramServer, progress: Progress) -> No
         if count // progress.every > reported // progress.every:
             reported = count
             elapsed = time.monotonic() - started
-            print(f"  {progress.label}: {count:,}/{progress.total:,} sent after {elapsed:.1f}s "
-                  f"({count / elapsed:,.1f}/s, 429s so far: {server.stats.rejected_429})", file=sys.stderr)
+            print(
+                f"  {progress.label}: {count:,}/{progress.total:,} sent after {elapsed:.1f}s "
+                f"({count / elapsed:,.1f}/s, 429s so far: {server.stats.rejected_429})",
+                file=sys.stderr,
+            )

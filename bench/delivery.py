@@ -74,15 +74,25 @@ class Row:
             return "-" if value is None else format(value, spec)
 
         return [
-            self.scenario, f"{self.alerts:,}", f"{self.chats:,}", fmt(self.seconds, ".1f"), fmt(self.rate, ",.1f"),
-            fmt(self.min_window, ","), fmt(self.max_window, ","), fmt(self.longest_pause, ".3f"),
-            f"{self.rejected_429:,}", f"{self.sender_429:,}", f"{self.retries:,}", fmt(self.min_chat_gap, ".3f"),
+            self.scenario,
+            f"{self.alerts:,}",
+            f"{self.chats:,}",
+            fmt(self.seconds, ".1f"),
+            fmt(self.rate, ",.1f"),
+            fmt(self.min_window, ","),
+            fmt(self.max_window, ","),
+            fmt(self.longest_pause, ".3f"),
+            f"{self.rejected_429:,}",
+            f"{self.sender_429:,}",
+            f"{self.retries:,}",
+            fmt(self.min_chat_gap, ".3f"),
             f"{self.lost:,}",
         ]
 
 
-def analyse(scenario: str, alerts: int, chats: int, sent: list[Accepted], rejected_429: int,
-            sender_stats: dict[str, Any]) -> Row:
+def analyse(
+    scenario: str, alerts: int, chats: int, sent: list[Accepted], rejected_429: int, sender_stats: dict[str, Any]
+) -> Row:
     times = sorted(record.monotonic for record in sent)
     seconds = rate = longest_pause = None
     min_window = max_window = None
@@ -105,8 +115,21 @@ def analyse(scenario: str, alerts: int, chats: int, sent: list[Accepted], reject
             gap = record.monotonic - previous
             min_chat_gap = gap if min_chat_gap is None else min(min_chat_gap, gap)
         last_by_chat[record.chat_id] = record.monotonic
-    return Row(scenario, alerts, chats, seconds, rate, min_window, max_window, longest_pause, rejected_429,
-               int(sender_stats["rate_limited"]), int(sender_stats["retried"]), min_chat_gap, alerts - len(sent))
+    return Row(
+        scenario,
+        alerts,
+        chats,
+        seconds,
+        rate,
+        min_window,
+        max_window,
+        longest_pause,
+        rejected_429,
+        int(sender_stats["rate_limited"]),
+        int(sender_stats["retried"]),
+        min_chat_gap,
+        alerts - len(sent),
+    )
 
 
 async def run(scenario: str, alerts: int, chats: int, *, workers: int | None = None) -> Row:
@@ -118,8 +141,9 @@ async def run(scenario: str, alerts: int, chats: int, *, workers: int | None = N
     paid = scenario == "paid"
     print(f"{scenario}: {alerts:,} alerts to {chats:,} chats...", file=sys.stderr)
     burst = Burst(BURST_AFTER, BURST_RETRY_AFTER, BURST_DURATION) if scenario == "burst429" else None
-    async with BotApiProcess(limits=RateLimits(paid_per_second=1000), burst=burst,
-                             progress=Progress(scenario, alerts, PROGRESS_EVERY)) as api:
+    async with BotApiProcess(
+        limits=RateLimits(paid_per_second=1000), burst=burst, progress=Progress(scenario, alerts, PROGRESS_EVERY)
+    ) as api:
         bot = api.create_bot()
         options: dict[str, object] = {"paid_broadcast": paid}
         if workers is not None:
@@ -138,9 +162,21 @@ async def run(scenario: str, alerts: int, chats: int, *, workers: int | None = N
 
 
 def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
-    header = ["scenario", "alerts", "chats", "seconds", "sustained msg/s", "min 1-s window", "max 1-s window",
-              "longest pause s", "429s (server)", "429s (sender)", "retries (sender)", "min same-chat gap s",
-              "lost"]
+    header = [
+        "scenario",
+        "alerts",
+        "chats",
+        "seconds",
+        "sustained msg/s",
+        "min 1-s window",
+        "max 1-s window",
+        "longest pause s",
+        "429s (server)",
+        "429s (sender)",
+        "retries (sender)",
+        "min same-chat gap s",
+        "lost",
+    ]
     print_markdown(header, [row.cells() for row in rows], out)
 
 
@@ -148,10 +184,18 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alerts", type=int, default=None, help="steady: alerts (default 10,000; --quick 600)")
     parser.add_argument("--chats", type=int, default=None, help="steady: chats (default 2,000; --quick 200)")
-    parser.add_argument("--burst-alerts", type=int, default=None,
-                        help="burst429: alerts, each to its own chat (default 600; --quick 300)")
-    parser.add_argument("--paid-alerts", type=int, default=None,
-                        help="paid: alerts, each to its own chat (default 10,000; --quick 3,000)")
+    parser.add_argument(
+        "--burst-alerts",
+        type=int,
+        default=None,
+        help="burst429: alerts, each to its own chat (default 600; --quick 300)",
+    )
+    parser.add_argument(
+        "--paid-alerts",
+        type=int,
+        default=None,
+        help="paid: alerts, each to its own chat (default 10,000; --quick 3,000)",
+    )
     parser.add_argument("--workers", type=int, default=64, help="paid: sends in flight at once")
     parser.add_argument("--scenario", default="all", choices=["all", "steady", "burst429", "paid"])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a check in about a minute")

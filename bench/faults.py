@@ -123,10 +123,28 @@ class Plan:
     quiet: float  # seconds a bot must be idle before missing alerts count as lost
 
 
-FULL = Plan(alerts=3_000, telegram_outage=60, redis_outage=30, postgres_down=10, feed_drops=20, drop_every=12,
-            kills=5, sigkill_feed_seconds=15, quiet=20)
-QUICK = Plan(alerts=600, telegram_outage=20, redis_outage=10, postgres_down=3, feed_drops=5, drop_every=12,
-             kills=5, sigkill_feed_seconds=6, quiet=10)
+FULL = Plan(
+    alerts=3_000,
+    telegram_outage=60,
+    redis_outage=30,
+    postgres_down=10,
+    feed_drops=20,
+    drop_every=12,
+    kills=5,
+    sigkill_feed_seconds=15,
+    quiet=20,
+)
+QUICK = Plan(
+    alerts=600,
+    telegram_outage=20,
+    redis_outage=10,
+    postgres_down=3,
+    feed_drops=5,
+    drop_every=12,
+    kills=5,
+    sigkill_feed_seconds=6,
+    quiet=10,
+)
 
 ROWS = ("telegram_502", "redis_down", "postgres_restart", "feed_drops", "sigkill")
 
@@ -157,8 +175,12 @@ class Member:
         return result
 
     def as_subscriber(self, now: datetime) -> Subscriber:
-        return Subscriber(self.telegram_id, self.filters, paused=self.paused,
-                          plan_expires_at=now + timedelta(days=PLAN_DAYS) if self.plan else None)
+        return Subscriber(
+            self.telegram_id,
+            self.filters,
+            paused=self.paused,
+            plan_expires_at=now + timedelta(days=PLAN_DAYS) if self.plan else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -189,10 +211,12 @@ def build_workload(target: int, seed: int, now: datetime) -> Workload:
         members.append(Member(FIRST_SUBSCRIBER + len(members), name, typed))
         total += per_profile[name]
     next_id = FIRST_SUBSCRIBER + len(members)
-    members += [Member(next_id, "no plan", CONTROL_FILTERS, plan=False),
-                Member(next_id + 1, "no plan", CONTROL_FILTERS, plan=False),
-                Member(next_id + 2, "paused", CONTROL_FILTERS, paused=True),
-                Member(next_id + 3, "paused", CONTROL_FILTERS, paused=True)]
+    members += [
+        Member(next_id, "no plan", CONTROL_FILTERS, plan=False),
+        Member(next_id + 1, "no plan", CONTROL_FILTERS, plan=False),
+        Member(next_id + 2, "paused", CONTROL_FILTERS, paused=True),
+        Member(next_id + 3, "paused", CONTROL_FILTERS, paused=True),
+    ]
     expected = expected_alerts(frames, [m.as_subscriber(now) for m in members], now)
     pairs = frozenset((chat, token) for chat, tokens in expected.items() for token in tokens)
     addresses = frozenset(f["token"]["address"] for f in frames if f.get("type") == "call")
@@ -266,16 +290,23 @@ class Kill:
     frames: int  # frames the feed had sent to the killed process's connection
 
 
-def explain_copies(copies: Sequence[Copy], kills: Sequence[Kill],
-                   window: float = IN_FLIGHT_WINDOW) -> tuple[dict[int, int], list[Copy]]:
+def explain_copies(
+    copies: Sequence[Copy], kills: Sequence[Kill], window: float = IN_FLIGHT_WINDOW
+) -> tuple[dict[int, int], list[Copy]]:
     """Copies a SIGKILL explains: the first copy accepted at most `window` s before a kill (its
     answer could not be recorded before the process died) and the second after it. Returns
     copies per kill index, and the copies nothing explains."""
     per_kill: dict[int, int] = {}
     unexplained: list[Copy] = []
     for copy in copies:
-        index = next((i for i, kill in enumerate(kills)
-                      if copy.first_at <= kill.at < copy.again_at and kill.at - copy.first_at <= window), None)
+        index = next(
+            (
+                i
+                for i, kill in enumerate(kills)
+                if copy.first_at <= kill.at < copy.again_at and kill.at - copy.first_at <= window
+            ),
+            None,
+        )
         if index is None:
             unexplained.append(copy)
         else:
@@ -295,7 +326,7 @@ class Receipts:
 
     def update(self) -> None:
         sent: list[SentRecord] = self.telegram.sent
-        for record in sent[self._seen:]:
+        for record in sent[self._seen :]:
             tokens = tokens_in(record.raw_text or "", self.workload.addresses)
             if tokens:
                 self.received.append(Received(record.chat_id, record.monotonic, tokens))
@@ -343,8 +374,15 @@ class BotProcess:
         self.starts += 1
         with open(self.output, "wb") as out:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "run", env=self.env, cwd=WORKTREE,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                sys.executable,
+                "-m",
+                "bot",
+                "run",
+                env=self.env,
+                cwd=WORKTREE,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
             )
 
     async def wait_serving(self, timeout: float = BOT_START_TIMEOUT) -> None:
@@ -399,10 +437,16 @@ class BotProcess:
         pending = metrics.get("alertbot_sender_pending")
         if pending is not None and pending < 0:
             self.lowest_pending = min(pending, self.lowest_pending or 0)
-        queued = {"events queued": health.get("queue", {}).get("size"), "in the sender": pending,
-                  "in the Redis outbox": outbox}
-        busy = [f"{'?' if count is None else format(count, 'g')} {what}" for what, count in queued.items()
-                if count is None or count > 0]
+        queued = {
+            "events queued": health.get("queue", {}).get("size"),
+            "in the sender": pending,
+            "in the Redis outbox": outbox,
+        }
+        busy = [
+            f"{'?' if count is None else format(count, 'g')} {what}"
+            for what, count in queued.items()
+            if count is None or count > 0
+        ]
         return ", ".join(busy) or None
 
     def tail(self, lines: int = 15) -> str:
@@ -425,12 +469,20 @@ def parse_metrics(text: str) -> dict[str, float]:
     return values
 
 
-def bot_env(telegram_url: str, feed: FeedServer, redis_url: str, database_url: str, http_port: int,
-            log_dir: Path) -> dict[str, str]:
+def bot_env(
+    telegram_url: str, feed: FeedServer, redis_url: str, database_url: str, http_port: int, log_dir: Path
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
-    env.update(BOT_TOKEN=DEFAULT_TOKEN, TELEGRAM_API_URL=telegram_url, STREAM_URL=feed.url,
-               STREAM_POLL_URL=feed.poll_url, REDIS_URL=redis_url, DATABASE_URL=database_url,
-               HTTP_PORT=str(http_port), LOG_DIR=str(log_dir))
+    env.update(
+        BOT_TOKEN=DEFAULT_TOKEN,
+        TELEGRAM_API_URL=telegram_url,
+        STREAM_URL=feed.url,
+        STREAM_POLL_URL=feed.poll_url,
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        HTTP_PORT=str(http_port),
+        LOG_DIR=str(log_dir),
+    )
     return env
 
 
@@ -448,13 +500,19 @@ class Row:
 
     def cells(self) -> list[str]:
         t = self.tally
-        return [self.fault, f"{t.expected:,}", f"{t.delivered:,}", f"{t.duplicated:,}", f"{t.lost:,}",
-                f"{t.unexpected:,}", "-" if self.seconds is None else f"{self.seconds:.1f}",
-                "-" if self.rows_missing is None else f"{self.rows_missing:,}"]
+        return [
+            self.fault,
+            f"{t.expected:,}",
+            f"{t.delivered:,}",
+            f"{t.duplicated:,}",
+            f"{t.lost:,}",
+            f"{t.unexpected:,}",
+            "-" if self.seconds is None else f"{self.seconds:.1f}",
+            "-" if self.rows_missing is None else f"{self.rows_missing:,}",
+        ]
 
 
-HEADER = ["fault", "alerts expected", "delivered", "duplicated", "lost", "unexpected", "seconds",
-          "alert rows missing"]
+HEADER = ["fault", "alerts expected", "delivered", "duplicated", "lost", "unexpected", "seconds", "alert rows missing"]
 
 
 def say(message: str) -> None:
@@ -490,8 +548,9 @@ async def create_subscribers(redis_url: str, database_url: str, members: Sequenc
 
         async def create(member: Member) -> None:
             async with limit:
-                await store.register(member.telegram_id, username=None, first_name=f"Bench {member.profile}",
-                                     language_code="en")
+                await store.register(
+                    member.telegram_id, username=None, first_name=f"Bench {member.profile}", language_code="en"
+                )
                 await store.update_filters(member.telegram_id, member.filters, name=next(iter(member.typed)))
                 if member.plan:
                     await store.grant(member.telegram_id, PLAN_DAYS, granted_by=ADMIN)
@@ -530,8 +589,12 @@ async def stored_outcomes(database_url: str) -> Stored | None:
         await conn.close()
     statuses = Counter(str(r["status"]) for r in deliveries)
     reasons = Counter(_short_reason(r["reason"]) for r in deliveries if r["status"] != "sent")
-    return Stored({(int(r["telegram_id"]), str(r["token_address"])) for r in alerts},
-                  {(int(r["chat_id"]), str(r["token_address"])) for r in deliveries}, statuses, reasons)
+    return Stored(
+        {(int(r["telegram_id"]), str(r["token_address"])) for r in alerts},
+        {(int(r["chat_id"]), str(r["token_address"])) for r in deliveries},
+        statuses,
+        reasons,
+    )
 
 
 def _short_reason(reason: str | None) -> str:
@@ -562,14 +625,18 @@ class Stage:
         return time.monotonic() - self.started
 
     def progress(self, message: str) -> None:
-        say(f"  {self.name} {self.clock():6.1f}s: {message} "
-            f"(alerts received {self.receipts.delivered:,}/{len(self.workload.expected):,})")
+        say(
+            f"  {self.name} {self.clock():6.1f}s: {message} "
+            f"(alerts received {self.receipts.delivered:,}/{len(self.workload.expected):,})"
+        )
 
 
 async def run_row(name: str, plan: Plan, workload: Workload, postgres: PrivatePostgres, seed: int, keep: bool) -> Row:
     folder = temp_folder(f"faults-{name}-")
-    say(f"{name}: {fault_label(name, plan)}; {len(workload.expected):,} alerts expected, "
-        f"{len(workload.members):,} subscribers (work folder {folder})")
+    say(
+        f"{name}: {fault_label(name, plan)}; {len(workload.expected):,} alerts expected, "
+        f"{len(workload.members):,} subscribers (work folder {folder})"
+    )
     redis = PrivateRedis(folder / "redis")
     await redis.start()
     database_url = await postgres.create_database(f"faults_{name}_{os.getpid()}_{int(time.time())}")
@@ -579,16 +646,32 @@ async def run_row(name: str, plan: Plan, workload: Workload, postgres: PrivatePo
         raise RuntimeError(f"the store has {receiving} subscribers receiving alerts, expected {workload.receiving}")
     live = name == "feed_drops"
     interval = feed_interval(name, plan, len(workload.frames))
-    feed = FeedServer([] if live else workload.frames, interval=0.0 if live else interval, replay=not live,
-                      history=len(workload.frames) + 100)
+    feed = FeedServer(
+        [] if live else workload.frames,
+        interval=0.0 if live else interval,
+        replay=not live,
+        history=len(workload.frames) + 100,
+    )
     bot: BotProcess | None = None
     try:
         async with FakeTelegramServer() as telegram, feed:
             http_port = free_port()
-            bot = BotProcess(bot_env(telegram.base_url, feed, redis.url, database_url, http_port, folder / "logs"),
-                             folder, http_port)
-            stage = Stage(name, plan, workload, telegram, feed, redis, postgres, database_url, bot,
-                          Receipts(telegram, workload), random.Random(seed))
+            bot = BotProcess(
+                bot_env(telegram.base_url, feed, redis.url, database_url, http_port, folder / "logs"), folder, http_port
+            )
+            stage = Stage(
+                name,
+                plan,
+                workload,
+                telegram,
+                feed,
+                redis,
+                postgres,
+                database_url,
+                bot,
+                Receipts(telegram, workload),
+                random.Random(seed),
+            )
             await bot.start()
             await bot.wait_serving()
             await feed.wait_for_clients(1, timeout=30)
@@ -601,22 +684,32 @@ async def run_row(name: str, plan: Plan, workload: Workload, postgres: PrivatePo
             await bot.stop()
             stage.receipts.update()
             result = tally(workload.expected, stage.receipts.received)
-            row = Row(name, fault_label(name, plan), result,
-                      None if result.last_at is None else result.last_at - stage.started, None, stage.notes)
+            row = Row(
+                name,
+                fault_label(name, plan),
+                result,
+                None if result.last_at is None else result.last_at - stage.started,
+                None,
+                stage.notes,
+            )
             explain(stage, row)
         stored = await stored_outcomes(database_url)
         if stored is not None:
             expected = workload.expected
             row.rows_missing = len(expected - stored.alerts)
             statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(stored.statuses.items())) or "none"
-            row.notes.append(f"PostgreSQL after the run: alerts rows for {len(expected & stored.alerts):,} and "
-                             f"deliveries rows for {len(expected & stored.deliveries):,} of the {len(expected):,} "
-                             f"expected alerts (deliveries by status: {statuses})")
+            row.notes.append(
+                f"PostgreSQL after the run: alerts rows for {len(expected & stored.alerts):,} and "
+                f"deliveries rows for {len(expected & stored.deliveries):,} of the {len(expected):,} "
+                f"expected alerts (deliveries by status: {statuses})"
+            )
             for reason, count in stored.reasons.most_common(3):
                 row.notes.append(f"  not sent ({count:,}): {reason}")
         if bot.lowest_pending is not None:
-            row.notes.append(f"the bot's /metrics reported alertbot_sender_pending as low as "
-                             f"{bot.lowest_pending:g}: its count of queued messages went wrong")
+            row.notes.append(
+                f"the bot's /metrics reported alertbot_sender_pending as low as "
+                f"{bot.lowest_pending:g}: its count of queued messages went wrong"
+            )
         if bot.exit_codes:
             row.notes.append(f"bot processes started {bot.starts}, exit codes {bot.exit_codes}")
         return row
@@ -674,8 +767,9 @@ async def telegram_502(stage: Stage) -> None:
         stage.notes.append("a third of the alerts never arrived: 502s started late")
     before = stage.telegram.stats.rejected_other
     began = stage.clock()
-    stage.telegram.force_error(502, "Bad Gateway", duration=stage.plan.telegram_outage, count=None,
-                               methods=SEND_METHODS)
+    stage.telegram.force_error(
+        502, "Bad Gateway", duration=stage.plan.telegram_outage, count=None, methods=SEND_METHODS
+    )
     stage.progress(f"Bot API answers 502 to every send for {stage.plan.telegram_outage:g} s")
     await asyncio.sleep(stage.plan.telegram_outage)
     stage.progress("Bot API accepts sends again")
@@ -693,8 +787,10 @@ async def redis_down(stage: Stage) -> None:
     await stage.redis.start()
     stage.progress("redis-server started again")
     frames = stage.feed.sent_count
-    stage.notes.append(f"Redis refused connections from {began:.1f} s to {stage.clock():.1f} s "
-                       f"(the feed had sent {frames:,} of {len(stage.workload.frames):,} frames when it came back)")
+    stage.notes.append(
+        f"Redis refused connections from {began:.1f} s to {stage.clock():.1f} s "
+        f"(the feed had sent {frames:,} of {len(stage.workload.frames):,} frames when it came back)"
+    )
 
 
 async def postgres_restart(stage: Stage) -> None:
@@ -745,7 +841,8 @@ async def feed_drops(stage: Stage) -> None:
     stage.notes.append(
         f"{dropped} cuts, {feed.connection_count} connections; {gap_frames:,} of {len(frames):,} frames "
         f"({gap_calls} calls) were broadcast while the bot had no connection; the poll endpoint "
-        f"(keeping every frame) answered {feed.poll.requests} polls")
+        f"(keeping every frame) answered {feed.poll.requests} polls"
+    )
 
 
 async def sigkill(stage: Stage) -> None:
@@ -769,8 +866,11 @@ async def sigkill(stage: Stage) -> None:
 
 
 DRIVERS: dict[str, Callable[[Stage], Awaitable[None]]] = {
-    "telegram_502": telegram_502, "redis_down": redis_down, "postgres_restart": postgres_restart,
-    "feed_drops": feed_drops, "sigkill": sigkill,
+    "telegram_502": telegram_502,
+    "redis_down": redis_down,
+    "postgres_restart": postgres_restart,
+    "feed_drops": feed_drops,
+    "sigkill": sigkill,
 }
 
 
@@ -779,27 +879,41 @@ def explain(stage: Stage, row: Row) -> None:
     if stage.kills:
         per_kill, unexplained = explain_copies(t.copies, stage.kills)
         for i, kill in enumerate(stage.kills):
-            row.notes.append(f"SIGKILL {i + 1} at {kill.at - stage.started:.1f} s, {kill.delivered:,} alerts "
-                             f"received, {kill.frames:,} frames sent to that process: "
-                             f"{per_kill.get(i, 0)} alert(s) received again after the restart")
+            row.notes.append(
+                f"SIGKILL {i + 1} at {kill.at - stage.started:.1f} s, {kill.delivered:,} alerts "
+                f"received, {kill.frames:,} frames sent to that process: "
+                f"{per_kill.get(i, 0)} alert(s) received again after the restart"
+            )
         if t.copies:
-            lags = [next(k.at for k in stage.kills if c.first_at <= k.at < c.again_at) - c.first_at
-                    for c in t.copies if c not in unexplained]
+            lags = [
+                next(k.at for k in stage.kills if c.first_at <= k.at < c.again_at) - c.first_at
+                for c in t.copies
+                if c not in unexplained
+            ]
             if lags:
-                row.notes.append(f"{len(lags)} duplicate(s) accepted at most {max(lags):.2f} s before a SIGKILL: "
-                                 "sends in flight, whose answer the killed process could not record")
+                row.notes.append(
+                    f"{len(lags)} duplicate(s) accepted at most {max(lags):.2f} s before a SIGKILL: "
+                    "sends in flight, whose answer the killed process could not record"
+                )
     else:
         unexplained = list(t.copies)
     if unexplained:
-        row.notes.append(f"{len(unexplained)} duplicate(s) no SIGKILL explains, e.g. "
-                         + "; ".join(f"chat {c.chat_id} token {c.token[:8]}… at {c.first_at - stage.started:.1f} s "
-                                     f"and {c.again_at - stage.started:.1f} s" for c in unexplained[:3]))
+        row.notes.append(
+            f"{len(unexplained)} duplicate(s) no SIGKILL explains, e.g. "
+            + "; ".join(
+                f"chat {c.chat_id} token {c.token[:8]}… at {c.first_at - stage.started:.1f} s "
+                f"and {c.again_at - stage.started:.1f} s"
+                for c in unexplained[:3]
+            )
+        )
     if t.missing:
         chats = len({chat for chat, _ in t.missing})
         filters = {m.telegram_id: ", ".join(f"{k} {v}" for k, v in m.typed.items()) for m in stage.workload.members}
         by_filters = Counter(filters[chat] for chat, _ in t.missing)
-        row.notes.append(f"{t.lost:,} lost alert(s) over {chats:,} chat(s), by the subscriber's filters: "
-                         + ", ".join(f"{name} {count:,}" for name, count in by_filters.most_common()))
+        row.notes.append(
+            f"{t.lost:,} lost alert(s) over {chats:,} chat(s), by the subscriber's filters: "
+            + ", ".join(f"{name} {count:,}" for name, count in by_filters.most_common())
+        )
 
 
 # --------------------------------------------------------------------------- main

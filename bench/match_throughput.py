@@ -86,17 +86,21 @@ class RoundTrips:
 # same shape with wide bounds, about 3.5% match; there the cost per alert dominates.
 MIXES: dict[str, dict[str, Filters]] = {
     "selective": {
-        "safe": Filters(min_mcap=100_000, max_mcap=2_000_000, min_liquidity=25_000, min_holders=400,
-                        min_win_rate=55, min_channels=2),
-        "balanced": Filters(min_mcap=50_000, max_mcap=1_000_000, min_liquidity=10_000, min_holders=200,
-                            min_win_rate=40, min_avg_gain=2),
+        "safe": Filters(
+            min_mcap=100_000, max_mcap=2_000_000, min_liquidity=25_000, min_holders=400, min_win_rate=55, min_channels=2
+        ),
+        "balanced": Filters(
+            min_mcap=50_000, max_mcap=1_000_000, min_liquidity=10_000, min_holders=200, min_win_rate=40, min_avg_gain=2
+        ),
         "degen": Filters(min_mcap=15_000, max_mcap=300_000, min_holders=50, max_age=30, min_win_rate=20),
     },
     "loose": {
-        "safe": Filters(min_mcap=100_000, max_mcap=2_000_000, min_liquidity=20_000, min_holders=300,
-                        min_win_rate=45, min_channels=2),
-        "balanced": Filters(min_mcap=40_000, max_mcap=1_000_000, min_liquidity=8_000, min_holders=150,
-                            min_win_rate=30, min_avg_gain=1.5),
+        "safe": Filters(
+            min_mcap=100_000, max_mcap=2_000_000, min_liquidity=20_000, min_holders=300, min_win_rate=45, min_channels=2
+        ),
+        "balanced": Filters(
+            min_mcap=40_000, max_mcap=1_000_000, min_liquidity=8_000, min_holders=150, min_win_rate=30, min_avg_gain=1.5
+        ),
         "degen": Filters(min_mcap=10_000, max_mcap=300_000, max_age=60),
     },
 }
@@ -119,7 +123,8 @@ def subscriber_mix(count: int, channel_ids: list[str], mix: str = "selective", s
         else:
             low = rng.choice([20_000, 50_000, 80_000, 150_000])
             filters = Filters(
-                min_mcap=low, max_mcap=low * rng.choice([3, 5] if selective else [5, 10, 30]),
+                min_mcap=low,
+                max_mcap=low * rng.choice([3, 5] if selective else [5, 10, 30]),
                 min_holders=rng.choice([100, 250] if selective else [None, 100, 250]),
                 min_win_rate=rng.choice([35, 45, 55] if selective else [None, 25, 40, 55]),
                 min_avg_gain=rng.choice([None, 1.5, 2.0]),
@@ -157,21 +162,33 @@ def call_frames(events: int, seed: int = 5) -> tuple[list[str], list[dict[str, A
         created = called - timedelta(minutes=rng.expovariate(1 / 90))
         market_cap = _log_uniform(rng, 3_000, 5_000_000)
         token = {
-            "address": f"{token_index:040d}pump", "symbol": f"T{token_index}", "name": f"Token {token_index}",
-            "chain": "solana", "market_cap_usd": round(market_cap, 2),
+            "address": f"{token_index:040d}pump",
+            "symbol": f"T{token_index}",
+            "name": f"Token {token_index}",
+            "chain": "solana",
+            "market_cap_usd": round(market_cap, 2),
             "liquidity_usd": round(market_cap * rng.uniform(0.05, 0.3), 2) if rng.random() < 0.7 else None,
             "holders": int(_log_uniform(rng, 5, 3_000)) if rng.random() < 0.8 else None,
-            "price_usd": market_cap / 1e9, "created_at": created.isoformat().replace("+00:00", "Z")
-            if rng.random() < 0.85 else None,
+            "price_usd": market_cap / 1e9,
+            "created_at": created.isoformat().replace("+00:00", "Z") if rng.random() < 0.85 else None,
         }
         for channel in rng.choices(channels, weights=weights, k=rng.choice([1, 1, 2, 3])):
             if len(frames) == events:
                 break
-            frames.append(json.dumps({
-                "type": "call", "token": token,
-                "channel": {"id": str(channel["id"]), "name": channel.get("name"), "username": channel.get("username")},
-                "called_at": called.isoformat().replace("+00:00", "Z"),
-            }))
+            frames.append(
+                json.dumps(
+                    {
+                        "type": "call",
+                        "token": token,
+                        "channel": {
+                            "id": str(channel["id"]),
+                            "name": channel.get("name"),
+                            "username": channel.get("username"),
+                        },
+                        "called_at": called.isoformat().replace("+00:00", "Z"),
+                    }
+                )
+            )
             called += timedelta(minutes=rng.uniform(1, 30))
     return frames, channels
 
@@ -192,9 +209,16 @@ class Row:
         p50 = statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
         p99 = sorted(self.latencies_ms)[int(0.99 * (len(self.latencies_ms) - 1))] if self.latencies_ms else float("nan")
         return [
-            self.engine, self.mix, f"{self.subscribers:,}", f"{self.events:,}", f"{self.events / self.seconds:,.0f}",
-            f"{self.round_trips / self.events:.2f}", f"{self.commands / self.events:.2f}", f"{p50:.2f}",
-            f"{p99:.2f}", f"{self.alerts / self.events:.1f}",
+            self.engine,
+            self.mix,
+            f"{self.subscribers:,}",
+            f"{self.events:,}",
+            f"{self.events / self.seconds:,.0f}",
+            f"{self.round_trips / self.events:.2f}",
+            f"{self.commands / self.events:.2f}",
+            f"{p50:.2f}",
+            f"{p99:.2f}",
+            f"{self.alerts / self.events:.1f}",
         ]
 
 
@@ -229,8 +253,15 @@ class StreamDrain:
             self.commands += 1
 
 
-async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber], frames: list[str],
-                       channel_frames: list[dict[str, Any]], *, outbox: bool = False) -> Row:
+async def run_pipeline(
+    mix: str,
+    url: str | None,
+    subscribers: list[Subscriber],
+    frames: list[str],
+    channel_frames: list[dict[str, Any]],
+    *,
+    outbox: bool = False,
+) -> Row:
     manager = RedisManager.from_url(url)
     await manager.start()
     await manager.client.flushdb(asynchronous=True)
@@ -257,7 +288,11 @@ async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber],
         drain = StreamDrain(manager)
         await drain.start()
     service = NotificationService(
-        index=index, ledger=AlertLedger(manager), channels=directory, outbox=alert_outbox, deliver=deliver,
+        index=index,
+        ledger=AlertLedger(manager),
+        channels=directory,
+        outbox=alert_outbox,
+        deliver=deliver,
         clock=lambda: NOW,
     )
     for frame in channel_frames:
@@ -307,12 +342,22 @@ async def run_pipeline(mix: str, url: str | None, subscribers: list[Subscriber],
     if bot is not None:
         await bot.session.close()
     await manager.close()
-    return Row("pipeline + outbox" if outbox else "vectorised pipeline", mix, len(subscribers), len(frames), seconds, trips, max(commands, 0), flood_alerts,
-               list(latencies))
+    return Row(
+        "pipeline + outbox" if outbox else "vectorised pipeline",
+        mix,
+        len(subscribers),
+        len(frames),
+        seconds,
+        trips,
+        max(commands, 0),
+        flood_alerts,
+        list(latencies),
+    )
 
 
-async def run_per_subscriber_loop(mix: str, url: str | None, subscribers: list[Subscriber], frames: list[str],
-                                  channel_frames: list[dict[str, Any]]) -> Row:
+async def run_per_subscriber_loop(
+    mix: str, url: str | None, subscribers: list[Subscriber], frames: list[str], channel_frames: list[dict[str, Any]]
+) -> Row:
     """The original design: one Redis lookup (and one write) per subscriber per token."""
     manager = RedisManager.from_url(url)
     await manager.start()
@@ -320,8 +365,9 @@ async def run_per_subscriber_loop(mix: str, url: str | None, subscribers: list[S
     await client.flushdb(asynchronous=True)
     stats: dict[str, ChannelFacts] = {}
     for frame in channel_frames:
-        stats[str(frame["id"])] = ChannelFacts.build(str(frame["id"]), frame.get("username"), frame.get("win_rate"),
-                                                     frame.get("avg_gain"))
+        stats[str(frame["id"])] = ChannelFacts.build(
+            str(frame["id"]), frame.get("username"), frame.get("win_rate"), frame.get("avg_gain")
+        )
     latencies: list[float] = []
     alerts = 0
     commands_before = await redis_commands(client) if url else 0
@@ -333,7 +379,9 @@ async def run_per_subscriber_loop(mix: str, url: str | None, subscribers: list[S
         assert isinstance(event, CallEvent)
         token = event.token
         facts = TokenFacts(token.market_cap_usd, token.liquidity_usd, token.holders, token.created_at)
-        channel = stats.get(event.channel.id) or ChannelFacts.build(event.channel.id, event.channel.username, None, None)
+        channel = stats.get(event.channel.id) or ChannelFacts.build(
+            event.channel.id, event.channel.username, None, None
+        )
         for subscriber in subscribers:
             key = f"processed_token:{token.address}:{subscriber.telegram_id}"
             record = await client.get(key)
@@ -342,18 +390,22 @@ async def run_per_subscriber_loop(mix: str, url: str | None, subscribers: list[S
                 continue
             callers = [stats.get(c) or ChannelFacts.build(c, None, None, None) for c in checked] + [channel]
             if subscriber.receives_alerts(NOW) and token_matches(subscriber.filters, facts, event.called_at, callers):
-                await client.set(key, json.dumps({"status": "accepted", "channels_checked": checked + [channel.id]}),
-                                 ex=14 * 86400)
+                await client.set(
+                    key, json.dumps({"status": "accepted", "channels_checked": checked + [channel.id]}), ex=14 * 86400
+                )
                 alerts += 1
                 latencies.append((time.perf_counter() - received) * 1000)
             else:
-                await client.set(key, json.dumps({"status": "rejected", "channels_checked": checked + [channel.id]}),
-                                 ex=3600)
+                await client.set(
+                    key, json.dumps({"status": "rejected", "channels_checked": checked + [channel.id]}), ex=3600
+                )
     seconds = time.perf_counter() - started
     trips = RoundTrips.count - trips_before
     commands = (await redis_commands(client) - commands_before - 1) if url else 0
     await manager.close()
-    return Row("per-subscriber loop", mix, len(subscribers), len(frames), seconds, trips, max(commands, 0), alerts, latencies)
+    return Row(
+        "per-subscriber loop", mix, len(subscribers), len(frames), seconds, trips, max(commands, 0), alerts, latencies
+    )
 
 
 def default_redis_url() -> str | None:
@@ -368,8 +420,18 @@ def default_redis_url() -> str | None:
 
 
 def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
-    header = ["engine", "mix", "subscribers", "events", "events/s", "round trips/event", "commands/event",
-              "p50 ms", "p99 ms", "alerts/event"]
+    header = [
+        "engine",
+        "mix",
+        "subscribers",
+        "events",
+        "events/s",
+        "round trips/event",
+        "commands/event",
+        "p50 ms",
+        "p99 ms",
+        "alerts/event",
+    ]
     print_markdown(header, [row.cells() for row in rows], out)
 
 
@@ -377,8 +439,12 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--events", type=int, default=3_000, help="call events for the pipeline")
-    parser.add_argument("--baseline-budget", type=int, default=60_000,
-                        help="subscriber-checks the per-subscriber loop may do per size (it is slow)")
+    parser.add_argument(
+        "--baseline-budget",
+        type=int,
+        default=60_000,
+        help="subscriber-checks the per-subscriber loop may do per size (it is slow)",
+    )
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--engines", default="pipeline,loop", help="of pipeline, outbox, loop (see above)")
     args = parser.parse_args(argv)
@@ -398,8 +464,9 @@ async def main(argv: list[str] | None = None) -> int:
         if "loop" in engines:
             subscribers = subscriber_mix(size, channel_ids, "selective")
             baseline_events = max(3, min(args.events, args.baseline_budget // size))
-            rows.append(await run_per_subscriber_loop("selective", url, subscribers, frames[:baseline_events],
-                                                      channel_frames))
+            rows.append(
+                await run_per_subscriber_loop("selective", url, subscribers, frames[:baseline_events], channel_frames)
+            )
     print_table(rows)
     return 0
 

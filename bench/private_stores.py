@@ -76,9 +76,26 @@ class PrivateRedis:
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - the child holds it
         try:
             self._process = await asyncio.create_subprocess_exec(
-                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
-                "--protected-mode", "yes", stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
             )
         finally:
             log.close()
@@ -87,8 +104,9 @@ class PrivateRedis:
             async with asyncio.timeout(START_TIMEOUT):
                 while True:
                     if self._process.returncode is not None:
-                        raise RuntimeError(f"redis-server exited with {self._process.returncode}; "
-                                           f"see {self.folder / 'redis.log'}")
+                        raise RuntimeError(
+                            f"redis-server exited with {self._process.returncode}; see {self.folder / 'redis.log'}"
+                        )
                     with contextlib.suppress(Exception):
                         if await client.ping():
                             return
@@ -125,26 +143,46 @@ class PrivatePostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str) -> None:
-        subprocess.run([str(self.bin / args[0]), *args[1:]], check=True, user=self._user, timeout=START_TIMEOUT + 30,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            check=True,
+            user=self._user,
+            timeout=START_TIMEOUT + 30,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     async def start(self) -> None:
         if not self.data.exists():
             self.folder.mkdir(parents=True, exist_ok=True)
             if self._user is not None:
                 shutil.chown(self.folder, self._user)
-            await asyncio.to_thread(self._run, "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                                    "-E", "UTF8", "--no-sync")
+            await asyncio.to_thread(
+                self._run, "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+            )
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c max_connections=200"
-        await asyncio.to_thread(self._run, "pg_ctl", "-D", str(self.data), "-l", str(self.folder / "postgres.log"),
-                                "-w", "-t", str(int(START_TIMEOUT)), "-o", options, "start")
+        await asyncio.to_thread(
+            self._run,
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "postgres.log"),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "-o",
+            options,
+            "start",
+        )
 
     async def stop(self, mode: str = "fast") -> None:
         """pg_ctl stop: `fast` closes every connection and shuts down cleanly, as a restart does."""
         if not (self.data / "postmaster.pid").exists():
             return
-        await asyncio.to_thread(self._run, "pg_ctl", "-D", str(self.data), "-m", mode, "-w",
-                                "-t", str(int(STOP_TIMEOUT)), "stop")
+        await asyncio.to_thread(
+            self._run, "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(int(STOP_TIMEOUT)), "stop"
+        )
 
     async def create_database(self, name: str) -> str:
         conn = await asyncpg.connect(self.dsn(), timeout=10)

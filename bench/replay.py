@@ -54,13 +54,20 @@ def build_filters(values: dict[str, str]) -> Filters:
     return filters
 
 
-def synthetic_day(tokens: int, channels: int, prices_per_token: int, seed: int = 7
-                  ) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+def synthetic_day(
+    tokens: int, channels: int, prices_per_token: int, seed: int = 7
+) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
     """Rows for channels, tokens, calls and token_prices, as the persistence writer stores them."""
     rng = random.Random(seed)
     channel_rows = [
-        (f"-100{1_000_000 + i}", f"Channel {i}", f"chan{i}", round(rng.uniform(0.05, 0.9), 3),
-         round(rng.uniform(0.5, 6), 2), rng.randint(10, 500))
+        (
+            f"-100{1_000_000 + i}",
+            f"Channel {i}",
+            f"chan{i}",
+            round(rng.uniform(0.05, 0.9), 3),
+            round(rng.uniform(0.5, 6), 2),
+            rng.randint(10, 500),
+        )
         for i in range(channels)
     ]
     token_rows, call_rows, price_rows = [], [], []
@@ -74,8 +81,17 @@ def synthetic_day(tokens: int, channels: int, prices_per_token: int, seed: int =
         at = first
         for channel in callers:
             drift = rng.uniform(0.8, 1.3)
-            call_rows.append((address, channel[0], at, mcap * drift, price * drift, mcap * rng.uniform(0.1, 0.3),
-                              rng.randint(20, 2000)))
+            call_rows.append(
+                (
+                    address,
+                    channel[0],
+                    at,
+                    mcap * drift,
+                    price * drift,
+                    mcap * rng.uniform(0.1, 0.3),
+                    rng.randint(20, 2000),
+                )
+            )
             at += timedelta(seconds=rng.uniform(5, 1800))
         level = price
         for k in range(prices_per_token):
@@ -91,15 +107,29 @@ async def fill(dsn: str, tokens: int, channels: int, prices_per_token: int) -> t
     conn = await asyncpg.connect(dsn)
     try:
         await conn.copy_records_to_table(
-            "channels", records=channel_rows, columns=["id", "name", "username", "win_rate", "avg_gain", "calls"])
+            "channels", records=channel_rows, columns=["id", "name", "username", "win_rate", "avg_gain", "calls"]
+        )
         await conn.copy_records_to_table("tokens", records=token_rows, columns=["address", "symbol", "created_at"])
-        await conn.copy_records_to_table("calls", records=call_rows, columns=[
-            "token_address", "channel_id", "called_at", "market_cap_usd", "price_usd", "liquidity_usd", "holders"])
         await conn.copy_records_to_table(
-            "token_prices", records=price_rows, columns=["token_address", "ts", "price_usd", "market_cap_usd"])
+            "calls",
+            records=call_rows,
+            columns=[
+                "token_address",
+                "channel_id",
+                "called_at",
+                "market_cap_usd",
+                "price_usd",
+                "liquidity_usd",
+                "holders",
+            ],
+        )
+        await conn.copy_records_to_table(
+            "token_prices", records=price_rows, columns=["token_address", "ts", "price_usd", "market_cap_usd"]
+        )
         # History counts as recorded for the whole day (migration 0003 "ran" two days ago).
-        await conn.execute("UPDATE schema_migrations SET applied_at = $1 WHERE name = 'replay_history'",
-                           NOW - timedelta(days=2))
+        await conn.execute(
+            "UPDATE schema_migrations SET applied_at = $1 WHERE name = 'replay_history'", NOW - timedelta(days=2)
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -124,9 +154,17 @@ async def measure(dsn: str, repeat: int) -> tuple[float, list[list[str]]]:
                 started = time.perf_counter()
                 result = replay(filters, day.calls, day.prices, day.channels, window_start=day.start)
                 timings.append((time.perf_counter() - started) * 1000)
-            rows.append([name, f"{len(day.calls):,}", f"{sum(len(p) for p in day.prices.values()):,}",
-                         f"{load_ms:,.0f}", f"{statistics.median(timings):,.1f}", f"{result.alerts:,}",
-                         f"{result.reached_2x:,}"])
+            rows.append(
+                [
+                    name,
+                    f"{len(day.calls):,}",
+                    f"{sum(len(p) for p in day.prices.values()):,}",
+                    f"{load_ms:,.0f}",
+                    f"{statistics.median(timings):,.1f}",
+                    f"{result.alerts:,}",
+                    f"{result.reached_2x:,}",
+                ]
+            )
         return load_ms, rows
     finally:
         await postgres.close()
@@ -167,8 +205,11 @@ async def main(argv: list[str] | None = None) -> int:
     try:
         await apply_migrations(dsn)
         calls, prices = await fill(dsn, args.tokens, args.channels, args.prices_per_token)
-        print(f"day: {args.tokens:,} tokens, {calls:,} calls, {prices:,} price updates, {args.channels} channels; "
-              f"median of {args.repeat} runs", file=sys.stderr)
+        print(
+            f"day: {args.tokens:,} tokens, {calls:,} calls, {prices:,} price updates, {args.channels} channels; "
+            f"median of {args.repeat} runs",
+            file=sys.stderr,
+        )
         _, rows = await measure(dsn, args.repeat)
         print_markdown(["filters", "calls read", "price points read", "load ms", "replay ms", "alerts", "2x"], rows)
     finally:

@@ -65,9 +65,17 @@ TARGETS = {"first reaction": 300.0, "callback answer": 200.0}
 
 # The user's round of the menus: (what, which), over and over. A press names a button label.
 ROUND: tuple[tuple[str, str], ...] = (
-    ("press", "Filters"), ("press", "Min holders"), ("say", "{value}"), ("press", "Back"),
-    ("say", "/status"), ("press", "Back"), ("press", "Help"), ("press", "Back"), ("say", "/filters"),
-    ("press", "Language"), ("press", "English"),
+    ("press", "Filters"),
+    ("press", "Min holders"),
+    ("say", "{value}"),
+    ("press", "Back"),
+    ("say", "/status"),
+    ("press", "Back"),
+    ("press", "Help"),
+    ("press", "Back"),
+    ("say", "/filters"),
+    ("press", "Language"),
+    ("press", "English"),
 )
 
 
@@ -234,18 +242,25 @@ async def empty_redis(url: str) -> None:
         await client.aclose()
 
 
-async def run(script: Script, chats: int, redis_url: str | None, database_url: str | None
-              ) -> tuple[Measured, ServerResult, int]:
+async def run(
+    script: Script, chats: int, redis_url: str | None, database_url: str | None
+) -> tuple[Measured, ServerResult, int]:
     work = Path(tempfile.mkdtemp(prefix="abbench"))
     if redis_url is not None:
         await empty_redis(redis_url)
     companion = functools.partial(scripted_user, script)
-    async with fresh_database(database_url) as dsn, \
-            BotApiProcess(limits=RateLimits(), companion=companion) as api:
+    async with fresh_database(database_url) as dsn, BotApiProcess(limits=RateLimits(), companion=companion) as api:
         assert api.base_url is not None
         settings = Settings(
-            _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=api.base_url, redis_url=redis_url,
-            database_url=dsn, webhook_url=None, stream_url=None, http_port=_free_port(), log_dir=work / "logs",
+            _env_file=None,
+            bot_token=DEFAULT_TOKEN,
+            telegram_api_url=api.base_url,
+            redis_url=redis_url,
+            database_url=dsn,
+            webhook_url=None,
+            stream_url=None,
+            http_port=_free_port(),
+            log_dir=work / "logs",
         )
         runtime = Runtime(settings, data_dir=work, ephemeral_data=True)
         runtime.shutdown_drain_seconds = 0.5
@@ -289,11 +304,19 @@ def rows(measured: Measured) -> list[list[str]]:
         target = TARGETS.get(name)
         p95 = percentile(got, 0.95) if got else None
         verdict = "-" if target is None or p95 is None else ("met" if p95 < target else "MISSED")
-        table.append([
-            name, of, f"{len(got)}", f"{len(values) - len(got)}",
-            f"{percentile(got, 0.5):.0f}" if got else "-", f"{p95:.0f}" if p95 is not None else "-",
-            f"{max(got):.0f}" if got else "-", f"< {target:.0f}" if target else "-", verdict,
-        ])
+        table.append(
+            [
+                name,
+                of,
+                f"{len(got)}",
+                f"{len(values) - len(got)}",
+                f"{percentile(got, 0.5):.0f}" if got else "-",
+                f"{p95:.0f}" if p95 is not None else "-",
+                f"{max(got):.0f}" if got else "-",
+                f"< {target:.0f}" if target else "-",
+                verdict,
+            ]
+        )
     return table
 
 
@@ -302,12 +325,15 @@ def print_report(measured: Measured, result: ServerResult, chats: int) -> None:
     seconds = measured.ended - measured.started
     user_alerts = sum(1 for a in window if a.chat_id == USER)
     print_markdown(
-        ["time to", "of", "samples", "missing", "p50 ms", "p95 ms", "max ms", "target p95", "verdict"], rows(measured))
+        ["time to", "of", "samples", "missing", "p50 ms", "p95 ms", "max ms", "target p95", "verdict"], rows(measured)
+    )
     print()
-    print(f"during the {seconds:.0f} s the user acted: {len(window) / seconds:.1f} messages/s accepted "
-          f"(to {len({a.chat_id for a in window}):,} chats; {user_alerts} to the user, alerts and digests "
-          f"and replies), 429s from the server: {result.stats['rejected_429']}, "
-          f"edits: {result.stats['edited']}, callback answers: {result.stats['callbacks_answered']}")
+    print(
+        f"during the {seconds:.0f} s the user acted: {len(window) / seconds:.1f} messages/s accepted "
+        f"(to {len({a.chat_id for a in window}):,} chats; {user_alerts} to the user, alerts and digests "
+        f"and replies), 429s from the server: {result.stats['rejected_429']}, "
+        f"edits: {result.stats['edited']}, callback answers: {result.stats['callbacks_answered']}"
+    )
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -315,10 +341,16 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--actions", type=int, default=None, help="the user's actions (default 120; --quick 33)")
     parser.add_argument("--chats", type=int, default=2_000, help="other chats the broadcast goes to")
     parser.add_argument("--think", type=float, default=1.0, help="seconds the user waits after each reaction")
-    parser.add_argument("--redis-url", default=None,
-                        help="a Redis database (not 0) the bench empties and uses (default: the in-memory stand-in)")
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help="PostgreSQL server for a fresh database (default: DATABASE_URL, else embedded)")
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="a Redis database (not 0) the bench empties and uses (default: the in-memory stand-in)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="PostgreSQL server for a fresh database (default: DATABASE_URL, else embedded)",
+    )
     parser.add_argument("--quick", action="store_true", help="a shorter run, for a check")
     args = parser.parse_args(argv)
     actions = args.actions if args.actions is not None else (33 if args.quick else 120)
@@ -327,8 +359,9 @@ async def main(argv: list[str] | None = None) -> int:
     if args.redis_url is not None and redis_database(args.redis_url) == 0:
         parser.error("--redis-url: name a database of the bench's own, not 0 (the bench empties it), e.g. .../5")
     started = time.perf_counter()
-    measured, result, submitted = await run(Script(USER, actions, args.think), args.chats, args.redis_url,
-                                            args.database_url)
+    measured, result, submitted = await run(
+        Script(USER, actions, args.think), args.chats, args.redis_url, args.database_url
+    )
     print(f"{submitted:,} alerts submitted; run took {time.perf_counter() - started:.0f} s", file=sys.stderr)
     print_report(measured, result, args.chats)
     return 0

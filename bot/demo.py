@@ -69,8 +69,12 @@ def _show(out: TextIO, who: str, message: str, markup: dict[str, Any] | None = N
 # Alice types commands and presses the buttons the bot sent her, as a user would; the number is
 # how many new messages the bot answers with (a press that edits its message answers with none).
 CONVERSATION: tuple[tuple[str, str, int], ...] = (
-    ("say", "/start", 1), ("press", "🎯 Filters", 0), ("press", "Min win rate", 0), ("say", "40", 1),
-    ("say", "/set min_mcap 50k", 1), ("say", "/filters", 1),
+    ("say", "/start", 1),
+    ("press", "🎯 Filters", 0),
+    ("press", "Min win rate", 0),
+    ("say", "40", 1),
+    ("say", "/set min_mcap 50k", 1),
+    ("say", "/filters", 1),
 )
 
 
@@ -112,8 +116,9 @@ async def _exchange(telegram: FakeTelegramServer, out: TextIO, action: str, valu
             # The press is answered first, then its message edited: show it as edited.
             await telegram.wait_for(lambda: _edits(telegram, pressed) > edited, timeout=REPLY_TIMEOUT)
             shown.append(pressed)
-    await telegram.wait_for(lambda: len(telegram.messages_to(DEMO_USER_ID)) >= sent_before + replies,
-                            timeout=REPLY_TIMEOUT)
+    await telegram.wait_for(
+        lambda: len(telegram.messages_to(DEMO_USER_ID)) >= sent_before + replies, timeout=REPLY_TIMEOUT
+    )
     shown += [record.message_id for record in telegram.messages_to(DEMO_USER_ID)[sent_before:]]
     for message_id in shown:
         message = telegram.message(DEMO_USER_ID, message_id) or {}
@@ -141,9 +146,16 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
     frames = load_sample()
     async with FakeTelegramServer() as telegram, FeedServer(frames, interval=FEED_INTERVAL) as feed:
         settings = Settings(
-            _env_file=None, bot_token=DEMO_TOKEN, telegram_api_url=telegram.base_url, redis_url=None,
-            database_url=None, webhook_url=None, stream_url=feed.url, admin_ids=[DEMO_ADMIN],
-            http_port=_free_port(), log_dir=work / "logs",
+            _env_file=None,
+            bot_token=DEMO_TOKEN,
+            telegram_api_url=telegram.base_url,
+            redis_url=None,
+            database_url=None,
+            webhook_url=None,
+            stream_url=feed.url,
+            admin_ids=[DEMO_ADMIN],
+            http_port=_free_port(),
+            log_dir=work / "logs",
         )
         setup_logging(settings.log_dir, settings.secrets(), console_level=None)
         runtime = Runtime(settings, data_dir=work, ephemeral_data=True)
@@ -157,8 +169,9 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
         try:
             names = await _subscribers(runtime)
             for telegram_id, name, typed in DEMO_SUBSCRIBERS:
-                print(f"  subscriber {name} ({telegram_id}): " + ", ".join(f"{k} {v}" for k, v in typed.items()),
-                      file=out)
+                print(
+                    f"  subscriber {name} ({telegram_id}): " + ", ".join(f"{k} {v}" for k, v in typed.items()), file=out
+                )
             print("", file=out)
             shown = 0
 
@@ -188,15 +201,21 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             assert runtime.service is not None
             stats = runtime.service.stats
             print("Summary", file=out)
-            print(f"  frames read        : {stream.stats.frames:,} ({stream.stats.events:,} events, "
-                  f"{stream.stats.malformed} malformed)", file=out)
+            print(
+                f"  frames read        : {stream.stats.frames:,} ({stream.stats.events:,} events, "
+                f"{stream.stats.malformed} malformed)",
+                file=out,
+            )
             print(f"  calls processed    : {stats.calls:,}", file=out)
             for telegram_id, name in names.items():
                 count = len(telegram.messages_to(telegram_id))
                 print(f"  alerts to {name:<17}: {count}", file=out)
             p50, p99 = (stats.latency_percentile(share) for share in (0.5, 0.99))
-            print(f"  frame → sender     : p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
-                  f"p99 {p99 if p99 is not None else float('nan'):.2f} ms", file=out)
+            print(
+                f"  frame → sender     : p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
+                f"p99 {p99 if p99 is not None else float('nan'):.2f} ms",
+                file=out,
+            )
             print(f"  Telegram 429s      : {telegram.stats.rejected_429}", file=out)
         finally:
             await runtime.stop()

@@ -66,17 +66,23 @@ def languages(current: str) -> InlineKeyboardMarkup:
 
 
 def privacy(language: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup(inline_keyboard=[
-        [_button(text("button_delete_data", language), PrivacyCB(action="ask").pack())],
-        back_row(language),
-    ])
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [_button(text("button_delete_data", language), PrivacyCB(action="ask").pack())],
+            back_row(language),
+        ]
+    )
 
 
 def privacy_confirm(language: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup(inline_keyboard=[[
-        _button(text("button_delete_confirm", language), PrivacyCB(action="confirm").pack()),
-        _button(text("button_cancel", language), PrivacyCB(action="cancel").pack()),
-    ]])
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                _button(text("button_delete_confirm", language), PrivacyCB(action="confirm").pack()),
+                _button(text("button_cancel", language), PrivacyCB(action="cancel").pack()),
+            ]
+        ]
+    )
 
 
 def plans(codes_and_titles: Sequence[tuple[str, str]], language: str) -> InlineKeyboardMarkup:

@@ -57,9 +57,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(
-    log_dir: Path, secrets: Iterable[str] = (), *, console_level: int | None = logging.INFO
-) -> None:
+def setup_logging(log_dir: Path, secrets: Iterable[str] = (), *, console_level: int | None = logging.INFO) -> None:
     """Route every alertbot logger to its file; `console_level=None` keeps the terminal quiet."""
     log_dir.mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

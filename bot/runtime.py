@@ -63,13 +63,25 @@ DEFAULT_DATA_DIR = Path("./data")
 
 # The command menu Telegram shows, in the order shown; descriptions are texts "cmd_<command>".
 MENU_COMMANDS: tuple[str, ...] = (
-    "start", "settings", "filters", "presets", "status", "plans", "pause", "resume", "language", "help",
-    "privacy", "paysupport",
+    "start",
+    "settings",
+    "filters",
+    "presets",
+    "status",
+    "plans",
+    "pause",
+    "resume",
+    "language",
+    "help",
+    "privacy",
+    "paysupport",
 )
 
 
 def bot_commands(language: str) -> list[BotCommand]:
     return [BotCommand(command=name, description=text(f"cmd_{name}", language)) for name in MENU_COMMANDS]
+
+
 PIPELINE_WORKERS = 4
 API_CONCURRENCY = 10
 # Alerts of the last 14 days, to rebuild the dedup records when Redis starts empty (embedded).
@@ -151,8 +163,11 @@ class Runtime:
         parts["postgres"] = await self.postgres.health() if self.postgres else {"status": "down"}
         if self.streams:
             states = [stream.health() for stream in self.streams]
-            parts["stream"] = states[0] if len(states) == 1 else {
-                "status": "ok" if all(s["status"] == "ok" for s in states) else "degraded", "feeds": states}
+            parts["stream"] = (
+                states[0]
+                if len(states) == 1
+                else {"status": "ok" if all(s["status"] == "ok" for s in states) else "degraded", "feeds": states}
+            )
         else:
             parts["stream"] = {"status": "off", "reason": "STREAM_URL and PUMPPORTAL_URL are unset"}
         parts["queue"] = self.queue.health()
@@ -208,8 +223,12 @@ class Runtime:
             self._stack.push_async_callback(self.bot.session.close)
             await self._start_pipeline()
             self.dispatcher = build_dispatcher(
-                settings=self.settings, redis=self.redis, postgres=self.postgres, metrics=self.metrics,
-                store=self.store, sender=self.sender,
+                settings=self.settings,
+                redis=self.redis,
+                postgres=self.postgres,
+                metrics=self.metrics,
+                store=self.store,
+                sender=self.sender,
             )
             await self._start_http()
             # The default list in English, and each language's own for users whose Telegram
@@ -241,9 +260,12 @@ class Runtime:
             logger.info("rebuilt %d alert records from PostgreSQL into the embedded Redis", seeded)
         settings = self.settings
         self.sender = AlertSender(
-            self.bot, on_gone=self._recipient_gone, paid_broadcast=settings.paid_broadcast,
-            digest=DigestPolicy(self._render_digest, threshold=settings.alert_digest_threshold,
-                                max_delay=settings.alert_max_delay),
+            self.bot,
+            on_gone=self._recipient_gone,
+            paid_broadcast=settings.paid_broadcast,
+            digest=DigestPolicy(
+                self._render_digest, threshold=settings.alert_digest_threshold, max_delay=settings.alert_max_delay
+            ),
         )
         await self.sender.start()
         for middleware in self.bot.session.middleware:
@@ -254,15 +276,20 @@ class Runtime:
         self._stack.push_async_callback(self._stop_delivery)
         channels = ChannelDirectory(self.redis, self.postgres, self.caches, self.persistence)
         self.service = NotificationService(
-            index=self.index, ledger=ledger, channels=channels, outbox=AlertRenderer(self.delivery, self.index),
+            index=self.index,
+            ledger=ledger,
+            channels=channels,
+            outbox=AlertRenderer(self.delivery, self.index),
             persistence=self.persistence,
         )
         self.workers = ProcessingWorkers(self.queue, self.service, self.pipeline_workers)
         await self.workers.start()
         self._stack.push_async_callback(self.workers.stop)
         components = {
-            "pipeline": self.service.stats.numbers, "queue": lambda: self.queue.stats.__dict__,
-            "sender": self.sender.stats, "cache": self.caches.stats,
+            "pipeline": self.service.stats.numbers,
+            "queue": lambda: self.queue.stats.__dict__,
+            "sender": self.sender.stats,
+            "cache": self.caches.stats,
             "delivery": lambda: self.delivery.stats.__dict__ if self.delivery else {},
             "persistence": lambda: self.persistence.stats.__dict__ if self.persistence else {},
         }
@@ -305,19 +332,30 @@ class Runtime:
         settings = self.settings
         streams: list[StreamManager] = []
         if settings.stream_url:
-            streams.append(StreamManager(
-                settings.stream_url, parse_alert_frame, self.queue.put, poll_url=settings.stream_poll_url, name="feed",
-                **self.stream_options,
-            ))
+            streams.append(
+                StreamManager(
+                    settings.stream_url,
+                    parse_alert_frame,
+                    self.queue.put,
+                    poll_url=settings.stream_poll_url,
+                    name="feed",
+                    **self.stream_options,
+                )
+            )
         if settings.pumpportal_url:
             key = settings.pumpportal_api_key.get_secret_value() if settings.pumpportal_api_key else None
             # PumpPortal prices tokens in SOL; the USD figures use Pyth's SOL/USD read through the
             # operator's own SOLANA_RPC_URL (unknown, so None, until the first good read).
             self.sol_price = SolPriceSource(settings.solana_rpc_url, self.api_limit)
-            streams.append(StreamManager(
-                pumpportal_url(settings.pumpportal_url, key), pumpportal_parser(self.sol_price.current),
-                self.queue.put, name="pumpportal", **self.stream_options,
-            ))
+            streams.append(
+                StreamManager(
+                    pumpportal_url(settings.pumpportal_url, key),
+                    pumpportal_parser(self.sol_price.current),
+                    self.queue.put,
+                    name="pumpportal",
+                    **self.stream_options,
+                )
+            )
         return streams
 
     async def _start_streams(self) -> None:
@@ -331,8 +369,7 @@ class Runtime:
                 await stream.subscribe("subscribeMigration")
             await stream.start()
             self._stack.push_async_callback(stream.stop)
-        self.metrics.components.add("stream", lambda: {
-            k: v for s in self.streams for k, v in s.stats.__dict__.items()})
+        self.metrics.components.add("stream", lambda: {k: v for s in self.streams for k, v in s.stats.__dict__.items()})
 
     async def _start_http(self) -> None:
         assert self.bot is not None and self.dispatcher is not None
@@ -379,11 +416,15 @@ class Runtime:
 
     async def drained(self, timeout: float = 30.0) -> None:
         """Wait until every frame read so far is processed and every alert handed to Telegram."""
+
         async def settled() -> None:
             while True:
-                busy = (self.queue.qsize() or (self.workers and not self.workers.idle)
-                        or (self.sender and self.sender.pending())
-                        or (self.delivery and await self.delivery.backlog()))
+                busy = (
+                    self.queue.qsize()
+                    or (self.workers and not self.workers.idle)
+                    or (self.sender and self.sender.pending())
+                    or (self.delivery and await self.delivery.backlog())
+                )
                 if not busy:
                     return
                 await asyncio.sleep(0.02)

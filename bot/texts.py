@@ -153,8 +153,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "stale_button": "This button is out of date; here is the menu again.",
         "filters_screen_hint": "Tap a filter to change it.",
         "ask_value": (
-            "Send the new value for <b>{label}</b> (<code>{name}</code>).\n"
-            "Accepted: {accepted}\nNow: {current}"
+            "Send the new value for <b>{label}</b> (<code>{name}</code>).\nAccepted: {accepted}\nNow: {current}"
         ),
         "value_not_set": "not set",
         "flow_try_again": "Send another value, or press Cancel.",
@@ -237,8 +236,8 @@ TEXTS: dict[str, dict[str, str]] = {
             "see /presets for the others."
         ),
         "setpreset_usage": (
-            "<b>Usage:</b> <code>/setpreset CODE \"Title\" [\"Description\"] NAME=VALUE ...</code>\n"
-            "e.g. <code>/setpreset safe \"Safe\" min_mcap=50k min_liquidity=15k min_win_rate=45</code>\n"
+            '<b>Usage:</b> <code>/setpreset CODE "Title" ["Description"] NAME=VALUE ...</code>\n'
+            'e.g. <code>/setpreset safe "Safe" min_mcap=50k min_liquidity=15k min_win_rate=45</code>\n'
             "CODE: 1 to 24 of a-z, 0-9, _. The filters listed become the preset's whole set "
             "(names and values as in /set). Without a title or description the preset keeps its own."
         ),
@@ -295,8 +294,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "<b>Фильтры и допустимые значения:</b>\n{filters}"
         ),
         "unset_usage": (
-            "<b>Как использовать:</b> <code>/unset ИМЯ</code>, например <code>/unset min_mcap</code>\n"
-            "Фильтры: {names}"
+            "<b>Как использовать:</b> <code>/unset ИМЯ</code>, например <code>/unset min_mcap</code>\nФильтры: {names}"
         ),
         "filter_set": "✅ Сохранено: <code>{name}</code> = {value}",
         "filter_unset": "✅ Убрано: <code>{name}</code>",
@@ -493,8 +491,8 @@ TEXTS: dict[str, dict[str, str]] = {
             "другие пресеты смотрите в /presets."
         ),
         "setpreset_usage": (
-            "<b>Как использовать:</b> <code>/setpreset КОД \"Название\" [\"Описание\"] ИМЯ=ЗНАЧЕНИЕ ...</code>\n"
-            "например <code>/setpreset safe \"Safe\" min_mcap=50k min_liquidity=15k min_win_rate=45</code>\n"
+            '<b>Как использовать:</b> <code>/setpreset КОД "Название" ["Описание"] ИМЯ=ЗНАЧЕНИЕ ...</code>\n'
+            'например <code>/setpreset safe "Safe" min_mcap=50k min_liquidity=15k min_win_rate=45</code>\n'
             "КОД: от 1 до 24 символов a-z, 0-9, _. Перечисленные фильтры становятся всем набором пресета "
             "(имена и значения как в /set). Без названия или описания у пресета остаются прежние."
         ),

@@ -67,7 +67,10 @@ LABELS: dict[str, dict[str, str]] = {
         "digest_title": "📦 <b>{n} alerts</b> came faster than Telegram lets a bot send them one by one{part}:",
         "digest_part": " ({i}/{total})",
         "channels_short": "{n} ch.",
-        "s": "s", "m": "m", "h": "h", "d": "d",
+        "s": "s",
+        "m": "m",
+        "h": "h",
+        "d": "d",
     },
     "ru": {
         "mcap": "Капитализация",
@@ -88,7 +91,10 @@ LABELS: dict[str, dict[str, str]] = {
         ),
         "digest_part": " ({i}/{total})",
         "channels_short": "{n} кан.",
-        "s": " с", "m": " мин", "h": " ч", "d": " д",
+        "s": " с",
+        "m": " мин",
+        "h": " ч",
+        "d": " д",
     },
 }
 
@@ -110,9 +116,12 @@ def _clean_chars(text: str) -> str:
             # Keep the joiner only inside an emoji sequence (👨‍💻); elsewhere it hides text.
             previous = out[-1] if out else ""
             following = text[index + 1] if index + 1 < len(text) else ""
-            if previous and following and (
-                unicodedata.category(previous) in ("So", "Sk") or previous == "\ufe0f"
-            ) and unicodedata.category(following) == "So":
+            if (
+                previous
+                and following
+                and (unicodedata.category(previous) in ("So", "Sk") or previous == "\ufe0f")
+                and unicodedata.category(following) == "So"
+            ):
                 out.append(char)
             continue
         if category[0] == "C" or char in _INVISIBLE_LETTERS:
@@ -175,8 +184,12 @@ def format_usd(value: float | None) -> str | None:
     whole = int(Decimal(repr(number)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     if whole < 1000:
         return f"${whole}"
-    for divisor, suffix, places in ((1_000, "K", "0.1"), (1_000_000, "M", "0.01"),
-                                    (1_000_000_000, "B", "0.01"), (1_000_000_000_000, "T", "0.01")):
+    for divisor, suffix, places in (
+        (1_000, "K", "0.1"),
+        (1_000_000, "M", "0.01"),
+        (1_000_000_000, "B", "0.01"),
+        (1_000_000_000_000, "T", "0.01"),
+    ):
         # Decimal half-up: 41250 is "$41.3K" as people round, not float's "$41.2K".
         scaled = (Decimal(repr(number)) / divisor).quantize(Decimal(places), rounding=ROUND_HALF_UP)
         if scaled < 1000:
@@ -352,15 +365,20 @@ def render_alert(
 # ------------------------------------------------------------------ the digest
 
 
-def render_digest_line(token: TokenInfo, callers: Sequence[CallerLine], *, seen_at: datetime,
-                       language: str = "en") -> str:
+def render_digest_line(
+    token: TokenInfo, callers: Sequence[CallerLine], *, seen_at: datetime, language: str = "en"
+) -> str:
     """One alert as a line of a digest: symbol (linked to DexScreener), market cap, channels, time."""
     labels = _labels(language)
     symbol = sanitize(token.symbol, SYMBOL_MAX) or labels["no_symbol"]
     if is_solana_address(token.address):
         symbol = f'<a href="https://dexscreener.com/solana/{token.address}">{symbol}</a>'
-    parts = [f"• <b>{symbol}</b>", format_usd(token.market_cap_usd) or labels["unknown"],
-             labels["channels_short"].format(n=len(_distinct(callers))), _utc(seen_at).strftime("%H:%M UTC")]
+    parts = [
+        f"• <b>{symbol}</b>",
+        format_usd(token.market_cap_usd) or labels["unknown"],
+        labels["channels_short"].format(n=len(_distinct(callers))),
+        _utc(seen_at).strftime("%H:%M UTC"),
+    ]
     line = " · ".join(parts)
     if is_solana_address(token.address):
         line += f"\n  <code>{token.address}</code>"

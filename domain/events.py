@@ -132,8 +132,9 @@ class CallerLine:
     called_at: datetime | None = None
 
     @classmethod
-    def of(cls, channel: ChannelRef, called_at: datetime | None = None,
-           facts: ChannelFacts | None = None) -> CallerLine:
+    def of(
+        cls, channel: ChannelRef, called_at: datetime | None = None, facts: ChannelFacts | None = None
+    ) -> CallerLine:
         """From the call's ChannelRef and the channel's latest statistics (when known)."""
         return cls(
             channel_id=str(channel.id),

@@ -18,7 +18,14 @@ MAX_CHANNELS_IN_FILTER = 100
 # What can be wrong with a typed value; the bot words each in the user's language
 # (texts "reason_<kind>", filled with the error's `values`).
 REASON_KINDS: tuple[str, ...] = (
-    "usd", "whole_number", "minutes", "minutes_range", "percent", "multiple", "channels", "channels_max",
+    "usd",
+    "whole_number",
+    "minutes",
+    "minutes_range",
+    "percent",
+    "multiple",
+    "channels",
+    "channels_max",
 )
 
 
@@ -198,9 +205,7 @@ class Filters:
 
     @property
     def has_channel_filters(self) -> bool:
-        return any(
-            v is not None for v in (self.min_win_rate, self.min_avg_gain, self.channels, self.exclude_channels)
-        )
+        return any(v is not None for v in (self.min_win_rate, self.min_avg_gain, self.channels, self.exclude_channels))
 
 
 def set_filter(filters: Filters, name: str, raw_value: str) -> Filters:
@@ -292,9 +297,7 @@ def passing_channels(filters: Filters, channels: Iterable[ChannelFacts]) -> list
     return [channel for channel in channels if channel_passes(filters, channel)]
 
 
-def token_matches(
-    filters: Filters, token: TokenFacts, called_at: datetime, callers: Iterable[ChannelFacts]
-) -> bool:
+def token_matches(filters: Filters, token: TokenFacts, called_at: datetime, callers: Iterable[ChannelFacts]) -> bool:
     """The whole contract rule: the token passes, and enough distinct calling channels pass."""
     if not token_passes(filters, token, called_at):
         return False

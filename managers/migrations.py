@@ -89,14 +89,10 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
             continue
         match = _FILE_RE.match(path.name)
         if match is None:
-            raise MigrationError(
-                f"{path.name}: a migration file must be named NNNN_description.sql"
-            )
+            raise MigrationError(f"{path.name}: a migration file must be named NNNN_description.sql")
         number = int(match["version"])
         if number in found:
-            raise MigrationError(
-                f"{path.name} and {found[number].filename} have the same number {number}"
-            )
+            raise MigrationError(f"{path.name} and {found[number].filename} have the same number {number}")
         try:
             sql = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -112,7 +108,7 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 def _describe_sql_error(migration: Migration, exc: BaseException) -> str:
-    """"0002_x.sql failed and was rolled back: UndefinedTableError: relation ... (line 3)"."""
+    """ "0002_x.sql failed and was rolled back: UndefinedTableError: relation ... (line 3)"."""
     text = f"{type(exc).__name__}: {exc}"
     position = getattr(exc, "position", None)
     if position:
@@ -177,7 +173,9 @@ async def apply_migrations(
         for version in sorted(set(applied) - known):
             logger.warning(
                 "migration %s_%s is recorded as applied but its file is missing from %s",
-                version, applied[version]["name"], directory,
+                version,
+                applied[version]["name"],
+                directory,
             )
 
         done: list[str] = []
@@ -190,7 +188,9 @@ async def apply_migrations(
                     await conn.execute(migration.sql)
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                        migration.version, migration.name, migration.checksum,
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
                     )
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 message = _describe_sql_error(migration, exc)
@@ -209,9 +209,7 @@ async def apply_migrations(
         await conn.close()
 
 
-async def migration_status(
-    dsn: str, directory: Path = MIGRATIONS_DIR
-) -> list[tuple[str, bool]]:
+async def migration_status(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[tuple[str, bool]]:
     """``[(version, applied), ...]`` for every migration file, in order, followed by any version
     recorded as applied whose file is gone."""
     migrations = discover_migrations(directory)

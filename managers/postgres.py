@@ -150,12 +150,16 @@ class PostgresManager:
             except Exception as exc:
                 logger.error(
                     "cannot open the PostgreSQL pool at %s: %s: %s",
-                    self.safe_dsn, type(exc).__name__, exc,
+                    self.safe_dsn,
+                    type(exc).__name__,
+                    exc,
                 )
                 raise
             logger.info(
                 "PostgreSQL pool open at %s (%d..%d connections)",
-                self.safe_dsn, self.min_size, self.max_size,
+                self.safe_dsn,
+                self.min_size,
+                self.max_size,
             )
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -226,9 +230,7 @@ class PostgresManager:
             self._log_failure("fetchval", query, exc, timeout)
             raise
 
-    async def executemany(
-        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
-    ) -> None:
+    async def executemany(self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None) -> None:
         """Run `query` once per argument tuple, atomically (asyncpg runs it as one batch)."""
         pool = self._require_pool()
         timeout = self.query_timeout if timeout is None else timeout
@@ -273,8 +275,7 @@ class PostgresManager:
         ``error`` is None when ok. Bounded by about twice ``query_timeout``; never raises."""
         pool = self._pool
         if pool is None or pool.is_closing():
-            return {"status": "down", "latency_ms": None, "pool_size": 0, "pool_free": 0,
-                    "error": "not started"}
+            return {"status": "down", "latency_ms": None, "pool_size": 0, "pool_free": 0, "error": "not started"}
         started = time.perf_counter()
 
         async def probe() -> None:

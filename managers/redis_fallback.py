@@ -207,4 +207,3 @@ class FallbackStore:
         if not isinstance(entry.value, kind):
             raise redis.exceptions.ResponseError(WRONGTYPE)
         return entry, entry.value
-

@@ -732,4 +732,3 @@ class RedisManager:
         # Format here so the password can be scrubbed from whatever ended up in the message.
         if logger.isEnabledFor(level):
             logger.log(level, self._redact(msg % args if args else msg), stacklevel=2)
-

@@ -95,7 +95,8 @@ class AccountService:
                    AND r.id <> u.id AND u.referred_by IS NULL
                 RETURNING r.telegram_id
                 """,
-                telegram_id, code,
+                telegram_id,
+                code,
             )
         except PG_FAILURES as exc:
             logger.warning("could not record the referral of %s by code %r: %r", telegram_id, code, exc)
@@ -121,7 +122,8 @@ class AccountService:
                        AND NOT EXISTS (SELECT 1 FROM users WHERE referral_code = $2)
                     RETURNING referral_code
                     """,
-                    telegram_id, code,
+                    telegram_id,
+                    code,
                 )
                 if stored:
                     return str(stored)
@@ -143,7 +145,8 @@ class AccountService:
                        (SELECT count(*) FROM users r WHERE r.referred_by = u.id) AS referred
                   FROM users u WHERE u.telegram_id = $1
                 """,
-                telegram_id, start_of_day(now),
+                telegram_id,
+                start_of_day(now),
             )
         except PG_FAILURES as exc:
             raise StoreUnavailable(f"cannot read {telegram_id}'s figures: {exc!r}") from exc

@@ -32,10 +32,12 @@ class AlertRenderer:
             at = languages.get(language)
             if at is None:
                 at = languages[language] = len(texts)
-                texts.append((
-                    render_alert(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
-                    render_digest_line(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
-                ))
+                texts.append(
+                    (
+                        render_alert(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
+                        render_digest_line(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
+                    )
+                )
             paid = subscriber is not None and subscriber.plan_expires_at is not None
             routes[telegram_id] = (at, int(Lane.PAID_ALERT if paid else Lane.FREE_ALERT))
         # The frame's arrival on the wall clock, so the latency survives a restart in between.

@@ -64,7 +64,10 @@ class ChannelInfo:
 
 class ChannelDirectory:
     def __init__(
-        self, redis: RedisManager, postgres: PostgresManager | None, caches: CacheRegistry,
+        self,
+        redis: RedisManager,
+        postgres: PostgresManager | None,
+        caches: CacheRegistry,
         persistence: PersistenceWriter | None = None,
     ) -> None:
         self.redis = redis
@@ -109,9 +112,12 @@ class ChannelDirectory:
                 return
             for row in rows:
                 info = ChannelInfo(
-                    id=row["id"], name=row["name"], username=row["username"],
+                    id=row["id"],
+                    name=row["name"],
+                    username=row["username"],
                     win_rate=None if row["win_rate"] is None else float(row["win_rate"]),
-                    avg_gain=None if row["avg_gain"] is None else float(row["avg_gain"]), calls=row["calls"],
+                    avg_gain=None if row["avg_gain"] is None else float(row["avg_gain"]),
+                    calls=row["calls"],
                 )
                 found[info.id] = info
                 self.cache.set(info.id, info)

@@ -142,7 +142,9 @@ end
 # end per unsent alert: chat, check ('1'/'0'), n field values, the entry's fields and values. An
 # alert to check whose chat is in the set already (claimed meanwhile by another process, or by a
 # script whose answer timed out) is not added. Reply: alerts added.
-_WRITE_BACK_LUA = _CHECK_TYPES + """
+_WRITE_BACK_LUA = (
+    _CHECK_TYPES
+    + """
 local p = 4
 for i = 1, tonumber(ARGV[3]) do
   redis.call('HSETNX', KEYS[1], ARGV[p], ARGV[p + 1])
@@ -167,6 +169,7 @@ end
 if claims > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 return added
 """
+)
 
 
 def processed_key(token: str) -> str:
@@ -292,12 +295,19 @@ class AlertLedger:
                 results[i] = ClaimResult({}, [], claimed=False, error=exc)
         try:
             async with self.redis.guarded() as client:
-                replies = await self._eval_many(client, self._record_script, [
-                    ([token_calls_key(requests[i].token), processed_key(requests[i].token), STREAM_KEY], args)
-                    for i, _, args in calls])
+                replies = await self._eval_many(
+                    client,
+                    self._record_script,
+                    [
+                        ([token_calls_key(requests[i].token), processed_key(requests[i].token), STREAM_KEY], args)
+                        for i, _, args in calls
+                    ],
+                )
         except RedisUnavailable:
-            return [result if result is not None else self._decide_locally(request)
-                    for request, result in zip(requests, results)]
+            return [
+                result if result is not None else self._decide_locally(request)
+                for request, result in zip(requests, results)
+            ]
         for (i, sent, _), reply in zip(calls, replies):
             request = requests[i]
             if isinstance(reply, Exception):
@@ -316,16 +326,39 @@ class AlertLedger:
 
     def _record_args(self, request: ClaimRequest) -> tuple[list[int], list[bytes]]:
         """The script's arguments, and the candidates in the order they are in them (by group)."""
-        args: list[Any] = [request.channel_id, request.called_at.isoformat(), REJECTED_TTL_SECONDS,
-                           ACCEPTED_TTL_SECONDS, 1 if request.exact else 0, len(request.assumed), *request.assumed]
+        args: list[Any] = [
+            request.channel_id,
+            request.called_at.isoformat(),
+            REJECTED_TTL_SECONDS,
+            ACCEPTED_TTL_SECONDS,
+            1 if request.exact else 0,
+            len(request.assumed),
+            *request.assumed,
+        ]
         head = _encoded(args)
         if not request.candidates:
             return [], head
         alert = request.alert
         if alert is None:  # claim only: one group, nothing to enqueue
-            return request.candidates, head + [b"0", b"", b"", b"", b"0", b"0", b"0", self._id_array(request.candidates)]
-        head += _encoded([1, request.token, alert.photo_url or "",
-                          "" if alert.received_at is None else repr(alert.received_at), len(alert.texts)])
+            return request.candidates, head + [
+                b"0",
+                b"",
+                b"",
+                b"",
+                b"0",
+                b"0",
+                b"0",
+                self._id_array(request.candidates),
+            ]
+        head += _encoded(
+            [
+                1,
+                request.token,
+                alert.photo_url or "",
+                "" if alert.received_at is None else repr(alert.received_at),
+                len(alert.texts),
+            ]
+        )
         head += _encoded([text for pair in alert.texts for text in pair])
         # Candidates go grouped by (lane, language), so each needs nothing of its own but its id.
         groups: dict[tuple[int, int], list[int]] = {}
@@ -448,8 +481,12 @@ class AlertLedger:
         left: list[Delivery] = []
         for token in tokens:
             try:
-                calls.append(([token_calls_key(token), processed_key(token), STREAM_KEY],
-                              self._write_back_args(pending.get(token) or _Unsynced(), by_token.get(token, []))))
+                calls.append(
+                    (
+                        [token_calls_key(token), processed_key(token), STREAM_KEY],
+                        self._write_back_args(pending.get(token) or _Unsynced(), by_token.get(token, [])),
+                    )
+                )
                 sendable.append(token)
             except UnicodeError as exc:
                 logger.error("cannot write back the outage records of a token (%s); dropped", exc)

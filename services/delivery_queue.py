@@ -118,8 +118,12 @@ class Delivery:
     def from_fields(cls, fields: dict[str, str]) -> Delivery:
         received = fields.get("received_at")
         return cls(
-            token=fields["token"], chat_id=int(fields["chat"]), html=fields["html"], priority=int(fields["priority"]),
-            digest_line=fields.get("digest"), photo_url=fields.get("photo"),
+            token=fields["token"],
+            chat_id=int(fields["chat"]),
+            html=fields["html"],
+            priority=int(fields["priority"]),
+            digest_line=fields.get("digest"),
+            photo_url=fields.get("photo"),
             received_at=float(received) if received else None,
         )
 
@@ -141,8 +145,15 @@ class RenderedAlert:
     def delivery(self, chat_id: int) -> Delivery:
         text, lane = self.routes[chat_id]
         html, digest = self.texts[text]
-        return Delivery(token=self.token, chat_id=chat_id, html=html, priority=lane, digest_line=digest,
-                        photo_url=self.photo_url, received_at=self.received_at)
+        return Delivery(
+            token=self.token,
+            chat_id=chat_id,
+            html=html,
+            priority=lane,
+            digest_line=digest,
+            photo_url=self.photo_url,
+            received_at=self.received_at,
+        )
 
     def deliveries(self, chat_ids: Iterable[int]) -> list[Delivery]:
         return [self.delivery(chat_id) for chat_id in chat_ids]
@@ -166,8 +177,15 @@ class DeliveryStats:
 
 class DeliveryQueue:
     def __init__(
-        self, redis: RedisManager, postgres: PostgresManager | None, sender: AlertSender, *, consumer: str,
-        window: int = DEFAULT_WINDOW, claim_idle: float = CLAIM_IDLE_SECONDS, direct_limit: int = DEFAULT_WINDOW,
+        self,
+        redis: RedisManager,
+        postgres: PostgresManager | None,
+        sender: AlertSender,
+        *,
+        consumer: str,
+        window: int = DEFAULT_WINDOW,
+        claim_idle: float = CLAIM_IDLE_SECONDS,
+        direct_limit: int = DEFAULT_WINDOW,
     ) -> None:
         self.redis = redis
         self.postgres = postgres
@@ -220,8 +238,9 @@ class DeliveryQueue:
             await self._record([])
         if self._unrecorded:
             self.stats.unrecorded_dropped += len(self._unrecorded)
-            logger.error("delivery queue: stopped with %d delivery record(s) PostgreSQL never took",
-                         len(self._unrecorded))
+            logger.error(
+                "delivery queue: stopped with %d delivery record(s) PostgreSQL never took", len(self._unrecorded)
+            )
 
     async def backlog(self) -> int:
         """Entries in the stream: not yet read, or read and not yet answered (acknowledged ones
@@ -252,8 +271,11 @@ class DeliveryQueue:
                     await pipe.execute()
             except RedisError as exc:  # unreachable, or refusing the stream: the alerts go anyway
                 if len(self._direct) < self.direct_limit:
-                    logger.warning("Redis unavailable or refusing the stream (%s): %d alert(s) sent without the "
-                                   "durable queue", exc, len(deliveries))
+                    logger.warning(
+                        "Redis unavailable or refusing the stream (%s): %d alert(s) sent without the durable queue",
+                        exc,
+                        len(deliveries),
+                    )
                     self.send_direct(deliveries)
                     return
                 self.stats.direct_waits += 1
@@ -304,8 +326,12 @@ class DeliveryQueue:
                 self._direct_room.set()
 
         self.sender.submit(
-            delivery.chat_id, delivery.html, priority=delivery.priority, photo_url=delivery.photo_url,
-            digest_line=delivery.digest_line, on_done=done,
+            delivery.chat_id,
+            delivery.html,
+            priority=delivery.priority,
+            photo_url=delivery.photo_url,
+            digest_line=delivery.digest_line,
+            on_done=done,
             meta={"kind": "alert", "token": delivery.token, "received_at": received, "direct": key},
         )
 
@@ -396,8 +422,9 @@ class DeliveryQueue:
         `_keep_loop`), so it is gone and this one sends them."""
         start = "0-0"
         while not self._stopping.is_set():
-            reply = await client.xautoclaim(STREAM_KEY, GROUP, self.consumer, int(self.claim_idle * 1000),
-                                            start_id=start, count=READ_COUNT)
+            reply = await client.xautoclaim(
+                STREAM_KEY, GROUP, self.consumer, int(self.claim_idle * 1000), start_id=start, count=READ_COUNT
+            )
             start, entries = reply[0], [e for e in reply[1] if e and e[1] is not None]
             fresh = [e for e in entries if e[0] not in self._in_hand]
             if fresh:
@@ -408,8 +435,9 @@ class DeliveryQueue:
     async def _hand_over_checked(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         """Resumed entries: skip (and acknowledge) those PostgreSQL shows were answered."""
         self.stats.resumed += len(entries)
-        parsed: list[tuple[str, Delivery | None]] = [(entry_id, self._parse(entry_id, fields))
-                                                     for entry_id, fields in entries if entry_id not in self._in_hand]
+        parsed: list[tuple[str, Delivery | None]] = [
+            (entry_id, self._parse(entry_id, fields)) for entry_id, fields in entries if entry_id not in self._in_hand
+        ]
         delivered = await self._delivered([d for _, d in parsed if d is not None])
         for entry_id, delivery in parsed:
             if delivery is None:
@@ -441,8 +469,9 @@ class DeliveryQueue:
         if not deliveries or self.postgres is None:
             return set()
         try:
-            rows = await self.postgres.fetch(_DELIVERED_SQL, [d.token for d in deliveries],
-                                             [d.chat_id for d in deliveries])
+            rows = await self.postgres.fetch(
+                _DELIVERED_SQL, [d.token for d in deliveries], [d.chat_id for d in deliveries]
+            )
         except Exception as exc:  # noqa: BLE001 - without the records, sending again is the lesser harm
             logger.warning("delivery queue: could not read delivery records (%s); resending", exc)
             return set()
@@ -461,8 +490,12 @@ class DeliveryQueue:
                 self._ack_wakeup.set()
 
         self.sender.submit(
-            delivery.chat_id, delivery.html, priority=delivery.priority, photo_url=delivery.photo_url,
-            digest_line=delivery.digest_line, on_done=done,
+            delivery.chat_id,
+            delivery.html,
+            priority=delivery.priority,
+            photo_url=delivery.photo_url,
+            digest_line=delivery.digest_line,
+            on_done=done,
             meta={"kind": "alert", "token": delivery.token, "received_at": received},
         )
 
@@ -477,14 +510,15 @@ class DeliveryQueue:
             try:
                 async with self.redis.guarded() as client:
                     for start in range(0, len(held), KEEP_BATCH):
-                        batch = held[start:start + KEEP_BATCH]
+                        batch = held[start : start + KEEP_BATCH]
                         kept, *taken = await client.eval(_KEEP_LUA, 1, STREAM_KEY, GROUP, self.consumer, *batch)
                         self.stats.kept += int(kept)
                         if taken:
                             # This process stalled past claim_idle: another one may send them too.
                             self.stats.lost += len(taken)
-                            logger.warning("delivery queue: %d held entries were taken over by another consumer",
-                                           len(taken))
+                            logger.warning(
+                                "delivery queue: %d held entries were taken over by another consumer", len(taken)
+                            )
             except RedisUnavailable as exc:
                 logger.warning("delivery queue: could not keep held entries (%s)", exc)
             except Exception:  # noqa: BLE001 - the keeper must outlive any one bad round
@@ -539,9 +573,13 @@ class DeliveryQueue:
             return
         try:
             await self.postgres.execute(
-                _RECORD_SQL, [d.token for d, _ in rows], [d.chat_id for d, _ in rows],
-                [o.status for _, o in rows], [o.message_id for _, o in rows],
-                [o.digest for _, o in rows], [o.reason or None for _, o in rows],
+                _RECORD_SQL,
+                [d.token for d, _ in rows],
+                [d.chat_id for d, _ in rows],
+                [o.status for _, o in rows],
+                [o.message_id for _, o in rows],
+                [o.digest for _, o in rows],
+                [o.reason or None for _, o in rows],
             )
         except Exception as exc:  # noqa: BLE001 - the send happened; only its record is late
             if not is_connection_failure(exc):

@@ -95,8 +95,9 @@ def public_health(parts: Mapping[str, Any]) -> dict[str, Any]:
 class HealthCache:
     """The provider's answer, reused for `ttl` seconds; concurrent callers share one check."""
 
-    def __init__(self, provider: HealthProvider, ttl: float = HEALTH_TTL_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, provider: HealthProvider, ttl: float = HEALTH_TTL_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.provider = provider
         self.ttl = ttl
         self.clock = clock
@@ -137,9 +138,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_http_app(health_provider: HealthProvider, serving: ServingFlag, registry: CollectorRegistry, *,
-                   health_ttl: float = HEALTH_TTL_SECONDS,
-                   clock: Callable[[], float] = time.monotonic) -> web.Application:
+def build_http_app(
+    health_provider: HealthProvider,
+    serving: ServingFlag,
+    registry: CollectorRegistry,
+    *,
+    health_ttl: float = HEALTH_TTL_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
     app = web.Application()
     app[HEALTH_KEY] = HealthCache(health_provider, health_ttl, clock)
     app[SERVING_KEY] = serving

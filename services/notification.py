@@ -104,9 +104,7 @@ class PipelineStats:
         return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
     def numbers(self) -> dict[str, float]:
-        out: dict[str, float] = {
-            k: v for k, v in self.__dict__.items() if isinstance(v, int)
-        }
+        out: dict[str, float] = {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
         for name, share in (("latency_p50_ms", 0.5), ("latency_p99_ms", 0.99)):
             value = self.latency_percentile(share)
             if value is not None:
@@ -121,8 +119,14 @@ class RetryList:
     re-adds calls it took out itself, so waiting there could only deadlock).
     """
 
-    def __init__(self, limit: int = RETRY_LIMIT, *, base: float = RETRY_BASE_SECONDS,
-                 cap: float = RETRY_MAX_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int = RETRY_LIMIT,
+        *,
+        base: float = RETRY_BASE_SECONDS,
+        cap: float = RETRY_MAX_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
         self.base = base
         self.cap = cap
@@ -164,9 +168,15 @@ class RetryList:
 
 class NotificationService:
     def __init__(
-        self, *, index: SubscriberIndex, ledger: AlertLedger, channels: ChannelDirectory,
-        outbox: Outbox | None = None, deliver: Callable[[AlertBatch], Awaitable[None] | None] | None = None,
-        persistence: PersistenceWriter | None = None, clock: Callable[[], datetime] = utc_now,
+        self,
+        *,
+        index: SubscriberIndex,
+        ledger: AlertLedger,
+        channels: ChannelDirectory,
+        outbox: Outbox | None = None,
+        deliver: Callable[[AlertBatch], Awaitable[None] | None] | None = None,
+        persistence: PersistenceWriter | None = None,
+        clock: Callable[[], datetime] = utc_now,
         retries: RetryList | None = None,
     ) -> None:
         """`outbox` renders the alerts and the claim queues them. `deliver`, if given, hears each
@@ -221,8 +231,12 @@ class NotificationService:
             await self.retries.add(event)
         return [alerted.get(id(event), []) for event in events]
 
-    async def _decide(self, events: Sequence[CallEvent], *, first_try: bool = True,
-                      ) -> tuple[dict[int, list[int]], list[CallEvent]]:
+    async def _decide(
+        self,
+        events: Sequence[CallEvent],
+        *,
+        first_try: bool = True,
+    ) -> tuple[dict[int, list[int]], list[CallEvent]]:
         """Each call's alerts (by id of the event), and the calls to try again later."""
         now = self.clock()
         plans: list[_CallPlan] = []
@@ -252,8 +266,9 @@ class NotificationService:
             if queued and self.outbox is not None:
                 self.outbox.queue.notify_published(queued)
             # Each script saw the callers recorded so far; the last one per token saw them all.
-            latest = {plan.event.token.address: result.callers for plan, result in zip(plans, results)
-                      if result.error is None}
+            latest = {
+                plan.event.token.address: result.callers for plan, result in zip(plans, results) if result.error is None
+            }
             again: list[_CallPlan] = []
             for plan, result in zip(plans, results):
                 if isinstance(result.error, RedisError):
@@ -312,8 +327,9 @@ class NotificationService:
         call_times.setdefault(plan.event.channel.id, plan.event.called_at)
         return await self._match(plan.event, call_times, now, exact=False)
 
-    async def _match(self, event: CallEvent, call_times: dict[str, datetime], now: datetime, *,
-                     exact: bool) -> _CallPlan:
+    async def _match(
+        self, event: CallEvent, call_times: dict[str, datetime], now: datetime, *, exact: bool
+    ) -> _CallPlan:
         token = event.token
         facts = TokenFacts(token.market_cap_usd, token.liquidity_usd, token.holders, token.created_at)
         callers = await self.channels.callers(call_times, {event.channel.id: event.channel})
@@ -367,7 +383,9 @@ class NotificationService:
                 logger.exception("writing back the outage's records failed")
             pause = self.retries.next_due_in()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stopping.wait(), min(UPKEEP_INTERVAL, pause if pause is not None else UPKEEP_INTERVAL))
+                await asyncio.wait_for(
+                    stopping.wait(), min(UPKEEP_INTERVAL, pause if pause is not None else UPKEEP_INTERVAL)
+                )
 
     async def _retry(self, events: list[CallEvent]) -> None:
         try:
@@ -404,7 +422,8 @@ class NotificationService:
             self._write_back_failures = 0 if done else self._write_back_failures + 1
             if not done:
                 self._write_back_at = time.monotonic() + min(
-                    RETRY_BASE_SECONDS * 2 ** (self._write_back_failures - 1), RETRY_MAX_SECONDS)
+                    RETRY_BASE_SECONDS * 2 ** (self._write_back_failures - 1), RETRY_MAX_SECONDS
+                )
             return done
 
 

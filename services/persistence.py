@@ -83,8 +83,11 @@ ON CONFLICT (user_id, token_address) DO NOTHING
 WRITE_ORDER = ("channel", "token", "call", "price", "alert")
 # Each kind of row feeds every statement of its kind, with the same arguments.
 STATEMENTS: dict[str, tuple[str, ...]] = {
-    "channel": (UPSERT_CHANNEL,), "token": (UPSERT_TOKEN,), "call": (INSERT_CALL,),
-    "price": (UPDATE_PRICE, INSERT_PRICE_HISTORY), "alert": (INSERT_ALERTS,),
+    "channel": (UPSERT_CHANNEL,),
+    "token": (UPSERT_TOKEN,),
+    "call": (INSERT_CALL,),
+    "price": (UPDATE_PRICE, INSERT_PRICE_HISTORY),
+    "alert": (INSERT_ALERTS,),
 }
 PRUNE_PRICES = "DELETE FROM token_prices WHERE ts < $1"
 HISTORY_DAYS = 7.0
@@ -121,9 +124,15 @@ def _deleted(status: str) -> int:
 
 class PersistenceWriter:
     def __init__(
-        self, postgres: PostgresManager, *, batch_size: int = 1_000, flush_interval: float = 0.2,
-        max_pending: int = 200_000, history_days: float | None = HISTORY_DAYS,
-        prune_interval: float = PRUNE_INTERVAL_SECONDS, max_backoff: float = MAX_BACKOFF_SECONDS,
+        self,
+        postgres: PostgresManager,
+        *,
+        batch_size: int = 1_000,
+        flush_interval: float = 0.2,
+        max_pending: int = 200_000,
+        history_days: float | None = HISTORY_DAYS,
+        prune_interval: float = PRUNE_INTERVAL_SECONDS,
+        max_backoff: float = MAX_BACKOFF_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.postgres = postgres
@@ -155,22 +164,53 @@ class PersistenceWriter:
         if len(self._rows) >= self.batch_size:
             self._wakeup.set()
 
-    def channel(self, event: ChannelStatsEvent | None = None, *, id: str | None = None, name: str | None = None,
-                username: str | None = None, at: datetime | None = None) -> None:
+    def channel(
+        self,
+        event: ChannelStatsEvent | None = None,
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        username: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
         if event is not None:
-            self._add("channel", (event.id, event.name, event.username, event.win_rate, event.avg_gain,
-                                  event.calls, at))
+            self._add(
+                "channel", (event.id, event.name, event.username, event.win_rate, event.avg_gain, event.calls, at)
+            )
         else:
             self._add("channel", (id, name, username, None, None, None, None))
 
     def token(self, token: TokenInfo, seen_at: datetime) -> None:
-        self._add("token", (token.address, token.symbol, token.name, token.chain, token.market_cap_usd,
-                            token.liquidity_usd, token.holders, token.price_usd, token.created_at,
-                            token.image_url, seen_at))
+        self._add(
+            "token",
+            (
+                token.address,
+                token.symbol,
+                token.name,
+                token.chain,
+                token.market_cap_usd,
+                token.liquidity_usd,
+                token.holders,
+                token.price_usd,
+                token.created_at,
+                token.image_url,
+                seen_at,
+            ),
+        )
 
     def call(self, event: CallEvent) -> None:
-        self._add("call", (event.token.address, event.channel.id, event.called_at, event.token.market_cap_usd,
-                           event.token.price_usd, event.token.liquidity_usd, event.token.holders))
+        self._add(
+            "call",
+            (
+                event.token.address,
+                event.channel.id,
+                event.called_at,
+                event.token.market_cap_usd,
+                event.token.price_usd,
+                event.token.liquidity_usd,
+                event.token.holders,
+            ),
+        )
 
     def price(self, event: PriceEvent) -> None:
         self._add("price", (event.address, event.price_usd, event.market_cap_usd, event.ts))
@@ -218,8 +258,13 @@ class PersistenceWriter:
             except Exception as exc:  # noqa: BLE001 - PostgreSQL trouble: keep rows, retry later
                 self.stats.failures += 1
                 backoff = min(max(backoff * 2, 0.5), self.max_backoff)
-                logger.warning("PostgreSQL write failed (%s: %s); %d rows wait, retry in %.1fs",
-                               type(exc).__name__, exc, len(self._rows), backoff)
+                logger.warning(
+                    "PostgreSQL write failed (%s: %s); %d rows wait, retry in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    len(self._rows),
+                    backoff,
+                )
                 continue
             finally:
                 self._log_drops()
@@ -265,8 +310,9 @@ class PersistenceWriter:
                     raise
                 # The server answered but refused some row: write row by row so one bad row
                 # cannot hold back the rest forever.
-                logger.warning("batch refused (%s: %s); writing its %d rows one by one",
-                               type(exc).__name__, exc, len(taken))
+                logger.warning(
+                    "batch refused (%s: %s); writing its %d rows one by one", type(exc).__name__, exc, len(taken)
+                )
                 refused = await self._write_one_by_one([(kind, row) for kind in WRITE_ORDER for row in grouped[kind]])
             except BaseException:
                 self._requeue(taken)
@@ -323,6 +369,7 @@ class PersistenceWriter:
         if not self._full_unlogged or (not force and now < self._next_drop_log):
             return
         self._next_drop_log = now + DROP_LOG_INTERVAL_SECONDS
-        logger.error("PostgreSQL buffer full (%d rows waiting): dropped the %d oldest rows",
-                     len(self._rows), self._full_unlogged)
+        logger.error(
+            "PostgreSQL buffer full (%d rows waiting): dropped the %d oldest rows", len(self._rows), self._full_unlogged
+        )
         self._full_unlogged = 0

@@ -98,9 +98,7 @@ def parse_preset_definition(raw: str) -> PresetDefinition:
     for match in _TOKEN_RE.finditer(rest):
         if match.group("other") is not None:
             hint = "" if pairs else '; a title goes in "double quotes"'
-            raise PresetDefinitionError(
-                f"'{match.group('other')[:40]}' is not NAME=VALUE (like min_mcap=50k){hint}"
-            )
+            raise PresetDefinitionError(f"'{match.group('other')[:40]}' is not NAME=VALUE (like min_mcap=50k){hint}")
         if match.group("quoted") is not None:
             if pairs:
                 raise PresetDefinitionError("the title and description go before the filters")
@@ -238,7 +236,11 @@ class PresetStore:
                                filters = EXCLUDED.filters, updated_by = EXCLUDED.updated_by
                         RETURNING {_COLUMNS}
                         """,
-                        code, title, description or "", filters.to_dict(), updated_by,
+                        code,
+                        title,
+                        description or "",
+                        filters.to_dict(),
+                        updated_by,
                     )
                 else:
                     new_row = await conn.fetchrow(

@@ -145,9 +145,7 @@ def replay(
         if window_start is not None and call.called_at <= window_start:
             continue  # alerted before the window: the window never sees it
         alerts.append(_alert(call, tuple(first_called[address]), prices.get(address, ())))
-    return ReplayResult(
-        alerts=len(alerts), reached_2x=sum(1 for a in alerts if a.reached_2x), tokens=tuple(alerts)
-    )
+    return ReplayResult(alerts=len(alerts), reached_2x=sum(1 for a in alerts if a.reached_2x), tokens=tuple(alerts))
 
 
 def _alert(call: ReplayCall, channel_ids: tuple[str, ...], points: Sequence[PricePoint]) -> ReplayAlert:
@@ -167,8 +165,13 @@ def _alert(call: ReplayCall, channel_ids: tuple[str, ...], points: Sequence[Pric
             if value is not None and (best is None or value > best):
                 best = value
     return ReplayAlert(
-        token_address=call.token_address, symbol=call.symbol, alerted_at=call.called_at, channel_ids=channel_ids,
-        basis=basis, base=base, best_multiple=None if best is None or base is None else best / base,
+        token_address=call.token_address,
+        symbol=call.symbol,
+        alerted_at=call.called_at,
+        channel_ids=channel_ids,
+        basis=basis,
+        base=base,
+        best_multiple=None if best is None or base is None else best / base,
     )
 
 
@@ -272,14 +275,24 @@ async def load_replay_day(
     return await asyncio.to_thread(_build_day, start, now, call_rows, price_rows, channel_rows, history)
 
 
-def _build_day(start: datetime, now: datetime, call_rows: Sequence[asyncpg.Record],
-               price_rows: Sequence[asyncpg.Record], channel_rows: Sequence[asyncpg.Record],
-               history: asyncpg.Record | None) -> ReplayDay:
+def _build_day(
+    start: datetime,
+    now: datetime,
+    call_rows: Sequence[asyncpg.Record],
+    price_rows: Sequence[asyncpg.Record],
+    channel_rows: Sequence[asyncpg.Record],
+    history: asyncpg.Record | None,
+) -> ReplayDay:
     calls = tuple(
         ReplayCall(
-            token_address=row["token_address"], channel_id=row["channel_id"], called_at=row["called_at"],
-            symbol=row["symbol"], market_cap_usd=_float(row["market_cap_usd"]),
-            liquidity_usd=_float(row["liquidity_usd"]), holders=row["holders"], price_usd=_float(row["price_usd"]),
+            token_address=row["token_address"],
+            channel_id=row["channel_id"],
+            called_at=row["called_at"],
+            symbol=row["symbol"],
+            market_cap_usd=_float(row["market_cap_usd"]),
+            liquidity_usd=_float(row["liquidity_usd"]),
+            holders=row["holders"],
+            price_usd=_float(row["price_usd"]),
             token_created_at=row["token_created_at"],
         )
         for row in call_rows
@@ -297,8 +310,12 @@ def _build_day(start: datetime, now: datetime, call_rows: Sequence[asyncpg.Recor
     recorded_from: datetime | None = history["recorded_from"] if history is not None else None
     history_start = None if first_call is None else max(first_call, recorded_from or first_call)
     return ReplayDay(
-        start=start, end=now, calls=calls, prices={k: tuple(v) for k, v in prices.items()},
-        channels=channels, history_start=history_start,
+        start=start,
+        end=now,
+        calls=calls,
+        prices={k: tuple(v) for k, v in prices.items()},
+        channels=channels,
+        history_start=history_start,
     )
 
 
@@ -320,9 +337,7 @@ class ReplayDayCache:
 
     ttl: float = CACHE_TTL_SECONDS
     _entries: weakref.WeakKeyDictionary[PostgresManager, _Entry] = field(default_factory=weakref.WeakKeyDictionary)
-    _locks: weakref.WeakKeyDictionary[PostgresManager, asyncio.Lock] = field(
-        default_factory=weakref.WeakKeyDictionary
-    )
+    _locks: weakref.WeakKeyDictionary[PostgresManager, asyncio.Lock] = field(default_factory=weakref.WeakKeyDictionary)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -353,7 +368,11 @@ DAY_CACHE = ReplayDayCache()
 
 
 async def replay_for(
-    postgres: PostgresManager, filters: Filters, now: datetime, *, hours: int = DEFAULT_HOURS,
+    postgres: PostgresManager,
+    filters: Filters,
+    now: datetime,
+    *,
+    hours: int = DEFAULT_HOURS,
     cache: ReplayDayCache | None = DAY_CACHE,
 ) -> ReplayReport:
     """`filters` replayed over the `hours` before `now`; `cache=None` reads the database afresh."""

@@ -154,6 +154,7 @@ class DigestPolicy:
     threshold: int = 5  # alerts queued for one chat (counting the one due now)
     max_delay: float = 60.0  # seconds an alert may wait before the rest are merged with it
 
+
 _META_VALUE_MAX = 100
 
 # Errors that say nothing about the message itself: Telegram (or the way to it) is down or refuses
@@ -575,7 +576,7 @@ class AlertSender:
         jobs: list[_Job] = []
         start = 0
         for index, (html, count) in enumerate(parts):
-            carried = members[start:start + max(count, 0)]
+            carried = members[start : start + max(count, 0)]
             start += len(carried)
             if not carried:
                 continue
@@ -745,8 +746,13 @@ class AlertSender:
         if job.photo_url and self._caption_fits(job.html):
             try:
                 return await self._bot.send_photo(
-                    chat_id=job.chat_id, photo=job.photo_url, caption=job.html, parse_mode=ParseMode.HTML,
-                    reply_markup=job.reply_markup, allow_paid_broadcast=paid, request_timeout=timeout,
+                    chat_id=job.chat_id,
+                    photo=job.photo_url,
+                    caption=job.html,
+                    parse_mode=ParseMode.HTML,
+                    reply_markup=job.reply_markup,
+                    allow_paid_broadcast=paid,
+                    request_timeout=timeout,
                 )
             except TelegramBadRequest as exc:
                 if not (_is_media_error(exc.message) or _is_caption_error(exc.message)):
@@ -757,8 +763,13 @@ class AlertSender:
                 logger.info("photo for chat %s refused (%s); sending text", job.chat_id, exc.message)
                 job.photo_url = None
         return await self._bot.send_message(
-            chat_id=job.chat_id, text=job.html, parse_mode=ParseMode.HTML, reply_markup=job.reply_markup,
-            link_preview_options=self._link_preview, allow_paid_broadcast=paid, request_timeout=timeout,
+            chat_id=job.chat_id,
+            text=job.html,
+            parse_mode=ParseMode.HTML,
+            reply_markup=job.reply_markup,
+            link_preview_options=self._link_preview,
+            allow_paid_broadcast=paid,
+            request_timeout=timeout,
         )
 
     async def _deliver(self, job: _Job) -> None:
@@ -837,8 +848,9 @@ class AlertSender:
         """Telegram gave a verdict (any answer of its own): it is reachable."""
         self._no_answer_streak = 0
         if self._unreachable_since is not None:
-            logger.warning("Telegram reachable again after %.1fs; sending resumes",
-                           time.monotonic() - self._unreachable_since)
+            logger.warning(
+                "Telegram reachable again after %.1fs; sending resumes", time.monotonic() - self._unreachable_since
+            )
             self._unreachable_since = None
 
     def _no_verdict(self, job: _Job, reason: str) -> None:
@@ -879,7 +891,8 @@ class AlertSender:
         for one in job.members or [job]:
             if one.on_done is not None:
                 task = asyncio.get_running_loop().create_task(
-                    _call(one.on_done, replace(outcome, digest=bool(job.members))))
+                    _call(one.on_done, replace(outcome, digest=bool(job.members)))
+                )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
@@ -1000,9 +1013,18 @@ def sending_from_queue() -> bool:
     return _SENDING.get()
 
 
-_MEDIA_ERRORS = ("wrong file identifier", "failed to get http url content", "wrong type of the web page content",
-                 "photo_invalid_dimensions", "image_process_failed", "wrong remote file", "file must be non-empty",
-                 "can't parse url", "wrong http url", "not enough rights to send photos")
+_MEDIA_ERRORS = (
+    "wrong file identifier",
+    "failed to get http url content",
+    "wrong type of the web page content",
+    "photo_invalid_dimensions",
+    "image_process_failed",
+    "wrong remote file",
+    "file must be non-empty",
+    "can't parse url",
+    "wrong http url",
+    "not enough rights to send photos",
+)
 
 
 def _is_media_error(message: str) -> bool:

@@ -227,7 +227,12 @@ class SubscriberStore:
                            role = EXCLUDED.role, last_seen_at = EXCLUDED.last_seen_at
                     RETURNING id
                     """,
-                    telegram_id, username, first_name, language_of(language_code), role, self.clock(),
+                    telegram_id,
+                    username,
+                    first_name,
+                    language_of(language_code),
+                    role,
+                    self.clock(),
                 )
                 await conn.execute(
                     "INSERT INTO user_settings (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING", user_id
@@ -243,9 +248,7 @@ class SubscriberStore:
         logger.info("registered subscriber %s (%s)", telegram_id, role)
         return await self._require(telegram_id)
 
-    async def update_filters(
-        self, telegram_id: int, new: Filters, *, name: str, source: str = "command"
-    ) -> Subscriber:
+    async def update_filters(self, telegram_id: int, new: Filters, *, name: str, source: str = "command") -> Subscriber:
         """Save `new` (a change of filter `name`): Redis, then PostgreSQL with a history row, then
         the settings log, then every process's cache. A PostgreSQL failure defers its part.
 
@@ -266,20 +269,20 @@ class SubscriberStore:
             history.append(
                 {"name": "preset", "old": current.preset, "new": None, "source": source, "changed_at": changed_at}
             )
-        saved = await self._save_to_pg(
-            telegram_id, filters=new, history=history, preset_changed=unfollow, preset=None
-        )
+        saved = await self._save_to_pg(telegram_id, filters=new, history=history, preset_changed=unfollow, preset=None)
         settings_log.info(
             "user %s %s: %s -> %s (source=%s%s%s)",
-            telegram_id, name, json.dumps(old_value), json.dumps(new_value), source,
+            telegram_id,
+            name,
+            json.dumps(old_value),
+            json.dumps(new_value),
+            source,
             f", stopped following preset {current.preset}" if unfollow else "",
             "" if saved else ", postgres deferred",
         )
         return await self._changed(replace(current, filters=new, preset=None if unfollow else current.preset))
 
-    async def apply_filters(
-        self, telegram_id: int, filters: Filters, *, source: str, preset: str | None
-    ) -> Subscriber:
+    async def apply_filters(self, telegram_id: int, filters: Filters, *, source: str, preset: str | None) -> Subscriber:
         """Replace the whole filter set with `filters` and make `preset` the followed one (None:
         follow nothing), saved like update_filters: history rows 'filters' (old and new whole
         sets) and, when following changes, 'preset' (old and new codes). Nothing changing writes
@@ -306,8 +309,13 @@ class SubscriberStore:
         )
         settings_log.info(
             "user %s filters: %s -> %s, preset %s -> %s (source=%s%s)",
-            telegram_id, json.dumps(old_filters, sort_keys=True), json.dumps(new_filters, sort_keys=True),
-            current.preset, preset, source, "" if saved else ", postgres deferred",
+            telegram_id,
+            json.dumps(old_filters, sort_keys=True),
+            json.dumps(new_filters, sort_keys=True),
+            current.preset,
+            preset,
+            source,
+            "" if saved else ", postgres deferred",
         )
         return await self._changed(replace(current, filters=filters, preset=preset))
 
@@ -318,14 +326,23 @@ class SubscriberStore:
         if current.preset == code:
             return current
         await self.redis.hset(subscriber_key(telegram_id), "preset", code or "")
-        history = [{
-            "name": "preset", "old": current.preset, "new": code, "source": source,
-            "changed_at": self.clock().isoformat(),
-        }]
+        history = [
+            {
+                "name": "preset",
+                "old": current.preset,
+                "new": code,
+                "source": source,
+                "changed_at": self.clock().isoformat(),
+            }
+        ]
         saved = await self._save_to_pg(telegram_id, history=history, preset_changed=True, preset=code)
         settings_log.info(
             "user %s preset: %s -> %s (source=%s%s)",
-            telegram_id, current.preset, code, source, "" if saved else ", postgres deferred",
+            telegram_id,
+            current.preset,
+            code,
+            source,
+            "" if saved else ", postgres deferred",
         )
         return await self._changed(replace(current, preset=code))
 
@@ -334,11 +351,18 @@ class SubscriberStore:
         await self.redis.hset(subscriber_key(telegram_id), "paused", "1" if paused else "0")
         history = None
         if paused != current.paused:
-            history = {"name": "paused", "old": current.paused, "new": paused, "source": "command",
-                       "changed_at": self.clock().isoformat()}
+            history = {
+                "name": "paused",
+                "old": current.paused,
+                "new": paused,
+                "source": "command",
+                "changed_at": self.clock().isoformat(),
+            }
         saved = await self._save_to_pg(telegram_id, paused=paused, history=history)
         settings_log.info(
-            "user %s %s alerts%s", telegram_id, "paused" if paused else "resumed",
+            "user %s %s alerts%s",
+            telegram_id,
+            "paused" if paused else "resumed",
             "" if saved else " (postgres deferred)",
         )
         return await self._changed(replace(current, paused=paused))
@@ -350,8 +374,13 @@ class SubscriberStore:
         if language == current.language:
             return current
         await self.redis.hset(subscriber_key(telegram_id), "language", language)
-        history = {"name": "language", "old": current.language, "new": language, "source": source,
-                   "changed_at": self.clock().isoformat()}
+        history = {
+            "name": "language",
+            "old": current.language,
+            "new": language,
+            "source": source,
+            "changed_at": self.clock().isoformat(),
+        }
         saved = await self._save_to_pg(telegram_id, language=language, history=history)
         settings_log.info(
             "user %s language %s -> %s%s",
@@ -384,9 +413,7 @@ class SubscriberStore:
         try:
             async with self.postgres.transaction() as conn:
                 # The row lock makes concurrent grants to one user chain instead of overlap.
-                user_id = await conn.fetchval(
-                    "SELECT id FROM users WHERE telegram_id = $1 FOR UPDATE", telegram_id
-                )
+                user_id = await conn.fetchval("SELECT id FROM users WHERE telegram_id = $1 FOR UPDATE", telegram_id)
                 if user_id is None:
                     raise UnknownSubscriber(telegram_id)
                 current = await conn.fetchval(
@@ -400,7 +427,10 @@ class SubscriberStore:
                     INSERT INTO subscriptions (user_id, source, granted_by, starts_at, expires_at)
                     VALUES ($1, 'grant', $2, $3, $4)
                     """,
-                    user_id, granted_by, starts, expires,
+                    user_id,
+                    granted_by,
+                    starts,
+                    expires,
                 )
         except PG_FAILURES as exc:
             raise StoreUnavailable(f"cannot grant to {telegram_id}: {exc!r}") from exc
@@ -418,7 +448,8 @@ class SubscriberStore:
                  WHERE user_id = (SELECT id FROM users WHERE telegram_id = $1)
                    AND revoked_at IS NULL AND expires_at > $2
                 """,
-                telegram_id, now,
+                telegram_id,
+                now,
             )
         except PG_FAILURES as exc:
             raise StoreUnavailable(f"cannot revoke {telegram_id}: {exc!r}") from exc
@@ -453,7 +484,10 @@ class SubscriberStore:
                 INSERT INTO activity_log (user_id, actor_telegram_id, action, details)
                 VALUES ((SELECT id FROM users WHERE telegram_id = $1), $2, $3, $4)
                 """,
-                subject if subject is not None else actor, actor, action, dict(details or {}),
+                subject if subject is not None else actor,
+                actor,
+                action,
+                dict(details or {}),
             )
         except PG_FAILURES as exc:
             logger.error("activity_log lost %s by %s %s: %r", action, actor, dict(details or {}), exc)
@@ -518,8 +552,9 @@ class SubscriberStore:
         try:
             await self._write_entry(entry)
         except PG_FAILURES as exc:
-            logger.error("PostgreSQL write of %s's settings failed (%r); kept in Redis, queued for retry",
-                         telegram_id, exc)
+            logger.error(
+                "PostgreSQL write of %s's settings failed (%r); kept in Redis, queued for retry", telegram_id, exc
+            )
             await self._push_retry(entry)
             return False
         await self.flush_pending()  # PostgreSQL answers again: catch up on older deferred writes
@@ -555,7 +590,10 @@ class SubscriberStore:
                                  language = COALESCE($4, language)
                  WHERE telegram_id = $1 RETURNING id
                 """,
-                telegram_id, paused, status, language,
+                telegram_id,
+                paused,
+                status,
+                language,
             )
             if user_id is None:
                 logger.warning("settings of unknown user %s not written to PostgreSQL", telegram_id)
@@ -566,7 +604,8 @@ class SubscriberStore:
                     INSERT INTO user_settings (user_id, filters) VALUES ($1, $2)
                     ON CONFLICT (user_id) DO UPDATE SET filters = EXCLUDED.filters
                     """,
-                    user_id, filters,
+                    user_id,
+                    filters,
                 )
             if preset_change is not None:
                 # A preset deleted since the user followed it is followed by nobody: NULL, not
@@ -577,7 +616,8 @@ class SubscriberStore:
                     VALUES ($1, (SELECT code FROM presets WHERE code = $2))
                     ON CONFLICT (user_id) DO UPDATE SET preset_code = EXCLUDED.preset_code
                     """,
-                    user_id, preset,
+                    user_id,
+                    preset,
                 )
             for row in history_rows:
                 await conn.execute(
@@ -585,8 +625,12 @@ class SubscriberStore:
                     INSERT INTO settings_history (user_id, name, old_value, new_value, source, changed_at)
                     VALUES ($1, $2, $3, $4, $5, $6)
                     """,
-                    user_id, row["name"], _jsonb(row["old"]), _jsonb(row["new"]),
-                    row["source"], datetime.fromisoformat(row["changed_at"]),
+                    user_id,
+                    row["name"],
+                    _jsonb(row["old"]),
+                    _jsonb(row["new"]),
+                    row["source"],
+                    datetime.fromisoformat(row["changed_at"]),
                 )
 
     async def _push_retry(self, entry: Mapping[str, Any], *, front: bool = False) -> None:

@@ -303,9 +303,7 @@ class FeedServer(_Waitable):
         """Until ``connection_count`` reaches ``total`` (for reconnect tests)."""
         await self._wait(lambda: self.connection_count >= total, timeout)
 
-    async def wait_for_received(
-        self, predicate: Callable[[Any], bool], timeout: float = DEFAULT_TIMEOUT
-    ) -> Any:
+    async def wait_for_received(self, predicate: Callable[[Any], bool], timeout: float = DEFAULT_TIMEOUT) -> Any:
         """The first message a client sent that matches ``predicate`` (waits for one)."""
 
         def first_match() -> int | None:
@@ -380,7 +378,6 @@ class FeedServer(_Waitable):
                 client.outbox.put_nowait(encode(reply))
 
 
-
 class PumpPortalReplies:
     """An ``on_message`` for ``FeedServer`` that answers subscriptions as PumpPortal does.
 
@@ -397,10 +394,7 @@ class PumpPortalReplies:
         "subscribeTokenTrade": "Successfully subscribed to keys.",
         "subscribeAccountTrade": "Successfully subscribed to keys.",
     }
-    REFUSAL = (
-        "To subscribe to trades you must have an API key with a funded wallet "
-        "(insufficient balance)."
-    )
+    REFUSAL = "To subscribe to trades you must have an API key with a funded wallet (insufficient balance)."
     TRADE_METHODS = frozenset({"subscribeTokenTrade", "subscribeAccountTrade"})
 
     def __init__(self, trades_allowed: bool = False) -> None:

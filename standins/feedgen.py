@@ -83,15 +83,60 @@ HOSTILE_NAMES: list[tuple[str, str]] = [
 PLAIN_TEXT = re.compile(r"[A-Za-z0-9 ]*")
 
 WORDS = [
-    "Cash", "Elon", "Pepe", "Doge", "Moon", "Frog", "Cat", "Based", "Giga", "Chad", "Sol",
-    "Pump", "Bonk", "Wif", "Hat", "Mog", "Goat", "Degen", "Rocket", "Turbo", "Baby", "King",
-    "Shiba", "Floki", "Neko", "Banana", "Sigma", "Lambo", "Wojak", "Cope", "Hodl", "Bull",
+    "Cash",
+    "Elon",
+    "Pepe",
+    "Doge",
+    "Moon",
+    "Frog",
+    "Cat",
+    "Based",
+    "Giga",
+    "Chad",
+    "Sol",
+    "Pump",
+    "Bonk",
+    "Wif",
+    "Hat",
+    "Mog",
+    "Goat",
+    "Degen",
+    "Rocket",
+    "Turbo",
+    "Baby",
+    "King",
+    "Shiba",
+    "Floki",
+    "Neko",
+    "Banana",
+    "Sigma",
+    "Lambo",
+    "Wojak",
+    "Cope",
+    "Hodl",
+    "Bull",
 ]
 CHANNEL_NAMES = [
-    "Alpha Calls", "Degen Den", "Moon Hunters", "Whale Watch", "Solana Gems", "Pump Radar",
-    "Early Birds", "Insider Signals", "Gem Finder", "Ape Station", "Sniper Club",
-    "100x Hunters", "Bonding Curve", "Lowcap Lounge", "Trench Reports", "Chad Calls",
-    "Based Picks", "Sol Snipers", "Memecoin Mafia", "KOL Tracker",
+    "Alpha Calls",
+    "Degen Den",
+    "Moon Hunters",
+    "Whale Watch",
+    "Solana Gems",
+    "Pump Radar",
+    "Early Birds",
+    "Insider Signals",
+    "Gem Finder",
+    "Ape Station",
+    "Sniper Club",
+    "100x Hunters",
+    "Bonding Curve",
+    "Lowcap Lounge",
+    "Trench Reports",
+    "Chad Calls",
+    "Based Picks",
+    "Sol Snipers",
+    "Memecoin Mafia",
+    "KOL Tracker",
     # Channel names end up in alerts too, so a few hostile ones.
     "<b>VIP</b> Calls & Co",
     "\u041a\u0430\u043d\u0430\u043b \u041b\u0443\u043d\u0430",
@@ -391,9 +436,7 @@ def price_path(rng: random.Random, token: Token) -> list[Frame]:
     return frames
 
 
-def token_events(
-    rng: random.Random, token: Token, channels: Sequence[Channel]
-) -> list[tuple[datetime, Frame]]:
+def token_events(rng: random.Random, token: Token, channels: Sequence[Channel]) -> list[tuple[datetime, Frame]]:
     count = rng.choices(range(1, 9), CHANNELS_PER_TOKEN_WEIGHTS)[0]
     callers = rng.sample(list(channels), count)
     times = call_times(rng, token, count)

@@ -38,16 +38,21 @@ def expected_alerts(
         except FrameError:
             continue
         if isinstance(event, ChannelStatsEvent):
-            remember(event.id, name=event.name, username=event.username, win_rate=event.win_rate,
-                     avg_gain=event.avg_gain)
+            remember(
+                event.id, name=event.name, username=event.username, win_rate=event.win_rate, avg_gain=event.avg_gain
+            )
         elif isinstance(event, CallEvent):
             remember(event.channel.id, name=event.channel.name, username=event.channel.username)
             token_callers = callers.setdefault(event.token.address, [])
             if event.channel.id not in token_callers:
                 token_callers.append(event.channel.id)
             facts = [
-                ChannelFacts.build(c, _str(channels[c].get("username")), _num(channels[c].get("win_rate")),
-                                   _num(channels[c].get("avg_gain")))
+                ChannelFacts.build(
+                    c,
+                    _str(channels[c].get("username")),
+                    _num(channels[c].get("win_rate")),
+                    _num(channels[c].get("avg_gain")),
+                )
                 for c in token_callers
             ]
             t = event.token

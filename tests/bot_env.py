@@ -40,8 +40,12 @@ class HandledUpdates:
         self.ids: set[int] = set()
         self._changed = asyncio.Event()
 
-    async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
-                       event: TelegramObject, data: dict[str, Any]) -> Any:
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
         try:
             return await handler(event, data)
         finally:
@@ -95,8 +99,15 @@ class Screen:
 class Chat:
     """One user's private chat with the bot."""
 
-    def __init__(self, server: FakeTelegramServer, user_id: int, language_code: str = "en",
-                 first_name: str = "Ann", *, handled: HandledUpdates | None = None) -> None:
+    def __init__(
+        self,
+        server: FakeTelegramServer,
+        user_id: int,
+        language_code: str = "en",
+        first_name: str = "Ann",
+        *,
+        handled: HandledUpdates | None = None,
+    ) -> None:
         self.server = server
         self.user_id = user_id
         self.language_code = language_code
@@ -109,11 +120,11 @@ class Chat:
     async def say(self, message: str, replies: int = 1) -> list[SentRecord]:
         """Send `message`; return the bot's next `replies` new messages to this chat."""
         before = len(self.sent())
-        self.server.inject_message(self.user_id, message, language_code=self.language_code,
-                                   first_name=self.first_name)
-        records = await self.server.wait_for_sent(lambda r: r.chat_id == self.user_id, count=before + replies,
-                                                  timeout=REPLY_TIMEOUT)
-        return records[before: before + replies]
+        self.server.inject_message(self.user_id, message, language_code=self.language_code, first_name=self.first_name)
+        records = await self.server.wait_for_sent(
+            lambda r: r.chat_id == self.user_id, count=before + replies, timeout=REPLY_TIMEOUT
+        )
+        return records[before : before + replies]
 
     async def ask(self, message: str) -> SentRecord:
         return (await self.say(message))[0]
@@ -131,8 +142,10 @@ class Chat:
             screen = self.screen(record.message_id)
             if any(label in text for text in screen.labels()):
                 return screen
-        raise AssertionError(f"no button labelled {label!r} in chat {self.user_id}: "
-                             f"{[self.screen(r.message_id).labels() for r in self.sent()[-3:]]}")
+        raise AssertionError(
+            f"no button labelled {label!r} in chat {self.user_id}: "
+            f"{[self.screen(r.message_id).labels() for r in self.sent()[-3:]]}"
+        )
 
     async def press(self, label: str) -> Screen:
         """Press the button labelled `label` (on the newest message offering it) and wait until the
@@ -142,8 +155,10 @@ class Chat:
         update_id = self.server.inject_callback(self.user_id, screen.message_id, data)
         query_id = self.server.callback_query_id_of(update_id)
         await self.server.wait_for(
-            lambda: any(a.callback_query_id == query_id for a in self.server.answered_callbacks), REPLY_TIMEOUT,
-            description=f"the answer to pressing {label!r}")
+            lambda: any(a.callback_query_id == query_id for a in self.server.answered_callbacks),
+            REPLY_TIMEOUT,
+            description=f"the answer to pressing {label!r}",
+        )
         if self.handled is not None:
             await self.handled.wait(update_id)
         return self.screen(screen.message_id)
@@ -172,15 +187,22 @@ class StoreEnv:
 
 
 @asynccontextmanager
-async def running_bot(stores: Stores, *, flood_gate: FloodGate | None = None, with_sender: bool = False,
-                      sender_options: dict[str, Any] | None = None, limits: RateLimits | None = None,
-                      **dependencies: Any) -> AsyncIterator[BotEnv]:
+async def running_bot(
+    stores: Stores,
+    *,
+    flood_gate: FloodGate | None = None,
+    with_sender: bool = False,
+    sender_options: dict[str, Any] | None = None,
+    limits: RateLimits | None = None,
+    **dependencies: Any,
+) -> AsyncIterator[BotEnv]:
     """With `with_sender`, a started AlertSender (built with `sender_options`) paces the handlers'
     own requests and is theirs to queue messages on, as in production. The double enforces no
     limits unless `limits` says so."""
     async with FakeTelegramServer(limits=limits or RateLimits.unlimited()) as server:
-        settings = Settings(_env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url,
-                            admin_ids=[ADMIN])
+        settings = Settings(
+            _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url, admin_ids=[ADMIN]
+        )
         store = SubscriberStore(stores.redis, stores.postgres, stores.caches, settings.admin_id_set)
         bot = create_bot(DEFAULT_TOKEN, server.base_url)
         # A script types faster than any person: unless a test is about flooding, the gate is
@@ -193,8 +215,14 @@ async def running_bot(stores: Stores, *, flood_gate: FloodGate | None = None, wi
             for middleware in bot.session.middleware:
                 if isinstance(middleware, PacedRequestsMiddleware):
                     middleware.attach(sender)
-        dispatcher = build_dispatcher(settings=settings, store=store, redis=stores.redis, postgres=stores.postgres,
-                                      flood_gate=gate, **dependencies)
+        dispatcher = build_dispatcher(
+            settings=settings,
+            store=store,
+            redis=stores.redis,
+            postgres=stores.postgres,
+            flood_gate=gate,
+            **dependencies,
+        )
         env = BotEnv(server, store, stores, dispatcher, sender)
         env.handled.attach(dispatcher)
         polling = asyncio.create_task(dispatcher.start_polling(bot, handle_signals=False))

@@ -56,8 +56,14 @@ HOSTILE_NAMES = [
 
 def token(**overrides: object) -> TokenInfo:
     fields: dict[str, object] = dict(
-        address=ADDRESS, symbol="CASHELON", name="Cash Elon", market_cap_usd=41_250.0,
-        liquidity_usd=9_800.0, holders=212, price_usd=0.00004125, created_at=CREATED,
+        address=ADDRESS,
+        symbol="CASHELON",
+        name="Cash Elon",
+        market_cap_usd=41_250.0,
+        liquidity_usd=9_800.0,
+        holders=212,
+        price_usd=0.00004125,
+        created_at=CREATED,
     )
     fields.update(overrides)
     return TokenInfo(**fields)  # type: ignore[arg-type]
@@ -89,8 +95,11 @@ async def send(bot: Bot, server: FakeTelegramServer, text: str, chat_id: int = 4
 def entity_texts(record: SentRecord, kind: str) -> list[str]:
     """The text each entity of `kind` covers (offsets are in UTF-16 code units, as Telegram's)."""
     units = record.body.encode("utf-16-le")
-    return [units[2 * e["offset"]: 2 * (e["offset"] + e["length"])].decode("utf-16-le")
-            for e in record.entities if e["type"] == kind]
+    return [
+        units[2 * e["offset"] : 2 * (e["offset"] + e["length"])].decode("utf-16-le")
+        for e in record.entities
+        if e["type"] == kind
+    ]
 
 
 def links(record: SentRecord) -> list[str]:
@@ -113,12 +122,14 @@ async def test_all_fields_shown(bot: Bot, server: FakeTelegramServer) -> None:
     assert "Alpha Calls" in text and "win rate 41%" in text and "avg gain 2.7x" in text
     assert "Beta Signals" in text
     assert "10:01:30 UTC" in text
-    assert sorted(links(record)) == sorted([
-        "https://t.me/alphacalls",
-        f"https://dexscreener.com/solana/{ADDRESS}",
-        f"https://pump.fun/coin/{ADDRESS}",
-        f"https://solscan.io/token/{ADDRESS}",
-    ])
+    assert sorted(links(record)) == sorted(
+        [
+            "https://t.me/alphacalls",
+            f"https://dexscreener.com/solana/{ADDRESS}",
+            f"https://pump.fun/coin/{ADDRESS}",
+            f"https://solscan.io/token/{ADDRESS}",
+        ]
+    )
 
 
 async def test_missing_fields_shown_as_unknown(bot: Bot, server: FakeTelegramServer) -> None:
@@ -162,14 +173,19 @@ async def test_hostile_names_are_escaped(bot: Bot, server: FakeTelegramServer, h
 def test_random_hostile_input_never_breaks_the_markup() -> None:
     """Random strings rich in markup characters, checked with the double's port of Telegram's parser."""
     rng = random.Random(1234)
-    alphabet = '<>&"\'/=;#x \n\t\x00\x1b\x85\u202e\u2066\u200b\u200d\ufeffab1aA🚀👨\u0301'
+    alphabet = "<>&\"'/=;#x \n\t\x00\x1b\x85\u202e\u2066\u200b\u200d\ufeffab1aA🚀👨\u0301"
     for _ in range(300):
+
         def junk(n: int) -> str:
             return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, n)))
-        callers = [CallerLine(junk(8), junk(120), junk(12), rng.random(), rng.random() * 10, SEEN)
-                   for _ in range(rng.randint(0, 15))]
-        html = render_alert(token(symbol=junk(40), name=junk(120), address=rng.choice([ADDRESS, junk(50)])),
-                            callers, seen_at=SEEN)
+
+        callers = [
+            CallerLine(junk(8), junk(120), junk(12), rng.random(), rng.random() * 10, SEEN)
+            for _ in range(rng.randint(0, 15))
+        ]
+        html = render_alert(
+            token(symbol=junk(40), name=junk(120), address=rng.choice([ADDRESS, junk(50)])), callers, seen_at=SEEN
+        )
         text, entities = parse_html(html)  # raises on anything Telegram would refuse
         assert len(text.encode("utf-16-le")) // 2 < 4096
         assert all(e["url"].startswith(ALLOWED_LINK_PREFIXES) for e in entities if e["type"] == "text_link")
@@ -255,8 +271,17 @@ def test_caller_line_from_feed_types() -> None:
 
 @pytest.mark.parametrize(
     ("value", "shown"),
-    [(980, "$980"), (41_250, "$41.3K"), (1_250_000, "$1.25M"), (999_960, "$1M"), (3.1e9, "$3.1B"),
-     (0, "$0"), (None, None), (float("nan"), None), (-1, None)],
+    [
+        (980, "$980"),
+        (41_250, "$41.3K"),
+        (1_250_000, "$1.25M"),
+        (999_960, "$1M"),
+        (3.1e9, "$3.1B"),
+        (0, "$0"),
+        (None, None),
+        (float("nan"), None),
+        (-1, None),
+    ],
 )
 def test_money_is_compact(value: float | None, shown: str | None) -> None:
     assert format_usd(value) == shown
@@ -270,8 +295,10 @@ async def test_a_long_digest_continues_in_numbered_parts_keeping_every_alert(
     base58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
     addresses = ["".join(rng.choice(base58) for _ in range(44)) for _ in range(81)]
     # Symbols that escape to entities, the longest a line can get.
-    lines = [render_digest_line(token(address=address, symbol="&" * 30), [alpha()], seen_at=SEEN, language=language)
-             for address in addresses]
+    lines = [
+        render_digest_line(token(address=address, symbol="&" * 30), [alpha()], seen_at=SEEN, language=language)
+        for address in addresses
+    ]
     parts = render_digest(lines, language)
     assert len(parts) >= 2 and sum(part.lines for part in parts) == 81
     received: list[str] = []
@@ -281,8 +308,7 @@ async def test_a_long_digest_continues_in_numbered_parts_keeping_every_alert(
         first_line = body.split("\n")[0]
         assert title in first_line and f"({index}/{len(parts)})" in first_line
         received.append(body)
-    shown = [address for body in received
-             for address in sorted((a for a in addresses if a in body), key=body.index)]
+    shown = [address for body in received for address in sorted((a for a in addresses if a in body), key=body.index)]
     assert shown == addresses  # every alert once, in order
     assert not any(label in "".join(received) for label in ("more", "ещё"))
     [single] = render_digest(lines[:3], language)

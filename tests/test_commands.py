@@ -21,7 +21,6 @@ from tests.conftest import Stores
 pytestmark = pytest.mark.timeout(60)
 
 
-
 class Env(StoreEnv):
     async def pg_filters(self, telegram_id: int) -> dict[str, object]:
         return await self.postgres.fetchval(
@@ -197,8 +196,18 @@ async def test_filter_screens_stay_within_4096_whatever_the_channel_lists(env: E
     await env.ask(7, "/start")
     channels = frozenset(f"@{'a' * 27}{i:04d}" for i in range(200))
     excluded = frozenset(f"@{'x' * 27}{i:04d}" for i in range(200))
-    filters = Filters(min_mcap=50_000, max_mcap=2_000_000, min_liquidity=10_000, min_holders=100, max_age=120,
-                      min_win_rate=40, min_avg_gain=2, channels=channels, exclude_channels=excluded, min_channels=2)
+    filters = Filters(
+        min_mcap=50_000,
+        max_mcap=2_000_000,
+        min_liquidity=10_000,
+        min_holders=100,
+        max_age=120,
+        min_win_rate=40,
+        min_avg_gain=2,
+        channels=channels,
+        exclude_channels=excluded,
+        min_channels=2,
+    )
     await env.store.update_filters(7, filters, name="channels")
     for command, title in (("/filters", "Your filters"), ("/status", "Your status"), ("/settings", "Your filters")):
         reply = await env.ask(7, command)

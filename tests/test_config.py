@@ -32,7 +32,12 @@ def _alertbot(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Com
     base = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     base.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args], env=base, cwd=cwd, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "bot", *args],
+        env=base,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
 
@@ -65,8 +70,14 @@ def test_dot_env_file_is_read(clean_env: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("HTTP_PORT", "eighty"), ("HTTP_PORT", "70000"), ("ADMIN_IDS", "12,abc"), ("STREAM_URL", "http://x"),
-     ("REDIS_URL", "mysql://x"), ("BOT_TOKEN", "not-a-token")],
+    [
+        ("HTTP_PORT", "eighty"),
+        ("HTTP_PORT", "70000"),
+        ("ADMIN_IDS", "12,abc"),
+        ("STREAM_URL", "http://x"),
+        ("REDIS_URL", "mysql://x"),
+        ("BOT_TOKEN", "not-a-token"),
+    ],
 )
 def test_invalid_setting_names_itself(clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
@@ -118,7 +129,9 @@ def test_migrate_applies_to_database_url(clean_env: Path, database_url: str) -> 
 
 
 def test_redaction_hides_tokens_and_url_passwords() -> None:
-    line = "GET https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/getMe redis://:hunter2@db:6379/0"
+    line = (
+        "GET https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/getMe redis://:hunter2@db:6379/0"
+    )
     cleaned = redact(line, ["hunter2"])
     assert "AAHdqTcv" not in cleaned and "hunter2" not in cleaned
     assert "postgresql://user:***@h/db" == redact("postgresql://user:pw@h/db")
@@ -132,17 +145,33 @@ def test_log_files_are_created_and_redacted(tmp_path: Path) -> None:
         logging.getLogger("alertbot.redis.errors").error("redis://:pw@host down")
         for handler in logging.getLogger().handlers + logging.getLogger("alertbot.payments").handlers:
             handler.flush()
-        for name in ("bot.log", "payments.log", "rediserror.log", "redisperformance.log",
-                     "sent_notifications.log", "user_settings.log"):
+        for name in (
+            "bot.log",
+            "payments.log",
+            "rediserror.log",
+            "redisperformance.log",
+            "sent_notifications.log",
+            "user_settings.log",
+        ):
             assert (tmp_path / name).exists(), name
         payments = (tmp_path / "payments.log").read_text()
         assert "paid with key ***" in payments and "s3cr3t" not in payments
         assert "redis://:***@host" in (tmp_path / "rediserror.log").read_text()
         assert "s3cr3t" not in (tmp_path / "bot.log").read_text()
     finally:
-        for logger in [logging.getLogger(), *(logging.getLogger(n) for n in
-                       ("alertbot.payments", "alertbot.sent", "alertbot.redis.errors",
-                        "alertbot.redis.performance", "alertbot.settings"))]:
+        for logger in [
+            logging.getLogger(),
+            *(
+                logging.getLogger(n)
+                for n in (
+                    "alertbot.payments",
+                    "alertbot.sent",
+                    "alertbot.redis.errors",
+                    "alertbot.redis.performance",
+                    "alertbot.settings",
+                )
+            ),
+        ]:
             for handler in list(logger.handlers):
                 if getattr(handler, "_alertbot", False):
                     logger.removeHandler(handler)

@@ -38,10 +38,21 @@ def address(letter: str) -> str:
 
 
 def call(token: str, channel: str, minute: int) -> CallEvent:
-    info = TokenInfo(address=token, symbol="TKN", name="Token", market_cap_usd=80_000.0, liquidity_usd=9_000.0,
-                     holders=300, created_at=T0 - timedelta(minutes=20))
-    return CallEvent(token=info, channel=ChannelRef(channel), called_at=T0 + timedelta(minutes=minute),
-                     received_at=time.perf_counter())
+    info = TokenInfo(
+        address=token,
+        symbol="TKN",
+        name="Token",
+        market_cap_usd=80_000.0,
+        liquidity_usd=9_000.0,
+        holders=300,
+        created_at=T0 - timedelta(minutes=20),
+    )
+    return CallEvent(
+        token=info,
+        channel=ChannelRef(channel),
+        called_at=T0 + timedelta(minutes=minute),
+        received_at=time.perf_counter(),
+    )
 
 
 def per_chat(telegram: FakeTelegramServer, tokens: set[str]) -> dict[int, Counter[str]]:
@@ -70,23 +81,33 @@ async def claimed(client: aioredis.Redis, token: str) -> set[int]:
 
 
 async def test_odd_channel_ids_cost_no_call_in_their_batch_its_alerts(
-    redis_url: str, database_url: str, tmp_path: Path, redis_direct: aioredis.Redis,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+    redis_direct: aioredis.Redis,
 ) -> None:
     tokens = [address(letter) for letter in "ABCDEF"]
     odd = ["a=b", "x,y", "line\nbreak", "k" * 1024, "=,\n" + "z" * 1024]
     batch = [
-        call(tokens[0], "-1001", 0), call(tokens[0], odd[0], 1),  # same token: the odd one is a second caller
+        call(tokens[0], "-1001", 0),
+        call(tokens[0], odd[0], 1),  # same token: the odd one is a second caller
         call(tokens[1], "-1002", 2),
-        call(tokens[2], odd[1], 3), call(tokens[2], "-1003", 4),
+        call(tokens[2], odd[1], 3),
+        call(tokens[2], "-1003", 4),
         call(tokens[3], odd[2], 5),
         call(tokens[4], odd[3], 6),
-        call(tokens[5], "-1004", 7), call(tokens[5], odd[4], 8),
+        call(tokens[5], "-1004", 7),
+        call(tokens[5], odd[4], 8),
     ]
-    expected = {ANY_A.telegram_id: set(tokens), ANY_B.telegram_id: set(tokens),
-                TWO_CHANNELS.telegram_id: {tokens[0], tokens[2], tokens[5]}}
+    expected = {
+        ANY_A.telegram_id: set(tokens),
+        ANY_B.telegram_id: set(tokens),
+        TWO_CHANNELS.telegram_id: {tokens[0], tokens[2], tokens[5]},
+    }
     async with FakeTelegramServer() as telegram, FeedServer([]) as feed:
-        async with bot_on_feed(feed, telegram, redis_url, database_url, tmp_path,
-                               [ANY_A, ANY_B, TWO_CHANNELS]) as runtime:
+        async with bot_on_feed(
+            feed, telegram, redis_url, database_url, tmp_path, [ANY_A, ANY_B, TWO_CHANNELS]
+        ) as runtime:
             for event in batch:  # no await in between that yields: the worker takes them as one batch
                 await runtime.queue.put(event)
             wanted = sum(len(t) for t in expected.values())
@@ -107,7 +128,11 @@ async def test_odd_channel_ids_cost_no_call_in_their_batch_its_alerts(
 
 @pytest.mark.parametrize("broken", ["outbox", "claims"])
 async def test_a_refused_claim_leaves_nothing_behind_and_the_call_alerts_once_redis_accepts_it(
-    redis_url: str, database_url: str, tmp_path: Path, redis_direct: aioredis.Redis, broken: str,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+    redis_direct: aioredis.Redis,
+    broken: str,
 ) -> None:
     token, other = address("G"), address("H")
     # A key of the wrong type makes Redis itself refuse the claim (WRONGTYPE): for every call when
@@ -152,7 +177,10 @@ async def test_a_refused_claim_leaves_nothing_behind_and_the_call_alerts_once_re
 
 @pytest.mark.timeout(420)
 async def test_redis_gone_for_30_s_during_the_replay_every_alert_once_and_the_claims_written_back(
-    redis_url: str, database_url: str, tmp_path: Path, redis_direct: aioredis.Redis,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+    redis_direct: aioredis.Redis,
 ) -> None:
     sample = load_sample()
     first, second = len(sample) // 3, 2 * len(sample) // 3
@@ -161,8 +189,7 @@ async def test_redis_gone_for_30_s_during_the_replay_every_alert_once_and_the_cl
     expected = expected_alerts(sample, subscribers, now)
     before = expected_alerts(sample[:first], subscribers, now)
     by_outage_end = expected_alerts(sample[:second], subscribers, now)
-    during = {(token, chat) for chat, tokens in by_outage_end.items() for token in tokens
-              if token not in before[chat]}
+    during = {(token, chat) for chat, tokens in by_outage_end.items() for token in tokens if token not in before[chat]}
     assert during, "the outage's part of the feed must alert someone"
     tokens = {f["token"]["address"] for f in sample if f["type"] == "call"}
     parts = urlsplit(redis_url)
@@ -170,15 +197,26 @@ async def test_redis_gone_for_30_s_during_the_replay_every_alert_once_and_the_cl
         through_proxy = proxy.url("redis", parts.path)
         async with FakeTelegramServer() as telegram, FeedServer([]) as feed:
             # One message per alert, so each is counted where it arrives (no digests).
-            async with bot_on_feed(feed, telegram, through_proxy, database_url, tmp_path, MEMBERS,
-                                   alert_digest_threshold=100, alert_max_delay=3600) as runtime:
+            async with bot_on_feed(
+                feed,
+                telegram,
+                through_proxy,
+                database_url,
+                tmp_path,
+                MEMBERS,
+                alert_digest_threshold=100,
+                alert_max_delay=3600,
+            ) as runtime:
                 [stream] = runtime.streams
                 assert runtime.workers is not None
 
                 async def processed(frames: int) -> None:
                     await stream.wait_for(lambda: stream.stats.frames >= frames, timeout=60)
-                    await until(lambda: runtime.queue.qsize() == 0 and bool(runtime.workers and runtime.workers.idle),
-                                60, "frames processed")
+                    await until(
+                        lambda: runtime.queue.qsize() == 0 and bool(runtime.workers and runtime.workers.idle),
+                        60,
+                        "frames processed",
+                    )
 
                 await feed.push_many(sample[:first])
                 await processed(first)
@@ -190,7 +228,7 @@ async def test_redis_gone_for_30_s_during_the_replay_every_alert_once_and_the_cl
                 await proxy.stop_forwarding()
                 outage = sample[first:second]
                 for start in range(0, len(outage), len(outage) // 25 + 1):  # the feed goes on all through it
-                    await feed.push_many(outage[start:start + len(outage) // 25 + 1])
+                    await feed.push_many(outage[start : start + len(outage) // 25 + 1])
                     await asyncio.sleep(1.0)
                 await processed(second)
                 await asyncio.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
@@ -238,8 +276,10 @@ async def test_while_redis_is_down_publishing_waits_for_room_in_the_direct_path(
                 await redis.ping()
             telegram.force_retry_after(1, duration=3600, methods=["sendMessage"])  # nothing gets answered
             queue = DeliveryQueue(redis, None, sender, consumer="sender-a", direct_limit=3)
-            alerts = [Delivery(token=address("D"), chat_id=500 + i, html=f"alert {i}", priority=Lane.PAID_ALERT)
-                      for i in range(5)]
+            alerts = [
+                Delivery(token=address("D"), chat_id=500 + i, html=f"alert {i}", priority=Lane.PAID_ALERT)
+                for i in range(5)
+            ]
             await queue.publish(alerts[:3])  # the direct path is full now
             more = asyncio.create_task(queue.publish(alerts[3:]))
             for _ in range(20):

@@ -37,12 +37,20 @@ class Engine:
         await self.queue.close()
 
 
-async def start_engine(bot: Bot, stores: Stores, *, consumer: str = "sender-a", claim_idle: float = 60.0,
-                       window: int = 1_000, **sender_options: object) -> Engine:
+async def start_engine(
+    bot: Bot,
+    stores: Stores,
+    *,
+    consumer: str = "sender-a",
+    claim_idle: float = 60.0,
+    window: int = 1_000,
+    **sender_options: object,
+) -> Engine:
     sender = AlertSender(bot, **sender_options)  # type: ignore[arg-type]
     await sender.start()
-    queue = DeliveryQueue(stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle,
-                          window=window)
+    queue = DeliveryQueue(
+        stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle, window=window
+    )
     await queue.start()
     return Engine(sender, queue)
 
@@ -52,8 +60,10 @@ BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 def alerts(count: int, *, first_chat: int = 1_000, token: str = "T" * 40 + "pump") -> list[Delivery]:
     """One token's alert to `count` chats."""
-    return [Delivery(token=token, chat_id=first_chat + i, html=f"<b>alert</b> {i}", priority=Lane.PAID_ALERT)
-            for i in range(count)]
+    return [
+        Delivery(token=token, chat_id=first_chat + i, html=f"<b>alert</b> {i}", priority=Lane.PAID_ALERT)
+        for i in range(count)
+    ]
 
 
 def per_chat_counts(server: FakeTelegramServer) -> Counter[int]:
@@ -125,7 +135,9 @@ async def test_entries_answered_before_a_crash_are_not_sent_again(server: FakeTe
     for delivery in batch[:12]:
         await stores.postgres.execute(
             "INSERT INTO deliveries (token_address, chat_id, status, message_id) VALUES ($1, $2, 'sent', 1)",
-            delivery.token, delivery.chat_id)
+            delivery.token,
+            delivery.chat_id,
+        )
     engine = await start_engine(server.create_bot(), stores, paid_broadcast=True)
     await until(lambda: len(server.sent) >= 8)
     await until(lambda: engine.queue.stats.acknowledged >= 20)
@@ -142,8 +154,7 @@ async def test_sends_a_dead_consumer_left_are_claimed_by_another(server: FakeTel
         for delivery in batch:
             await client.xadd(STREAM_KEY, delivery.fields())
         await client.xreadgroup(GROUP, "sender-dead", {STREAM_KEY: ">"}, count=100)  # then it died
-    engine = await start_engine(server.create_bot(), stores, consumer="sender-b", claim_idle=0.05,
-                                paid_broadcast=True)
+    engine = await start_engine(server.create_bot(), stores, consumer="sender-b", claim_idle=0.05, paid_broadcast=True)
     await until(lambda: len(server.sent) >= 10)
     await until(lambda: engine.queue.stats.acknowledged >= 10)
     await engine.stop()
@@ -166,8 +177,9 @@ async def test_a_reply_overtakes_every_queued_alert(server: FakeTelegramServer, 
 
 async def test_a_backlog_for_one_chat_becomes_one_digest(server: FakeTelegramServer) -> None:
     outcomes: list[Outcome] = []
-    digest = DigestPolicy(lambda chat, lines: [("<b>digest</b>\n" + "\n".join(lines), len(lines))], threshold=5,
-                          max_delay=60)
+    digest = DigestPolicy(
+        lambda chat, lines: [("<b>digest</b>\n" + "\n".join(lines), len(lines))], threshold=5, max_delay=60
+    )
     async with AlertSender(server.create_bot(), digest=digest) as sender:
         for i in range(8):
             sender.submit(55, f"<b>alert {i}</b>", digest_line=f"line {i}", on_done=outcomes.append)
@@ -179,8 +191,9 @@ async def test_a_backlog_for_one_chat_becomes_one_digest(server: FakeTelegramSer
 
 
 async def test_alerts_that_waited_too_long_are_merged(server: FakeTelegramServer) -> None:
-    digest = DigestPolicy(lambda chat, lines: [("digest: " + ", ".join(lines), len(lines))], threshold=50,
-                          max_delay=0.3)
+    digest = DigestPolicy(
+        lambda chat, lines: [("digest: " + ", ".join(lines), len(lines))], threshold=50, max_delay=0.3
+    )
     async with AlertSender(server.create_bot(), digest=digest) as sender:
         for i in range(3):
             sender.submit(56, f"alert {i}", digest_line=str(i))
@@ -228,12 +241,18 @@ def solana_address(seed: int) -> str:
 
 
 def rendered_alert(chat_id: int, seed: int) -> Delivery:
-    token = TokenInfo(address=solana_address(seed), symbol=f"TOK{seed}", name=f"Token number {seed}",
-                      market_cap_usd=40_000.0 + seed)
+    token = TokenInfo(
+        address=solana_address(seed), symbol=f"TOK{seed}", name=f"Token number {seed}", market_cap_usd=40_000.0 + seed
+    )
     callers = [CallerLine(channel_id=f"-100{seed}", name="Alpha Calls", username="alphacalls")]
     seen = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-    return Delivery(token=token.address, chat_id=chat_id, html=render_alert(token, callers, seen_at=seen),
-                    priority=Lane.PAID_ALERT, digest_line=render_digest_line(token, callers, seen_at=seen))
+    return Delivery(
+        token=token.address,
+        chat_id=chat_id,
+        html=render_alert(token, callers, seen_at=seen),
+        priority=Lane.PAID_ALERT,
+        digest_line=render_digest_line(token, callers, seen_at=seen),
+    )
 
 
 async def test_81_merged_alerts_all_reach_the_subscriber_in_numbered_parts(
@@ -257,7 +276,8 @@ async def test_81_merged_alerts_all_reach_the_subscriber_in_numbered_parts(
     rows = await stores.postgres.fetch("SELECT token_address, status, digest, message_id FROM deliveries")
     # Each alert was settled by the part that carried it.
     assert {r["token_address"]: (r["status"], r["digest"], r["message_id"]) for r in rows} == {
-        token: ("sent", True, ids[0]) for token, ids in where.items()}
+        token: ("sent", True, ids[0]) for token, ids in where.items()
+    }
     assert await stream_length(stores) == 0
 
 
@@ -293,22 +313,24 @@ async def test_a_minute_of_502s_mid_broadcast_delays_every_alert_and_loses_none(
     assert await stream_length(stores) == 0
     assert await stores.postgres.fetchval("SELECT count(*) FROM deliveries WHERE status = 'sent'") == 400
     assert b"alertbot_sender_telegram_reachable 1.0" in generate_latest(metrics.registry)
-    changes = [r.getMessage() for r in caplog.records if r.name == "alertbot.sender" and "Telegram" in r.getMessage()
-               and "reachable" in r.getMessage()]
+    changes = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "alertbot.sender" and "Telegram" in r.getMessage() and "reachable" in r.getMessage()
+    ]
     assert len(changes) == 2 and "unreachable" in changes[0] and "reachable again" in changes[1]
 
 
-async def test_a_live_consumers_held_entries_stay_its_own_while_a_dead_ones_are_taken_over(
-    stores: Stores
-) -> None:
+async def test_a_live_consumers_held_entries_stay_its_own_while_a_dead_ones_are_taken_over(stores: Stores) -> None:
     claim_idle = 1.0
     async with FakeTelegramServer() as down, FakeTelegramServer() as up:
         bot_a, bot_b = down.create_bot(), up.create_bot()
         try:
             down.force_error(502, "Bad Gateway", count=None, methods=["sendMessage"])
             # Its window full, its reader makes no claims of its own that would refresh what it holds.
-            live = await start_engine(bot_a, stores, consumer="sender-a", claim_idle=claim_idle, window=10,
-                                      backoff_max=2.0)
+            live = await start_engine(
+                bot_a, stores, consumer="sender-a", claim_idle=claim_idle, window=10, backoff_max=2.0
+            )
             held = alerts(10, first_chat=8_000)
             await live.queue.publish(held)
             await until(lambda: live.queue.stats.read == 10 and live.sender.stalled())

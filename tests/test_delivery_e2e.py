@@ -54,7 +54,8 @@ async def test_a_blocked_subscriber_is_tried_once_then_never_until_they_return(
             await sync.settle()
             await feed.push(call_frame(tokens[2], "-2010", 2))
             await telegram.wait_for_sent(
-                lambda r: r.chat_id == BLOCKER.telegram_id and tokens[2] in (r.raw_text or ""), timeout=30)
+                lambda r: r.chat_id == BLOCKER.telegram_id and tokens[2] in (r.raw_text or ""), timeout=30
+            )
             await runtime.drained()
         got = alerts_by_chat(telegram, set(tokens))
         assert got == {FOLLOWER.telegram_id: tokens, BLOCKER.telegram_id: [tokens[2]]}
@@ -69,12 +70,18 @@ async def test_filters_during_a_5000_message_broadcast_is_answered_ahead_of_the_
 ) -> None:
     # Paid broadcasting (1,000 a second) keeps 5,000 sends to a few seconds; the lanes are the same.
     async with FakeTelegramServer() as telegram, FeedServer(CHANNEL_FRAMES) as feed:
-        async with bot_on_feed(feed, telegram, redis_url, database_url, tmp_path, [FOLLOWER],
-                               paid_broadcast=True) as runtime:
+        async with bot_on_feed(
+            feed, telegram, redis_url, database_url, tmp_path, [FOLLOWER], paid_broadcast=True
+        ) as runtime:
             assert runtime.delivery is not None
-            await runtime.delivery.publish([
-                Delivery(token="B" * 40 + "pump", chat_id=5_000_000 + i, html=f"alert {i}", priority=Lane.PAID_ALERT)
-                for i in range(5_000)])
+            await runtime.delivery.publish(
+                [
+                    Delivery(
+                        token="B" * 40 + "pump", chat_id=5_000_000 + i, html=f"alert {i}", priority=Lane.PAID_ALERT
+                    )
+                    for i in range(5_000)
+                ]
+            )
             await telegram.wait_for(lambda: len(telegram.sent) >= 300, timeout=30)
             asked_at = len(telegram.sent)
             telegram.inject_message(FOLLOWER.telegram_id, "/filters")

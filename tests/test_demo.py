@@ -14,8 +14,13 @@ def test_demo_runs_the_pipeline_and_exits_0(tmp_path: Path) -> None:
     # No settings at all, and a working folder without .env: the demo must need none.
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     result = subprocess.run(
-        [sys.executable, "-m", "bot", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300, check=False,
+        [sys.executable, "-m", "bot", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

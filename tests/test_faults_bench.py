@@ -37,8 +37,10 @@ def test_only_a_copy_first_sent_just_before_a_kill_and_again_after_it_is_explain
 
 
 def test_tokens_are_read_from_the_text_only_where_the_feed_has_them() -> None:
-    text = (f'<b>New call</b>\n<code>{A}</code>\n<a href="https://dexscreener.com/solana/{A}">DexScreener</a>'
-            f"\n• <code>{C}</code> and {B[:20]}")
+    text = (
+        f'<b>New call</b>\n<code>{A}</code>\n<a href="https://dexscreener.com/solana/{A}">DexScreener</a>'
+        f"\n• <code>{C}</code> and {B[:20]}"
+    )
     assert tokens_in(text, frozenset({A, B, C})) == (A, C)
 
 

@@ -341,12 +341,36 @@ def test_malformed_frames_raise_frame_error_with_a_short_reason(text, reason):
 
 # Identifiers that would reach Redis keys, logs and rows if the adapter let them through.
 BAD_CHANNEL_IDS: list[Any] = [
-    "-100123=4567", "-1001,-1002", "-100123\n4567", "x" * 1024, "1" * 1024, "alphacalls",
-    "@alphacalls", "-", "", "12 34", "-100123\u0660", 10**30, -(10**25), 1.5, ["-1"], {"id": "-1"},
+    "-100123=4567",
+    "-1001,-1002",
+    "-100123\n4567",
+    "x" * 1024,
+    "1" * 1024,
+    "alphacalls",
+    "@alphacalls",
+    "-",
+    "",
+    "12 34",
+    "-100123\u0660",
+    10**30,
+    -(10**25),
+    1.5,
+    ["-1"],
+    {"id": "-1"},
 ]
 BAD_ADDRESSES: list[Any] = [
-    ADDRESS + "=", ADDRESS[:20] + "," + ADDRESS[21:], ADDRESS[:-1] + "\n" + "x", "A" * 31, "A" * 45,
-    "0" * 44, "O" * 44, "I" * 44, "l" * 44, "A" * 1024, "8yZ1pump", "A" * 43 + "\u00e9",
+    ADDRESS + "=",
+    ADDRESS[:20] + "," + ADDRESS[21:],
+    ADDRESS[:-1] + "\n" + "x",
+    "A" * 31,
+    "A" * 45,
+    "0" * 44,
+    "O" * 44,
+    "I" * 44,
+    "l" * 44,
+    "A" * 1024,
+    "8yZ1pump",
+    "A" * 43 + "\u00e9",
 ]
 
 
@@ -377,8 +401,15 @@ def test_good_identifiers_pass_and_a_bad_username_becomes_none() -> None:
     for channel_id, expected in [(-1001234567890, "-1001234567890"), ("777000", "777000"), (" -1 ", "-1")]:
         event = parse_alert_frame(json.dumps(dict(CALL, channel={"id": channel_id})))
         assert isinstance(event, CallEvent) and event.channel.id == expected
-    for username, expected in [("alpha_calls_2", "alpha_calls_2"), ("@alphacalls", "alphacalls"), ("abcd", None),
-                               ("a" * 33, None), ("alpha=calls", None), ("alpha\ncalls", None), ("x" * 1024, None)]:
+    for username, expected in [
+        ("alpha_calls_2", "alpha_calls_2"),
+        ("@alphacalls", "alphacalls"),
+        ("abcd", None),
+        ("a" * 33, None),
+        ("alpha=calls", None),
+        ("alpha\ncalls", None),
+        ("x" * 1024, None),
+    ]:
         event = parse_alert_frame(json.dumps(dict(CALL, channel={"id": "-1", "username": username})))
         assert isinstance(event, CallEvent) and event.channel.username == expected
     assert parse_alert_frame(with_token(address=" " + ADDRESS + "\n")).token.address == ADDRESS  # type: ignore[union-attr]
@@ -465,8 +496,17 @@ def test_bonk_frames_with_other_field_names_adapt():
     # "token" instead of "mint", and no txType at all: a creation.
     renamed = {("token" if k == "mint" else k): v for k, v in pp_bonk_create().items() if k != "txType"}
     assert pp(renamed).token.address == BONK_MINT  # type: ignore[union-attr]
-    trade = pp({"mint": BONK_MINT, "txType": "buy", "pool": "bonk", "solAmount": 1, "tokenAmount": 1e6,
-                "solInPool": 5.0, "tokensInPool": 9e8})
+    trade = pp(
+        {
+            "mint": BONK_MINT,
+            "txType": "buy",
+            "pool": "bonk",
+            "solAmount": 1,
+            "tokenAmount": 1e6,
+            "solInPool": 5.0,
+            "tokensInPool": 9e8,
+        }
+    )
     assert isinstance(trade, PriceEvent) and math.isclose(trade.price_usd, 1e-6 * SOL_USD)
 
 

@@ -184,7 +184,11 @@ def test_command_line_reproduces_the_committed_file_byte_for_byte(tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     result = subprocess.run(
         [sys.executable, "-m", "standins.feedgen", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == feedgen.SAMPLE_PATH.read_bytes()
@@ -210,8 +214,7 @@ FRAMES: list[dict[str, Any] | str] = [
     {"type": "channel", "id": "-1001", "name": "A", "win_rate": 0.5, "avg_gain": 2.0, "calls": 3},
     "{not json",
     {"type": "heartbeat"},
-    {"type": "price", "address": "x", "price_usd": 1e-05, "market_cap_usd": 10000.0,
-     "ts": "2026-11-20T10:00:00Z"},
+    {"type": "price", "address": "x", "price_usd": 1e-05, "market_cap_usd": 10000.0, "ts": "2026-11-20T10:00:00Z"},
 ]
 
 
@@ -287,9 +290,7 @@ async def test_received_records_what_clients_send_and_on_message_can_reply():
     async with FeedServer(on_message=acknowledge) as feed, connect(feed.url, ping_interval=None) as ws:
         await ws.send(json.dumps({"method": "subscribeNewToken"}))
         await ws.send("plain words")
-        found = await feed.wait_for_received(
-            lambda m: isinstance(m, dict) and m.get("method") == "subscribeNewToken"
-        )
+        found = await feed.wait_for_received(lambda m: isinstance(m, dict) and m.get("method") == "subscribeNewToken")
         assert found == {"method": "subscribeNewToken"}
         assert await feed.wait_for_received(lambda m: m == "plain words") == "plain words"
         assert json.loads((await receive(ws, 1))[0])["message"].startswith("Successfully subscribed")

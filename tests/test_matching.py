@@ -68,7 +68,8 @@ def test_index_agrees_with_the_filter_rules() -> None:
         token = random_token(rng)
         callers = rng.sample(CHANNELS, rng.randint(1, 5))
         expected = sorted(
-            s.telegram_id for s in subscribers
+            s.telegram_id
+            for s in subscribers
             if s.receives_alerts(NOW) and token_matches(s.filters, token, NOW, callers)
         )
         got = sorted(index.match(token, NOW, callers))

@@ -58,6 +58,7 @@ async def pg_filters(env: BotEnv, telegram_id: int) -> dict[str, object]:
 
 # ------------------------------------------------------------------------------ the main flow
 
+
 @pytest.mark.parametrize("language", ["en", "ru"])
 async def test_new_user_sets_filters_by_buttons(env: BotEnv, language: str) -> None:
     chat = env.chat(21, language)
@@ -148,6 +149,7 @@ async def test_one_tap_resets(env: BotEnv) -> None:
 
 
 # ------------------------------------------------------------------------------ account screens
+
 
 async def test_start_links_credit_the_referrer_and_open_plans(env: BotEnv) -> None:
     inviter = env.chat(31)
@@ -316,6 +318,7 @@ async def test_an_out_of_date_button_gets_the_menu_again(env: BotEnv) -> None:
 
 # ------------------------------------------------------------------------------ throttling
 
+
 def test_flood_gate_lets_a_burst_through_then_one_notice() -> None:
     clock = ManualClock()
     gate = FloodGate(burst=3, interval=1.0, clock=clock)
@@ -343,11 +346,15 @@ async def test_a_flooding_user_gets_one_polite_notice_and_others_are_served(stor
 
 # ------------------------------------------------------------------------------ static checks
 
+
 def test_callback_data_fits_telegrams_64_bytes() -> None:
     longest_filter = max(FILTER_SPECS, key=len)
     for data in (
-        MenuCB(screen="language"), FilterCB(action="reset_all", name=longest_filter),
-        PresetCB(action="unfollow", code="x" * 24), LanguageCB(code="en"), PrivacyCB(action="confirm"),
+        MenuCB(screen="language"),
+        FilterCB(action="reset_all", name=longest_filter),
+        PresetCB(action="unfollow", code="x" * 24),
+        LanguageCB(code="en"),
+        PrivacyCB(action="confirm"),
         PlanCB(code="x" * 40),
     ):
         assert len(data.pack().encode()) <= MAX_CALLBACK_BYTES, data
@@ -355,8 +362,13 @@ def test_callback_data_fits_telegrams_64_bytes() -> None:
 
 def _text_keys_used() -> set[str]:
     """Every key the code passes to text(...): literal ones, and f-string families expanded."""
-    families = {"menu_": MAIN_SCREENS, "label_": tuple(FILTER_SPECS), "accepted_": tuple(FILTER_SPECS),
-                "cmd_": MENU_COMMANDS, "reason_": REASON_KINDS}
+    families = {
+        "menu_": MAIN_SCREENS,
+        "label_": tuple(FILTER_SPECS),
+        "accepted_": tuple(FILTER_SPECS),
+        "cmd_": MENU_COMMANDS,
+        "reason_": REASON_KINDS,
+    }
     keys: set[str] = set()
     for path in [*ROOT.glob("bot/**/*.py")]:
         tree = ast.parse(path.read_text())
@@ -415,8 +427,9 @@ async def test_the_filters_screen_offers_the_replay(env: BotEnv) -> None:
 async def press_and_wait_for_the_answer(env: BotEnv, chat_id: int, message_id: int, data: str) -> None:
     answered = len(env.server.answered_callbacks)
     env.server.inject_callback(chat_id, message_id, data, check_button=False)
-    await env.server.wait_for(lambda: len(env.server.answered_callbacks) > answered, 10,
-                              description=f"the answer to {data!r}")
+    await env.server.wait_for(
+        lambda: len(env.server.answered_callbacks) > answered, 10, description=f"the answer to {data!r}"
+    )
 
 
 async def test_forged_or_odd_button_data_is_answered_without_an_error(env: BotEnv) -> None:
@@ -425,8 +438,19 @@ async def test_forged_or_odd_button_data_is_answered_without_an_error(env: BotEn
     chat = env.chat(75)
     welcome = await chat.ask("/start")
     forged = [
-        "f1:edit:bogus", "f1:reset:bogus", "f1:explode:min_mcap", "l1:xx", "pl1:nosuch", "d1:maybe",
-        "p1:apply:nosuch", "p1:unfollow:safe", "p1:follow:" + "x" * 40, "m1:nowhere", "m1", "", "🙂" * 10,
+        "f1:edit:bogus",
+        "f1:reset:bogus",
+        "f1:explode:min_mcap",
+        "l1:xx",
+        "pl1:nosuch",
+        "d1:maybe",
+        "p1:apply:nosuch",
+        "p1:unfollow:safe",
+        "p1:follow:" + "x" * 40,
+        "m1:nowhere",
+        "m1",
+        "",
+        "🙂" * 10,
     ]
     for data in forged:
         await press_and_wait_for_the_answer(env, 75, welcome.message_id, data)
@@ -442,8 +466,16 @@ async def test_the_settings_flow_survives_redis_going_down(stores: Stores) -> No
     parts = urlsplit(stores.redis_url)
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
         proxied = urlunsplit((parts.scheme, f"{proxy.listen_host}:{proxy.port}", parts.path, "", ""))
-        options = RedisOptions(health_interval=0.05, reconnect_base=0.01, reconnect_max=0.05, failure_threshold=2,
-                               cooldown=0.02, max_cooldown=0.1, socket_timeout=1.0, socket_connect_timeout=1.0)
+        options = RedisOptions(
+            health_interval=0.05,
+            reconnect_base=0.01,
+            reconnect_max=0.05,
+            failure_threshold=2,
+            cooldown=0.02,
+            max_cooldown=0.1,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
         redis = RedisManager.from_url(proxied, options)
         await redis.start()
         caches = CacheRegistry(redis)

@@ -25,9 +25,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Every migration in the repo, so adding one does not break the tests of the runner.
 ALL_VERSIONS = [m.version for m in discover_migrations()]
 CORE_TABLES = {
-    "users", "user_settings", "settings_history", "channels", "tokens", "calls", "alerts",
-    "multiplier_entries", "plans", "payments", "subscriptions", "notification_history",
-    "activity_log", "schema_migrations", "deliveries", "token_prices",
+    "users",
+    "user_settings",
+    "settings_history",
+    "channels",
+    "tokens",
+    "calls",
+    "alerts",
+    "multiplier_entries",
+    "plans",
+    "payments",
+    "subscriptions",
+    "notification_history",
+    "activity_log",
+    "schema_migrations",
+    "deliveries",
+    "token_prices",
 }
 
 
@@ -76,9 +89,7 @@ async def test_applies_on_a_fresh_database(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         plans = {row["code"]: row for row in await conn.fetch("SELECT * FROM plans WHERE active")}
-        row = await conn.fetchrow(
-            "SELECT name, checksum, applied_at FROM schema_migrations WHERE version = '0001'"
-        )
+        row = await conn.fetchrow("SELECT name, checksum, applied_at FROM schema_migrations WHERE version = '0001'")
     finally:
         await conn.close()
     assert {"week", "month", "quarter"} <= set(plans)
@@ -110,7 +121,10 @@ async def test_two_processes_at_once_apply_each_migration_once(database_url: str
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, database_url],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
@@ -161,8 +175,13 @@ async def test_waits_for_the_lock_held_by_another_session(database_url: str) -> 
 async def test_command_line(database_url: str) -> None:
     async def run(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "managers.migrations", *args, cwd=REPO_ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "managers.migrations",
+            *args,
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate()
         return proc.returncode, out.decode(), err.decode()
@@ -179,26 +198,35 @@ async def test_command_line(database_url: str) -> None:
 
 
 async def test_applies_in_numeric_order_and_later_additions(database_url: str, tmp_path: Path) -> None:
-    folder = _write(tmp_path / "m", {
-        "1_a.sql": "CREATE TABLE a (id int PRIMARY KEY);",
-        "2_b.sql": "CREATE TABLE b (id int REFERENCES a (id));",
-        "10_c.sql": "CREATE TABLE c (id int); ALTER TABLE b ADD COLUMN c_id int;",
-        "README.md": "not a migration",
-    })
+    folder = _write(
+        tmp_path / "m",
+        {
+            "1_a.sql": "CREATE TABLE a (id int PRIMARY KEY);",
+            "2_b.sql": "CREATE TABLE b (id int REFERENCES a (id));",
+            "10_c.sql": "CREATE TABLE c (id int); ALTER TABLE b ADD COLUMN c_id int;",
+            "README.md": "not a migration",
+        },
+    )
     assert await apply_migrations(database_url, folder) == ["1", "2", "10"]
     _write(folder, {"11_d.sql": "CREATE TABLE d (id int);"})
     assert await migration_status(database_url, folder) == [
-        ("1", True), ("2", True), ("10", True), ("11", False),
+        ("1", True),
+        ("2", True),
+        ("10", True),
+        ("11", False),
     ]
     assert await apply_migrations(database_url, folder) == ["11"]
     assert {"a", "b", "c", "d"} <= await _tables(database_url)
 
 
 async def test_changed_applied_migration_is_refused(database_url: str, tmp_path: Path) -> None:
-    folder = _write(tmp_path / "m", {
-        "0001_first.sql": "CREATE TABLE first (id int);",
-        "0002_second.sql": "CREATE TABLE second (id int);",
-    })
+    folder = _write(
+        tmp_path / "m",
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);",
+            "0002_second.sql": "CREATE TABLE second (id int);",
+        },
+    )
     assert await apply_migrations(database_url, folder) == ["0001", "0002"]
     (folder / "0001_first.sql").write_text("CREATE TABLE first (id bigint);")
     _write(folder, {"0003_third.sql": "CREATE TABLE third (id int);"})
@@ -218,11 +246,14 @@ async def test_line_endings_do_not_change_the_checksum(database_url: str, tmp_pa
 
 
 async def test_failing_migration_rolls_back_and_names_the_file(database_url: str, tmp_path: Path) -> None:
-    folder = _write(tmp_path / "m", {
-        "0001_ok.sql": "CREATE TABLE ok (id int);",
-        "0002_broken.sql": "CREATE TABLE half (id int);\nINSERT INTO no_such_table VALUES (1);\n",
-        "0003_later.sql": "CREATE TABLE later (id int);",
-    })
+    folder = _write(
+        tmp_path / "m",
+        {
+            "0001_ok.sql": "CREATE TABLE ok (id int);",
+            "0002_broken.sql": "CREATE TABLE half (id int);\nINSERT INTO no_such_table VALUES (1);\n",
+            "0003_later.sql": "CREATE TABLE later (id int);",
+        },
+    )
     with pytest.raises(MigrationError) as info:
         await apply_migrations(database_url, folder)
     message = str(info.value)
@@ -267,8 +298,8 @@ async def core(database_url: str):
 async def test_updated_at_trigger(core: asyncpg.Connection) -> None:
     old = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     user_id = await core.fetchval(
-        "INSERT INTO users (telegram_id, username, created_at, updated_at) "
-        "VALUES (42, 'alice', $1, $1) RETURNING id", old,
+        "INSERT INTO users (telegram_id, username, created_at, updated_at) VALUES (42, 'alice', $1, $1) RETURNING id",
+        old,
     )
     # Writing identical values is not a change.
     await core.execute("UPDATE users SET username = 'alice' WHERE id = $1", user_id)
@@ -280,14 +311,20 @@ async def test_updated_at_trigger(core: asyncpg.Connection) -> None:
     assert row["updated_at"] > old
 
     # Every table with updated_at has the trigger.
-    tables = {r["table_name"] for r in await core.fetch(
-        "SELECT table_name FROM information_schema.columns "
-        "WHERE table_schema = 'public' AND column_name = 'updated_at'"
-    )}
-    triggered = {r["tgrelid"] for r in await core.fetch(
-        "SELECT tgrelid::regclass::text AS tgrelid FROM pg_trigger t "
-        "JOIN pg_proc p ON p.oid = t.tgfoid WHERE p.proname = 'set_updated_at'"
-    )}
+    tables = {
+        r["table_name"]
+        for r in await core.fetch(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND column_name = 'updated_at'"
+        )
+    }
+    triggered = {
+        r["tgrelid"]
+        for r in await core.fetch(
+            "SELECT tgrelid::regclass::text AS tgrelid FROM pg_trigger t "
+            "JOIN pg_proc p ON p.oid = t.tgfoid WHERE p.proname = 'set_updated_at'"
+        )
+    }
     assert tables and tables == triggered
 
 
@@ -306,12 +343,8 @@ async def test_unique_constraints_reject_duplicates(core: asyncpg.Connection) ->
     user_a, user_b = await _seed(core)
     called = dt.datetime(2026, 11, 20, 10, 1, 30, tzinfo=dt.UTC)
 
-    await core.execute(
-        "INSERT INTO calls (token_address, channel_id, called_at) VALUES ('Tok1', '-1001', $1)", called
-    )
-    await core.execute(
-        "INSERT INTO calls (token_address, channel_id, called_at) VALUES ('Tok1', '-1002', $1)", called
-    )
+    await core.execute("INSERT INTO calls (token_address, channel_id, called_at) VALUES ('Tok1', '-1001', $1)", called)
+    await core.execute("INSERT INTO calls (token_address, channel_id, called_at) VALUES ('Tok1', '-1002', $1)", called)
     with pytest.raises(asyncpg.UniqueViolationError):
         await core.execute(
             "INSERT INTO calls (token_address, channel_id, called_at) VALUES ('Tok1', '-1001', $1)", called
@@ -319,7 +352,8 @@ async def test_unique_constraints_reject_duplicates(core: asyncpg.Connection) ->
 
     alert_id = await core.fetchval(
         "INSERT INTO alerts (user_id, token_address, price_usd, channel_ids) "
-        "VALUES ($1, 'Tok1', 0.00004125, ARRAY['-1001']) RETURNING id", user_a,
+        "VALUES ($1, 'Tok1', 0.00004125, ARRAY['-1001']) RETURNING id",
+        user_a,
     )
     await core.execute("INSERT INTO alerts (user_id, token_address) VALUES ($1, 'Tok1')", user_b)
     with pytest.raises(asyncpg.UniqueViolationError):
@@ -327,18 +361,22 @@ async def test_unique_constraints_reject_duplicates(core: asyncpg.Connection) ->
     # The idiomatic exactly-once insert.
     status = await core.execute(
         "INSERT INTO alerts (user_id, token_address) VALUES ($1, 'Tok1') "
-        "ON CONFLICT (user_id, token_address) DO NOTHING", user_a,
+        "ON CONFLICT (user_id, token_address) DO NOTHING",
+        user_a,
     )
     assert status == "INSERT 0 0"
 
     await core.execute(
-        "INSERT INTO multiplier_entries (alert_id, user_id, token_address, multiplier) "
-        "VALUES ($1, $2, 'Tok1', 2)", alert_id, user_a,
+        "INSERT INTO multiplier_entries (alert_id, user_id, token_address, multiplier) VALUES ($1, $2, 'Tok1', 2)",
+        alert_id,
+        user_a,
     )
     with pytest.raises(asyncpg.UniqueViolationError):
         await core.execute(
             "INSERT INTO multiplier_entries (alert_id, user_id, token_address, multiplier) "
-            "VALUES ($1, $2, 'Tok1', 2.0)", alert_id, user_a,
+            "VALUES ($1, $2, 'Tok1', 2.0)",
+            alert_id,
+            user_a,
         )
 
     plan_id = await core.fetchval("SELECT id FROM plans WHERE code = 'month'")
@@ -374,9 +412,7 @@ async def test_check_constraints_and_cascades(core: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.CheckViolationError):
         await core.execute("UPDATE channels SET win_rate = 41 WHERE id = '-1001'")  # a share, not %
     with pytest.raises(asyncpg.CheckViolationError):
-        await core.execute(
-            "INSERT INTO payments (rail, external_id) VALUES ('paypal', 'x')"
-        )
+        await core.execute("INSERT INTO payments (rail, external_id) VALUES ('paypal', 'x')")
     with pytest.raises(asyncpg.CheckViolationError):
         await core.execute("INSERT INTO plans (code, title, days) VALUES ('zero', 'Zero', 0)")
     with pytest.raises(asyncpg.CheckViolationError):
@@ -386,12 +422,11 @@ async def test_check_constraints_and_cascades(core: asyncpg.Connection) -> None:
         )
 
     # Settings and their history go with the user; payments stay, unlinked.
-    await core.execute(
-        "INSERT INTO user_settings (user_id, filters) VALUES ($1, '{\"min_mcap\": 50000}')", user_a
-    )
+    await core.execute("INSERT INTO user_settings (user_id, filters) VALUES ($1, '{\"min_mcap\": 50000}')", user_a)
     await core.execute(
         "INSERT INTO settings_history (user_id, name, old_value, new_value, source) "
-        "VALUES ($1, 'min_mcap', NULL, '50000', 'command')", user_a,
+        "VALUES ($1, 'min_mcap', NULL, '50000', 'command')",
+        user_a,
     )
     await core.execute(
         "INSERT INTO payments (user_id, rail, external_id, status) VALUES ($1, 'sol', 'sig1', 'confirmed')",
@@ -404,9 +439,7 @@ async def test_check_constraints_and_cascades(core: asyncpg.Connection) -> None:
 
 
 async def test_hot_query_indexes_exist(core: asyncpg.Connection) -> None:
-    rows = await core.fetch(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
-    )
+    rows = await core.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
     defs = {row["indexname"]: row["indexdef"] for row in rows}
     assert "WHERE" in defs["users_receiving_idx"]
     assert "WHERE active" in defs["plans_active_idx"]

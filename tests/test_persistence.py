@@ -110,7 +110,8 @@ async def test_a_postgresql_restart_in_the_middle_of_a_batch_loses_no_row(short_
         # The last session ends: the server stops; then it starts again on the same socket.
         await locker.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")
+            " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
         await locker.close()
         await eventually(lambda: not pg.running)
         await pg.stop_async()
@@ -179,8 +180,9 @@ async def test_a_full_buffer_drops_the_oldest_rows_and_counts_and_logs_every_one
             assert ids == {f"-{n}" for n in range(31, 81)}  # the newest 50 kept, in order
         finally:
             await writer.stop()
-    logged = [int(m.group(1)) for r in caplog.records
-              if (m := re.search(r"dropped the (\d+) oldest rows", r.getMessage()))]
+    logged = [
+        int(m.group(1)) for r in caplog.records if (m := re.search(r"dropped the (\d+) oldest rows", r.getMessage()))
+    ]
     assert sum(logged) == 30
 
 

@@ -43,10 +43,19 @@ SUBSCRIBERS = [
 def call(
     address: str, channel: ChannelStatsEvent, minutes: int, mcap: float = 41_250, holders: int | None = 212
 ) -> CallEvent:
-    token = TokenInfo(address=address, symbol="TKN", name="Token", market_cap_usd=mcap, holders=holders,
-                      created_at=T0 - timedelta(minutes=30))
-    return CallEvent(token=token, channel=ChannelRef(channel.id, channel.name, channel.username),
-                     called_at=T0 + timedelta(minutes=minutes))
+    token = TokenInfo(
+        address=address,
+        symbol="TKN",
+        name="Token",
+        market_cap_usd=mcap,
+        holders=holders,
+        created_at=T0 - timedelta(minutes=30),
+    )
+    return CallEvent(
+        token=token,
+        channel=ChannelRef(channel.id, channel.name, channel.username),
+        called_at=T0 + timedelta(minutes=minutes),
+    )
 
 
 @pytest.fixture
@@ -125,8 +134,12 @@ async def test_a_restart_between_two_calls_never_repeats_an_alert(redis: RedisMa
 async def test_two_workers_racing_on_one_token_alert_once(redis: RedisManager) -> None:
     sent: list[AlertBatch] = []
     services = [await build(redis, sent) for _ in range(4)]
-    await asyncio.gather(*(s.on_call(call("H" * 44, channel, i)) for i, (s, channel) in
-                           enumerate(zip(services, [GOOD, OTHERS[0], OTHERS[1], OTHERS[2]]))))
+    await asyncio.gather(
+        *(
+            s.on_call(call("H" * 44, channel, i))
+            for i, (s, channel) in enumerate(zip(services, [GOOD, OTHERS[0], OTHERS[1], OTHERS[2]]))
+        )
+    )
     assert sorted(a.telegram_ids[0] for a in sent) == [1, 2]
 
 
@@ -183,12 +196,20 @@ async def test_channel_statistics_are_kept_in_redis_for_30_minutes(redis: RedisM
 
 
 async def test_a_batch_of_calls_decides_as_the_same_calls_one_by_one(redis: RedisManager) -> None:
-    calls = [call("M" * 44, OTHERS[0], 1), call("N" * 44, POOR, 2, mcap=25_000), call("M" * 44, OTHERS[1], 3),
-             call("M" * 44, GOOD, 4), call("N" * 44, GOOD, 5, mcap=25_000), call("M" * 44, GOOD, 6)]
+    calls = [
+        call("M" * 44, OTHERS[0], 1),
+        call("N" * 44, POOR, 2, mcap=25_000),
+        call("M" * 44, OTHERS[1], 3),
+        call("M" * 44, GOOD, 4),
+        call("N" * 44, GOOD, 5, mcap=25_000),
+        call("M" * 44, GOOD, 6),
+    ]
     one_by_one: list[AlertBatch] = []
     service = await build(redis, one_by_one)
-    for subscriber in (Subscriber(telegram_id=6, filters=Filters(min_channels=2), is_admin=True),
-                       Subscriber(telegram_id=7, filters=Filters(min_channels=3), is_admin=True)):
+    for subscriber in (
+        Subscriber(telegram_id=6, filters=Filters(min_channels=2), is_admin=True),
+        Subscriber(telegram_id=7, filters=Filters(min_channels=3), is_admin=True),
+    ):
         service.index.upsert(subscriber)
     expected = [await service.on_call(c) for c in calls]
     async with redis.guarded() as client:
@@ -198,7 +219,8 @@ async def test_a_batch_of_calls_decides_as_the_same_calls_one_by_one(redis: Redi
     fresh.index = service.index
     assert await fresh.on_calls(calls) == expected
     assert sorted((a.token.address, a.telegram_ids[0]) for a in batched) == sorted(
-        (a.token.address, a.telegram_ids[0]) for a in one_by_one)
+        (a.token.address, a.telegram_ids[0]) for a in one_by_one
+    )
     assert fresh.ledger.round_trips <= 2  # the batch's round trip (+ loading the script once)
 
 

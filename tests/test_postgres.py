@@ -38,9 +38,7 @@ async def test_start_query_health_close(database_url: str) -> None:
     try:
         assert db.started
         await db.execute("CREATE TABLE t (id int PRIMARY KEY, name text, doc jsonb)")
-        status = await db.execute(
-            "INSERT INTO t VALUES ($1, $2, $3)", 1, "one", {"min_mcap": 50000, "channels": ["a"]}
-        )
+        status = await db.execute("INSERT INTO t VALUES ($1, $2, $3)", 1, "one", {"min_mcap": 50000, "channels": ["a"]})
         assert status == "INSERT 0 1"
         await db.executemany("INSERT INTO t (id, name) VALUES ($1, $2)", [(2, "two"), (3, "three")])
         await db.execute("INSERT INTO t (id, doc) VALUES (4, $1)", '{"already": "json"}')
@@ -111,8 +109,7 @@ async def test_query_over_the_timeout_raises_and_the_pool_stays_usable(
         # The cancelled statements are not left running on the server.
         for _ in range(100):
             sleeping = await db.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'"
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'"
             )
             if sleeping == 0:
                 break
@@ -211,8 +208,13 @@ async def test_embedded_server_restarts_after_a_crashed_owner(short_tmp: Path) -
         "pg = start_embedded_postgres(Path(sys.argv[1])); print(pg.pid, flush=True); os._exit(0)"
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, str(data_dir), cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        code,
+        str(data_dir),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()

@@ -47,7 +47,8 @@ class Env(StoreEnv):
         )
         await self.server.wait_for(
             lambda: any(a.callback_query_id == query_id for a in self.server.answered_callbacks),
-            REPLY_TIMEOUT, description="the callback answer",
+            REPLY_TIMEOUT,
+            description="the callback answer",
         )
         return replies[before]
 
@@ -156,7 +157,10 @@ async def test_follow_then_admin_change_reaches_followers_in_their_language(env:
         assert (await env.store.get(follower)).filters == new_safe.filters
         assert await env.pg_settings(follower) == (new_safe.filters.to_dict(), "safe")
         assert (await env.history(follower))[-1] == (
-            "filters", old_safe.filters.to_dict(), new_safe.filters.to_dict(), "preset"
+            "filters",
+            old_safe.filters.to_dict(),
+            new_safe.filters.to_dict(),
+            "preset",
         )
     # The user who only applied it keeps the old filters and hears nothing.
     assert (await env.store.get(23)).filters == old_safe.filters
@@ -176,12 +180,13 @@ async def test_manual_set_stops_following(env: Env) -> None:
     assert await env.redis.hget(subscriber_key(7), "preset") == ""
     assert await env.pg_settings(7) == (subscriber.filters.to_dict(), None)
     assert (await env.history(7))[-2:] == [
-        ("min_mcap", 30000.0, 40000.0, "command"), ("preset", "balanced", None, "command"),
+        ("min_mcap", 30000.0, 40000.0, "command"),
+        ("preset", "balanced", None, "command"),
     ]
 
     # The admin's next change of the preset leaves the user's own filters alone.
     before = len(env.server.messages_to(7))
-    reply = await env.ask(ADMIN, '/setpreset balanced min_mcap=35k max_mcap=2m min_liquidity=10k')
+    reply = await env.ask(ADMIN, "/setpreset balanced min_mcap=35k max_mcap=2m min_liquidity=10k")
     assert "Followers updated and notified: 0" in reply.text
     assert (await env.store.get(7)).filters == subscriber.filters
     assert len(env.server.messages_to(7)) == before
@@ -243,8 +248,9 @@ async def test_notices_go_through_the_sender_when_there_is_one(stores: Stores) -
         await env.follow(21, "safe", language_code="ru")
         assert env.sender is not None and env.sender.stats()["sent"] == 0
         assert "Followers updated and notified: 1" in (await env.ask(ADMIN, SAFE_CHANGE)).text
-        (notice,) = await env.server.wait_for_sent(lambda r: "Администратор изменил пресет" in r.body,
-                                                   timeout=REPLY_TIMEOUT)
+        (notice,) = await env.server.wait_for_sent(
+            lambda r: "Администратор изменил пресет" in r.body, timeout=REPLY_TIMEOUT
+        )
         assert notice.chat_id == 21 and "$250K" in notice.text
         assert env.sender.stats()["sent"] == 1  # queued in the sender (admin lane), not sent by the handler
 
@@ -265,10 +271,10 @@ async def test_bad_setpreset_is_explained_and_saves_nothing(env: Env, caplog: py
         '/setpreset safe "Safe" bogus=1': "unknown filter 'bogus'",
         '/setpreset safe "Safe" min_mcap=2m max_mcap=1m': "min_mcap must not be above max_mcap",
         '/setpreset safe "Safe"': "at least one filter",
-        '/setpreset safe Safe min_mcap=5k': "not NAME=VALUE",
+        "/setpreset safe Safe min_mcap=5k": "not NAME=VALUE",
         '/setpreset Bad-Code "X" min_mcap=5k': "is not a preset code",
         '/setpreset safe "Safe min_mcap=5k': "quote is not closed",
-        '/setpreset fresh min_mcap=5k': "needs a title",
+        "/setpreset fresh min_mcap=5k": "needs a title",
         '/setpreset safe "<b>x</b>" min_holders=<b>': "min_holders takes",
     }
     for command, reason in cases.items():
@@ -318,9 +324,12 @@ async def test_preset_store_upsert_list_and_followers(stores: Stores) -> None:
     assert await presets.delete("degen") == new
     assert await presets.followers("degen") == []
     # PostgreSQL let go of the deleted preset (ON DELETE SET NULL); the filters stay.
-    assert await stores.postgres.fetchval(
-        "SELECT count(*) FROM user_settings WHERE preset_code IS NULL AND filters = $1", {"max_age": 30}
-    ) == 2
+    assert (
+        await stores.postgres.fetchval(
+            "SELECT count(*) FROM user_settings WHERE preset_code IS NULL AND filters = $1", {"max_age": 30}
+        )
+        == 2
+    )
     assert await presets.delete("degen") is None
 
 
@@ -407,11 +416,19 @@ def test_parse_rejects_with_a_reason(definition: str, message: str) -> None:
 
 def test_definition_round_trips() -> None:
     filters = Filters()
-    for name, value in (("min_mcap", "1.5m"), ("min_avg_gain", "2.5x"), ("exclude_channels", "@rugs, -100999"),
-                        ("max_age", "90"), ("min_win_rate", "42.5")):
+    for name, value in (
+        ("min_mcap", "1.5m"),
+        ("min_avg_gain", "2.5x"),
+        ("exclude_channels", "@rugs, -100999"),
+        ("max_age", "90"),
+        ("min_win_rate", "42.5"),
+    ):
         filters = set_filter(filters, name, value)
     preset = Preset("mix", "Mixed bag", "All sorts", filters)
     parsed = parse_preset_definition(preset_definition(preset))
     assert (parsed.code, parsed.title, parsed.description, parsed.filters) == (
-        preset.code, preset.title, preset.description, preset.filters
+        preset.code,
+        preset.title,
+        preset.description,
+        preset.filters,
     )

@@ -544,9 +544,7 @@ async def test_set_nx_conflict_keeps_redis_value(
     assert manager.metrics()["reconcile_conflicts"] == 1
 
 
-async def test_start_while_redis_down_then_recovers(
-    proxied_url: str, proxy: TcpProxy, direct: aioredis.Redis
-) -> None:
+async def test_start_while_redis_down_then_recovers(proxied_url: str, proxy: TcpProxy, direct: aioredis.Redis) -> None:
     await proxy.stop_forwarding()
     mgr = RedisManager.from_url(proxied_url, FAST)
     await mgr.start()  # must not raise
@@ -589,9 +587,7 @@ async def test_embedded_mode_needs_no_server() -> None:
         await other.close()
 
 
-async def test_password_is_redacted_in_logs(
-    proxy: TcpProxy, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_password_is_redacted_in_logs(proxy: TcpProxy, caplog: pytest.LogCaptureFixture) -> None:
     await proxy.stop_forwarding()
     url = proxy.url("redis", "/13", userinfo=":s3cretpass")
     caplog.set_level(logging.DEBUG, logger="alertbot.redis")

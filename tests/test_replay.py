@@ -105,24 +105,37 @@ class DayPrice:
 
 
 DAY_CALLS = [
-    DayCall("ONE", A, -10, 30_000, 0.00003), DayCall("ONE", B, -9, 40_000, 0.00004),
-    DayCall("TWO", A, -6, 50_000, 0.00005), DayCall("TWO", B, -5, 60_000, 0.00006),
-    DayCall("THREE", A, -4, 15_000, 0.000015), DayCall("THREE", B, -3, 18_000, 0.000018),
+    DayCall("ONE", A, -10, 30_000, 0.00003),
+    DayCall("ONE", B, -9, 40_000, 0.00004),
+    DayCall("TWO", A, -6, 50_000, 0.00005),
+    DayCall("TWO", B, -5, 60_000, 0.00006),
+    DayCall("THREE", A, -4, 15_000, 0.000015),
+    DayCall("THREE", B, -3, 18_000, 0.000018),
     DayCall("THREE", C, -2, 25_000, 0.000025),
-    DayCall("FOUR", A, -1, 100_000, 0.0001), DayCall("FOUR", C, -0.5, 100_000, 0.0001),
-    DayCall("FIVE", A, -30, 50_000, 0.00005), DayCall("FIVE", B, -26, 50_000, 0.00005),
+    DayCall("FOUR", A, -1, 100_000, 0.0001),
+    DayCall("FOUR", C, -0.5, 100_000, 0.0001),
+    DayCall("FIVE", A, -30, 50_000, 0.00005),
+    DayCall("FIVE", B, -26, 50_000, 0.00005),
     DayCall("FIVE", C, -1, 50_000, 0.00005),
-    DayCall("SIX", A, -25, 30_000, 0.00003), DayCall("SIX", B, -20, 40_000, None),
-    DayCall("SEVEN", A, -30, 70_000, 0.00007), DayCall("SEVEN", B, -28, 80_000, 0.00008),
+    DayCall("SIX", A, -25, 30_000, 0.00003),
+    DayCall("SIX", B, -20, 40_000, None),
+    DayCall("SEVEN", A, -30, 70_000, 0.00007),
+    DayCall("SEVEN", B, -28, 80_000, 0.00008),
 ]
 DAY_PRICES = [
-    DayPrice("ONE", -9.5, 0.0001, 100_000), DayPrice("ONE", -9, 0.0001, 100_000),
-    DayPrice("ONE", -8, 0.000072, 72_000), DayPrice("ONE", -7, 0.00005, 50_000),
-    DayPrice("TWO", -4, 0.00008, 80_000), DayPrice("TWO", -2, 0.00015, 150_000), DayPrice("TWO", -1, 0.0001, 100_000),
-    DayPrice("THREE", -2.5, 0.0005, 500_000), DayPrice("THREE", -1, 0.00004, 40_000),
+    DayPrice("ONE", -9.5, 0.0001, 100_000),
+    DayPrice("ONE", -9, 0.0001, 100_000),
+    DayPrice("ONE", -8, 0.000072, 72_000),
+    DayPrice("ONE", -7, 0.00005, 50_000),
+    DayPrice("TWO", -4, 0.00008, 80_000),
+    DayPrice("TWO", -2, 0.00015, 150_000),
+    DayPrice("TWO", -1, 0.0001, 100_000),
+    DayPrice("THREE", -2.5, 0.0005, 500_000),
+    DayPrice("THREE", -1, 0.00004, 40_000),
     DayPrice("FOUR", -0.25, 0.001, 1_000_000),
     DayPrice("FIVE", -0.5, 0.0005, 500_000),
-    DayPrice("SIX", -10, 0.00011, 110_000), DayPrice("SIX", -5, 0.00006, 60_000),
+    DayPrice("SIX", -10, 0.00011, 110_000),
+    DayPrice("SIX", -5, 0.00006, 60_000),
     DayPrice("SEVEN", -27, 0.0004, 400_000),
 ]
 
@@ -139,8 +152,14 @@ def replay_calls(now: datetime) -> list[ReplayCall]:
     # Deliberately not in time order: replay orders them itself.
     return [
         ReplayCall(
-            token_address=address(c.symbol), channel_id=c.channel, called_at=at(now, c.hours), symbol=c.symbol,
-            market_cap_usd=c.mcap, liquidity_usd=9_000, holders=250, price_usd=c.price,
+            token_address=address(c.symbol),
+            channel_id=c.channel,
+            called_at=at(now, c.hours),
+            symbol=c.symbol,
+            market_cap_usd=c.mcap,
+            liquidity_usd=9_000,
+            holders=250,
+            price_usd=c.price,
             token_created_at=token_created(now),
         )
         for c in reversed(DAY_CALLS)
@@ -234,15 +253,21 @@ def test_agrees_with_the_live_matcher_on_random_days() -> None:
     }
     for _ in range(40):
         filters = Filters(
-            min_mcap=rng.choice([None, 20_000, 50_000]), max_mcap=rng.choice([None, 200_000]),
-            min_holders=rng.choice([None, 100]), min_win_rate=rng.choice([None, 40, 60]),
-            min_avg_gain=rng.choice([None, 2.0]), max_age=rng.choice([None, 120]),
+            min_mcap=rng.choice([None, 20_000, 50_000]),
+            max_mcap=rng.choice([None, 200_000]),
+            min_holders=rng.choice([None, 100]),
+            min_win_rate=rng.choice([None, 40, 60]),
+            min_avg_gain=rng.choice([None, 2.0]),
+            max_age=rng.choice([None, 120]),
             channels=rng.choice([None, frozenset({"@chan1x", channel_ids[2]})]),
-            exclude_channels=rng.choice([None, frozenset({channel_ids[3]})]), min_channels=rng.choice([1, 2, 3]),
+            exclude_channels=rng.choice([None, frozenset({channel_ids[3]})]),
+            min_channels=rng.choice([1, 2, 3]),
         )
         calls = [
             ReplayCall(
-                address(rng.choice("PQRST")), rng.choice(channel_ids), NOW - timedelta(minutes=rng.randrange(0, 600)),
+                address(rng.choice("PQRST")),
+                rng.choice(channel_ids),
+                NOW - timedelta(minutes=rng.randrange(0, 600)),
                 market_cap_usd=rng.choice([None, 10_000, 30_000, 90_000, 300_000]),
                 holders=rng.choice([None, 50, 500]),
                 token_created_at=NOW - timedelta(minutes=rng.randrange(600, 800)),
@@ -292,8 +317,16 @@ async def write_day(postgres: PostgresManager, now: datetime) -> PersistenceWrit
         writer.channel(stats, at=now - timedelta(days=3))
     events: list[tuple[datetime, CallEvent | PriceEvent]] = []
     for c in DAY_CALLS:
-        token = TokenInfo(address=address(c.symbol), symbol=c.symbol, name=c.symbol.title(), market_cap_usd=c.mcap,
-                          liquidity_usd=9_000, holders=250, price_usd=c.price, created_at=token_created(now))
+        token = TokenInfo(
+            address=address(c.symbol),
+            symbol=c.symbol,
+            name=c.symbol.title(),
+            market_cap_usd=c.mcap,
+            liquidity_usd=9_000,
+            holders=250,
+            price_usd=c.price,
+            created_at=token_created(now),
+        )
         channel = ChannelRef(c.channel, name=None if c.channel == C else "named")
         events.append((at(now, c.hours), CallEvent(token=token, channel=channel, called_at=at(now, c.hours))))
     for p in DAY_PRICES:
@@ -322,12 +355,14 @@ async def test_the_day_read_back_from_postgres_replays_the_same(stores: Stores) 
     # The writer kept each call's snapshot and every price update.
     row = await postgres.fetchrow(
         "SELECT liquidity_usd, holders, price_usd FROM calls WHERE token_address = $1 AND channel_id = $2",
-        address("SIX"), B,
+        address("SIX"),
+        B,
     )
     assert (float(row["liquidity_usd"]), row["holders"], row["price_usd"]) == (9_000, 250, None)
     assert await postgres.fetchval("SELECT count(*) FROM token_prices") == len(DAY_PRICES)
-    assert float(await postgres.fetchval(
-        "SELECT price_usd FROM tokens WHERE address = $1", address("TWO"))) == 0.0001  # latest price
+    assert (
+        float(await postgres.fetchval("SELECT price_usd FROM tokens WHERE address = $1", address("TWO"))) == 0.0001
+    )  # latest price
 
     report = await replay_for(postgres, FILTERS, NOW, cache=None)
     assert (report.result.alerts, report.result.reached_2x) == (EXPECTED_ALERTS, EXPECTED_2X)
@@ -379,8 +414,9 @@ async def test_the_loaded_day_is_shared_for_a_minute(stores: Stores) -> None:
     first = await replay_for(stores.postgres, FILTERS, NOW, cache=cache)
     await stores.postgres.execute("DELETE FROM token_prices")
     # Many presses at once: one day, read before the delete.
-    again = await asyncio.gather(*(replay_for(stores.postgres, FILTERS, NOW + timedelta(seconds=5), cache=cache)
-                                   for _ in range(10)))
+    again = await asyncio.gather(
+        *(replay_for(stores.postgres, FILTERS, NOW + timedelta(seconds=5), cache=cache) for _ in range(10))
+    )
     assert all(r.day is first.day for r in again)
     # Another moment, or an expired entry, reads afresh.
     fresh = await replay_for(stores.postgres, FILTERS, NOW + timedelta(minutes=10), cache=cache)
@@ -432,8 +468,11 @@ class Env:
         replies = await self.server.wait_for_sent(
             lambda r: r.chat_id == user_id, count=before + 1, timeout=REPLY_TIMEOUT
         )
-        await self.server.wait_for(lambda: any(a.user_id == user_id for a in self.server.answered_callbacks),
-                                   REPLY_TIMEOUT, description="the press answered")
+        await self.server.wait_for(
+            lambda: any(a.user_id == user_id for a in self.server.answered_callbacks),
+            REPLY_TIMEOUT,
+            description="the press answered",
+        )
         return replies[before]
 
 

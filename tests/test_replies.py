@@ -28,8 +28,9 @@ def alerts_to(env: BotEnv, chat_id: int) -> list[SentRecord]:
 
 async def test_a_press_during_a_broadcast_is_answered_and_edited_before_the_next_alert(stores: Stores) -> None:
     # Two seconds between a chat's alerts; the double enforces Telegram's own limits.
-    async with running_bot(stores, with_sender=True, sender_options={"per_chat_interval": 2.0},
-                           limits=RateLimits()) as env:
+    async with running_bot(
+        stores, with_sender=True, sender_options={"per_chat_interval": 2.0}, limits=RateLimits()
+    ) as env:
         assert env.sender is not None
         chat = env.chat(USER)
         screen = await chat.ask("/settings")
@@ -62,8 +63,9 @@ async def test_a_press_during_a_broadcast_is_answered_and_edited_before_the_next
 async def test_a_typed_value_and_a_press_right_after_it_do_not_wait_for_the_chats_spacing(stores: Stores) -> None:
     # An hour between a chat's messages: a reply that waited for it would never come. The chat's
     # burst of three quick messages is all the replies here need.
-    async with running_bot(stores, with_sender=True, sender_options={"per_chat_interval": 3600},
-                           limits=RateLimits()) as env:
+    async with running_bot(
+        stores, with_sender=True, sender_options={"per_chat_interval": 3600}, limits=RateLimits()
+    ) as env:
         assert env.sender is not None
         chat = env.chat(USER)
         await chat.ask("/settings")  # the chat's first message
@@ -76,13 +78,15 @@ async def test_a_typed_value_and_a_press_right_after_it_do_not_wait_for_the_chat
         update_id = env.server.inject_callback(USER, shown.message_id, data)  # at once
         query_id = env.server.callback_query_id_of(update_id)
         await env.handled.wait(update_id)
-        [result] = await env.server.wait_for_sent(lambda r: r.chat_id == USER and "call history" in r.body,
-                                                  timeout=REPLY_TIMEOUT)
+        [result] = await env.server.wait_for_sent(
+            lambda r: r.chat_id == USER and "call history" in r.body, timeout=REPLY_TIMEOUT
+        )
 
         [answer] = [a for a in env.server.answered_callbacks if a.callback_query_id == query_id]
         calls = [c for c in env.server.calls if c.method in ("sendMessage", "answerCallbackQuery")]
-        order = [c.method for c in calls if c.method == "answerCallbackQuery"
-                 or int(c.params.get("chat_id", 0)) == USER]
+        order = [
+            c.method for c in calls if c.method == "answerCallbackQuery" or int(c.params.get("chat_id", 0)) == USER
+        ]
         assert order[-3:] == ["sendMessage", "answerCallbackQuery", "sendMessage"]  # value, press, its result
         assert shown.monotonic < answer.monotonic <= result.monotonic
         assert "Replaying" in (answer.text or "")
@@ -101,7 +105,12 @@ async def test_callback_answers_and_edits_take_their_place_in_the_overall_pace(s
         await chat.press("Filters")
         await chat.press("Min holders")
         paced = [c for c in env.server.calls if c.method in ("sendMessage", "editMessageText", "answerCallbackQuery")]
-        assert [c.method for c in paced] == ["sendMessage", "answerCallbackQuery", "editMessageText",
-                                             "answerCallbackQuery", "editMessageText"]
+        assert [c.method for c in paced] == [
+            "sendMessage",
+            "answerCallbackQuery",
+            "editMessageText",
+            "answerCallbackQuery",
+            "editMessageText",
+        ]
         gaps = [b.monotonic - a.monotonic for a, b in zip(paced, paced[1:])]
         assert all(gap >= 0.25 for gap in gaps), gaps  # 0.5 s apart, less any delay on the way

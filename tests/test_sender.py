@@ -65,9 +65,7 @@ async def test_sixty_chats_all_delivered_without_a_single_429(server: FakeTelegr
     assert sender.pending() == 0
 
 
-async def test_one_private_chat_gets_its_messages_in_order_a_second_apart(
-    server: FakeTelegramServer, bot: Bot
-) -> None:
+async def test_one_private_chat_gets_its_messages_in_order_a_second_apart(server: FakeTelegramServer, bot: Bot) -> None:
     async with AlertSender(bot) as sender:
         for i in range(3):
             sender.submit(77, f"message {i}")
@@ -234,8 +232,11 @@ async def test_a_queued_message_outlives_a_network_outage_and_send_now_gives_up(
     stats = sender.stats()
     assert stats["failed"] == 1 and stats["sent"] == 1 and stats["telegram_reachable"] is True
     assert stats["outages"] == 1 and not sender.stalled()
-    changes = [r.getMessage() for r in caplog.records if "Telegram unreachable" in r.getMessage()
-               or "Telegram reachable again" in r.getMessage()]
+    changes = [
+        r.getMessage()
+        for r in caplog.records
+        if "Telegram unreachable" in r.getMessage() or "Telegram reachable again" in r.getMessage()
+    ]
     assert len(changes) == 2 and "unreachable" in changes[0] and "reachable again" in changes[1]
 
 
@@ -313,7 +314,7 @@ async def test_replies_take_a_short_burst_while_alerts_keep_the_spacing(server: 
 async def test_a_caption_is_measured_in_utf16_units(server: FakeTelegramServer, bot: Bot) -> None:
     """1,000 astral emoji are 1,000 characters but 2,000 UTF-16 units: over the 1,024 a caption may
     have, so the alert goes as text; 512 of them (1,024 units) still fit."""
-    rocket = "\U0001F680"
+    rocket = "\U0001f680"
     async with AlertSender(bot) as sender:
         sender.submit(81, f"<b>{rocket * 1000}</b>", photo_url="https://img.example/ok.png")
         sender.submit(82, f"<b>{rocket * 512}</b>", photo_url="https://img.example/ok.png")

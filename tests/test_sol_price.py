@@ -99,9 +99,7 @@ async def sources() -> AsyncIterator[Callable[..., SolPriceSource]]:
 
 
 def test_a_full_update_round_trips_at_the_documented_offsets():
-    data = price_update_bytes(
-        151.25, exponent=-8, conf=0.0725, publish_time=T0, ema_price=150.5, posted_slot=123_456
-    )
+    data = price_update_bytes(151.25, exponent=-8, conf=0.0725, publish_time=T0, ema_price=150.5, posted_slot=123_456)
     assert len(data) == 134  # as allocated on chain: one unused byte after a Full update
     assert struct.unpack_from("<q", data, 73)[0] == 15_125_000_000
     assert struct.unpack_from("<i", data, 89)[0] == -8
@@ -469,8 +467,15 @@ async def test_the_double_answers_like_a_solana_node(rpc):
     data = price_update_bytes(150.0, publish_time=T0)
     rpc.set_account(SOL_USD_PRICE_ACCOUNT, data, owner=PYTH_RECEIVER_PROGRAM)
 
-    status, answer = await _post(rpc.url, {"jsonrpc": "2.0", "id": 7, "method": "getAccountInfo",
-                                           "params": [SOL_USD_PRICE_ACCOUNT, {"encoding": "base64"}]})
+    status, answer = await _post(
+        rpc.url,
+        {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "getAccountInfo",
+            "params": [SOL_USD_PRICE_ACCOUNT, {"encoding": "base64"}],
+        },
+    )
     assert status == 200 and answer["id"] == 7 and answer["jsonrpc"] == "2.0"
     value = answer["result"]["value"]
     assert answer["result"]["context"] == {"apiVersion": "2.2.0", "slot": rpc.slot}
@@ -479,15 +484,23 @@ async def test_the_double_answers_like_a_solana_node(rpc):
     assert value["lamports"] == (134 + 128) * 6960
     assert base64.b64decode(value["data"][0]) == data and value["data"][1] == "base64"
 
-    _, missing = await _post(rpc.url, {"jsonrpc": "2.0", "id": 8, "method": "getAccountInfo",
-                                       "params": ["So11111111111111111111111111111111111111112"]})
+    _, missing = await _post(
+        rpc.url,
+        {
+            "jsonrpc": "2.0",
+            "id": 8,
+            "method": "getAccountInfo",
+            "params": ["So11111111111111111111111111111111111111112"],
+        },
+    )
     assert missing["result"]["value"] is None
 
     _, unknown = await _post(rpc.url, {"jsonrpc": "2.0", "id": 9, "method": "getBogus", "params": []})
     assert unknown == {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": 9}
 
-    _, batch = await _post(rpc.url, [{"jsonrpc": "2.0", "id": 1, "method": "getSlot"},
-                                     {"jsonrpc": "2.0", "id": 2, "method": "getHealth"}])
+    _, batch = await _post(
+        rpc.url, [{"jsonrpc": "2.0", "id": 1, "method": "getSlot"}, {"jsonrpc": "2.0", "id": 2, "method": "getHealth"}]
+    )
     assert [item["result"] for item in batch] == [rpc.slot, "ok"]
     assert rpc.methods()["getAccountInfo"] == 2 and rpc.requests == 4
 
@@ -499,11 +512,19 @@ async def test_the_double_takes_new_methods_as_handlers(rpc):
         return [{"signature": "5" * 88, "slot": rpc.slot, "err": None, "blockTime": int(T0.timestamp())}]
 
     rpc.handlers["getSignaturesForAddress"] = get_signatures
-    _, answer = await _post(rpc.url, {"jsonrpc": "2.0", "id": 1, "method": "getSignaturesForAddress",
-                                      "params": ["Receiver1111111111111111111111111111111111"]})
+    _, answer = await _post(
+        rpc.url,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "getSignaturesForAddress",
+            "params": ["Receiver1111111111111111111111111111111111"],
+        },
+    )
     assert answer["result"][0]["signature"] == "5" * 88
-    _, error = await _post(rpc.url, {"jsonrpc": "2.0", "id": 2, "method": "getSignaturesForAddress",
-                                     "params": ["nope"]})
+    _, error = await _post(
+        rpc.url, {"jsonrpc": "2.0", "id": 2, "method": "getSignaturesForAddress", "params": ["nope"]}
+    )
     assert error["error"]["code"] == -32602
 
 

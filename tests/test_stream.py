@@ -113,8 +113,12 @@ async def test_the_whole_sample_reaches_the_sink_once_in_order(sample):
 
 def malformed_frames(rng: random.Random, count: int) -> list[str]:
     """Bad JSON, non-objects, missing fields, wrong types, huge strings, binary-ish junk."""
-    call = {"type": "call", "token": {"address": "A" * 44, "symbol": "X"},
-            "channel": {"id": "-100"}, "called_at": "2026-11-20T10:00:00Z"}
+    call = {
+        "type": "call",
+        "token": {"address": "A" * 44, "symbol": "X"},
+        "channel": {"id": "-100"},
+        "called_at": "2026-11-20T10:00:00Z",
+    }
     price = {"type": "price", "address": "A" * 44, "price_usd": 1e-5, "ts": "2026-11-20T10:00:00Z"}
 
     def without(frame: dict[str, Any], *path: str) -> str:
@@ -181,7 +185,7 @@ async def test_calls_from_bad_channel_ids_are_skipped_with_a_reason_and_the_good
     frames: list[Any] = []
     for i, bad_id in enumerate(bad_ids):
         frames += [good[2 * i], {**good[2 * i + 1], "channel": {**good[2 * i + 1]["channel"], "id": bad_id}}]
-    frames += good[len(frames):]
+    frames += good[len(frames) :]
     sink = Sink()
     caplog.set_level(logging.WARNING, logger="alertbot.stream")
     async with FeedServer(frames) as feed, StreamManager(feed.url, parse_alert_frame, sink, **FAST) as stream:
@@ -245,9 +249,10 @@ async def test_a_dropped_connection_reconnects_resubscribes_and_drops_replayed_e
             await stream.wait_for(lambda: len(sink.events) > len(expected), TIMEOUT)
             assert stream.stats.reconnects == 1 and stream.connected
     assert methods(feed.received, "subscribeNewToken") == [{"method": "subscribeNewToken"}] * 2
-    assert methods(feed.received, "subscribeTokenTrade") == [
-        {"method": "subscribeTokenTrade", "keys": ["mintA", "mintB"]}
-    ] * 2
+    assert (
+        methods(feed.received, "subscribeTokenTrade")
+        == [{"method": "subscribeTokenTrade", "keys": ["mintA", "mintB"]}] * 2
+    )
     assert sink.events == expected + events_of([new])
     assert len(set(sink.keys)) == len(sink.keys)
     assert stream.stats.duplicates == len(expected)
@@ -459,8 +464,14 @@ async def test_connection_attempts_are_spaced_by_min_connect_interval():
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
     stream = StreamManager(
-        "ws://127.0.0.1:9", parse_alert_frame, Sink(),
-        backoff_base=1.0, backoff_factor=2.0, backoff_max=60.0, backoff_jitter=0.25, min_connect_interval=0.0,
+        "ws://127.0.0.1:9",
+        parse_alert_frame,
+        Sink(),
+        backoff_base=1.0,
+        backoff_factor=2.0,
+        backoff_max=60.0,
+        backoff_jitter=0.25,
+        min_connect_interval=0.0,
     )
     assert stream._connect_delay() == 0.0  # the first attempt is immediate
     stream._last_attempt = time.monotonic()
@@ -575,8 +586,12 @@ def test_recent_keys_forget_after_the_ttl_and_beyond_the_bound():
 
 def pumpportal_stream(feed: FeedServer, sink: Sink, subscriptions: SubscriptionSet) -> StreamManager:
     return StreamManager(
-        feed.url + "/api/data?api-key=k", pumpportal_parser(lambda: SOL_USD), sink,
-        subscriptions=subscriptions, name="pumpportal", **FAST,
+        feed.url + "/api/data?api-key=k",
+        pumpportal_parser(lambda: SOL_USD),
+        sink,
+        subscriptions=subscriptions,
+        name="pumpportal",
+        **FAST,
     )
 
 

@@ -208,9 +208,12 @@ async def test_postgres_failure_keeps_the_change_and_writes_it_later(stores: Sto
         await stores.postgres.start()  # back
         await store.set_paused(7, True)  # the next successful write catches up
         assert await store.pending_count() == 0
-        assert await conn.fetchval(
-            "SELECT s.filters::text FROM user_settings s JOIN users u ON u.id = s.user_id WHERE u.telegram_id = 7"
-        ) == '{"min_holders": 100}'
+        assert (
+            await conn.fetchval(
+                "SELECT s.filters::text FROM user_settings s JOIN users u ON u.id = s.user_id WHERE u.telegram_id = 7"
+            )
+            == '{"min_holders": 100}'
+        )
         rows = await conn.fetch("SELECT name, old_value::text, new_value::text, changed_at FROM settings_history")
         # The deferred filter change keeps the moment it was made (the test's clock stands still).
         assert {tuple(row) for row in rows} == {("min_holders", None, "100", NOW), ("paused", "false", "true", NOW)}

@@ -59,13 +59,25 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def bot_on_feed(
-    feed: FeedServer, telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path,
-    members: Iterable[Member], **settings_overrides: Any,
+    feed: FeedServer,
+    telegram: FakeTelegramServer,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+    members: Iterable[Member],
+    **settings_overrides: Any,
 ) -> AsyncIterator[Runtime]:
     settings = Settings(
-        _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=telegram.base_url, redis_url=redis_url,
-        database_url=database_url, stream_url=feed.url, http_port=free_port(), log_dir=tmp_path / "logs",
-        admin_ids=[ADMIN], **settings_overrides,
+        _env_file=None,
+        bot_token=DEFAULT_TOKEN,
+        telegram_api_url=telegram.base_url,
+        redis_url=redis_url,
+        database_url=database_url,
+        stream_url=feed.url,
+        http_port=free_port(),
+        log_dir=tmp_path / "logs",
+        admin_ids=[ADMIN],
+        **settings_overrides,
     )
     # One worker keeps processing in feed order, so the expected alerts are exactly defined.
     runtime = Runtime(settings, pipeline_workers=1, stream_options=FAST_STREAM)
@@ -102,24 +114,38 @@ def alerts_by_chat(telegram: FakeTelegramServer, addresses: set[str]) -> dict[in
 
 
 def as_subscribers(members: Iterable[Member], now: datetime) -> list[Subscriber]:
-    return [Subscriber(m.telegram_id, m.filters, paused=m.paused,
-                       plan_expires_at=now + timedelta(days=m.plan_days) if m.plan_days else None) for m in members]
+    return [
+        Subscriber(
+            m.telegram_id,
+            m.filters,
+            paused=m.paused,
+            plan_expires_at=now + timedelta(days=m.plan_days) if m.plan_days else None,
+        )
+        for m in members
+    ]
 
 
 def malformed_frames(count: int, seed: int = 1) -> list[str]:
     rng = random.Random(seed)
     shapes = [
         lambda: "{not json",
-        lambda: json.dumps({"type": "call", "token": {"symbol": "NOADDR"}, "channel": {"id": "-1"},
-                            "called_at": "2026-11-20T10:00:00Z"}),
+        lambda: json.dumps(
+            {
+                "type": "call",
+                "token": {"symbol": "NOADDR"},
+                "channel": {"id": "-1"},
+                "called_at": "2026-11-20T10:00:00Z",
+            }
+        ),
         lambda: json.dumps({"type": "call", "token": {"address": "X" * 44}, "called_at": "2026-11-20T10:00:00Z"}),
         lambda: json.dumps({"type": "price", "address": "Y" * 44, "price_usd": "lots", "ts": "2026-11-20T10:00:00Z"}),
         lambda: json.dumps([1, 2, 3]),
         lambda: json.dumps({"type": "call", "token": "not an object", "channel": {"id": "-1"}, "called_at": "x"}),
         lambda: "\x00\x01\x02" * rng.randint(1, 50),
         lambda: json.dumps({"type": "channel"}),
-        lambda: json.dumps({"type": "call", "token": {"address": "Z" * 44}, "channel": {"id": "-1"},
-                            "called_at": "yesterday"}),
+        lambda: json.dumps(
+            {"type": "call", "token": {"address": "Z" * 44}, "channel": {"id": "-1"}, "called_at": "yesterday"}
+        ),
         lambda: "[" * 10_000,
     ]
     return [shapes[i % len(shapes)]() for i in range(count)]
@@ -156,19 +182,44 @@ def call_frame(address: str, channel: str, minute: int, *, name: str = "Token", 
     at = datetime(2026, 11, 21, 9, 0, tzinfo=UTC) + timedelta(minutes=minute)
     return {
         "type": "call",
-        "token": {"address": address, "symbol": "TKN", "name": name, "chain": "solana", "market_cap_usd": mcap,
-                  "liquidity_usd": 9_000.0, "holders": 300, "price_usd": mcap / 1e9,
-                  "created_at": (at - timedelta(minutes=20)).isoformat().replace("+00:00", "Z")},
+        "token": {
+            "address": address,
+            "symbol": "TKN",
+            "name": name,
+            "chain": "solana",
+            "market_cap_usd": mcap,
+            "liquidity_usd": 9_000.0,
+            "holders": 300,
+            "price_usd": mcap / 1e9,
+            "created_at": (at - timedelta(minutes=20)).isoformat().replace("+00:00", "Z"),
+        },
         "channel": {"id": channel, "name": None, "username": None},  # named by its channel frame
         "called_at": at.isoformat().replace("+00:00", "Z"),
     }
 
 
 CHANNEL_FRAMES = [
-    {"type": "channel", "id": "-2001", "name": "Sharp", "username": "sharpcalls", "win_rate": 0.7, "avg_gain": 3.1,
-     "calls": 40},
-    *({"type": "channel", "id": f"-20{i:02d}", "name": f"Weak {i}", "username": None, "win_rate": 0.1,
-       "avg_gain": 1.1, "calls": 200} for i in range(10, 16)),
+    {
+        "type": "channel",
+        "id": "-2001",
+        "name": "Sharp",
+        "username": "sharpcalls",
+        "win_rate": 0.7,
+        "avg_gain": 3.1,
+        "calls": 40,
+    },
+    *(
+        {
+            "type": "channel",
+            "id": f"-20{i:02d}",
+            "name": f"Weak {i}",
+            "username": None,
+            "win_rate": 0.1,
+            "avg_gain": 1.1,
+            "calls": 200,
+        }
+        for i in range(10, 16)
+    ),
 ]
 FOLLOWER = Member(201, Filters())  # any token
 PICKY = Member(202, filters(min_win_rate="50"))  # only when a sharp channel calls
@@ -198,10 +249,14 @@ async def test_five_channels_one_alert_and_rejected_then_upgraded(
             await runtime.persistence.flush()
             rows = await runtime.postgres.fetch(
                 "SELECT u.telegram_id, a.token_address, a.channel_ids FROM alerts a JOIN users u ON u.id = a.user_id "
-                "ORDER BY a.id")
+                "ORDER BY a.id"
+            )
             assert {(r["telegram_id"], r["token_address"]) for r in rows} == {
-                (FOLLOWER.telegram_id, five), (FOLLOWER.telegram_id, upgraded),
-                (PICKY.telegram_id, five), (PICKY.telegram_id, upgraded)}
+                (FOLLOWER.telegram_id, five),
+                (FOLLOWER.telegram_id, upgraded),
+                (PICKY.telegram_id, five),
+                (PICKY.telegram_id, upgraded),
+            }
             picky_row = next(
                 r for r in rows if r["telegram_id"] == PICKY.telegram_id and r["token_address"] == upgraded
             )
@@ -253,9 +308,7 @@ async def test_hostile_token_name_arrives_escaped_and_is_sent(
             assert 'href="https://evil.example"' not in raw
 
 
-async def test_a_dropped_feed_reconnects_and_alerts_continue(
-    redis_url: str, database_url: str, tmp_path: Path
-) -> None:
+async def test_a_dropped_feed_reconnects_and_alerts_continue(redis_url: str, database_url: str, tmp_path: Path) -> None:
     before, after = "B" * 40 + "pump", "A" * 40 + "pump"
     async with FakeTelegramServer() as telegram, FeedServer(CHANNEL_FRAMES) as feed:
         async with bot_on_feed(feed, telegram, redis_url, database_url, tmp_path, [FOLLOWER]) as runtime:

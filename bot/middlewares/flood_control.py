@@ -25,13 +25,24 @@ logger = logging.getLogger("alertbot.flood")
 MAX_RETRIES = 5
 # Methods that put a new message into a chat, which is what Telegram's per-chat limits count.
 SENDING_METHODS = frozenset(
-    {"sendMessage", "sendPhoto", "sendVideo", "sendAnimation", "sendDocument", "sendInvoice", "copyMessage",
-     "forwardMessage", "sendMediaGroup", "sendSticker", "sendPoll", "sendAudio", "sendVoice"}
+    {
+        "sendMessage",
+        "sendPhoto",
+        "sendVideo",
+        "sendAnimation",
+        "sendDocument",
+        "sendInvoice",
+        "copyMessage",
+        "forwardMessage",
+        "sendMediaGroup",
+        "sendSticker",
+        "sendPoll",
+        "sendAudio",
+        "sendVoice",
+    }
 )
 # Counted in the overall rate only: editing has no per-chat limit.
-EDITING_METHODS = frozenset(
-    {"editMessageText", "editMessageReplyMarkup", "editMessageCaption", "editMessageMedia"}
-)
+EDITING_METHODS = frozenset({"editMessageText", "editMessageReplyMarkup", "editMessageCaption", "editMessageMedia"})
 # Counted in the overall rate only as well: an answer stops a button's spinner, it is no message.
 ANSWERING_METHODS = frozenset({"answerCallbackQuery"})
 OVERALL_ONLY_METHODS = EDITING_METHODS | ANSWERING_METHODS
@@ -52,8 +63,12 @@ class PacedRequestsMiddleware(BaseRequestMiddleware):
     ) -> Response[TelegramType]:
         name = method.__api_method__
         sender = self.sender
-        if sending_from_queue() or sender is None or not sender.running or (
-                name not in SENDING_METHODS and name not in OVERALL_ONLY_METHODS):
+        if (
+            sending_from_queue()
+            or sender is None
+            or not sender.running
+            or (name not in SENDING_METHODS and name not in OVERALL_ONLY_METHODS)
+        ):
             return await make_request(bot, method)
         chat_id = getattr(method, "chat_id", None) if name in SENDING_METHODS else None
         if sender.paid_broadcast and hasattr(method, "allow_paid_broadcast"):

@@ -41,8 +41,12 @@ class _Bucket:
 class FloodGate:
     """Pure token-bucket bookkeeping; `clock` is injectable so tests need no sleeping."""
 
-    def __init__(self, burst: int = DEFAULT_BURST, interval: float = DEFAULT_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        burst: int = DEFAULT_BURST,
+        interval: float = DEFAULT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if burst < 1 or interval <= 0:
             raise ValueError("burst must be at least 1 and interval positive")
         self.burst = burst

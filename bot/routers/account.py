@@ -50,8 +50,10 @@ def _accounts(store: SubscriberStore | None, postgres: PostgresManager | None) -
 
 # ---------------------------------------------------------------------------------- /status
 
-def status_text(subscriber: Subscriber, figures: AccountFigures | None, language: str, now: datetime,
-                invite_link: str | None) -> str:
+
+def status_text(
+    subscriber: Subscriber, figures: AccountFigures | None, language: str, now: datetime, invite_link: str | None
+) -> str:
     lines = [text("status_title", language)]
     expiry = plan_expiry_text(subscriber.plan_expires_at, now)
     if expiry is not None:
@@ -75,9 +77,15 @@ def status_text(subscriber: Subscriber, figures: AccountFigures | None, language
     return "\n".join(lines)
 
 
-async def status(event: Message | CallbackQuery, subscriber: Subscriber, language: str, bot: Bot,
-                 store: SubscriberStore | None = None, postgres: PostgresManager | None = None,
-                 subscriber_loaded: bool = True) -> None:
+async def status(
+    event: Message | CallbackQuery,
+    subscriber: Subscriber,
+    language: str,
+    bot: Bot,
+    store: SubscriberStore | None = None,
+    postgres: PostgresManager | None = None,
+    subscriber_loaded: bool = True,
+) -> None:
     await acknowledge(event)
     accounts = _accounts(store, postgres)
     if accounts is None or not subscriber_loaded:
@@ -97,13 +105,19 @@ async def status(event: Message | CallbackQuery, subscriber: Subscriber, languag
 
 # ---------------------------------------------------------------------------------- /language
 
+
 async def language_screen(event: Message | CallbackQuery, language: str) -> None:
     await acknowledge(event)
     await show(event, text("language_title", language), keyboards.languages(language))
 
 
-async def choose_language(callback: CallbackQuery, callback_data: LanguageCB, subscriber: Subscriber,
-                          store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+async def choose_language(
+    callback: CallbackQuery,
+    callback_data: LanguageCB,
+    subscriber: Subscriber,
+    store: SubscriberStore | None = None,
+    subscriber_loaded: bool = True,
+) -> None:
     await acknowledge(callback)
     chosen = callback_data.code
     if chosen not in LANGUAGE_NAMES or store is None or not subscriber_loaded:
@@ -115,11 +129,13 @@ async def choose_language(callback: CallbackQuery, callback_data: LanguageCB, su
         await show(callback, text("unavailable", chosen))
         return
     # The answer is already in the new language, and so is the menu.
-    await show(callback, with_notice(text("language_set", chosen), text("menu_title", chosen)),
-               keyboards.main_menu(chosen))
+    await show(
+        callback, with_notice(text("language_set", chosen), text("menu_title", chosen)), keyboards.main_menu(chosen)
+    )
 
 
 # ---------------------------------------------------------------------------------- /plans
+
 
 def _prices(plan: Plan) -> str:
     parts = []
@@ -136,8 +152,9 @@ def plan_card(plan: Plan, language: str) -> str:
     return text("plan_card", language, title=html.escape(plan.title), days=plan.days, prices=_prices(plan))
 
 
-async def plans_screen(accounts: AccountService | None, language: str, intro: str | None = None
-                       ) -> tuple[str, InlineKeyboardMarkup]:
+async def plans_screen(
+    accounts: AccountService | None, language: str, intro: str | None = None
+) -> tuple[str, InlineKeyboardMarkup]:
     if accounts is None:
         return text("unavailable", language), keyboards.back_only(language)
     try:
@@ -165,28 +182,44 @@ async def plan_screen(accounts: AccountService | None, code: str, language: str)
     return await plans_screen(accounts, language, intro=text("plan_unknown", language, code=html.escape(code)))
 
 
-async def plans(event: Message | CallbackQuery, language: str, store: SubscriberStore | None = None,
-                postgres: PostgresManager | None = None) -> None:
+async def plans(
+    event: Message | CallbackQuery,
+    language: str,
+    store: SubscriberStore | None = None,
+    postgres: PostgresManager | None = None,
+) -> None:
     await acknowledge(event)
     await show(event, *await plans_screen(_accounts(store, postgres), language))
 
 
-async def one_plan(callback: CallbackQuery, callback_data: PlanCB, language: str,
-                   store: SubscriberStore | None = None, postgres: PostgresManager | None = None) -> None:
+async def one_plan(
+    callback: CallbackQuery,
+    callback_data: PlanCB,
+    language: str,
+    store: SubscriberStore | None = None,
+    postgres: PostgresManager | None = None,
+) -> None:
     await acknowledge(callback)
     await show(callback, *await plan_screen(_accounts(store, postgres), callback_data.code, language))
 
 
 # ---------------------------------------------------------------------------------- /privacy
 
+
 async def privacy(event: Message | CallbackQuery, language: str) -> None:
     await acknowledge(event)
     await show(event, text("privacy", language), keyboards.privacy(language))
 
 
-async def privacy_action(callback: CallbackQuery, callback_data: PrivacyCB, subscriber: Subscriber, language: str,
-                         state: FSMContext, store: SubscriberStore | None = None,
-                         postgres: PostgresManager | None = None) -> None:
+async def privacy_action(
+    callback: CallbackQuery,
+    callback_data: PrivacyCB,
+    subscriber: Subscriber,
+    language: str,
+    state: FSMContext,
+    store: SubscriberStore | None = None,
+    postgres: PostgresManager | None = None,
+) -> None:
     await acknowledge(callback)
     if callback_data.action == "ask":
         await show(callback, text("privacy_confirm", language), keyboards.privacy_confirm(language))
@@ -211,6 +244,7 @@ async def privacy_action(callback: CallbackQuery, callback_data: PrivacyCB, subs
 
 # ---------------------------------------------------------------------------------- /paysupport
 
+
 async def claim_paysupport(redis: RedisManager | None, telegram_id: int) -> int:
     """0 when the user may write to the team now (their minute starts), else seconds to wait.
     Without Redis at all a request goes through: a payment question matters more than a limit."""
@@ -225,9 +259,16 @@ async def claim_paysupport(redis: RedisManager | None, telegram_id: int) -> int:
     return left if left > 0 else PAYSUPPORT_INTERVAL
 
 
-async def paysupport(message: Message, command: CommandObject, subscriber: Subscriber, language: str, bot: Bot,
-                     settings: Settings | None = None, sender: AlertSender | None = None,
-                     redis: RedisManager | None = None) -> None:
+async def paysupport(
+    message: Message,
+    command: CommandObject,
+    subscriber: Subscriber,
+    language: str,
+    bot: Bot,
+    settings: Settings | None = None,
+    sender: AlertSender | None = None,
+    redis: RedisManager | None = None,
+) -> None:
     request = (command.args or "").strip()
     if not request:
         await message.answer(text("paysupport", language))
@@ -238,8 +279,9 @@ async def paysupport(message: Message, command: CommandObject, subscriber: Subsc
         return
     wait = await claim_paysupport(redis, subscriber.telegram_id)
     if wait:
-        logger.info("payment support request from %s refused: the last one was under a minute ago",
-                    subscriber.telegram_id)
+        logger.info(
+            "payment support request from %s refused: the last one was under a minute ago", subscriber.telegram_id
+        )
         await message.answer(text("paysupport_wait", language, seconds=wait))
         return
     user = message.from_user

@@ -22,7 +22,16 @@ from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubsc
 logger = logging.getLogger("alertbot.admin")
 
 ADMIN_COMMANDS = (
-    "admin", "stats", "broadcast", "grant", "revoke", "ban", "unban", "health", "setpreset", "delpreset",
+    "admin",
+    "stats",
+    "broadcast",
+    "grant",
+    "revoke",
+    "ban",
+    "unban",
+    "health",
+    "setpreset",
+    "delpreset",
 )
 MAX_DAYS = 3650
 MAX_USER_ID = 2**63 - 1  # bigint
@@ -40,9 +49,7 @@ def format_moment(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-async def grant(
-    message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None
-) -> None:
+async def grant(message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None) -> None:
     parts = (command.args or "").split()
     user_id = parse_user_id(parts[0]) if len(parts) == 2 else None
     days = parse_days(parts[1]) if len(parts) == 2 else None
@@ -82,9 +89,7 @@ async def _notify(message: Message, store: SubscriberStore, user_id: int, days: 
         logger.info("could not tell %s about their grant: %r", user_id, exc)
 
 
-async def revoke(
-    message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None
-) -> None:
+async def revoke(message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None) -> None:
     parts = (command.args or "").split()
     user_id = parse_user_id(parts[0]) if len(parts) == 1 else None
     if user_id is None:
@@ -104,9 +109,7 @@ async def revoke(
     await message.answer(text("revoke_done" if revoked else "revoke_none", language, user_id=user_id))
 
 
-async def refuse(
-    message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None
-) -> None:
+async def refuse(message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None) -> None:
     user_id = message.from_user.id if message.from_user else None
     logger.warning("user %s is not an admin and tried /%s", user_id, command.command)
     if store is not None:

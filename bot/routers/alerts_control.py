@@ -11,8 +11,12 @@ from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore
 
 
 async def _set_paused(
-    message: Message, subscriber: Subscriber, language: str, store: SubscriberStore | None,
-    subscriber_loaded: bool, paused: bool,
+    message: Message,
+    subscriber: Subscriber,
+    language: str,
+    store: SubscriberStore | None,
+    subscriber_loaded: bool,
+    paused: bool,
 ) -> None:
     if store is None or not subscriber_loaded:
         await message.answer(text("unavailable", language))
@@ -35,15 +39,21 @@ async def _set_paused(
 
 
 async def pause(
-    message: Message, subscriber: Subscriber, language: str,
-    store: SubscriberStore | None = None, subscriber_loaded: bool = True,
+    message: Message,
+    subscriber: Subscriber,
+    language: str,
+    store: SubscriberStore | None = None,
+    subscriber_loaded: bool = True,
 ) -> None:
     await _set_paused(message, subscriber, language, store, subscriber_loaded, True)
 
 
 async def resume(
-    message: Message, subscriber: Subscriber, language: str,
-    store: SubscriberStore | None = None, subscriber_loaded: bool = True,
+    message: Message,
+    subscriber: Subscriber,
+    language: str,
+    store: SubscriberStore | None = None,
+    subscriber_loaded: bool = True,
 ) -> None:
     await _set_paused(message, subscriber, language, store, subscriber_loaded, False)
 

@@ -88,4 +88,3 @@ def build_fallback_router() -> Router:
     router = Router(name="fallback")
     router.callback_query()(stale_button)
     return router
-

@@ -11,12 +11,16 @@ from aiogram.types import ErrorEvent
 from bot.texts import pick_language, text
 
 logger = logging.getLogger("alertbot.handlers")
+
+
 async def on_error(event: ErrorEvent) -> bool:
     update = event.update
     logger.error("handler failed on update %s: %r", update.update_id, event.exception, exc_info=event.exception)
     message = update.message or (update.callback_query.message if update.callback_query else None)
-    user = update.message.from_user if update.message else (
-        update.callback_query.from_user if update.callback_query else None
+    user = (
+        update.message.from_user
+        if update.message
+        else (update.callback_query.from_user if update.callback_query else None)
     )
     language = pick_language(user.language_code if user else None)
     try:

@@ -159,8 +159,12 @@ def value_error(name: str, raw_value: str, exc: FilterValueError, language: str)
         FILTER_SPECS[name].parse(raw_value)
     except FilterValueError as parse_error:
         return text(
-            "filter_bad_value", language, name=name, value=_echo(raw_value),
-            reason=reason_text(parse_error, language), accepted=_accepted(name, language),
+            "filter_bad_value",
+            language,
+            name=name,
+            value=_echo(raw_value),
+            reason=reason_text(parse_error, language),
+            accepted=_accepted(name, language),
         )
     # The value parses on its own, so it clashes with another filter (min_mcap above max_mcap).
     return text("filter_conflict", language, name=name, value=_echo(raw_value))

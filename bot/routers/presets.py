@@ -85,16 +85,18 @@ def render_presets(presets: list[Preset], subscriber: Subscriber, language: str)
             break  # a screen too long for one message shows the first presets only
         blocks.append(block)
         length += _utf16_len(block) + 2
-        rows.append([
-            InlineKeyboardButton(
-                text=text("preset_button_apply", language, title=_short(preset.title)),
-                callback_data=PresetCB(action="apply", code=preset.code).pack(),
-            ),
-            InlineKeyboardButton(
-                text=text("preset_button_unfollow" if followed else "preset_button_follow", language),
-                callback_data=PresetCB(action="unfollow" if followed else "follow", code=preset.code).pack(),
-            ),
-        ])
+        rows.append(
+            [
+                InlineKeyboardButton(
+                    text=text("preset_button_apply", language, title=_short(preset.title)),
+                    callback_data=PresetCB(action="apply", code=preset.code).pack(),
+                ),
+                InlineKeyboardButton(
+                    text=text("preset_button_unfollow" if followed else "preset_button_follow", language),
+                    callback_data=PresetCB(action="unfollow" if followed else "follow", code=preset.code).pack(),
+                ),
+            ]
+        )
     if not presets:
         blocks.append(text("presets_none", language))
     rows.append(
@@ -204,9 +206,15 @@ async def preset_action(
 
 
 def _back_to_menu(language: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup(inline_keyboard=[[
-        InlineKeyboardButton(text=text("preset_button_back", language), callback_data=MenuCB(screen="main").pack())
-    ]])
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                InlineKeyboardButton(
+                    text=text("preset_button_back", language), callback_data=MenuCB(screen="main").pack()
+                )
+            ]
+        ]
+    )
 
 
 # ------------------------------------------------------------------ admins
@@ -252,10 +260,17 @@ async def _sync_followers(
         updated += 1
         if subscriber.status == "active":
             language = pick_language(subscriber.language)
-            await _notify(bot, sender, telegram_id, text(
-                "preset_changed_notice", language, title=html.escape(preset.title),
-                filters=_filters_block(preset.filters, language),
-            ))
+            await _notify(
+                bot,
+                sender,
+                telegram_id,
+                text(
+                    "preset_changed_notice",
+                    language,
+                    title=html.escape(preset.title),
+                    filters=_filters_block(preset.filters, language),
+                ),
+            )
     return updated, failed
 
 
@@ -290,9 +305,9 @@ async def set_preset(
     try:
         definition = parse_preset_definition(args)
     except PresetDefinitionError as exc:
-        await message.answer(text(
-            "setpreset_error", language, reason=html.escape(str(exc)), usage=text("setpreset_usage", language)
-        ))
+        await message.answer(
+            text("setpreset_error", language, reason=html.escape(str(exc)), usage=text("setpreset_usage", language))
+        )
         return
     if store is None or postgres is None:
         await message.answer(text("unavailable", language))
@@ -301,21 +316,30 @@ async def set_preset(
     admin_id = _admin_id(message)
     try:
         old, new = await presets.upsert(
-            definition.code, title=definition.title, description=definition.description,
-            filters=definition.filters, updated_by=admin_id,
+            definition.code,
+            title=definition.title,
+            description=definition.description,
+            filters=definition.filters,
+            updated_by=admin_id,
         )
     except ValueError as exc:  # a new preset without a title
-        await message.answer(text(
-            "setpreset_error", language, reason=html.escape(str(exc)), usage=text("setpreset_usage", language)
-        ))
+        await message.answer(
+            text("setpreset_error", language, reason=html.escape(str(exc)), usage=text("setpreset_usage", language))
+        )
         return
     except StoreUnavailable:
         await message.answer(text("unavailable", language))
         return
-    await store.log_activity(admin_id, "preset_set", {
-        "code": new.code, "title": new.title, "filters": new.filters.to_dict(),
-        "old_filters": None if old is None else old.filters.to_dict(),
-    })
+    await store.log_activity(
+        admin_id,
+        "preset_set",
+        {
+            "code": new.code,
+            "title": new.title,
+            "filters": new.filters.to_dict(),
+            "old_filters": None if old is None else old.filters.to_dict(),
+        },
+    )
     filters = _filters_block(new.filters, language)
     title = html.escape(new.title)
     if old is None:
@@ -378,9 +402,12 @@ async def delete_preset(
         told += 1
         if subscriber.status == "active":
             follower_language = pick_language(subscriber.language)
-            await _notify(message.bot, sender, telegram_id, text(
-                "preset_deleted_notice", follower_language, title=html.escape(deleted.title)
-            ))
+            await _notify(
+                message.bot,
+                sender,
+                telegram_id,
+                text("preset_deleted_notice", follower_language, title=html.escape(deleted.title)),
+            )
     await message.answer(text("delpreset_done", language, code=code, title=html.escape(deleted.title), followers=told))
 
 

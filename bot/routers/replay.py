@@ -50,7 +50,8 @@ def render_report(report: ReplayReport, language: str, hours: int = DEFAULT_HOUR
         lines += ["", text("replay_top_title", language)]
         for alert in result.top(TOP_COUNT):
             multiple = (
-                format_multiple(alert.best_multiple) if alert.best_multiple is not None
+                format_multiple(alert.best_multiple)
+                if alert.best_multiple is not None
                 else text("replay_no_price", language)
             )
             lines.append(text("replay_top_line", language, symbol=_token_name(alert), multiple=multiple))

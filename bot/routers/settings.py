@@ -37,13 +37,19 @@ class SettingsFlow(StatesGroup):
 def filters_screen(subscriber: Subscriber, language: str) -> tuple[str, keyboards.InlineKeyboardMarkup]:
     filters = subscriber.filters
     body = filters_body(filters, language)
-    values = {name: format_filter_value(name, value, CHANNELS_SHOWN_ON_BUTTON)
-              for name, value in filters.to_dict().items()}
+    values = {
+        name: format_filter_value(name, value, CHANNELS_SHOWN_ON_BUTTON) for name, value in filters.to_dict().items()
+    }
     return f"{body}\n\n{text('filters_screen_hint', language)}", keyboards.filters_menu(filters, language, values)
 
 
-async def open_filters(event: Message | CallbackQuery, subscriber: Subscriber, language: str,
-                       state: FSMContext, subscriber_loaded: bool = True) -> None:
+async def open_filters(
+    event: Message | CallbackQuery,
+    subscriber: Subscriber,
+    language: str,
+    state: FSMContext,
+    subscriber_loaded: bool = True,
+) -> None:
     await acknowledge(event)
     await state.clear()
     if not subscriber_loaded:
@@ -52,8 +58,9 @@ async def open_filters(event: Message | CallbackQuery, subscriber: Subscriber, l
     await show(event, *filters_screen(subscriber, language))
 
 
-async def ask_value(callback: CallbackQuery, callback_data: FilterCB, subscriber: Subscriber, language: str,
-                    state: FSMContext) -> None:
+async def ask_value(
+    callback: CallbackQuery, callback_data: FilterCB, subscriber: Subscriber, language: str, state: FSMContext
+) -> None:
     name = callback_data.name
     if name not in FILTER_SPECS:
         await acknowledge(callback, text("stale_button", language), alert=True)
@@ -63,14 +70,26 @@ async def ask_value(callback: CallbackQuery, callback_data: FilterCB, subscriber
     shown = html.escape(format_filter_value(name, current)) if current is not None else text("value_not_set", language)
     await state.set_state(SettingsFlow.value)
     await state.update_data(name=name)
-    prompt = text("ask_value", language, label=text(f"label_{name}", language), name=name,
-                  accepted=html.escape(text(f"accepted_{name}", language)), current=shown)
+    prompt = text(
+        "ask_value",
+        language,
+        label=text(f"label_{name}", language),
+        name=name,
+        accepted=html.escape(text(f"accepted_{name}", language)),
+        current=shown,
+    )
     # The question takes the place of the screen pressed; the answer brings the screen back.
     await show(callback, prompt, keyboards.value_prompt(name, current is not None, language))
 
 
-async def receive_value(message: Message, state: FSMContext, subscriber: Subscriber, language: str,
-                        store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+async def receive_value(
+    message: Message,
+    state: FSMContext,
+    subscriber: Subscriber,
+    language: str,
+    store: SubscriberStore | None = None,
+    subscriber_loaded: bool = True,
+) -> None:
     name = (await state.get_data()).get("name")
     if name not in FILTER_SPECS:
         await state.clear()
@@ -96,8 +115,15 @@ async def receive_value(message: Message, state: FSMContext, subscriber: Subscri
     await message.answer(with_notice(text("filter_set", language, name=name, value=value), screen), reply_markup=markup)
 
 
-async def reset_one(callback: CallbackQuery, callback_data: FilterCB, subscriber: Subscriber, language: str,
-                    state: FSMContext, store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+async def reset_one(
+    callback: CallbackQuery,
+    callback_data: FilterCB,
+    subscriber: Subscriber,
+    language: str,
+    state: FSMContext,
+    store: SubscriberStore | None = None,
+    subscriber_loaded: bool = True,
+) -> None:
     name = callback_data.name
     if name not in FILTER_SPECS:
         await acknowledge(callback, text("stale_button", language), alert=True)
@@ -112,8 +138,9 @@ async def reset_one(callback: CallbackQuery, callback_data: FilterCB, subscriber
         await show(callback, with_notice(text("filter_not_set", language, name=name), screen), markup)
         return
     try:
-        saved = await store.update_filters(subscriber.telegram_id, unset_filter(subscriber.filters, name),
-                                           name=name, source="menu")
+        saved = await store.update_filters(
+            subscriber.telegram_id, unset_filter(subscriber.filters, name), name=name, source="menu"
+        )
     except StoreUnavailable:
         await show(callback, text("unavailable", language))
         return
@@ -121,8 +148,14 @@ async def reset_one(callback: CallbackQuery, callback_data: FilterCB, subscriber
     await show(callback, with_notice(text("filter_unset", language, name=name), screen), markup)
 
 
-async def reset_all(callback: CallbackQuery, subscriber: Subscriber, language: str, state: FSMContext,
-                    store: SubscriberStore | None = None, subscriber_loaded: bool = True) -> None:
+async def reset_all(
+    callback: CallbackQuery,
+    subscriber: Subscriber,
+    language: str,
+    state: FSMContext,
+    store: SubscriberStore | None = None,
+    subscriber_loaded: bool = True,
+) -> None:
     await acknowledge(callback)
     await state.clear()
     if store is None or not subscriber_loaded:
@@ -132,8 +165,9 @@ async def reset_all(callback: CallbackQuery, subscriber: Subscriber, language: s
     try:
         # One history row per filter removed, as if each were unset by hand.
         for name in list(subscriber.filters.to_dict()):
-            saved = await store.update_filters(subscriber.telegram_id, unset_filter(saved.filters, name),
-                                               name=name, source="menu")
+            saved = await store.update_filters(
+                subscriber.telegram_id, unset_filter(saved.filters, name), name=name, source="menu"
+            )
     except StoreUnavailable:
         await show(callback, text("unavailable", language))
         return
@@ -141,8 +175,9 @@ async def reset_all(callback: CallbackQuery, subscriber: Subscriber, language: s
     await show(callback, with_notice(text("reset_all_done", language), screen), markup)
 
 
-async def cancel(callback: CallbackQuery, subscriber: Subscriber, language: str, state: FSMContext,
-                 subscriber_loaded: bool = True) -> None:
+async def cancel(
+    callback: CallbackQuery, subscriber: Subscriber, language: str, state: FSMContext, subscriber_loaded: bool = True
+) -> None:
     """The question goes back to being the Filters screen, unchanged."""
     await acknowledge(callback, text("flow_cancelled", language))
     await state.clear()

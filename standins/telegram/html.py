@@ -26,13 +26,37 @@ class EntityParseError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 _HTML_TAGS: Final[frozenset[str]] = frozenset(
-    {"a", "b", "strong", "i", "em", "s", "strike", "del", "u", "ins", "tg-spoiler", "tg-emoji",
-     "span", "pre", "code", "blockquote"}
+    {
+        "a",
+        "b",
+        "strong",
+        "i",
+        "em",
+        "s",
+        "strike",
+        "del",
+        "u",
+        "ins",
+        "tg-spoiler",
+        "tg-emoji",
+        "span",
+        "pre",
+        "code",
+        "blockquote",
+    }
 )
 _SIMPLE_TAG_ENTITIES: Final[dict[str, str]] = {
-    "b": "bold", "strong": "bold", "i": "italic", "em": "italic", "u": "underline",
-    "ins": "underline", "s": "strikethrough", "strike": "strikethrough", "del": "strikethrough",
-    "tg-spoiler": "spoiler", "span": "spoiler",
+    "b": "bold",
+    "strong": "bold",
+    "i": "italic",
+    "em": "italic",
+    "u": "underline",
+    "ins": "underline",
+    "s": "strikethrough",
+    "strike": "strikethrough",
+    "del": "strikethrough",
+    "tg-spoiler": "spoiler",
+    "span": "spoiler",
 }
 _NAMED_HTML_ENTITIES: Final[dict[str, str]] = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
 # tdlib's is_space(): NUL doubles as its end-of-string sentinel.
@@ -134,9 +158,7 @@ def parse_html(text: str) -> tuple[str, list[JsonDict]]:
                 raise error(f"Unclosed start tag at byte offset {_byte_offset(text, begin)}")
             tag_name = text[begin + 1 : i].lower()
             if tag_name not in _HTML_TAGS:
-                raise error(
-                    f'Unsupported start tag "{tag_name}" at byte offset {_byte_offset(text, begin)}'
-                )
+                raise error(f'Unsupported start tag "{tag_name}" at byte offset {_byte_offset(text, begin)}')
             argument = ""
             while at(i) != ">":
                 while at(i) != "\0" and at(i) in _HTML_SPACES:
@@ -149,8 +171,7 @@ def parse_html(text: str) -> tuple[str, list[JsonDict]]:
                 attribute_name = text[attribute_begin:i]
                 if not attribute_name:
                     raise error(
-                        f'Empty attribute name in the tag "{tag_name}" at byte offset '
-                        f"{_byte_offset(text, begin)}"
+                        f'Empty attribute name in the tag "{tag_name}" at byte offset {_byte_offset(text, begin)}'
                     )
                 while at(i) != "\0" and at(i) in _HTML_SPACES:
                     i += 1
@@ -165,9 +186,7 @@ def parse_html(text: str) -> tuple[str, list[JsonDict]]:
                 while at(i) != "\0" and at(i) in _HTML_SPACES:
                     i += 1
                 if at(i) == "\0":
-                    raise error(
-                        f'Unclosed start tag "{tag_name}" at byte offset {_byte_offset(text, begin)}'
-                    )
+                    raise error(f'Unclosed start tag "{tag_name}" at byte offset {_byte_offset(text, begin)}')
                 value_chars: list[str] = []
                 if at(i) not in "'\"":
                     # An unquoted name token: letters, digits, periods, hyphens; case-insensitive.
@@ -176,9 +195,7 @@ def parse_html(text: str) -> tuple[str, list[JsonDict]]:
                         i += 1
                     value_chars.append(text[token_begin:i].lower())
                     if at(i) not in _HTML_SPACES and at(i) != ">":
-                        raise error(
-                            f"Unexpected end of name token at byte offset {_byte_offset(text, token_begin)}"
-                        )
+                        raise error(f"Unexpected end of name token at byte offset {_byte_offset(text, token_begin)}")
                 else:
                     quote = text[i]
                     i += 1
@@ -207,9 +224,7 @@ def parse_html(text: str) -> tuple[str, list[JsonDict]]:
                 elif tag_name == "blockquote" and attribute_name == "expandable":
                     argument = "1"
             if tag_name == "span" and argument != "spoiler":
-                raise error(
-                    f'Tag "span" must have class "tg-spoiler" at byte offset {_byte_offset(text, begin)}'
-                )
+                raise error(f'Tag "span" must have class "tg-spoiler" at byte offset {_byte_offset(text, begin)}')
             stack.append(_OpenTag(tag_name, argument, utf16, len(out)))
             i += 1  # past '>'
             continue
@@ -228,7 +243,7 @@ def parse_html(text: str) -> tuple[str, list[JsonDict]]:
         opened = stack.pop()
         if end_tag_name and end_tag_name != opened.name:
             raise error(
-                f'Unmatched end tag at byte offset {_byte_offset(text, begin)}, expected '
+                f"Unmatched end tag at byte offset {_byte_offset(text, begin)}, expected "
                 f'"</{opened.name}>", found "</{end_tag_name}>"'
             )
         length = utf16 - opened.utf16_offset
@@ -245,8 +260,10 @@ def parse_html(text: str) -> tuple[str, list[JsonDict]]:
             url = opened.argument or "".join(out[opened.result_index :])
             match = re.fullmatch(r"tg://user\?id=(\d+)", url)
             if match:
-                entity = {"type": "text_mention",
-                          "user": {"id": int(match.group(1)), "is_bot": False, "first_name": ""}}
+                entity = {
+                    "type": "text_mention",
+                    "user": {"id": int(match.group(1)), "is_bot": False, "first_name": ""},
+                }
             elif url.strip():
                 entity = {"type": "text_link", "url": url}
         elif opened.name == "code":

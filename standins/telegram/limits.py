@@ -141,10 +141,16 @@ class FloodControl(ServerState):
     def force_gateway_error(self, status: int = 502, *, duration: float | None = None, count: int | None = 1) -> None:
         """Answer as a load balancer in front of a Telegram that is down: `status` with an HTML
         page instead of Telegram's JSON, to every request, for `duration` s or `count` requests."""
-        self._gateway_errors.append(_ForcedErrors(
-            status=status, description="gateway page", parameters=None,
-            until=self.clock() + duration if duration is not None else None, remaining=count, methods=None,
-        ))
+        self._gateway_errors.append(
+            _ForcedErrors(
+                status=status,
+                description="gateway page",
+                parameters=None,
+                until=self.clock() + duration if duration is not None else None,
+                remaining=count,
+                methods=None,
+            )
+        )
 
     def clear_forced_errors(self) -> None:
         self._forced.clear()
@@ -152,15 +158,15 @@ class FloodControl(ServerState):
 
     def _apply_forced_errors(self, canonical: str) -> None:
         now = self.clock()
-        self._forced = [f for f in self._forced
-                        if (f.until is None or now < f.until) and (f.remaining is None or f.remaining > 0)]
+        self._forced = [
+            f for f in self._forced if (f.until is None or now < f.until) and (f.remaining is None or f.remaining > 0)
+        ]
         for forced in self._forced:
             if forced.methods is not None and canonical.lower() not in forced.methods:
                 continue
             if forced.remaining is not None:
                 forced.remaining -= 1
-            raise _ApiError(forced.status, forced.description,
-                            dict(forced.parameters) if forced.parameters else None)
+            raise _ApiError(forced.status, forced.description, dict(forced.parameters) if forced.parameters else None)
 
     def _check_limits(self, state: _BotState, chat_id: int, *, paid: bool, per_chat: bool) -> None:
         """Raise 429 when this send would exceed a window; nothing is recorded here."""
@@ -181,8 +187,7 @@ class FloodControl(ServerState):
                 limit, window = limits.group_per_minute, limits.group_window
             chat_window = state.chat_windows.get(chat_id)
             if limit is not None and chat_id > 0 and limits.private_chat_burst > 1:
-                wait = self._burst_wait(state.chat_full_at.get(chat_id), now, window / limit,
-                                        limits.private_chat_burst)
+                wait = self._burst_wait(state.chat_full_at.get(chat_id), now, window / limit, limits.private_chat_burst)
                 if wait is not None:
                     waits.append(wait)
             elif limit is not None and chat_window is not None:
@@ -191,8 +196,7 @@ class FloodControl(ServerState):
                     waits.append(wait)
         if waits:
             retry_after = max(1, math.ceil(max(waits) - 1e-9))
-            raise _ApiError(429, f"Too Many Requests: retry after {retry_after}",
-                            {"retry_after": retry_after})
+            raise _ApiError(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
 
     @staticmethod
     def _window_wait(window: deque[float], now: float, length: float, limit: int) -> float | None:

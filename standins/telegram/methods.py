@@ -117,8 +117,14 @@ class BotApiMethods(FloodControl):
         return body
 
     def _count_error(self, status: int) -> None:
-        attribute = {400: "rejected_400", 401: "rejected_401", 403: "rejected_403",
-                     404: "rejected_404", 409: "rejected_409", 429: "rejected_429"}.get(status)
+        attribute = {
+            400: "rejected_400",
+            401: "rejected_401",
+            403: "rejected_403",
+            404: "rejected_404",
+            409: "rejected_409",
+            429: "rejected_429",
+        }.get(status)
         if attribute is None:
             self.stats.rejected_other += 1
         else:
@@ -190,8 +196,11 @@ class BotApiMethods(FloodControl):
                 raise _bad_request("chat not found")
             return
         if status == "migrated":
-            raise _ApiError(400, "Bad Request: group chat was upgraded to a supergroup chat",
-                            {"migrate_to_chat_id": self._migrated[chat_id]})
+            raise _ApiError(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                {"migrate_to_chat_id": self._migrated[chat_id]},
+            )
         if status == "kicked":
             kind = self._chats.get(chat_id, self._default_chat(chat_id))["type"]
             if kind == "channel":
@@ -350,8 +359,11 @@ class BotApiMethods(FloodControl):
 
     async def _get_updates(self, state: _BotState, params: _Params) -> list[JsonDict]:
         if state.webhook_url:
-            raise _ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
-                                 "use deleteWebhook to delete the webhook first")
+            raise _ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
         offset = params.get_int("offset", 0) or 0
         limit = min(max(params.get_int("limit", 100) or 100, 1), 100)
         timeout = max(params.get_int("timeout", 0) or 0, 0)
@@ -383,11 +395,16 @@ class BotApiMethods(FloodControl):
                 break
             await state.pulse.wait(remaining)
             if state.poll_generation != generation:
-                raise _ApiError(409, "Conflict: terminated by other getUpdates request; "
-                                     "make sure that only one bot instance is running")
+                raise _ApiError(
+                    409,
+                    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                )
             if state.webhook_url:
-                raise _ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
-                                     "use deleteWebhook to delete the webhook first")
+                raise _ApiError(
+                    409,
+                    "Conflict: can't use getUpdates method while webhook is active; "
+                    "use deleteWebhook to delete the webhook first",
+                )
         result = list(state.updates)[:limit] if not self._closing else []
         self.stats.updates_delivered += len(result)
         return result
@@ -409,8 +426,7 @@ class BotApiMethods(FloodControl):
 
     def _send_message(self, state: _BotState, params: _Params) -> JsonDict:
         chat_id = self._resolve_chat_id(params)
-        text, entities = self._formatted_text(params, "text", "entities", required=True,
-                                              max_length=MAX_TEXT_LENGTH)
+        text, entities = self._formatted_text(params, "text", "entities", required=True, max_length=MAX_TEXT_LENGTH)
         markup, echo = self._reply_markup(params)
         self._check_reachable(chat_id)
         self._check_limits(state, chat_id, paid=params.get_bool("allow_paid_broadcast"), per_chat=True)
@@ -422,13 +438,24 @@ class BotApiMethods(FloodControl):
             content["link_preview_options"] = preview
         elif params.get_bool("disable_web_page_preview"):
             content["link_preview_options"] = {"is_disabled": True}
-        return self._deliver(state, "sendMessage", chat_id, params, content, text=text,
-                             raw_text=params.get_str("text"), entities=entities, markup=markup, echo_markup=echo)
+        return self._deliver(
+            state,
+            "sendMessage",
+            chat_id,
+            params,
+            content,
+            text=text,
+            raw_text=params.get_str("text"),
+            entities=entities,
+            markup=markup,
+            echo_markup=echo,
+        )
 
     def _send_photo(self, state: _BotState, params: _Params) -> JsonDict:
         chat_id = self._resolve_chat_id(params)
-        caption, entities = self._formatted_text(params, "caption", "caption_entities", required=False,
-                                                 max_length=MAX_CAPTION_LENGTH)
+        caption, entities = self._formatted_text(
+            params, "caption", "caption_entities", required=False, max_length=MAX_CAPTION_LENGTH
+        )
         markup, echo = self._reply_markup(params)
         photo = self._photo(params)
         self._check_reachable(chat_id)
@@ -437,21 +464,33 @@ class BotApiMethods(FloodControl):
             # Later sends may reuse the file_id; the registry needn't keep the bytes.
             self._files[photo.file_id] = replace(photo, content=None)
         content: JsonDict = {
-            "photo": [{
-                "file_id": photo.file_id,
-                "file_unique_id": photo.file_unique_id,
-                "width": photo.width,
-                "height": photo.height,
-                **({"file_size": photo.size} if photo.size is not None else {}),
-            }]
+            "photo": [
+                {
+                    "file_id": photo.file_id,
+                    "file_unique_id": photo.file_unique_id,
+                    "width": photo.width,
+                    "height": photo.height,
+                    **({"file_size": photo.size} if photo.size is not None else {}),
+                }
+            ]
         }
         if caption is not None:
             content["caption"] = caption
             if entities:
                 content["caption_entities"] = entities
-        return self._deliver(state, "sendPhoto", chat_id, params, content, caption=caption,
-                             raw_text=params.get_str("caption"), entities=entities, markup=markup,
-                             echo_markup=echo, photo=photo)
+        return self._deliver(
+            state,
+            "sendPhoto",
+            chat_id,
+            params,
+            content,
+            caption=caption,
+            raw_text=params.get_str("caption"),
+            entities=entities,
+            markup=markup,
+            echo_markup=echo,
+            photo=photo,
+        )
 
     def _photo(self, params: _Params) -> PhotoInfo:
         """The photo of a sendPhoto: a multipart upload, an attach:// reference, a file_id or URL."""
@@ -467,21 +506,36 @@ class BotApiMethods(FloodControl):
             width, height = _image_size(upload.content)
             number = self._next_file_number
             self._next_file_number += 1
-            return PhotoInfo(source="upload", file_id=f"AgACAgFake{number:08d}", file_unique_id=f"AQADFake{number:08d}",
-                             filename=upload.filename, content_type=upload.content_type, size=len(upload.content),
-                             width=width, height=height, content=upload.content)
+            return PhotoInfo(
+                source="upload",
+                file_id=f"AgACAgFake{number:08d}",
+                file_unique_id=f"AQADFake{number:08d}",
+                filename=upload.filename,
+                content_type=upload.content_type,
+                size=len(upload.content),
+                width=width,
+                height=height,
+                content=upload.content,
+            )
         if not value:
             raise _bad_request("there is no photo in the request")
         if value.startswith(("http://", "https://")):
             number = self._next_file_number
             self._next_file_number += 1
-            return PhotoInfo(source="url", file_id=f"AgACAgFake{number:08d}", file_unique_id=f"AQADFake{number:08d}",
-                             url=value)
+            return PhotoInfo(
+                source="url", file_id=f"AgACAgFake{number:08d}", file_unique_id=f"AQADFake{number:08d}", url=value
+            )
         known = self._files.get(value)
         if known is None:
             raise _bad_request("wrong file identifier/HTTP URL specified")
-        return PhotoInfo(source="file_id", file_id=known.file_id, file_unique_id=known.file_unique_id,
-                         size=known.size, width=known.width, height=known.height)
+        return PhotoInfo(
+            source="file_id",
+            file_id=known.file_id,
+            file_unique_id=known.file_unique_id,
+            size=known.size,
+            width=known.width,
+            height=known.height,
+        )
 
     def _invoice_fields(self, params: _Params) -> JsonDict:
         """Validate the invoice parameters shared by sendInvoice and createInvoiceLink."""
@@ -498,9 +552,13 @@ class BotApiMethods(FloodControl):
         if not re.fullmatch(r"[A-Z]{3}", currency):
             raise _bad_request("CURRENCY_INVALID")
         prices = params.get_json("prices", "can't parse prices JSON object")
-        if not isinstance(prices, list) or not prices or not all(
-            isinstance(p, dict) and isinstance(p.get("label"), str) and isinstance(p.get("amount"), int)
-            for p in prices
+        if (
+            not isinstance(prices, list)
+            or not prices
+            or not all(
+                isinstance(p, dict) and isinstance(p.get("label"), str) and isinstance(p.get("amount"), int)
+                for p in prices
+            )
         ):
             raise _bad_request("can't parse prices JSON object")
         provider_token = params.get_str("provider_token") or ""
@@ -531,10 +589,14 @@ class BotApiMethods(FloodControl):
         markup, echo = self._reply_markup(params)
         self._check_reachable(chat_id)
         self._check_limits(state, chat_id, paid=params.get_bool("allow_paid_broadcast"), per_chat=True)
-        content = {"invoice": {key: invoice[key] for key in
-                               ("title", "description", "start_parameter", "currency", "total_amount")}}
-        return self._deliver(state, "sendInvoice", chat_id, params, content, markup=markup,
-                             echo_markup=echo, invoice=invoice)
+        content = {
+            "invoice": {
+                key: invoice[key] for key in ("title", "description", "start_parameter", "currency", "total_amount")
+            }
+        }
+        return self._deliver(
+            state, "sendInvoice", chat_id, params, content, markup=markup, echo_markup=echo, invoice=invoice
+        )
 
     def _create_invoice_link(self, state: _BotState, params: _Params) -> str:
         invoice = self._invoice_fields(params)
@@ -555,30 +617,46 @@ class BotApiMethods(FloodControl):
             raise _bad_request("message can't be edited")
         return chat_id, message_id, stored[0]
 
-    def _record_edit(self, state: _BotState, method: str, chat_id: int, params: _Params,
-                     message: JsonDict, markup: JsonDict | None) -> None:
+    def _record_edit(
+        self, state: _BotState, method: str, chat_id: int, params: _Params, message: JsonDict, markup: JsonDict | None
+    ) -> None:
         state.messages[(chat_id, message["message_id"])] = (message, True)
         self._record_limits(state, chat_id, per_chat=False)
-        self.edits.append(SentRecord(
-            method=method, bot_id=state.bot_id, chat_id=chat_id, message_id=message["message_id"],
-            text=message.get("text"), caption=message.get("caption"),
-            raw_text=params.get_str("text") if method == "editMessageText" else None,
-            parse_mode=params.get_str("parse_mode"), entities=message.get("entities", []),
-            reply_markup=markup, photo=None, invoice=None, allow_paid_broadcast=False,
-            disable_web_page_preview=False, monotonic=self.clock(), wall_time=time.time(),
-            params=dict(params.raw), message=message,
-        ))
+        self.edits.append(
+            SentRecord(
+                method=method,
+                bot_id=state.bot_id,
+                chat_id=chat_id,
+                message_id=message["message_id"],
+                text=message.get("text"),
+                caption=message.get("caption"),
+                raw_text=params.get_str("text") if method == "editMessageText" else None,
+                parse_mode=params.get_str("parse_mode"),
+                entities=message.get("entities", []),
+                reply_markup=markup,
+                photo=None,
+                invoice=None,
+                allow_paid_broadcast=False,
+                disable_web_page_preview=False,
+                monotonic=self.clock(),
+                wall_time=time.time(),
+                params=dict(params.raw),
+                message=message,
+            )
+        )
         self.stats.edited += 1
 
     def _edit_message_text(self, state: _BotState, params: _Params) -> JsonDict:
-        text, entities = self._formatted_text(params, "text", "entities", required=True,
-                                              max_length=MAX_TEXT_LENGTH)
+        text, entities = self._formatted_text(params, "text", "entities", required=True, max_length=MAX_TEXT_LENGTH)
         markup, echo = self._reply_markup(params)
         chat_id, _, current = self._stored_bot_message(state, params, "message to edit not found")
         if "text" not in current:
             raise _bad_request("there is no text in the message to edit")
-        if (current.get("text") == text and current.get("entities", []) == entities
-                and current.get("reply_markup") == echo):
+        if (
+            current.get("text") == text
+            and current.get("entities", []) == entities
+            and current.get("reply_markup") == echo
+        ):
             raise _bad_request(_NOT_MODIFIED)
         self._check_limits(state, chat_id, paid=False, per_chat=False)
         # Copy-on-edit: the SentRecord of the original send keeps the original content.
@@ -634,11 +712,19 @@ class BotApiMethods(FloodControl):
             state.callback_queries[query_id] = known
             raise _bad_request("MESSAGE_TOO_LONG")
         update_id, user_id, data = known
-        self.answered_callbacks.append(AnsweredCallback(
-            callback_query_id=query_id, update_id=update_id, user_id=user_id, data=data, text=text,
-            show_alert=params.get_bool("show_alert"), url=params.get_str("url"),
-            cache_time=params.get_int("cache_time"), monotonic=self.clock(),
-        ))
+        self.answered_callbacks.append(
+            AnsweredCallback(
+                callback_query_id=query_id,
+                update_id=update_id,
+                user_id=user_id,
+                data=data,
+                text=text,
+                show_alert=params.get_bool("show_alert"),
+                url=params.get_str("url"),
+                cache_time=params.get_int("cache_time"),
+                monotonic=self.clock(),
+            )
+        )
         self.stats.callbacks_answered += 1
         return True
 
@@ -647,17 +733,25 @@ class BotApiMethods(FloodControl):
         if query_id not in state.pre_checkouts:
             raise _bad_request("QUERY_ID_INVALID")
         if not params.present("ok"):
-            raise _bad_request("parameter \"ok\" is required")
+            raise _bad_request('parameter "ok" is required')
         ok = params.get_bool("ok")
         error_message = params.get_str("error_message")
         if not ok and not error_message:
             raise _bad_request("error_message is empty")
         update_id, query = state.pre_checkouts.pop(query_id)
-        self.answered_pre_checkouts.append(AnsweredPreCheckout(
-            pre_checkout_query_id=query_id, update_id=update_id, user_id=query["from"]["id"], ok=ok,
-            error_message=error_message, currency=query["currency"], total_amount=query["total_amount"],
-            invoice_payload=query["invoice_payload"], monotonic=self.clock(),
-        ))
+        self.answered_pre_checkouts.append(
+            AnsweredPreCheckout(
+                pre_checkout_query_id=query_id,
+                update_id=update_id,
+                user_id=query["from"]["id"],
+                ok=ok,
+                error_message=error_message,
+                currency=query["currency"],
+                total_amount=query["total_amount"],
+                invoice_payload=query["invoice_payload"],
+                monotonic=self.clock(),
+            )
+        )
         self.stats.pre_checkouts_answered += 1
         return True
 
@@ -688,8 +782,10 @@ class BotApiMethods(FloodControl):
             if not 1 <= len(description) <= 256:
                 raise _bad_request("BOT_COMMAND_DESCRIPTION_INVALID")
             cleaned.append({"command": name, "description": description})
-        key = (self._scope_key(params.get_json("scope", "can't parse BotCommandScope JSON object")),
-               params.get_str("language_code") or "")
+        key = (
+            self._scope_key(params.get_json("scope", "can't parse BotCommandScope JSON object")),
+            params.get_str("language_code") or "",
+        )
         if cleaned:
             state.commands[key] = cleaned
         else:
@@ -697,13 +793,17 @@ class BotApiMethods(FloodControl):
         return True
 
     def _get_my_commands(self, state: _BotState, params: _Params) -> list[JsonDict]:
-        key = (self._scope_key(params.get_json("scope", "can't parse BotCommandScope JSON object")),
-               params.get_str("language_code") or "")
+        key = (
+            self._scope_key(params.get_json("scope", "can't parse BotCommandScope JSON object")),
+            params.get_str("language_code") or "",
+        )
         return list(state.commands.get(key, []))
 
     def _delete_my_commands(self, state: _BotState, params: _Params) -> bool:
-        key = (self._scope_key(params.get_json("scope", "can't parse BotCommandScope JSON object")),
-               params.get_str("language_code") or "")
+        key = (
+            self._scope_key(params.get_json("scope", "can't parse BotCommandScope JSON object")),
+            params.get_str("language_code") or "",
+        )
         state.commands.pop(key, None)
         return True
 
@@ -792,9 +892,12 @@ class BotApiMethods(FloodControl):
             self.stats.webhook_posts += 1
             error: str
             try:
-                async with client.post(state.webhook_url, data=json.dumps(update, ensure_ascii=False),
-                                       headers=headers,
-                                       timeout=aiohttp.ClientTimeout(total=self.webhook_timeout)) as response:
+                async with client.post(
+                    state.webhook_url,
+                    data=json.dumps(update, ensure_ascii=False),
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=self.webhook_timeout),
+                ) as response:
                     if 200 <= response.status < 300:
                         if state.updates and state.updates[0] is update:
                             state.updates.popleft()
@@ -828,9 +931,9 @@ class BotApiMethods(FloodControl):
                         continue
                     data = await part.read(decode=True)
                     if part.filename:
-                        files[part.name] = _Upload(part.filename,
-                                                   part.headers.get("Content-Type", "application/octet-stream"),
-                                                   bytes(data))
+                        files[part.name] = _Upload(
+                            part.filename, part.headers.get("Content-Type", "application/octet-stream"), bytes(data)
+                        )
                     else:
                         raw[part.name] = bytes(data).decode("utf-8", "replace")
         except (ValueError, aiohttp.ClientError):

@@ -171,8 +171,9 @@ class FakeTelegramServer(BotApiMethods):
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown_path)
         # handler_cancellation: a long poll whose client went away (aiogram stop_polling) ends
         # at once instead of holding the connection; short shutdown_timeout keeps stop() fast.
-        runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               handler_cancellation=True, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -309,8 +310,7 @@ class FakeTelegramServer(BotApiMethods):
         """
         if isinstance(condition, int):
             wanted = condition
-            await self.wait_for(lambda: len(self.sent) >= wanted, timeout,
-                                description=f"{wanted} sent message(s)")
+            await self.wait_for(lambda: len(self.sent) >= wanted, timeout, description=f"{wanted} sent message(s)")
             return list(self.sent)
         predicate = condition
         await self.wait_for(
@@ -323,8 +323,9 @@ class FakeTelegramServer(BotApiMethods):
     async def wait_for_request(self, method: str, count: int = 1, timeout: float = 5.0) -> None:
         """Wait until `method` was requested at least `count` times (any outcome)."""
         canonical = self._handlers.get(method.lower(), (method, None))[0]
-        await self.wait_for(lambda: self.requests[canonical] >= count, timeout,
-                            description=f"{count} {canonical} request(s)")
+        await self.wait_for(
+            lambda: self.requests[canonical] >= count, timeout, description=f"{count} {canonical} request(s)"
+        )
 
     def describe(self, last: int = 20) -> str:
         """A readable summary of recent activity, used in timeout errors."""
@@ -355,23 +356,28 @@ class FakeTelegramServer(BotApiMethods):
             self._count_error(exc.status)
             return self._json_response(exc.status, self._error_body(exc))
         now = self.clock()
-        self._gateway_errors = [f for f in self._gateway_errors
-                                if (f.until is None or now < f.until) and (f.remaining is None or f.remaining > 0)]
+        self._gateway_errors = [
+            f
+            for f in self._gateway_errors
+            if (f.until is None or now < f.until) and (f.remaining is None or f.remaining > 0)
+        ]
         if self._gateway_errors:
             page = self._gateway_errors[0]
             if page.remaining is not None:
                 page.remaining -= 1
             self._count_error(page.status)
             self.calls.append(ApiCall(method, 0, raw, page.status, page.description, now))
-            return web.Response(status=page.status, content_type="text/html",
-                                text=f"<html><body><h1>{page.status} Bad Gateway</h1></body></html>")
+            return web.Response(
+                status=page.status,
+                content_type="text/html",
+                text=f"<html><body><h1>{page.status} Bad Gateway</h1></body></html>",
+            )
         status, body = await self._execute(self._authorize(token), method, raw, files)
         return self._json_response(status, body)
 
     @staticmethod
     def _json_response(status: int, body: JsonDict) -> web.Response:
-        return web.Response(status=status, text=json.dumps(body, ensure_ascii=False),
-                            content_type="application/json")
+        return web.Response(status=status, text=json.dumps(body, ensure_ascii=False), content_type="application/json")
 
     @staticmethod
     async def _read_params(request: web.Request) -> tuple[JsonDict, dict[str, _Upload]]:

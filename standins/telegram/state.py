@@ -201,8 +201,7 @@ class ServerState:
         """The group became a supergroup: sends to the old id answer 400 with migrate_to_chat_id."""
         self._gone[old_chat_id] = "migrated"
         self._migrated[old_chat_id] = new_chat_id
-        self.add_chat(new_chat_id, type="supergroup",
-                      title=self._chats.get(old_chat_id, {}).get("title"))
+        self.add_chat(new_chat_id, type="supergroup", title=self._chats.get(old_chat_id, {}).get("title"))
 
     def restore_chat(self, chat_id: int) -> None:
         """Clear any blocked/deactivated/kicked/deleted/migrated state of the chat."""
