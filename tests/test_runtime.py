@@ -167,8 +167,9 @@ async def test_health_costs_one_check_per_interval_and_names_no_host_url_or_erro
             answers = await asyncio.gather(*(probe(http) for _ in range(30)))
             checks = proxy.accepted - before  # connections PostgreSQL's health checks tried
         # 30 probes at once share one check (a connection attempt or two: asyncpg may retry
-        # without TLS); the pool's own reconnects may fall in the same moment. Uncached, 30.
-        assert 1 <= checks <= 6
+        # without TLS); the pool's reconnects and the other components' retries may fall in the
+        # same moment, more of them on a busy machine. Uncached, at least 30.
+        assert 1 <= checks <= 12
         assert {status for status, _ in answers} == {200}
         text = answers[0][1]
         for leak in (
