@@ -324,6 +324,9 @@ class DeliveryQueue:
         async def done(outcome: Outcome) -> None:
             if self._direct.pop(key, None) is not None:
                 self._direct_room.set()
+            # No entry to acknowledge, but the send is recorded like any other.
+            self._unrecorded.append((delivery, outcome))
+            self._ack_wakeup.set()
 
         self.sender.submit(
             delivery.chat_id,

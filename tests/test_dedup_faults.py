@@ -293,3 +293,44 @@ async def test_while_redis_is_down_publishing_waits_for_room_in_the_direct_path(
             await sender.stop(drain=False)
             await bot.session.close()
             await redis.close()
+
+
+async def test_alerts_sent_while_redis_is_down_are_recorded_in_deliveries(redis_url: str, database_url: str) -> None:
+    from managers.migrations import apply_migrations
+    from managers.postgres import PostgresManager
+
+    await apply_migrations(database_url)
+    postgres = PostgresManager(database_url, min_size=1, max_size=2)
+    await postgres.start()
+    parts = urlsplit(redis_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy, FakeTelegramServer() as telegram:
+        redis = RedisManager.from_url(proxy.url("redis", parts.path))
+        await redis.start()
+        bot = telegram.create_bot()
+        sender = AlertSender(bot)
+        await sender.start()
+        queue = DeliveryQueue(redis, postgres, sender, consumer="sender-a")
+        await queue.start()
+        try:
+            await proxy.stop_forwarding()
+            while redis.available:  # the breaker learns that Redis is gone
+                await redis.ping()
+            await queue.publish(
+                [
+                    Delivery(token=address("R"), chat_id=700 + i, html=f"alert {i}", priority=Lane.PAID_ALERT)
+                    for i in range(4)
+                ]
+            )
+            await telegram.wait_for_sent(4, timeout=30)
+
+            async def recorded() -> bool:
+                return await postgres.fetchval("SELECT count(*) FROM deliveries WHERE status = 'sent'") == 4
+
+            await until(recorded, 30, "the direct sends' rows")
+        finally:
+            await queue.stop_reading()
+            await sender.stop(drain=False)
+            await queue.close()
+            await bot.session.close()
+            await redis.close()
+            await postgres.close()
