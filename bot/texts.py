@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from domain.filters import FILTER_SPECS
+from domain.subscriber import language_of
 
 DEFAULT_LANGUAGE = "en"
 # The languages the bot speaks, as offered by /language (each shown in itself).
@@ -520,12 +521,10 @@ TEXTS: dict[str, dict[str, str]] = {
 
 
 def pick_language(language_code: str | None) -> str:
-    """The bot's language for a Telegram `language_code` such as 'ru' or 'en-GB'."""
-    if language_code:
-        base = language_code.split("-")[0].lower()
-        if base in TEXTS:
-            return base
-    return DEFAULT_LANGUAGE
+    """The bot's language for a Telegram `language_code` such as 'ru' or 'en-GB': the code as
+    users.language keeps it, where the bot speaks it."""
+    base = language_of(language_code)
+    return base if base in TEXTS else DEFAULT_LANGUAGE
 
 
 def text(key: str, language: str | None = None, **values: object) -> str:

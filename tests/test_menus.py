@@ -532,3 +532,15 @@ def test_every_bad_value_has_a_reason_in_both_languages(name: str) -> None:
             assert exc.kind in REASON_KINDS, (name, raw, exc)
             for language in TEXTS:
                 assert TEXTS[language][f"reason_{exc.kind}"].format(**exc.values)
+
+
+@pytest.mark.parametrize(
+    ("code", "language"),
+    [("ru", "ru"), ("ru-RU", "ru"), ("RU", "ru"), ("en_GB", "en"), ("pt-BR", "en"), ("", "en"), (None, "en")],
+)
+def test_the_bots_language_is_the_stored_language_where_the_bot_speaks_it(code: str | None, language: str) -> None:
+    from bot.texts import pick_language
+    from domain.subscriber import language_of
+
+    assert pick_language(code) == language
+    assert pick_language(code) == (language_of(code) if language_of(code) in ("en", "ru") else "en")
