@@ -42,7 +42,7 @@ from typing import Any
 
 from bench.bot_api_process import Accepted, BotApiProcess, Burst, Progress
 from bench.table import print_markdown
-from services.sender import AlertSender
+from services.sender import AlertSender, OutgoingMessage
 from standins.telegram import RateLimits
 
 FIRST_CHAT = 1_000_000
@@ -152,7 +152,7 @@ async def run(scenario: str, alerts: int, chats: int, *, workers: int | None = N
             async with AlertSender(bot, digest=None, **options) as sender:  # type: ignore[arg-type]  # paid_broadcast: bool, workers: int
                 for i in range(alerts):
                     chat = FIRST_CHAT + i % chats
-                    sender.submit(chat, f"<b>Alert {i}</b> for chat <code>{chat}</code>", meta={"alert": i})
+                    sender.submit(OutgoingMessage(chat, f"<b>Alert {i}</b> for chat <code>{chat}</code>", kind="alert"))
             # Leaving the block drained the queue.
             stats = sender.stats()
         finally:

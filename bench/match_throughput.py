@@ -274,7 +274,7 @@ async def run_pipeline(
         nonlocal alerts
         alerts += len(batch.telegram_ids)
         # Every alert of the batch is handed over at this moment.
-        latency = (time.perf_counter() - batch.received_at) * 1000
+        latency = (time.time() - batch.received_at) * 1000
         latencies.extend([latency] * len(batch.telegram_ids))
 
     index = SubscriberIndex(subscribers)
@@ -309,7 +309,7 @@ async def run_pipeline(
     # Throughput: every frame offered at once; the queue and workers go as fast as they can.
     started = time.perf_counter()
     for text in frames:
-        event = parse_alert_frame(text, time.perf_counter())
+        event = parse_alert_frame(text, time.time())
         assert event is not None
         await queue.put(event)
     while not workers.idle:
@@ -331,7 +331,7 @@ async def run_pipeline(
         if delay > 0:
             await asyncio.sleep(delay)
         next_at += interval
-        event = parse_alert_frame(text, time.perf_counter())
+        event = parse_alert_frame(text, time.time())
         assert event is not None
         await queue.put(event)
     while not workers.idle:

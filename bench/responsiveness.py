@@ -51,7 +51,7 @@ from bench.bot_api_process import BotApiProcess, ServerResult
 from bench.table import print_markdown
 from bot.config import Settings
 from bot.runtime import Runtime
-from services.sender import Lane
+from services.sender import Lane, OutgoingMessage
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
 
 USER = 7
@@ -191,7 +191,7 @@ async def feed_alerts(runtime: Runtime, chats: int, stop: asyncio.Event) -> int:
         while sender.pending() < BACKLOG:
             chat = USER if sent % USER_SHARE == 0 else FIRST_CHAT + sent % chats
             line = f"{ALERT_MARK} {sent}"
-            sender.submit(chat, f"🚨 <b>{line}</b>", priority=Lane.FREE_ALERT, digest_line=line)
+            sender.submit(OutgoingMessage(chat, f"🚨 <b>{line}</b>", lane=Lane.FREE_ALERT, digest_line=line))
             sent += 1
         try:
             await asyncio.wait_for(stop.wait(), 0.05)

@@ -43,7 +43,8 @@ class CallEvent:
     channel: ChannelRef
     called_at: datetime
     source: str = "feed"
-    # time.perf_counter() when the frame arrived, for frame-to-send latency.
+    # Wall-clock time (time.time(), seconds) the frame arrived, taken once at the stream's edge;
+    # every latency figure up to the send is measured from it.
     received_at: float = field(default=0.0, compare=False)
     kind: Literal["call"] = "call"
 

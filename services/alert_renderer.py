@@ -6,13 +6,11 @@ The claim script (services.dedup) writes the outbox entry of each subscriber it 
 
 from __future__ import annotations
 
-import time
-
 from domain.alert_text import render_alert, render_digest_line
 from domain.matching import SubscriberIndex
+from domain.messages import alert_lane
 from services.delivery_queue import DeliveryQueue, RenderedAlert
 from services.notification import AlertBatch
-from services.sender import Lane
 
 
 class AlertRenderer:
@@ -38,9 +36,6 @@ class AlertRenderer:
                         render_digest_line(batch.token, batch.callers, seen_at=batch.seen_at, language=language),
                     )
                 )
-            paid = subscriber is not None and subscriber.plan_expires_at is not None
-            routes[telegram_id] = (at, int(Lane.PAID_ALERT if paid else Lane.FREE_ALERT))
-        # The frame's arrival on the wall clock, so the latency survives a restart in between.
-        received = time.time() - (time.perf_counter() - batch.received_at) if batch.received_at else None
+            routes[telegram_id] = (at, int(alert_lane(subscriber, batch.seen_at)))
         photo = batch.token.image_url if (batch.token.image_url or "").startswith("https://") else None
-        return RenderedAlert(batch.token.address, tuple(texts), routes, photo, received)
+        return RenderedAlert(batch.token.address, tuple(texts), routes, photo, batch.received_at or None)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -45,7 +44,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from managers.postgres import PostgresManager, is_connection_failure
 from managers.redis_manager import RedisManager, RedisUnavailable
-from services.sender import AlertSender, Outcome
+from services.sender import AlertSender, Outcome, OutgoingMessage
 
 logger = logging.getLogger("alertbot.delivery")
 
@@ -104,6 +103,19 @@ class Delivery:
     photo_url: str | None = None
     received_at: float | None = None  # wall-clock time of the frame, for the latency figures
 
+    def message(self) -> OutgoingMessage:
+        """What the sender takes for it."""
+        return OutgoingMessage(
+            chat_id=self.chat_id,
+            html=self.html,
+            lane=self.priority,
+            photo_url=self.photo_url,
+            digest_line=self.digest_line,
+            received_at=self.received_at,
+            kind="alert",
+            token=self.token,
+        )
+
     def fields(self) -> dict[str, str]:
         out = {"token": self.token, "chat": str(self.chat_id), "html": self.html, "priority": str(self.priority)}
         if self.digest_line is not None:
@@ -159,6 +171,15 @@ class RenderedAlert:
         return [self.delivery(chat_id) for chat_id in chat_ids]
 
 
+@dataclass(frozen=True)
+class _Ack:
+    """A stream entry to acknowledge, with the delivery row to write first: Telegram's answer to
+    its alert, or None for an entry that could not be read (there is nothing to record)."""
+
+    entry_id: str
+    answered: tuple[Delivery, Outcome] | None
+
+
 @dataclass
 class DeliveryStats:
     published: int = 0
@@ -195,7 +216,7 @@ class DeliveryQueue:
         self.claim_idle = claim_idle
         self.stats = DeliveryStats()
         self._published = asyncio.Event()
-        self._acks: list[tuple[str, Delivery, Outcome]] = []
+        self._acks: list[_Ack] = []
         self._unrecorded: list[tuple[Delivery, Outcome]] = []  # rows PostgreSQL could not take yet
         self._ack_wakeup = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -203,8 +224,8 @@ class DeliveryQueue:
         self._keeper: asyncio.Task[None] | None = None
         self._in_hand: set[str] = set()  # entry ids handed to the sender and not acknowledged
         self.direct_limit = direct_limit
-        self._direct: dict[int, Delivery] = {}  # sent without the stream (Redis down), not answered yet
-        self._direct_keys = itertools.count()
+        # Sent without the stream (Redis down), not answered yet: by id of the message the sender holds.
+        self._direct: dict[int, tuple[OutgoingMessage, Delivery]] = {}
         self._direct_room = asyncio.Event()
         # The loops stop at a point between Redis commands: cancelling one inside redis-py's
         # connection pool can leave the pool's lock held (CPython 3.11) and hang every later call.
@@ -300,9 +321,7 @@ class DeliveryQueue:
     def send_direct(self, deliveries: Iterable[Delivery]) -> None:
         """Hand alerts to the sender without the stream (Redis is down); no waiting for room."""
         for delivery in deliveries:
-            key = next(self._direct_keys)
-            self._direct[key] = delivery
-            self._submit_direct(key, delivery)
+            self._submit_direct(delivery)
             self.stats.direct += 1
 
     def withdraw_direct(self) -> list[Delivery]:
@@ -310,33 +329,24 @@ class DeliveryQueue:
         back and they belong in the stream. The caller writes them there or sends them again."""
         if not self._direct:
             return []
-        metas = self.sender.withdraw(lambda meta: meta.get("direct") in self._direct)
-        taken = [self._direct.pop(meta["direct"]) for meta in metas]
+        messages = self.sender.withdraw(lambda message: id(message) in self._direct)
+        taken = [self._direct.pop(id(message))[1] for message in messages]
         if taken:
             self._direct_room.set()
         return taken
 
-    def _submit_direct(self, key: int, delivery: Delivery) -> None:
-        received = None
-        if delivery.received_at is not None:
-            received = time.perf_counter() - max(0.0, time.time() - delivery.received_at)
+    def _submit_direct(self, delivery: Delivery) -> None:
+        message = delivery.message()
+        self._direct[id(message)] = (message, delivery)  # holding the message keeps its id unique
 
         async def done(outcome: Outcome) -> None:
-            if self._direct.pop(key, None) is not None:
+            if self._direct.pop(id(message), None) is not None:
                 self._direct_room.set()
             # No entry to acknowledge, but the send is recorded like any other.
             self._unrecorded.append((delivery, outcome))
             self._ack_wakeup.set()
 
-        self.sender.submit(
-            delivery.chat_id,
-            delivery.html,
-            priority=delivery.priority,
-            photo_url=delivery.photo_url,
-            digest_line=delivery.digest_line,
-            on_done=done,
-            meta={"kind": "alert", "token": delivery.token, "received_at": received, "direct": key},
-        )
+        self.sender.submit(message, on_done=done)
 
     # ------------------------------------------------------------------ consuming
 
@@ -447,7 +457,9 @@ class DeliveryQueue:
                 continue
             if (delivery.token, delivery.chat_id) in delivered:
                 self.stats.already_delivered += 1
-                self._acks.append((entry_id, delivery, Outcome(delivery.chat_id, "sent", reason="delivered before")))
+                self._acks.append(
+                    _Ack(entry_id, (delivery, Outcome(delivery.chat_id, "sent", reason="delivered before")))
+                )
                 self._ack_wakeup.set()
             else:
                 self._submit(entry_id, delivery)
@@ -464,7 +476,7 @@ class DeliveryQueue:
             # Not something this code wrote: keeping it would block nothing but be re-read forever.
             self.stats.unreadable += 1
             logger.error("delivery queue: unreadable entry %s (%s); acknowledged and dropped", entry_id, exc)
-            self._acks.append((entry_id, Delivery("", 0, "", 0), Outcome(0, "failed", reason="unreadable")))
+            self._acks.append(_Ack(entry_id, None))
             self._ack_wakeup.set()
             return None
 
@@ -481,26 +493,15 @@ class DeliveryQueue:
         return {(row["token_address"], row["chat_id"]) for row in rows}
 
     def _submit(self, entry_id: str | None, delivery: Delivery) -> None:
-        received = None
-        if delivery.received_at is not None:
-            received = time.perf_counter() - max(0.0, time.time() - delivery.received_at)
         if entry_id is not None:
             self._in_hand.add(entry_id)
 
         async def done(outcome: Outcome) -> None:
             if entry_id is not None:
-                self._acks.append((entry_id, delivery, outcome))
+                self._acks.append(_Ack(entry_id, (delivery, outcome)))
                 self._ack_wakeup.set()
 
-        self.sender.submit(
-            delivery.chat_id,
-            delivery.html,
-            priority=delivery.priority,
-            photo_url=delivery.photo_url,
-            digest_line=delivery.digest_line,
-            on_done=done,
-            meta={"kind": "alert", "token": delivery.token, "received_at": received},
-        )
+        self.sender.submit(delivery.message(), on_done=done)
 
     async def _keep_loop(self) -> None:
         """Claim the held entries again, well within claim_idle, so no other consumer takes them."""
@@ -550,9 +551,9 @@ class DeliveryQueue:
         while self._acks:
             batch, self._acks = self._acks[:ACK_BATCH], self._acks[ACK_BATCH:]
             try:
-                await self._record([(d, o) for _, d, o in batch if d.token])
+                await self._record([ack.answered for ack in batch if ack.answered is not None])
                 async with self.redis.guarded() as client:
-                    ids = [entry_id for entry_id, _, _ in batch]
+                    ids = [ack.entry_id for ack in batch]
                     pipe = client.pipeline(transaction=False)
                     pipe.xack(STREAM_KEY, GROUP, *ids)
                     pipe.xdel(STREAM_KEY, *ids)
@@ -560,8 +561,8 @@ class DeliveryQueue:
             except BaseException:
                 self._acks[:0] = batch
                 raise
-            for entry_id, _, _ in batch:
-                self._in_hand.discard(entry_id)
+            for ack in batch:
+                self._in_hand.discard(ack.entry_id)
             self.stats.acknowledged += len(batch)
 
     async def _record(self, answered: list[tuple[Delivery, Outcome]]) -> None:

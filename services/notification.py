@@ -71,7 +71,7 @@ class AlertBatch:
     token: TokenInfo
     callers: tuple[CallerLine, ...]
     seen_at: datetime
-    received_at: float  # perf_counter of the frame, for latency
+    received_at: float  # wall-clock time the frame arrived (CallEvent.received_at)
 
 
 class Outbox(Protocol):
@@ -213,11 +213,12 @@ class NotificationService:
         elif isinstance(event, MigrateEvent):
             self.stats.other += 1
 
-    async def on_call(self, event: CallEvent) -> list[int]:
-        """Process one call; returns the subscribers alerted by it."""
-        return (await self.on_calls([event]))[0]
+    async def on_call(self, event: CallEvent, *, again: bool = False) -> list[int]:
+        """Process one call; returns the subscribers alerted by it. `again`: the call was counted
+        already, by a batch whose round trip failed as a whole."""
+        return (await self.on_calls([event], again=again))[0]
 
-    async def on_calls(self, events: Sequence[CallEvent]) -> list[list[int]]:
+    async def on_calls(self, events: Sequence[CallEvent], *, again: bool = False) -> list[list[int]]:
         """Process calls in order, with one Redis round trip for all of them; returns each one's alerts.
 
         Each call is matched with the calling channels this process knows, then every call is
@@ -226,7 +227,7 @@ class NotificationService:
         answers no alerts now and goes on the retry list (waiting for room there); a call that
         fails otherwise is logged, counted and dropped. The others go on.
         """
-        alerted, deferred = await self._decide(events)
+        alerted, deferred = await self._decide(events, first_try=not again)
         for event in deferred:
             await self.retries.add(event)
         return [alerted.get(id(event), []) for event in events]
@@ -299,6 +300,11 @@ class NotificationService:
             self._defer(plan.event, RuntimeError("callers kept changing"), deferred)
         return alerted, deferred
 
+    def unhandled(self, event: Event) -> None:
+        """Handling `event` raised (call it from the except block): counted and logged."""
+        self.stats.errors += 1
+        logger.exception("failed to process %s", getattr(event, "key", event))
+
     def _failed(self, event: CallEvent, error: BaseException | None = None) -> None:
         self.stats.errors += 1
         logger.error("failed to process %s", event.key, exc_info=error or True)
@@ -365,7 +371,7 @@ class NotificationService:
             self.persistence.alerts(won, token, [c.channel_id for c in plan.caller_lines], now)
         self.stats.alerts += len(won)
         if event.received_at:
-            self.stats.latencies_ms.append((time.perf_counter() - event.received_at) * 1000)
+            self.stats.latencies_ms.append((time.time() - event.received_at) * 1000)
         return won
 
     # ------------------------------------------------------------------ upkeep
@@ -516,15 +522,13 @@ class ProcessingWorkers:
     async def _handle_calls(self, calls: list[CallEvent]) -> None:
         # on_calls isolates a failing call itself; what fails here is the round trip for all.
         if calls and not await self._guarded(self.service.on_calls(calls), calls[0]):
-            self.service.stats.calls -= len(calls)  # counted again below
-            for call in calls:
-                await self._guarded(self.service.on_call(call), call)
+            for call in calls:  # one by one, so only the call at fault is lost
+                await self._guarded(self.service.on_call(call, again=True), call)
 
     async def _guarded(self, work: Coroutine[Any, Any, object], event: Event) -> bool:
         try:
             await work
         except Exception:  # noqa: BLE001 - one bad event must not stop the pipeline
-            self.service.stats.errors += 1
-            logger.exception("failed to process %s", getattr(event, "key", event))
+            self.service.unhandled(event)
             return False
         return True

@@ -56,7 +56,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
 from types import TracebackType
 from typing import Any, Literal
 
@@ -80,13 +79,25 @@ from aiogram.methods.base import Response
 from aiogram.types import LinkPreviewOptions, Message
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AlertSender", "DeliveryError", "DigestPolicy", "Lane", "OnDone", "OnGone", "OnSent", "Outcome", "Turn"]
+from domain.messages import Lane, OutgoingMessage, log_pairs
+
+__all__ = [
+    "AlertSender",
+    "DeliveryError",
+    "DigestPolicy",
+    "Lane",
+    "OnDone",
+    "OnGone",
+    "OnSent",
+    "Outcome",
+    "OutgoingMessage",
+    "Turn",
+]
 
 logger = logging.getLogger("alertbot.sender")
 sent_logger = logging.getLogger("alertbot.sent")
 
 OnGone = Callable[[int, str], Awaitable[None] | None]
-OnSent = Callable[[int, Message, dict[str, Any]], Awaitable[None] | None]
 
 LATENCY_WINDOW = 1000  # deliveries the latency percentiles are computed over
 PAID_BROADCAST_RATE = 1000  # messages a second Telegram allows with allow_paid_broadcast
@@ -111,15 +122,7 @@ _MESSAGE_RESPONSE = Response[Message]
 _UNCHAINED_BASE = -(10**15)
 
 
-class Lane(IntEnum):
-    """Priorities, lower first. The issue's order: a user's own answers and payment
-    confirmations, then admin messages, then alerts, paid plans before free ones."""
-
-    REPLY = 0
-    PAYMENT = 1
-    ADMIN = 2
-    PAID_ALERT = 10
-    FREE_ALERT = 11
+OnSent = Callable[[int, Message, OutgoingMessage], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -182,24 +185,45 @@ class DeliveryError(Exception):
 
 @dataclass(eq=False)
 class _Job:
+    """A queued message and the sender's working state for it: the chat (it may migrate), the
+    photo (dropped when refused) and the digest line (dropped when left out of a digest) start as
+    the message's own."""
+
     priority: int
     seq: int  # submission order: FIFO within a priority
-    chat_id: int
-    html: str
-    reply_markup: Any
-    meta: dict[str, Any]
+    message: OutgoingMessage
     future: asyncio.Future[Message] | None = None
     failures: int = 0  # transient failures so far
+    chat_id: int = 0
     photo_url: str | None = None
     digest_line: str | None = None  # set on alerts that may be merged into a digest
+    part: str = ""  # a digest's "part/parts", for the log line
     on_done: OnDone | None = None
     permit: asyncio.Future[None] | None = None  # a turn: resolved when the holder may send
     enqueued_at: float = field(default_factory=time.monotonic)
     members: list[_Job] = field(default_factory=list)  # a digest's alerts
 
+    def __post_init__(self) -> None:
+        self.chat_id = int(self.message.chat_id)
+        self.photo_url = self.message.photo_url
+        self.digest_line = self.message.digest_line
+
     @property
     def key(self) -> tuple[int, int]:
         return (self.priority, self.seq)
+
+    @property
+    def html(self) -> str:
+        return self.message.html
+
+    @property
+    def reply_markup(self) -> Any:
+        return self.message.reply_markup
+
+    def log_fields(self) -> str:
+        if self.members:
+            return log_pairs(("kind", "digest"), ("alerts", str(len(self.members))), ("part", self.part))
+        return self.message.log_fields()
 
 
 @dataclass
@@ -338,40 +362,25 @@ class AlertSender:
 
     # ------------------------------------------------------------------ public API
 
-    def submit(
-        self,
-        chat_id: int,
-        html: str,
-        *,
-        priority: int = Lane.PAID_ALERT,
-        reply_markup: Any = None,
-        meta: dict[str, Any] | None = None,
-        photo_url: str | None = None,
-        digest_line: str | None = None,
-        on_done: OnDone | None = None,
-    ) -> None:
-        """Queue a message (Telegram HTML); returns at once. Lower `priority` goes sooner.
-
-        With `photo_url` the message goes as that photo with `html` as its caption, or as text
-        when the caption is too long or Telegram cannot use the photo. `digest_line` lets the
-        message be merged into a digest (see DigestPolicy); `on_done` hears its `Outcome`.
-        """
-        job = self._new_job(chat_id, html, priority, reply_markup, meta, None)
-        job.photo_url, job.digest_line, job.on_done = photo_url, digest_line, on_done
+    def submit(self, message: OutgoingMessage, *, on_done: OnDone | None = None) -> None:
+        """Queue a message (Telegram HTML); returns at once. A lower lane goes sooner;
+        `on_done` hears its `Outcome`."""
+        job = self._new_job(message, None)
+        job.on_done = on_done
         self._push(job)
 
-    def withdraw(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        """Take back the queued messages (not those being sent) whose `meta` the predicate accepts,
-        a digest waiting for a retry when it accepts all its alerts; returns their metas. Their
-        `on_done` is never called: they are the caller's again."""
-        taken: list[dict[str, Any]] = []
+    def withdraw(self, predicate: Callable[[OutgoingMessage], bool]) -> list[OutgoingMessage]:
+        """Take back the queued messages (not those being sent) the predicate accepts, a digest
+        waiting for a retry when it accepts all its alerts; returns them, the very objects that
+        were submitted. Their `on_done` is never called: they are the caller's again."""
+        taken: list[OutgoingMessage] = []
         for chat_id, queue in list(self._queues.items()):
             keep: list[tuple[int, int, _Job]] = []
             for entry in queue:
                 job = entry[2]
-                metas = [member.meta for member in job.members] if job.members else [job.meta]
-                if job.permit is None and job.future is None and all(predicate(meta) for meta in metas):
-                    taken.extend(metas)
+                messages = [member.message for member in job.members] if job.members else [job.message]
+                if job.permit is None and job.future is None and all(predicate(message) for message in messages):
+                    taken.extend(messages)
                 else:
                     keep.append(entry)
             if len(keep) == len(queue):
@@ -400,7 +409,7 @@ class AlertSender:
             raise RuntimeError("turn needs a started sender")
         key = _UNCHAINED_BASE - next(self._unchained) if chat_id is None else int(chat_id)
         permit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        job = self._new_job(key, "", priority, None, None, None)
+        job = self._new_job(OutgoingMessage(key, "", priority, kind="turn"), None)
         job.permit = permit
         self._push(job)
         try:
@@ -417,23 +426,15 @@ class AlertSender:
         finally:
             self._end_turn(job, handle)
 
-    async def send_now(
-        self,
-        chat_id: int,
-        html: str,
-        *,
-        priority: int = 0,
-        reply_markup: Any = None,
-        meta: dict[str, Any] | None = None,
-    ) -> Message:
-        """Queue a message ahead of alerts by default and wait for Telegram's answer.
+    async def send_now(self, message: OutgoingMessage) -> Message:
+        """Queue a message and wait for Telegram's answer (give it Lane.REPLY to go ahead of alerts).
 
         Raises `DeliveryError` when the recipient is gone or the send failed for good.
         """
         if self._pacer is None:
             raise RuntimeError("send_now needs a started sender")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._push(self._new_job(chat_id, html, priority, reply_markup, meta, future))
+        self._push(self._new_job(message, future))
         return await future
 
     @property
@@ -488,18 +489,10 @@ class AlertSender:
 
     # ------------------------------------------------------------------ queue
 
-    def _new_job(
-        self,
-        chat_id: int,
-        html: str,
-        priority: int,
-        reply_markup: Any,
-        meta: dict[str, Any] | None,
-        future: asyncio.Future[Message] | None,
-    ) -> _Job:
+    def _new_job(self, message: OutgoingMessage, future: asyncio.Future[Message] | None) -> _Job:
         if not self._accepting:
             raise RuntimeError("the sender is stopped")
-        return _Job(int(priority), next(self._seq), int(chat_id), html, reply_markup, dict(meta or {}), future)
+        return _Job(int(message.lane), next(self._seq), message, future)
 
     def _push(self, job: _Job) -> None:
         queue = self._queues.setdefault(job.chat_id, [])
@@ -580,8 +573,8 @@ class AlertSender:
             start += len(carried)
             if not carried:
                 continue
-            meta = {"kind": "digest", "alerts": len(carried), "part": f"{index + 1}/{len(parts)}"}
-            jobs.append(_Job(job.priority, seqs[len(jobs)], job.chat_id, html, None, meta, members=carried))
+            digest = OutgoingMessage(job.chat_id, html, job.priority, kind="digest")
+            jobs.append(_Job(job.priority, seqs[len(jobs)], digest, members=carried, part=f"{index + 1}/{len(parts)}"))
         # A renderer that left lines out must not lose their alerts: they go on their own.
         for member in members[start:]:
             member.digest_line, member.seq = None, seqs[len(jobs)]
@@ -881,7 +874,7 @@ class AlertSender:
 
     def _fail(self, job: _Job, reason: str) -> None:
         self._counters.failed += 1
-        logger.error("send to chat %s failed for good: %s %s", job.chat_id, reason, _format_meta(job.meta))
+        logger.error("send to chat %s failed for good: %s %s", job.chat_id, reason, job.log_fields())
         if job.future is not None and not job.future.done():
             job.future.set_exception(DeliveryError(job.chat_id, reason))
         self._settle(job, Outcome(job.chat_id, "failed", reason=reason))
@@ -910,22 +903,22 @@ class AlertSender:
     async def _succeeded(self, job: _Job, message: Message) -> None:
         self._counters.sent += 1
         latency: float | None = None
-        received_at = job.meta.get("received_at")
-        if isinstance(received_at, (int, float)) and received_at > 0:
-            latency = time.perf_counter() - received_at
+        received_at = job.message.received_at
+        if received_at:
+            latency = max(0.0, time.time() - received_at)
             self._counters.latencies.append(latency)
         sent_logger.info(
             "chat=%s message_id=%s%s %s",
             job.chat_id,
             message.message_id,
             f" latency_ms={latency * 1000:.0f}" if latency is not None else "",
-            _format_meta(job.meta),
+            job.log_fields(),
         )
         if job.future is not None and not job.future.done():
             job.future.set_result(message)
         self._settle(job, Outcome(job.chat_id, "sent", message.message_id))
         if self._on_sent is not None:
-            await _call(self._on_sent, job.chat_id, message, job.meta)
+            await _call(self._on_sent, job.chat_id, message, job.message)
 
     async def _report_gone(self, chat_id: int, reason: str, casualties: list[_Job]) -> None:
         # The rest of the chat's queue was dropped too: it would only fail the same way.
@@ -1058,16 +1051,3 @@ async def _call(callback: Callable[..., Any], *args: Any) -> None:
             await result
     except Exception:  # noqa: BLE001
         logger.exception("sender callback %r failed", callback)
-
-
-def _format_meta(meta: dict[str, Any]) -> str:
-    """key=value pairs for the log line; never the message body, never a raw newline."""
-    parts: list[str] = []
-    for key, value in meta.items():
-        if key == "received_at":
-            continue
-        text = str(value)[:_META_VALUE_MAX]
-        if not text.isprintable() or " " in text or "=" in text:
-            text = repr(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)

@@ -51,7 +51,7 @@ def call(token: str, channel: str, minute: int) -> CallEvent:
         token=info,
         channel=ChannelRef(channel),
         called_at=T0 + timedelta(minutes=minute),
-        received_at=time.perf_counter(),
+        received_at=time.time(),
     )
 
 

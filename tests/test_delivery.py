@@ -20,7 +20,7 @@ from domain.alert_text import render_alert, render_digest, render_digest_line
 from domain.events import CallerLine, TokenInfo
 from services.delivery_queue import GROUP, STREAM_KEY, Delivery, DeliveryQueue
 from services.metrics import Metrics
-from services.sender import AlertSender, DigestPolicy, Lane, Outcome
+from services.sender import AlertSender, DigestPolicy, Lane, Outcome, OutgoingMessage
 from standins.telegram import FakeTelegramServer, RateLimits
 from tests.conftest import Stores
 
@@ -182,7 +182,7 @@ async def test_a_backlog_for_one_chat_becomes_one_digest(server: FakeTelegramSer
     )
     async with AlertSender(server.create_bot(), digest=digest) as sender:
         for i in range(8):
-            sender.submit(55, f"<b>alert {i}</b>", digest_line=f"line {i}", on_done=outcomes.append)
+            sender.submit(OutgoingMessage(55, f"<b>alert {i}</b>", digest_line=f"line {i}"), on_done=outcomes.append)
     [message] = server.messages_to(55)
     assert [f"line {i}" for i in range(8)] == [line for line in (message.raw_text or "").split("\n")[1:]]
     await until(lambda: len(outcomes) == 8)
@@ -196,7 +196,7 @@ async def test_alerts_that_waited_too_long_are_merged(server: FakeTelegramServer
     )
     async with AlertSender(server.create_bot(), digest=digest) as sender:
         for i in range(3):
-            sender.submit(56, f"alert {i}", digest_line=str(i))
+            sender.submit(OutgoingMessage(56, f"alert {i}", digest_line=str(i)))
     texts = [m.raw_text for m in server.messages_to(56)]
     # The first went at once; the second waited its chat's second, past 0.3 s, so the rest joined it.
     assert texts == ["alert 0", "digest: 1, 2"]
@@ -204,10 +204,10 @@ async def test_alerts_that_waited_too_long_are_merged(server: FakeTelegramServer
 
 async def test_a_photo_alert_falls_back_to_text_when_telegram_refuses_the_image(server: FakeTelegramServer) -> None:
     async with AlertSender(server.create_bot()) as sender:
-        sender.submit(57, "<b>with picture</b>", photo_url="https://img.example/ok.png")
+        sender.submit(OutgoingMessage(57, "<b>with picture</b>", photo_url="https://img.example/ok.png"))
     server.force_error(400, "Bad Request: failed to get HTTP URL content", methods=["sendPhoto"])
     async with AlertSender(server.create_bot()) as sender:
-        sender.submit(58, "<b>picture gone</b>", photo_url="https://img.example/missing.png")
+        sender.submit(OutgoingMessage(58, "<b>picture gone</b>", photo_url="https://img.example/missing.png"))
     [with_photo] = server.messages_to(57)
     [fallback] = server.messages_to(58)
     assert with_photo.method == "sendPhoto" and with_photo.raw_text == "<b>with picture</b>"
@@ -217,7 +217,7 @@ async def test_a_photo_alert_falls_back_to_text_when_telegram_refuses_the_image(
 
 async def test_a_long_alert_goes_as_text_not_as_a_cut_caption(server: FakeTelegramServer) -> None:
     async with AlertSender(server.create_bot()) as sender:
-        sender.submit(59, "x" * 1500, photo_url="https://img.example/ok.png")
+        sender.submit(OutgoingMessage(59, "x" * 1500, photo_url="https://img.example/ok.png"))
     [message] = server.messages_to(59)
     assert message.method == "sendMessage"
 
@@ -228,7 +228,7 @@ async def test_paid_broadcast_goes_past_30_a_second_without_a_429() -> None:
         async with AlertSender(bot, paid_broadcast=True, workers=64) as sender:
             assert sender.global_rate == 1000
             for i in range(200):
-                sender.submit(10_000 + i, f"alert {i}")
+                sender.submit(OutgoingMessage(10_000 + i, f"alert {i}"))
         await bot.session.close()
         assert len(telegram.sent) == 200 and telegram.stats.rejected_429 == 0
         assert telegram.stats.sent_paid_broadcast == 200

@@ -11,8 +11,10 @@ import pytest
 from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
 from domain.filters import Filters
 from domain.matching import SubscriberIndex
+from domain.messages import Lane
 from domain.subscriber import Subscriber
 from managers.redis_manager import RedisManager
+from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
@@ -256,3 +258,23 @@ async def test_one_failing_call_in_a_batch_loses_none_of_the_others(redis: Redis
     await workers.stop()
     assert sorted((a.token.address[0], a.telegram_ids[0]) for a in sent) == [("T", 1), ("T", 2), ("U", 1), ("U", 2)]
     assert service.stats.errors >= 1
+
+
+def test_the_outbox_routes_paid_plans_first_and_keeps_the_frames_wall_clock_time() -> None:
+    # Not the pipeline's own Redis work: the rendering before the claim. An admin whose plan ran
+    # out is alerted, but in the free lane; the frame's receive time reaches the entry unchanged.
+    subscribers = [
+        Subscriber(telegram_id=21, plan_expires_at=T0 + timedelta(days=1)),
+        Subscriber(telegram_id=22, is_admin=True, plan_expires_at=T0 - timedelta(days=1)),
+        Subscriber(telegram_id=23, is_admin=True),
+    ]
+    renderer = AlertRenderer(None, SubscriberIndex(subscribers))  # type: ignore[arg-type]  # render needs no queue
+    received_at = 1_795_000_000.25
+    alert = renderer.render(AlertBatch((21, 22, 23), TokenInfo("R" * 40 + "pump"), (), T0, received_at))
+    assert {chat: lane for chat, (_, lane) in alert.routes.items()} == {
+        21: Lane.PAID_ALERT,
+        22: Lane.FREE_ALERT,
+        23: Lane.FREE_ALERT,
+    }
+    assert alert.received_at == received_at
+    assert alert.delivery(22).message().received_at == received_at

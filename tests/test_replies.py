@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.sender import Lane
+from services.sender import Lane, OutgoingMessage
 from standins.telegram import RateLimits, SentRecord
 from tests.bot_env import REPLY_TIMEOUT, BotEnv, running_bot
 from tests.conftest import Stores
@@ -35,9 +35,9 @@ async def test_a_press_during_a_broadcast_is_answered_and_edited_before_the_next
         chat = env.chat(USER)
         screen = await chat.ask("/settings")
         for i in range(6):
-            env.sender.submit(USER, f"alert {i} for you", priority=Lane.PAID_ALERT)
+            env.sender.submit(OutgoingMessage(USER, f"alert {i} for you", lane=Lane.PAID_ALERT))
         for i, other in enumerate(OTHER_CHATS):  # the rest of the broadcast: 200 chats at 30 a second
-            env.sender.submit(other, f"alert {i} for someone else", priority=Lane.FREE_ALERT)
+            env.sender.submit(OutgoingMessage(other, f"alert {i} for someone else", lane=Lane.FREE_ALERT))
         await env.server.wait_for(lambda: len(alerts_to(env, USER)) == 1, REPLY_TIMEOUT, description="an alert")
 
         data = next(d for label, d in chat.screen(screen.message_id).buttons if label == "Min market cap")
@@ -69,7 +69,7 @@ async def test_a_typed_value_and_a_press_right_after_it_do_not_wait_for_the_chat
         assert env.sender is not None
         chat = env.chat(USER)
         await chat.ask("/settings")  # the chat's first message
-        env.sender.submit(USER, "alert for you", priority=Lane.PAID_ALERT)  # must wait its hour
+        env.sender.submit(OutgoingMessage(USER, "alert for you", lane=Lane.PAID_ALERT))  # must wait its hour
         await chat.press("Min holders")
 
         shown = await chat.ask("150")  # the second message: saved, with the screen

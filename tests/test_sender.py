@@ -11,14 +11,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from services.sender import AlertSender, DeliveryError, Lane
+from services.sender import AlertSender, DeliveryError, Lane, OutgoingMessage
 from standins.tcp_proxy import TcpProxy
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits
 
@@ -57,7 +56,7 @@ def send_attempts(server: FakeTelegramServer, chat_id: int) -> list[int]:
 async def test_sixty_chats_all_delivered_without_a_single_429(server: FakeTelegramServer, bot: Bot) -> None:
     async with AlertSender(bot) as sender:  # default pace: 30/s, Telegram's global limit
         for i in range(60):
-            sender.submit(1000 + i, f"<b>alert</b> {i}")
+            sender.submit(OutgoingMessage(1000 + i, f"<b>alert</b> {i}"))
     assert sorted(r.chat_id for r in server.sent) == [1000 + i for i in range(60)]
     assert server.stats.rejected_429 == 0
     stats = sender.stats()
@@ -68,7 +67,7 @@ async def test_sixty_chats_all_delivered_without_a_single_429(server: FakeTelegr
 async def test_one_private_chat_gets_its_messages_in_order_a_second_apart(server: FakeTelegramServer, bot: Bot) -> None:
     async with AlertSender(bot) as sender:
         for i in range(3):
-            sender.submit(77, f"message {i}")
+            sender.submit(OutgoingMessage(77, f"message {i}"))
     records = server.messages_to(77)
     assert [r.text for r in records] == ["message 0", "message 1", "message 2"]
     gaps = [b.monotonic - a.monotonic for a, b in zip(records, records[1:])]
@@ -78,9 +77,9 @@ async def test_one_private_chat_gets_its_messages_in_order_a_second_apart(server
 
 async def test_a_waiting_chat_does_not_hold_up_other_chats(server: FakeTelegramServer, bot: Bot) -> None:
     async with AlertSender(bot) as sender:
-        sender.submit(1, "A first")
-        sender.submit(1, "A second")  # must wait a second for chat 1
-        sender.submit(2, "B")  # submitted after A's second, yet need not wait for it
+        sender.submit(OutgoingMessage(1, "A first"))
+        sender.submit(OutgoingMessage(1, "A second"))  # must wait a second for chat 1
+        sender.submit(OutgoingMessage(2, "B"))  # submitted after A's second, yet need not wait for it
     a_first, a_second = server.messages_to(1)
     (b,) = server.messages_to(2)
     assert b.monotonic < a_second.monotonic
@@ -94,7 +93,7 @@ async def test_group_spacing_follows_the_group_rate() -> None:
         group_bot = server.create_bot()
         async with AlertSender(group_bot, group_rate_per_minute=200) as sender:
             for i in range(3):
-                sender.submit(-1001234567890, f"group {i}")
+                sender.submit(OutgoingMessage(-1001234567890, f"group {i}"))
         await group_bot.session.close()
         records = server.messages_to(-1001234567890)
         assert [r.text for r in records] == ["group 0", "group 1", "group 2"]
@@ -106,7 +105,7 @@ async def test_flood_wait_pauses_everything_and_loses_nothing(server: FakeTelegr
     server.force_retry_after(1)  # every request answers 429 retry_after=1 for one second
     async with AlertSender(bot, global_rate=20) as sender:
         for i in range(10):
-            sender.submit(500 + i, f"after flood {i}")
+            sender.submit(OutgoingMessage(500 + i, f"after flood {i}"))
     for i in range(10):
         assert [r.text for r in server.messages_to(500 + i)] == [f"after flood {i}"]  # once each
     stats = sender.stats()
@@ -122,8 +121,8 @@ async def test_blocked_chat_reported_once_and_not_retried(server: FakeTelegramSe
     server.block_chat(31)
     gone: list[tuple[int, str]] = []
     async with AlertSender(bot, on_gone=lambda chat_id, reason: gone.append((chat_id, reason))) as sender:
-        sender.submit(31, "to a blocked chat")
-        sender.submit(32, "to a reachable chat")
+        sender.submit(OutgoingMessage(31, "to a blocked chat"))
+        sender.submit(OutgoingMessage(32, "to a reachable chat"))
     assert gone == [(31, "Forbidden: bot was blocked by the user")]
     assert send_attempts(server, 31) == [403]
     assert [r.text for r in server.messages_to(32)] == ["to a reachable chat"]
@@ -140,9 +139,9 @@ async def test_deleted_chat_is_gone_and_its_queue_dropped(server: FakeTelegramSe
 
     async with AlertSender(bot, on_gone=on_gone) as sender:
         for i in range(3):
-            sender.submit(41, f"lost {i}")
+            sender.submit(OutgoingMessage(41, f"lost {i}"))
         with pytest.raises(DeliveryError) as raised:
-            await sender.send_now(41, "reply")
+            await sender.send_now(OutgoingMessage(41, "reply", lane=Lane.REPLY))
     assert raised.value.gone
     assert gone == [(41, "Bad Request: chat not found")]
     assert send_attempts(server, 41) == [400]  # one request; the rest would fail the same way
@@ -153,12 +152,12 @@ async def test_priority_zero_goes_before_priority_ten(server: FakeTelegramServer
     sender = AlertSender(bot, global_rate=10)
     # Loaded before it starts: the whole queue is there when the first send is picked.
     for i in range(5):
-        sender.submit(100 + i, f"alert {i}", priority=10)
+        sender.submit(OutgoingMessage(100 + i, f"alert {i}", lane=10))
     for i in range(5):
-        sender.submit(200 + i, f"reply {i}", priority=0)
+        sender.submit(OutgoingMessage(200 + i, f"reply {i}", lane=0))
     async with sender:
         await server.wait_for_sent(3)
-        sender.submit(300, "late reply", priority=0)  # overtakes the alerts still queued
+        sender.submit(OutgoingMessage(300, "late reply", lane=0))  # overtakes the alerts still queued
     texts = [r.text for r in server.sent]
     assert texts[:5] == [f"reply {i}" for i in range(5)]  # FIFO within a priority
     assert texts.index("late reply") < texts.index("alert 0")
@@ -168,20 +167,22 @@ async def test_priority_zero_goes_before_priority_ten(server: FakeTelegramServer
 async def test_send_now_returns_the_message_and_callbacks_see_latency(
     server: FakeTelegramServer, bot: Bot, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen: list[tuple[int, int, dict[str, Any]]] = []
+    seen: list[tuple[int, int, OutgoingMessage]] = []
 
-    def on_sent(chat_id: int, message: Message, meta: dict[str, Any]) -> None:
-        seen.append((chat_id, message.message_id, meta))
+    def on_sent(chat_id: int, message: Message, outgoing: OutgoingMessage) -> None:
+        seen.append((chat_id, message.message_id, outgoing))
 
     keyboard = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="Mute", callback_data="mute")]])
     caplog.set_level(logging.INFO, logger="alertbot.sent")
     async with AlertSender(bot, on_sent=on_sent) as sender:
-        message = await sender.send_now(9, "<b>secret body</b>", reply_markup=keyboard)
-        sender.submit(10, "alert", meta={"received_at": time.perf_counter(), "token": "8yZ1pump"})
+        message = await sender.send_now(
+            OutgoingMessage(9, "<b>secret body</b>", reply_markup=keyboard, lane=Lane.REPLY)
+        )
+        sender.submit(OutgoingMessage(10, "alert", received_at=time.time(), token="8yZ1pump"))
     assert message.chat.id == 9 and message.text == "secret body"
     assert server.messages_to(9)[0].callback_data == ["mute"]
     assert [(c, m) for c, m, _ in seen] == [(9, message.message_id), (10, server.messages_to(10)[0].message_id)]
-    assert seen[1][2]["token"] == "8yZ1pump"
+    assert seen[1][2].token == "8yZ1pump"
     stats = sender.stats()
     assert stats["latency_max"] is not None and stats["latency_max"] >= 0
     lines = [r.getMessage() for r in caplog.records if r.name == "alertbot.sent"]
@@ -193,7 +194,7 @@ async def test_send_now_returns_the_message_and_callbacks_see_latency(
 async def test_server_errors_are_retried_with_backoff(server: FakeTelegramServer, bot: Bot) -> None:
     server.force_error(502, "Bad Gateway", count=2, methods=["sendMessage"])
     async with AlertSender(bot, backoff_base=0.05) as sender:
-        sender.submit(60, "eventually")
+        sender.submit(OutgoingMessage(60, "eventually"))
     assert [r.text for r in server.messages_to(60)] == ["eventually"]
     assert sender.stats()["retried"] == 2 and sender.stats()["failed"] == 0
 
@@ -202,7 +203,7 @@ async def test_gives_up_after_max_retries(server: FakeTelegramServer, bot: Bot) 
     server.force_error(500, "Internal Server Error", count=None, methods=["sendMessage"])
     async with AlertSender(bot, max_retries=2, backoff_base=0.01) as sender:
         with pytest.raises(DeliveryError):
-            await sender.send_now(61, "never")
+            await sender.send_now(OutgoingMessage(61, "never", lane=Lane.REPLY))
     assert send_attempts(server, 61) == [500, 500, 500]
     assert sender.stats()["failed"] == 1 and sender.stats()["retried"] == 2
 
@@ -216,9 +217,9 @@ async def test_a_queued_message_outlives_a_network_outage_and_send_now_gives_up(
         try:
             await proxy.stop_forwarding()  # every connection refused: Telegram cannot be reached
             async with AlertSender(bot, max_retries=2, backoff_base=0.01, backoff_max=0.05) as sender:
-                sender.submit(62, "through the outage")
+                sender.submit(OutgoingMessage(62, "through the outage"))
                 with pytest.raises(DeliveryError):  # a handler waiting on its reply is not kept waiting
-                    await sender.send_now(63, "a reply")
+                    await sender.send_now(OutgoingMessage(63, "a reply", lane=Lane.REPLY))
                 assert not sender.reachable and sender.stats()["telegram_reachable"] is False
                 attempts = proxy.accepted
                 await until(lambda: proxy.accepted >= attempts + 5)  # the alert is still being tried
@@ -244,7 +245,7 @@ async def test_a_gateway_error_page_is_no_verdict_and_the_alert_is_kept(server: 
     # A proxy in front of a Telegram that is down answers HTML, which aiogram cannot decode.
     server.force_gateway_error(502, count=8)
     async with AlertSender(bot, backoff_base=0.01, backoff_max=0.05) as sender:
-        sender.submit(64, "after the gateway")
+        sender.submit(OutgoingMessage(64, "after the gateway"))
     assert [r.text for r in server.messages_to(64)] == ["after the gateway"]
     assert server.stats.rejected_other == 8
     assert sender.stats()["failed"] == 0 and sender.stats()["outages"] == 1
@@ -252,7 +253,7 @@ async def test_a_gateway_error_page_is_no_verdict_and_the_alert_is_kept(server: 
 
 async def test_bad_markup_is_not_retried(server: FakeTelegramServer, bot: Bot) -> None:
     async with AlertSender(bot) as sender:
-        sender.submit(63, "<b>unclosed")
+        sender.submit(OutgoingMessage(63, "<b>unclosed"))
     assert send_attempts(server, 63) == [400]
     assert sender.stats()["failed"] == 1 and sender.stats()["retried"] == 0
 
@@ -261,7 +262,7 @@ async def test_migrated_group_messages_follow_the_group(server: FakeTelegramServ
     server.migrate_chat(-555, -1009999999999)
     gone: list[tuple[int, str]] = []
     async with AlertSender(bot, on_gone=lambda c, r: gone.append((c, r))) as sender:
-        sender.submit(-555, "to the old group")
+        sender.submit(OutgoingMessage(-555, "to the old group"))
     assert [r.text for r in server.messages_to(-1009999999999)] == ["to the old group"]
     assert gone == [(-555, "migrated to -1009999999999")]
 
@@ -270,14 +271,14 @@ async def test_stop_without_drain_drops_the_queue(server: FakeTelegramServer, bo
     sender = AlertSender(bot)
     await sender.start()
     for i in range(3):
-        sender.submit(70, f"same chat {i}")  # a second apart: the last two are still queued
+        sender.submit(OutgoingMessage(70, f"same chat {i}"))  # a second apart: the last two are still queued
     await server.wait_for_sent(1)
     await sender.stop(drain=False)
     assert len(server.messages_to(70)) < 3
     assert sender.stats()["dropped"] == 3 - len(server.messages_to(70))
     assert sender.pending() == 0
     with pytest.raises(RuntimeError):
-        sender.submit(70, "too late")
+        sender.submit(OutgoingMessage(70, "too late"))
 
 
 # ------------------------------------------------------------------ replies, captions
@@ -296,9 +297,9 @@ async def test_replies_take_a_short_burst_while_alerts_keep_the_spacing(server: 
 
     replies: list[asyncio.Task[None]] = []
     try:
-        sender.submit(77, "alert 0")
+        sender.submit(OutgoingMessage(77, "alert 0"))
         await server.wait_for_sent(lambda r: r.chat_id == 77, count=1)
-        sender.submit(77, "alert 1")  # waits for the chat's spacing
+        sender.submit(OutgoingMessage(77, "alert 1"))  # waits for the chat's spacing
         replies += [asyncio.create_task(reply(i)) for i in range(3)]
         await asyncio.wait_for(asyncio.gather(replies[0], replies[1]), 10)
         assert not replies[2].done()  # the burst (alert 0, reply 0, reply 1) is used up
@@ -316,8 +317,8 @@ async def test_a_caption_is_measured_in_utf16_units(server: FakeTelegramServer, 
     have, so the alert goes as text; 512 of them (1,024 units) still fit."""
     rocket = "\U0001f680"
     async with AlertSender(bot) as sender:
-        sender.submit(81, f"<b>{rocket * 1000}</b>", photo_url="https://img.example/ok.png")
-        sender.submit(82, f"<b>{rocket * 512}</b>", photo_url="https://img.example/ok.png")
+        sender.submit(OutgoingMessage(81, f"<b>{rocket * 1000}</b>", photo_url="https://img.example/ok.png"))
+        sender.submit(OutgoingMessage(82, f"<b>{rocket * 512}</b>", photo_url="https://img.example/ok.png"))
     [as_text] = server.messages_to(81)
     assert as_text.method == "sendMessage" and as_text.text == rocket * 1000
     [as_photo] = server.messages_to(82)
@@ -328,8 +329,22 @@ async def test_a_caption_is_measured_in_utf16_units(server: FakeTelegramServer, 
 async def test_a_caption_telegram_finds_too_long_falls_back_to_text(server: FakeTelegramServer, bot: Bot) -> None:
     server.force_error(400, "Bad Request: message caption is too long", methods=["sendPhoto"])
     async with AlertSender(bot) as sender:
-        sender.submit(83, "<b>short enough for us</b>", photo_url="https://img.example/ok.png")
+        sender.submit(OutgoingMessage(83, "<b>short enough for us</b>", photo_url="https://img.example/ok.png"))
     [sent] = server.messages_to(83)
     assert sent.method == "sendMessage" and sent.text == "short enough for us"
     assert [c.status for c in server.calls if c.method == "sendPhoto"] == [400]
     assert sender.stats()["photo_fallbacks"] == 1 and sender.stats()["failed"] == 0
+
+
+async def test_latency_counts_from_the_frames_wall_clock_receive_time(
+    server: FakeTelegramServer, bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A frame received 30 s ago (say, before a restart): its alert's latency includes those 30 s.
+    caplog.set_level(logging.INFO, logger="alertbot.sent")
+    async with AlertSender(bot) as sender:
+        sender.submit(OutgoingMessage(11, "overdue news", received_at=time.time() - 30, kind="alert", token="8yZ2pump"))
+    assert len(server.messages_to(11)) == 1
+    latency = sender.stats()["latency_max"]
+    assert latency is not None and 30 <= latency < 600
+    line = next(r.getMessage() for r in caplog.records if r.name == "alertbot.sent")
+    assert "kind=alert token=8yZ2pump" in line and "overdue" not in line

@@ -30,7 +30,7 @@ from bot.texts import LANGUAGE_NAMES, text
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.accounts import AccountFigures, AccountService, Plan, plan_expiry_text
-from services.sender import AlertSender, Lane
+from services.sender import AlertSender, Lane, OutgoingMessage
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.handlers")
@@ -293,7 +293,7 @@ async def paysupport(
         note = text("paysupport_to_admin", "en", user=who, user_id=subscriber.telegram_id, message=html.escape(request))
         if sender is not None and sender.running:
             # Payment matters go in the payment lane, ahead of alerts.
-            sender.submit(admin, note, priority=Lane.PAYMENT)
+            sender.submit(OutgoingMessage(admin, note, lane=Lane.PAYMENT))
             forwarded += 1
             continue
         try:

@@ -33,7 +33,7 @@ from services.presets import (
     preset_definition,
     valid_code,
 )
-from services.sender import AlertSender, Lane
+from services.sender import AlertSender, Lane, OutgoingMessage
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.presets")
@@ -228,7 +228,7 @@ async def _notify(bot: Bot | None, sender: AlertSender | None, chat_id: int, bod
     """Best effort: through the sender's queue when there is one (paced with the alerts), else
     directly; a user who blocked the bot must not stop the others being told."""
     if sender is not None:
-        sender.submit(chat_id, body, priority=Lane.ADMIN)
+        sender.submit(OutgoingMessage(chat_id, body, lane=Lane.ADMIN))
         return
     if bot is None:
         return
