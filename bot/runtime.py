@@ -28,6 +28,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from bot.config import Settings, SettingsError, require
+from bot.container import Services, build_services
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
@@ -97,16 +98,23 @@ def create_bot(token: str, api_url: str) -> Bot:
     return Bot(token=token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
 
 
-def build_dispatcher(*, flood_gate: FloodGate | None = None, **dependencies: Any) -> Dispatcher:
-    """Routers wired in one place; `dependencies` reach every handler by parameter name.
+def build_dispatcher(
+    services: Services,
+    *,
+    settings: Settings,
+    redis: RedisManager | None = None,
+    flood_gate: FloodGate | None = None,
+    **dependencies: Any,
+) -> Dispatcher:
+    """Routers wired in one place; `settings`, each of `services` and `dependencies` (the `sender`)
+    reach every handler by parameter name.
 
-    With a `redis` (RedisManager) among them, multi-step flows keep their state in Redis for
-    30 days; without, in memory. Every user's updates pass a per-user flood gate first.
+    With `redis`, multi-step flows keep their state in Redis for 30 days; without, in memory. The
+    handlers never get `redis` itself. Every user's updates pass a per-user flood gate first.
     """
-    redis = dependencies.get("redis")
-    if "storage" not in dependencies and isinstance(redis, RedisManager):
+    if "storage" not in dependencies and redis is not None:
         dependencies["storage"] = ManagedRedisStorage(redis)
-    dispatcher = Dispatcher(**dependencies)
+    dispatcher = Dispatcher(**services.workflow_data(), settings=settings, **dependencies)
     attach_throttling(dispatcher, flood_gate)
     dispatcher.include_routers(*get_routers())
     return dispatcher
@@ -134,6 +142,7 @@ class Runtime:
     bot: Bot | None = None
     dispatcher: Dispatcher | None = None
     caches: CacheRegistry | None = None
+    services: Services | None = None
     store: SubscriberStore | None = None
     index: SubscriberIndex = field(default_factory=SubscriberIndex)
     index_sync: IndexSync | None = None
@@ -222,13 +231,9 @@ class Runtime:
             self.bot = create_bot(self.settings.bot_token.get_secret_value(), self.settings.telegram_api_url)
             self._stack.push_async_callback(self.bot.session.close)
             await self._start_pipeline()
+            assert self.services is not None
             self.dispatcher = build_dispatcher(
-                settings=self.settings,
-                redis=self.redis,
-                postgres=self.postgres,
-                metrics=self.metrics,
-                store=self.store,
-                sender=self.sender,
+                self.services, settings=self.settings, redis=self.redis, metrics=self.metrics, sender=self.sender
             )
             await self._start_http()
             # The default list in English, and each language's own for users whose Telegram
@@ -247,7 +252,8 @@ class Runtime:
         self.caches = CacheRegistry(self.redis)
         await self.caches.start()
         self._stack.push_async_callback(self.caches.stop)
-        self.store = SubscriberStore(self.redis, self.postgres, self.caches, self.settings.admin_id_set)
+        self.services = build_services(self.redis, self.postgres, self.caches, self.settings.admin_id_set)
+        self.store = self.services.store
         self.index_sync = IndexSync(self.store, self.index)
         await self.index_sync.load()
         self.persistence = PersistenceWriter(self.postgres)
