@@ -42,11 +42,11 @@ from managers.embedded_redis import EmbeddedRedisUnavailable, start_embedded_red
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
-from managers.stream import StreamManager
+from managers.stream import StreamManager, SubscriptionSet
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
-from services.dedup import AlertLedger
+from services.dedup import AlertLedger, seed_from_history
 from services.delivery_queue import DeliveryQueue
 from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
@@ -85,16 +85,12 @@ def bot_commands(language: str) -> list[BotCommand]:
 
 PIPELINE_WORKERS = 4
 API_CONCURRENCY = 10
-# Alerts of the last 14 days, to rebuild the dedup records when Redis starts empty (embedded).
-RECENT_ALERTS_SQL = """
-SELECT a.token_address, u.telegram_id, a.created_at FROM alerts a JOIN users u ON u.id = a.user_id
-WHERE a.created_at > now() - interval '14 days'
-"""
 
 
-def create_bot(token: str, api_url: str) -> Bot:
+def create_bot(token: str, api_url: str, pacing: PacedRequestsMiddleware | None = None) -> Bot:
+    """The bot's own requests pass `pacing`, which paces them once a sender is attached to it."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
-    session.middleware(PacedRequestsMiddleware())  # paces once the sender is attached
+    session.middleware(pacing or PacedRequestsMiddleware())
     return Bot(token=token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
 
 
@@ -160,6 +156,7 @@ class Runtime:
     queue: EventQueue = field(default_factory=EventQueue)
     workers: ProcessingWorkers | None = None
     streams: list[StreamManager] = field(default_factory=list)
+    pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
     http_port: int | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _polling: asyncio.Task[None] | None = None
@@ -228,7 +225,9 @@ class Runtime:
         try:
             await self.open_stores()
             assert self.settings.bot_token is not None
-            self.bot = create_bot(self.settings.bot_token.get_secret_value(), self.settings.telegram_api_url)
+            self.bot = create_bot(
+                self.settings.bot_token.get_secret_value(), self.settings.telegram_api_url, self.pacing
+            )
             self._stack.push_async_callback(self.bot.session.close)
             await self._start_pipeline()
             assert self.services is not None
@@ -261,8 +260,7 @@ class Runtime:
         self._stack.push_async_callback(self.persistence.stop)
         ledger = AlertLedger(self.redis)
         if self.redis.embedded:
-            rows = await self.postgres.fetch(RECENT_ALERTS_SQL)
-            seeded = await ledger.seed_alerted((r["token_address"], r["telegram_id"], r["created_at"]) for r in rows)
+            seeded = await seed_from_history(ledger, self.postgres)
             logger.info("rebuilt %d alert records from PostgreSQL into the embedded Redis", seeded)
         settings = self.settings
         self.sender = AlertSender(
@@ -274,9 +272,7 @@ class Runtime:
             ),
         )
         await self.sender.start()
-        for middleware in self.bot.session.middleware:
-            if isinstance(middleware, PacedRequestsMiddleware):
-                middleware.attach(self.sender)
+        self.pacing.attach(self.sender)
         self.delivery = DeliveryQueue(self.redis, self.postgres, self.sender, consumer=self.consumer_name)
         await self.delivery.start()
         self._stack.push_async_callback(self._stop_delivery)
@@ -353,11 +349,16 @@ class Runtime:
             # PumpPortal prices tokens in SOL; the USD figures use Pyth's SOL/USD read through the
             # operator's own SOLANA_RPC_URL (unknown, so None, until the first good read).
             self.sol_price = SolPriceSource(settings.solana_rpc_url, self.api_limit)
+            # New tokens and migrations only: asked again after every reconnect.
+            subscriptions = SubscriptionSet()
+            subscriptions.add("subscribeNewToken")
+            subscriptions.add("subscribeMigration")
             streams.append(
                 StreamManager(
                     pumpportal_url(settings.pumpportal_url, key),
                     pumpportal_parser(self.sol_price.current),
                     self.queue.put,
+                    subscriptions=subscriptions,
                     name="pumpportal",
                     **self.stream_options,
                 )
@@ -370,9 +371,6 @@ class Runtime:
             await self.sol_price.start()
             self._stack.push_async_callback(self.sol_price.stop)
         for stream in self.streams:
-            if stream.name == "pumpportal":
-                await stream.subscribe("subscribeNewToken")
-                await stream.subscribe("subscribeMigration")
             await stream.start()
             self._stack.push_async_callback(stream.stop)
         self.metrics.components.add("stream", lambda: {k: v for s in self.streams for k, v in s.stats.__dict__.items()})
@@ -389,9 +387,8 @@ class Runtime:
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+        # HTTP_PORT=0 lets the system pick; the runner says which port its socket got.
+        self.http_port = int(runner.addresses[0][1]) if runner.addresses else self.settings.http_port
         logger.info("HTTP endpoints on %s:%s", self.settings.http_host, self.http_port)
 
     async def begin_receiving(self) -> None:
