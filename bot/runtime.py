@@ -1,7 +1,8 @@
 """The composition root: opens the stores, builds the bot and the dispatcher, serves HTTP, stops cleanly.
 
 `alertbot run` and `alertbot demo` both go through `Runtime`, so the demo always exercises the
-real start-up, handlers and shut-down.
+real start-up, handlers and shut-down. `start` builds every part once and keeps them in `Parts`;
+handlers get the services of `bot.container.Services` through the dispatcher.
 """
 
 from __future__ import annotations
