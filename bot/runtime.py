@@ -52,7 +52,7 @@ from services.delivery_queue import DeliveryQueue
 from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
-from services.metrics import Metrics
+from services.metrics import Metrics, NumbersProvider
 from services.notification import NotificationService, ProcessingWorkers
 from services.persistence import PersistenceWriter
 from services.sender import AlertSender, DigestPolicy
@@ -349,13 +349,13 @@ class Runtime:
         workers = ProcessingWorkers(self.queue, service, self.pipeline_workers)
         await workers.start()
         self._stack.push_async_callback(workers.stop)
-        components = {
+        components: dict[str, NumbersProvider] = {
             "pipeline": service.stats.numbers,
-            "queue": lambda: self.queue.stats.__dict__,
+            "queue": self.queue.stats.numbers,
             "sender": sender.stats,
             "cache": caches.stats,
-            "delivery": lambda: delivery.stats.__dict__,
-            "persistence": lambda: persistence.stats.__dict__,
+            "delivery": delivery.stats.numbers,
+            "persistence": persistence.stats.numbers,
         }
         for name, provider in components.items():
             self.metrics.components.add(name, provider)
@@ -447,7 +447,9 @@ class Runtime:
         for stream in self.streams:
             await stream.start()
             self._stack.push_async_callback(stream.stop)
-        self.metrics.components.add("stream", lambda: {k: v for s in self.streams for k, v in s.stats.__dict__.items()})
+        self.metrics.components.add(
+            "stream", lambda: {k: v for s in self.streams for k, v in s.stats.numbers().items()}
+        )
 
     async def _start_http(self) -> None:
         app = build_http_app(self.health, self.serving, self.metrics.registry)
