@@ -1,7 +1,8 @@
 """The composition root: opens the stores, builds the bot and the dispatcher, serves HTTP, stops cleanly.
 
 `alertbot run` and `alertbot demo` both go through `Runtime`, so the demo always exercises the
-real start-up, handlers and shut-down.
+real start-up, handlers and shut-down. `start` builds every part once and keeps them in `Parts`;
+handlers get the services of `bot.container.Services` through the dispatcher.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from bot.config import Settings, SettingsError, require
+from bot.container import Services, build_services
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
@@ -41,16 +43,16 @@ from managers.embedded_redis import EmbeddedRedisUnavailable, start_embedded_red
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
-from managers.stream import StreamManager
+from managers.stream import StreamManager, SubscriptionSet
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
-from services.dedup import AlertLedger
+from services.dedup import AlertLedger, seed_from_history
 from services.delivery_queue import DeliveryQueue
 from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
-from services.metrics import Metrics
+from services.metrics import Metrics, NumbersProvider
 from services.notification import NotificationService, ProcessingWorkers
 from services.persistence import PersistenceWriter
 from services.sender import AlertSender, DigestPolicy
@@ -84,29 +86,32 @@ def bot_commands(language: str) -> list[BotCommand]:
 
 PIPELINE_WORKERS = 4
 API_CONCURRENCY = 10
-# Alerts of the last 14 days, to rebuild the dedup records when Redis starts empty (embedded).
-RECENT_ALERTS_SQL = """
-SELECT a.token_address, u.telegram_id, a.created_at FROM alerts a JOIN users u ON u.id = a.user_id
-WHERE a.created_at > now() - interval '14 days'
-"""
 
 
-def create_bot(token: str, api_url: str) -> Bot:
+def create_bot(token: str, api_url: str, pacing: PacedRequestsMiddleware | None = None) -> Bot:
+    """The bot's own requests pass `pacing`, which paces them once a sender is attached to it."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(api_url))
-    session.middleware(PacedRequestsMiddleware())  # paces once the sender is attached
+    session.middleware(pacing or PacedRequestsMiddleware())
     return Bot(token=token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
 
 
-def build_dispatcher(*, flood_gate: FloodGate | None = None, **dependencies: Any) -> Dispatcher:
-    """Routers wired in one place; `dependencies` reach every handler by parameter name.
+def build_dispatcher(
+    services: Services,
+    *,
+    settings: Settings,
+    redis: RedisManager | None = None,
+    flood_gate: FloodGate | None = None,
+    **dependencies: Any,
+) -> Dispatcher:
+    """Routers wired in one place; `settings`, each of `services` and `dependencies` (the `sender`)
+    reach every handler by parameter name.
 
-    With a `redis` (RedisManager) among them, multi-step flows keep their state in Redis for
-    30 days; without, in memory. Every user's updates pass a per-user flood gate first.
+    With `redis`, multi-step flows keep their state in Redis for 30 days; without, in memory. The
+    handlers never get `redis` itself. Every user's updates pass a per-user flood gate first.
     """
-    redis = dependencies.get("redis")
-    if "storage" not in dependencies and isinstance(redis, RedisManager):
+    if "storage" not in dependencies and redis is not None:
         dependencies["storage"] = ManagedRedisStorage(redis)
-    dispatcher = Dispatcher(**dependencies)
+    dispatcher = Dispatcher(**services.workflow_data(), settings=settings, **dependencies)
     attach_throttling(dispatcher, flood_gate)
     dispatcher.include_routers(*get_routers())
     return dispatcher
@@ -115,6 +120,24 @@ def build_dispatcher(*, flood_gate: FloodGate | None = None, **dependencies: Any
 def webhook_secret(token: str) -> str:
     """A secret Telegram echoes on every webhook call, derived so the operator need not set one."""
     return hashlib.sha256(f"webhook:{token}".encode()).hexdigest()[:64]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Everything `Runtime.start` builds, each once; none of it optional."""
+
+    redis: RedisManager
+    postgres: PostgresManager
+    bot: Bot
+    caches: CacheRegistry
+    services: Services
+    index_sync: IndexSync
+    persistence: PersistenceWriter
+    sender: AlertSender
+    delivery: DeliveryQueue
+    service: NotificationService
+    workers: ProcessingWorkers
+    dispatcher: Dispatcher
 
 
 @dataclass
@@ -128,18 +151,7 @@ class Runtime:
     pipeline_workers: int = PIPELINE_WORKERS
     # Passed to every StreamManager (timings); tests shorten the reconnect delays.
     stream_options: dict[str, Any] = field(default_factory=dict)
-
-    redis: RedisManager | None = None
-    postgres: PostgresManager | None = None
-    bot: Bot | None = None
-    dispatcher: Dispatcher | None = None
-    caches: CacheRegistry | None = None
-    store: SubscriberStore | None = None
     index: SubscriberIndex = field(default_factory=SubscriberIndex)
-    index_sync: IndexSync | None = None
-    persistence: PersistenceWriter | None = None
-    sender: AlertSender | None = None
-    delivery: DeliveryQueue | None = None
     # The Redis stream consumer; stable across restarts so a restart resumes its own sends.
     consumer_name: str = field(default_factory=lambda: f"sender-{socket.gethostname()}")
     shutdown_drain_seconds: float = 10.0
@@ -147,20 +159,72 @@ class Runtime:
     # cannot pile up requests.
     api_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(API_CONCURRENCY))
     sol_price: SolPriceSource | None = None
-    service: NotificationService | None = None
     queue: EventQueue = field(default_factory=EventQueue)
-    workers: ProcessingWorkers | None = None
     streams: list[StreamManager] = field(default_factory=list)
+    pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
     http_port: int | None = None
+    _parts: Parts | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _polling: asyncio.Task[None] | None = None
+
+    @property
+    def parts(self) -> Parts:
+        if self._parts is None:
+            raise RuntimeError("the runtime has not started")
+        return self._parts
+
+    # The parts most callers want, by name (each raises RuntimeError before `start`).
+    @property
+    def redis(self) -> RedisManager:
+        return self.parts.redis
+
+    @property
+    def postgres(self) -> PostgresManager:
+        return self.parts.postgres
+
+    @property
+    def bot(self) -> Bot:
+        return self.parts.bot
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.parts.dispatcher
+
+    @property
+    def store(self) -> SubscriberStore:
+        return self.parts.services.store
+
+    @property
+    def index_sync(self) -> IndexSync:
+        return self.parts.index_sync
+
+    @property
+    def persistence(self) -> PersistenceWriter:
+        return self.parts.persistence
+
+    @property
+    def sender(self) -> AlertSender:
+        return self.parts.sender
+
+    @property
+    def delivery(self) -> DeliveryQueue:
+        return self.parts.delivery
+
+    @property
+    def service(self) -> NotificationService:
+        return self.parts.service
+
+    @property
+    def workers(self) -> ProcessingWorkers:
+        return self.parts.workers
 
     async def health(self) -> dict[str, Any]:
         """Every part's state in detail (URLs and last errors included, for logs and admins);
         /health shows only the public view of it (`services.http_api.public_health`), cached."""
         parts: dict[str, Any] = {}
-        parts["redis"] = self.redis.health() if self.redis else {"status": "down"}
-        parts["postgres"] = await self.postgres.health() if self.postgres else {"status": "down"}
+        running = self._parts
+        parts["redis"] = running.redis.health() if running else {"status": "down"}
+        parts["postgres"] = await running.postgres.health() if running else {"status": "down"}
         if self.streams:
             states = [stream.health() for stream in self.streams]
             parts["stream"] = (
@@ -175,7 +239,8 @@ class Runtime:
             parts["sol_price"] = self.sol_price.health()
         return parts
 
-    async def open_stores(self) -> None:
+    async def open_stores(self) -> tuple[RedisManager, PostgresManager]:
+        """Redis and PostgreSQL started (embedded ones when their URLs are unset), migrations applied."""
         settings = self.settings
         # Redis first: without REDIS_URL and a server to embed, `run` refuses before it has
         # touched PostgreSQL.
@@ -204,119 +269,130 @@ class Runtime:
         applied = await apply_migrations(dsn)
         if applied:
             logger.info("applied migrations: %s", ", ".join(applied))
-        self.postgres = PostgresManager(dsn)
-        await self.postgres.start()
-        self._stack.push_async_callback(self.postgres.close)
+        postgres = PostgresManager(dsn)
+        await postgres.start()
+        self._stack.push_async_callback(postgres.close)
 
-        self.redis = RedisManager.from_url(redis_url)
-        await self.redis.start()
-        self._stack.push_async_callback(self.redis.close)
-        self.metrics.components.add("redis", lambda: self.redis.metrics() if self.redis else {})
+        redis = RedisManager.from_url(redis_url)
+        await redis.start()
+        self._stack.push_async_callback(redis.close)
+        self.metrics.components.add("redis", redis.metrics)
+        return redis, postgres
 
     async def start(self) -> None:
         """Everything up to, not including, receiving updates; on failure, undoes what it opened."""
         require(self.settings, "BOT_TOKEN")
+        token = self.settings.bot_token.get_secret_value() if self.settings.bot_token else ""
         try:
-            await self.open_stores()
-            assert self.settings.bot_token is not None
-            self.bot = create_bot(self.settings.bot_token.get_secret_value(), self.settings.telegram_api_url)
-            self._stack.push_async_callback(self.bot.session.close)
-            await self._start_pipeline()
-            self.dispatcher = build_dispatcher(
-                settings=self.settings,
-                redis=self.redis,
-                postgres=self.postgres,
-                metrics=self.metrics,
-                store=self.store,
-                sender=self.sender,
-            )
+            redis, postgres = await self.open_stores()
+            bot = create_bot(token, self.settings.telegram_api_url, self.pacing)
+            self._stack.push_async_callback(bot.session.close)
+            self._parts = await self._start_pipeline(redis, postgres, bot)
             await self._start_http()
             # The default list in English, and each language's own for users whose Telegram
             # speaks it (Telegram picks by the user's language_code).
-            await self.bot.set_my_commands(bot_commands(DEFAULT_LANGUAGE))
+            await bot.set_my_commands(bot_commands(DEFAULT_LANGUAGE))
             for language in TEXTS:
                 if language != DEFAULT_LANGUAGE:
-                    await self.bot.set_my_commands(bot_commands(language), language_code=language)
+                    await bot.set_my_commands(bot_commands(language), language_code=language)
         except BaseException:
             await self._stack.aclose()
             raise
 
-    async def _start_pipeline(self) -> None:
-        """Subscribers, matching, dedup, persistence and sending; the feeds start with receiving."""
-        assert self.redis is not None and self.postgres is not None and self.bot is not None
-        self.caches = CacheRegistry(self.redis)
-        await self.caches.start()
-        self._stack.push_async_callback(self.caches.stop)
-        self.store = SubscriberStore(self.redis, self.postgres, self.caches, self.settings.admin_id_set)
-        self.index_sync = IndexSync(self.store, self.index)
-        await self.index_sync.load()
-        self.persistence = PersistenceWriter(self.postgres)
-        await self.persistence.start()
-        self._stack.push_async_callback(self.persistence.stop)
-        ledger = AlertLedger(self.redis)
-        if self.redis.embedded:
-            rows = await self.postgres.fetch(RECENT_ALERTS_SQL)
-            seeded = await ledger.seed_alerted((r["token_address"], r["telegram_id"], r["created_at"]) for r in rows)
+    async def _start_pipeline(self, redis: RedisManager, postgres: PostgresManager, bot: Bot) -> Parts:
+        """Subscribers, matching, dedup, persistence, sending and the dispatcher; the feeds start
+        with receiving."""
+        caches = CacheRegistry(redis)
+        await caches.start()
+        self._stack.push_async_callback(caches.stop)
+        services = build_services(redis, postgres, caches, self.settings.admin_id_set)
+        index_sync = IndexSync(services.store, self.index)
+        await index_sync.load()
+        persistence = PersistenceWriter(postgres)
+        await persistence.start()
+        self._stack.push_async_callback(persistence.stop)
+        ledger = AlertLedger(redis)
+        if redis.embedded:
+            seeded = await seed_from_history(ledger, postgres)
             logger.info("rebuilt %d alert records from PostgreSQL into the embedded Redis", seeded)
         settings = self.settings
-        self.sender = AlertSender(
-            self.bot,
-            on_gone=self._recipient_gone,
+        store = services.store
+
+        async def recipient_gone(chat_id: int, reason: str) -> None:
+            await self._recipient_gone(store, chat_id, reason)
+
+        sender = AlertSender(
+            bot,
+            on_gone=recipient_gone,
             paid_broadcast=settings.paid_broadcast,
             digest=DigestPolicy(
                 self._render_digest, threshold=settings.alert_digest_threshold, max_delay=settings.alert_max_delay
             ),
         )
-        await self.sender.start()
-        for middleware in self.bot.session.middleware:
-            if isinstance(middleware, PacedRequestsMiddleware):
-                middleware.attach(self.sender)
-        self.delivery = DeliveryQueue(self.redis, self.postgres, self.sender, consumer=self.consumer_name)
-        await self.delivery.start()
-        self._stack.push_async_callback(self._stop_delivery)
-        channels = ChannelDirectory(self.redis, self.postgres, self.caches, self.persistence)
-        self.service = NotificationService(
+        await sender.start()
+        self.pacing.attach(sender)
+        delivery = DeliveryQueue(redis, postgres, sender, consumer=self.consumer_name)
+        await delivery.start()
+
+        async def stop_delivery() -> None:
+            await self._stop_delivery(delivery, sender, drain=redis.embedded)
+
+        self._stack.push_async_callback(stop_delivery)
+        channels = ChannelDirectory(redis, postgres, caches, persistence)
+        service = NotificationService(
             index=self.index,
             ledger=ledger,
             channels=channels,
-            outbox=AlertRenderer(self.delivery, self.index),
-            persistence=self.persistence,
+            outbox=AlertRenderer(delivery, self.index),
+            persistence=persistence,
         )
-        self.workers = ProcessingWorkers(self.queue, self.service, self.pipeline_workers)
-        await self.workers.start()
-        self._stack.push_async_callback(self.workers.stop)
-        components = {
-            "pipeline": self.service.stats.numbers,
-            "queue": lambda: self.queue.stats.__dict__,
-            "sender": self.sender.stats,
-            "cache": self.caches.stats,
-            "delivery": lambda: self.delivery.stats.__dict__ if self.delivery else {},
-            "persistence": lambda: self.persistence.stats.__dict__ if self.persistence else {},
+        workers = ProcessingWorkers(self.queue, service, self.pipeline_workers)
+        await workers.start()
+        self._stack.push_async_callback(workers.stop)
+        components: dict[str, NumbersProvider] = {
+            "pipeline": service.stats.numbers,
+            "queue": self.queue.stats.numbers,
+            "sender": sender.stats,
+            "cache": caches.stats,
+            "delivery": delivery.stats.numbers,
+            "persistence": persistence.stats.numbers,
         }
         for name, provider in components.items():
             self.metrics.components.add(name, provider)
+        dispatcher = build_dispatcher(services, settings=settings, redis=redis, metrics=self.metrics, sender=sender)
+        return Parts(
+            redis=redis,
+            postgres=postgres,
+            bot=bot,
+            caches=caches,
+            services=services,
+            index_sync=index_sync,
+            persistence=persistence,
+            sender=sender,
+            delivery=delivery,
+            service=service,
+            workers=workers,
+            dispatcher=dispatcher,
+        )
 
     def _render_digest(self, chat_id: int, lines: list[str]) -> list[DigestPart]:
         """The digest's messages in the subscriber's language, every merged alert in one of them."""
         subscriber = self.index.get(chat_id)
         return render_digest(lines, subscriber.language if subscriber else "en")
 
-    async def _stop_delivery(self) -> None:
+    async def _stop_delivery(self, delivery: DeliveryQueue, sender: AlertSender, *, drain: bool) -> None:
         """Stop handing out queued alerts, let the sends in flight finish and be acknowledged.
 
         What is still queued stays in the Redis stream for the next start; only an embedded
-        Redis, which forgets everything, is worth draining first.
+        Redis, which forgets everything, is worth draining first (`drain`).
         """
-        assert self.sender is not None and self.delivery is not None
-        await self.delivery.stop_reading()
-        drain = self.redis is not None and self.redis.embedded
-        await self.sender.stop(drain=drain, timeout=self.shutdown_drain_seconds)
-        await self.delivery.close()
+        await delivery.stop_reading()
+        await sender.stop(drain=drain, timeout=self.shutdown_drain_seconds)
+        await delivery.close()
 
-    async def _recipient_gone(self, chat_id: int, reason: str) -> None:
+    @staticmethod
+    async def _recipient_gone(store: SubscriberStore, chat_id: int, reason: str) -> None:
         """Telegram says the chat is gone: stop sending to it until the user comes back."""
-        if self.store is None:
-            return
         if reason.startswith("migrated to"):
             # A group became a supergroup: the sender moved its queued messages and moves any
             # later one. Subscribers are people (their private chat id is their user id, see the
@@ -324,7 +400,7 @@ class Runtime:
             logger.warning("chat %s %s; its messages follow it", chat_id, reason)
             return
         try:
-            await self.store.set_status(chat_id, "blocked")
+            await store.set_status(chat_id, "blocked")
         except (UnknownSubscriber, StoreUnavailable) as exc:
             logger.warning("could not mark %s inactive (%s): %s", chat_id, reason, exc)
 
@@ -347,11 +423,16 @@ class Runtime:
             # PumpPortal prices tokens in SOL; the USD figures use Pyth's SOL/USD read through the
             # operator's own SOLANA_RPC_URL (unknown, so None, until the first good read).
             self.sol_price = SolPriceSource(settings.solana_rpc_url, self.api_limit)
+            # New tokens and migrations only: asked again after every reconnect.
+            subscriptions = SubscriptionSet()
+            subscriptions.add("subscribeNewToken")
+            subscriptions.add("subscribeMigration")
             streams.append(
                 StreamManager(
                     pumpportal_url(settings.pumpportal_url, key),
                     pumpportal_parser(self.sol_price.current),
                     self.queue.put,
+                    subscriptions=subscriptions,
                     name="pumpportal",
                     **self.stream_options,
                 )
@@ -364,15 +445,13 @@ class Runtime:
             await self.sol_price.start()
             self._stack.push_async_callback(self.sol_price.stop)
         for stream in self.streams:
-            if stream.name == "pumpportal":
-                await stream.subscribe("subscribeNewToken")
-                await stream.subscribe("subscribeMigration")
             await stream.start()
             self._stack.push_async_callback(stream.stop)
-        self.metrics.components.add("stream", lambda: {k: v for s in self.streams for k, v in s.stats.__dict__.items()})
+        self.metrics.components.add(
+            "stream", lambda: {k: v for s in self.streams for k, v in s.stats.numbers().items()}
+        )
 
     async def _start_http(self) -> None:
-        assert self.bot is not None and self.dispatcher is not None
         app = build_http_app(self.health, self.serving, self.metrics.registry)
         if self.settings.webhook_url:
             path = urlsplit(self.settings.webhook_url).path or "/webhook"
@@ -383,14 +462,12 @@ class Runtime:
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+        # HTTP_PORT=0 lets the system pick; the runner says which port its socket got.
+        self.http_port = int(runner.addresses[0][1]) if runner.addresses else self.settings.http_port
         logger.info("HTTP endpoints on %s:%s", self.settings.http_host, self.http_port)
 
     async def begin_receiving(self) -> None:
         """Long polling by default; with WEBHOOK_URL, tell Telegram where to post updates."""
-        assert self.bot is not None and self.dispatcher is not None
         if self.settings.webhook_url:
             await self.bot.set_webhook(
                 self.settings.webhook_url,
@@ -417,13 +494,15 @@ class Runtime:
     async def drained(self, timeout: float = 30.0) -> None:
         """Wait until every frame read so far is processed and every alert handed to Telegram."""
 
+        parts = self.parts
+
         async def settled() -> None:
             while True:
                 busy = (
                     self.queue.qsize()
-                    or (self.workers and not self.workers.idle)
-                    or (self.sender and self.sender.pending())
-                    or (self.delivery and await self.delivery.backlog())
+                    or not parts.workers.idle
+                    or parts.sender.pending()
+                    or await parts.delivery.backlog()
                 )
                 if not busy:
                     return
@@ -433,7 +512,7 @@ class Runtime:
 
     async def stop(self) -> None:
         self.serving.serving = False
-        if self._polling is not None and self.dispatcher is not None:
+        if self._polling is not None and self._parts is not None:
             if not self._polling.done():
                 try:
                     await self.dispatcher.stop_polling()

@@ -228,6 +228,10 @@ class StreamStats:
     poll_frames: int = 0  # frames read from poll answers (new ones only)
     gap_polls: int = 0  # polls made right after a reconnect, for the frames missed in between
 
+    def numbers(self) -> dict[str, float]:
+        """Every counter by name, for /metrics."""
+        return {name: float(value) for name, value in asdict(self).items()}
+
 
 class StreamManager:
     """Read one feed, deliver its events to `sink` once each; see the module docstring."""

@@ -1,6 +1,6 @@
 """A subscriber's account beyond their settings: referrals, the /status figures, plans on offer,
 and deleting everything the bot keeps about them (/privacy). Settings themselves (filters,
-preset, pause, language) are SubscriberStore's.
+preset, pause, language) are SubscriberStore's. `PaySupportGate` limits payment-support requests.
 
 No Telegram imports: the bot and the HTTP side may share this.
 """
@@ -15,6 +15,7 @@ from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 from managers.postgres import PostgresManager
+from managers.redis_manager import RedisManager
 from services.subscribers import (
     PG_FAILURES,
     SUBSCRIBERS_KEY,
@@ -30,6 +31,7 @@ REFERRAL_ALPHABET = string.ascii_lowercase + string.digits
 REFERRAL_LENGTH = 8
 # Telegram allows 64 characters of /start payload; "ref_" + 8 is far inside it.
 REFERRAL_ATTEMPTS = 5
+PAYSUPPORT_INTERVAL = 60  # seconds between two support requests of one user
 
 
 @dataclass(frozen=True)
@@ -199,3 +201,30 @@ def plan_expiry_text(expires: datetime | None, now: datetime) -> tuple[str, int]
         return None
     left = expires - now
     return expires.strftime("%Y-%m-%d"), max(1, left.days + (1 if left % timedelta(days=1) else 0))
+
+
+def paysupport_key(telegram_id: int) -> str:
+    """Exists for PAYSUPPORT_INTERVAL seconds after the user's last forwarded request."""
+    return f"paysupport:{telegram_id}"
+
+
+class PaySupportGate:
+    """One payment-support request per user per `interval` seconds, the minute a Redis key with a TTL."""
+
+    def __init__(self, redis: RedisManager, interval: int = PAYSUPPORT_INTERVAL) -> None:
+        self.redis = redis
+        self.interval = interval
+
+    async def claim(self, telegram_id: int) -> int:
+        """0 when the user may write to the team now (their minute starts), else seconds to wait."""
+        key = paysupport_key(telegram_id)
+        if await self.redis.set(key, "1", ex=self.interval, nx=True):
+            return 0
+        left = await self.redis.ttl(key)
+        if left == -2:  # expired in between: this request may go
+            return 0 if await self.redis.set(key, "1", ex=self.interval, nx=True) else 1
+        return left if left > 0 else self.interval
+
+    async def release(self, telegram_id: int) -> None:
+        """Nothing was forwarded: the user may try again at once."""
+        await self.redis.delete(paysupport_key(telegram_id))

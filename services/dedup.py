@@ -36,6 +36,7 @@ from typing import Any
 from cachetools import TTLCache
 from redis.exceptions import NoScriptError
 
+from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager, RedisUnavailable
 from services.delivery_queue import STREAM_KEY, Delivery, RenderedAlert
 
@@ -46,6 +47,13 @@ REJECTED_TTL_SECONDS = 3600
 # Write-back of an outage's claims keeps at most this many tokens; beyond it the oldest are
 # dropped (logged): a repeat is possible for them later, never a lost alert.
 UNSYNCED_TOKENS_MAX = 200_000
+
+# Alerts of the last 14 days (the accepted records' TTL), to rebuild the dedup records when Redis
+# starts empty (embedded).
+RECENT_ALERTS_SQL = """
+SELECT a.token_address, u.telegram_id, a.created_at FROM alerts a JOIN users u ON u.id = a.user_id
+WHERE a.created_at > now() - interval '14 days'
+"""
 
 # Record a call, then claim and enqueue. KEYS: token_calls, processed_token, outbox stream.
 # ARGV: channel, call time, calls TTL, claims TTL, exact ('1': claim only if Redis knows exactly
@@ -560,3 +568,9 @@ class AlertLedger:
         except RedisUnavailable:
             logger.warning("Redis unavailable while seeding alert records; kept them in process only")
         return sum(len(users) for users in by_token.values())
+
+
+async def seed_from_history(ledger: AlertLedger, postgres: PostgresManager) -> int:
+    """Rebuild `ledger`'s alerted records from the alerts PostgreSQL kept; returns how many."""
+    rows = await postgres.fetch(RECENT_ALERTS_SQL)
+    return await ledger.seed_alerted((r["token_address"], r["telegram_id"], r["created_at"]) for r in rows)

@@ -37,7 +37,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -194,6 +194,10 @@ class DeliveryStats:
     kept: int = 0  # held entries claimed again so that they never look abandoned
     lost: int = 0  # held entries another consumer had taken over (this one stalled past claim_idle)
     stalls: int = 0  # times reading stopped because Telegram was unreachable
+
+    def numbers(self) -> dict[str, float]:
+        """Every counter by name, for /metrics."""
+        return {name: float(value) for name, value in asdict(self).items()}
 
 
 class DeliveryQueue:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from domain.events import Event, PriceEvent
 
@@ -22,6 +22,10 @@ class QueueStats:
     merged: int = 0
     waits: int = 0  # times a reader had to wait for room
     max_depth: int = 0
+
+    def numbers(self) -> dict[str, float]:
+        """Every counter by name, for /metrics."""
+        return {name: float(value) for name, value in asdict(self).items()}
 
 
 class _PriceSlot:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+# What every component (or its stats record) offers /metrics: its numbers by name, read at scrape time.
 NumbersProvider = Callable[[], Mapping[str, object]]
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
 

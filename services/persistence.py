@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -112,6 +112,10 @@ class PersistenceStats:
     dropped_refused: int = 0  # rows PostgreSQL refused one by one
     dropped_at_stop: int = 0  # rows still unwritten when the writer stopped
     pruned: int = 0
+
+    def numbers(self) -> dict[str, float]:
+        """Every counter by name, for /metrics."""
+        return {name: float(value) for name, value in asdict(self).items()}
 
 
 def _deleted(status: str) -> int:

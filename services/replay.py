@@ -3,8 +3,8 @@
 `replay` is the rule, pure and in one place: it runs one subscriber's filters over recorded
 calls the way the live pipeline (services.notification + domain.matching) decides alerts, and
 says how many of those alerts reached 2x afterwards. `load_replay_day` reads what it needs from
-PostgreSQL in four queries; `replay_for` puts the two together, sharing one loaded day between
-everyone who presses the button within a minute.
+PostgreSQL in four queries; `replay_for` puts the two together, and `FilterReplay` (one per
+runtime) shares one loaded day between everyone who presses the button within a minute.
 
 What replay cannot know, and so does not pretend to:
 
@@ -364,19 +364,27 @@ class ReplayDayCache:
         return day
 
 
-DAY_CACHE = ReplayDayCache()
-
-
 async def replay_for(
     postgres: PostgresManager,
     filters: Filters,
     now: datetime,
     *,
     hours: int = DEFAULT_HOURS,
-    cache: ReplayDayCache | None = DAY_CACHE,
+    cache: ReplayDayCache | None = None,
 ) -> ReplayReport:
     """`filters` replayed over the `hours` before `now`; `cache=None` reads the database afresh."""
     day = await cache.get(postgres, now, hours) if cache is not None else await load_replay_day(postgres, now, hours)
     # About 0.1 s of pure Python on a busy day: in a worker thread, for the same reason as above.
     result = await asyncio.to_thread(replay, filters, day.calls, day.prices, day.channels, window_start=day.start)
     return ReplayReport(result, day)
+
+
+class FilterReplay:
+    """Replays on one database, sharing its loaded day between the presses of the last `ttl` seconds."""
+
+    def __init__(self, postgres: PostgresManager, *, ttl: float = CACHE_TTL_SECONDS) -> None:
+        self.postgres = postgres
+        self.cache = ReplayDayCache(ttl=ttl)
+
+    async def report(self, filters: Filters, now: datetime, *, hours: int = DEFAULT_HOURS) -> ReplayReport:
+        return await replay_for(self.postgres, filters, now, hours=hours, cache=self.cache)

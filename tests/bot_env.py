@@ -17,6 +17,7 @@ from aiogram import Dispatcher
 from aiogram.types import TelegramObject, Update
 
 from bot.config import Settings
+from bot.container import build_services
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate
 from bot.runtime import build_dispatcher, create_bot
@@ -203,7 +204,8 @@ async def running_bot(
         settings = Settings(
             _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url, admin_ids=[ADMIN]
         )
-        store = SubscriberStore(stores.redis, stores.postgres, stores.caches, settings.admin_id_set)
+        services = build_services(stores.redis, stores.postgres, stores.caches, settings.admin_id_set)
+        store = services.store
         bot = create_bot(DEFAULT_TOKEN, server.base_url)
         # A script types faster than any person: unless a test is about flooding, the gate is
         # wide open so a long conversation is not taken for a flood.
@@ -216,10 +218,9 @@ async def running_bot(
                 if isinstance(middleware, PacedRequestsMiddleware):
                     middleware.attach(sender)
         dispatcher = build_dispatcher(
+            services,
             settings=settings,
-            store=store,
             redis=stores.redis,
-            postgres=stores.postgres,
             flood_gate=gate,
             **dependencies,
         )

@@ -1,7 +1,8 @@
 """What may import what, read from the source with `ast`.
 
 Layers, lowest first: domain/ (pure rules: no I/O library, nothing above it), managers/
-(connections), services/ and payments/ (use cases), bot/ (Telegram). No layer imports one above it.
+(connections), services/ and payments/ (use cases), bot/ (Telegram). No layer imports one above it,
+and the handlers (bot.routers, bot.middlewares) skip a layer: they call services, never managers.
 
 The wheel ships bot/, services/, managers/, payments/ and standins/, not tests/ or bench/: none of
 them may import those two. The stand-ins are for the demo, the benches and the tests; in the
@@ -39,6 +40,7 @@ IO_LIBRARIES = (
 NOT_SHIPPED = ("tests", "bench")
 STANDINS = "standins"
 DEMO = "bot.demo"
+HANDLERS = ("bot.routers", "bot.middlewares")
 
 
 class Import(NamedTuple):
@@ -122,6 +124,8 @@ def _layer_violation(module: str, imported: str) -> str | None:
     other = LAYER.get(imported.split(".")[0])
     if other is not None and other > own:
         return "a lower layer imports a higher one"
+    if any(_within(module, handlers) for handlers in HANDLERS) and _within(imported, "managers"):
+        return "handlers call services, never managers"
     return None
 
 
@@ -171,6 +175,8 @@ def test_the_demo_is_what_the_walk_sees_importing_the_standins() -> None:
         ("domain.matching", "from managers.redis_manager import RedisManager\n", "domain.matching:1 imports managers"),
         ("domain.filters", "import redis.asyncio\n", "domain.filters:1 imports redis.asyncio"),
         ("domain.events", "from aiogram.types import Message\n", "domain.events:1 imports aiogram"),
+        ("bot.routers.presets", "from managers.postgres import PostgresManager\n", "bot.routers.presets:1 imports"),
+        ("bot.middlewares.subscriber", "import managers.redis_manager\n", "bot.middlewares.subscriber:1 imports"),
     ],
 )
 def test_checker_reports_a_wrong_import(module: str, source: str, wrong: str) -> None:
@@ -188,6 +194,8 @@ def test_checker_reports_a_wrong_import(module: str, source: str, wrong: str) ->
         ("services.replay", "from .filters import Filters\nfrom . import events\n"),
         ("bot.runtime", "from services.sender import Lane\nfrom domain.events import CallEvent\n"),
         ("managers.stream", "from domain.events import Event\n"),
+        ("bot.routers.presets", "from services.presets import PresetStore\n"),
+        ("bot.container", "from managers.postgres import PostgresManager\n"),
         ("domain.matching", "import numpy\nfrom domain.filters import Filters\n"),
     ],
 )

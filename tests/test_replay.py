@@ -15,6 +15,7 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.callbacks import FilterCB
 from bot.config import Settings
+from bot.container import build_services
 from bot.routers.replay import render_report
 from bot.runtime import build_dispatcher, create_bot
 from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, PriceEvent, TokenInfo
@@ -33,7 +34,7 @@ from services.replay import (
     replay,
     replay_for,
 )
-from services.subscribers import Subscriber, SubscriberStore
+from services.subscribers import Subscriber
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
 from tests.conftest import Stores
 
@@ -480,9 +481,9 @@ class Env:
 async def env(stores: Stores) -> AsyncIterator[Env]:
     async with FakeTelegramServer(limits=RateLimits.unlimited()) as server:
         settings = Settings(_env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url)
-        store = SubscriberStore(stores.redis, stores.postgres, stores.caches, settings.admin_id_set)
+        services = build_services(stores.redis, stores.postgres, stores.caches, settings.admin_id_set)
         bot = create_bot(DEFAULT_TOKEN, server.base_url)
-        dp: Dispatcher = build_dispatcher(settings=settings, store=store, redis=stores.redis, postgres=stores.postgres)
+        dp: Dispatcher = build_dispatcher(services, settings=settings, redis=stores.redis)
         polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False))
         try:
             yield Env(server, bot, stores.postgres)

@@ -125,6 +125,9 @@ async def test_health_and_metrics_endpoints(
                 assert response.status == 200
                 metrics = await response.text()
             assert "alertbot_redis_operations" in metrics
+            # Every component's numbers, read through its one stats method at scrape time.
+            for name in ("pipeline_calls", "queue_put", "delivery_published", "persistence_written", "cache_"):
+                assert f"alertbot_{name}" in metrics
     finally:
         await runtime.stop()
 

@@ -33,8 +33,8 @@ class SubscriberMiddleware(BaseMiddleware):
         user: User | None = data.get("event_from_user")
         if user is None or user.is_bot:
             return await handler(event, data)
-        store: SubscriberStore | None = data.get("store")
-        subscriber, first_contact = await _load(store, user) if store is not None else (None, False)
+        store: SubscriberStore = data["store"]
+        subscriber, first_contact = await _load(store, user)
         if subscriber is not None and subscriber.status == "banned":
             logger.info("dropped an update from banned user %s", user.id)
             return None
@@ -43,7 +43,7 @@ class SubscriberMiddleware(BaseMiddleware):
         if subscriber is None:
             subscriber = Subscriber(
                 telegram_id=user.id,
-                is_admin=store is not None and user.id in store.admin_ids,
+                is_admin=user.id in store.admin_ids,
                 language=pick_language(user.language_code),
                 username=user.username,
                 first_name=user.first_name,

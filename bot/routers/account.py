@@ -1,7 +1,7 @@
 """/status, /language, /plans, /privacy (with delete-my-data) and /paysupport.
 
 Each is a command and, except /paysupport, a main-menu screen as well. /paysupport forwards one
-request a minute per user: the minute is a Redis key with a TTL (through the RedisManager, so it
+request a minute per user: the minute is a Redis key with a TTL (services.accounts.PaySupportGate, so it
 holds across processes and restarts, and in its in-memory fallback while Redis is down), which
 also tells a second request how long to wait. The flood throttling, in memory per process and
 per update, answers a different question (many updates within seconds).
@@ -27,25 +27,13 @@ from bot.fsm_storage import fsm_keys
 from bot.routers.filters import filter_lines
 from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import LANGUAGE_NAMES, text
-from managers.postgres import PostgresManager
-from managers.redis_manager import RedisManager
-from services.accounts import AccountFigures, AccountService, Plan, plan_expiry_text
+from services.accounts import AccountFigures, AccountService, PaySupportGate, Plan, paysupport_key, plan_expiry_text
 from services.sender import AlertSender, Lane, OutgoingMessage
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.handlers")
 
 PAYSUPPORT_MAX = 1500  # characters of a support request forwarded to the admins
-PAYSUPPORT_INTERVAL = 60  # seconds between two support requests of one user
-
-
-def paysupport_key(telegram_id: int) -> str:
-    """Exists for PAYSUPPORT_INTERVAL seconds after the user's last forwarded request."""
-    return f"paysupport:{telegram_id}"
-
-
-def _accounts(store: SubscriberStore | None, postgres: PostgresManager | None) -> AccountService | None:
-    return AccountService(store, postgres) if store is not None and postgres is not None else None
 
 
 # ---------------------------------------------------------------------------------- /status
@@ -82,13 +70,11 @@ async def status(
     subscriber: Subscriber,
     language: str,
     bot: Bot,
-    store: SubscriberStore | None = None,
-    postgres: PostgresManager | None = None,
+    accounts: AccountService,
     subscriber_loaded: bool = True,
 ) -> None:
     await acknowledge(event)
-    accounts = _accounts(store, postgres)
-    if accounts is None or not subscriber_loaded:
+    if not subscriber_loaded:
         await show(event, text("unavailable", language), keyboards.back_only(language))
         return
     try:
@@ -115,12 +101,12 @@ async def choose_language(
     callback: CallbackQuery,
     callback_data: LanguageCB,
     subscriber: Subscriber,
-    store: SubscriberStore | None = None,
+    store: SubscriberStore,
     subscriber_loaded: bool = True,
 ) -> None:
     await acknowledge(callback)
     chosen = callback_data.code
-    if chosen not in LANGUAGE_NAMES or store is None or not subscriber_loaded:
+    if chosen not in LANGUAGE_NAMES or not subscriber_loaded:
         await show(callback, text("unavailable", chosen if chosen in LANGUAGE_NAMES else "en"))
         return
     try:
@@ -153,10 +139,8 @@ def plan_card(plan: Plan, language: str) -> str:
 
 
 async def plans_screen(
-    accounts: AccountService | None, language: str, intro: str | None = None
+    accounts: AccountService, language: str, intro: str | None = None
 ) -> tuple[str, InlineKeyboardMarkup]:
-    if accounts is None:
-        return text("unavailable", language), keyboards.back_only(language)
     try:
         offered = await accounts.plans()
     except StoreUnavailable:
@@ -169,38 +153,35 @@ async def plans_screen(
     return body, keyboards.plans([(plan.code, plan.title) for plan in offered], language)
 
 
-async def plan_screen(accounts: AccountService | None, code: str, language: str) -> tuple[str, InlineKeyboardMarkup]:
+async def plan_screen(accounts: AccountService, code: str, language: str) -> tuple[str, InlineKeyboardMarkup]:
     """One plan's card; an unknown code gets the list with a line saying so."""
-    if accounts is not None:
-        try:
-            for plan in await accounts.plans():
-                if plan.code == code:
-                    body = f"{plan_card(plan, language)}\n\n{text('plan_how_to_pay', language)}"
-                    return body, keyboards.back_only(language, "plans")
-        except StoreUnavailable:
-            return text("unavailable", language), keyboards.back_only(language)
+    try:
+        for plan in await accounts.plans():
+            if plan.code == code:
+                body = f"{plan_card(plan, language)}\n\n{text('plan_how_to_pay', language)}"
+                return body, keyboards.back_only(language, "plans")
+    except StoreUnavailable:
+        return text("unavailable", language), keyboards.back_only(language)
     return await plans_screen(accounts, language, intro=text("plan_unknown", language, code=html.escape(code)))
 
 
 async def plans(
     event: Message | CallbackQuery,
     language: str,
-    store: SubscriberStore | None = None,
-    postgres: PostgresManager | None = None,
+    accounts: AccountService,
 ) -> None:
     await acknowledge(event)
-    await show(event, *await plans_screen(_accounts(store, postgres), language))
+    await show(event, *await plans_screen(accounts, language))
 
 
 async def one_plan(
     callback: CallbackQuery,
     callback_data: PlanCB,
     language: str,
-    store: SubscriberStore | None = None,
-    postgres: PostgresManager | None = None,
+    accounts: AccountService,
 ) -> None:
     await acknowledge(callback)
-    await show(callback, *await plan_screen(_accounts(store, postgres), callback_data.code, language))
+    await show(callback, *await plan_screen(accounts, callback_data.code, language))
 
 
 # ---------------------------------------------------------------------------------- /privacy
@@ -217,8 +198,7 @@ async def privacy_action(
     subscriber: Subscriber,
     language: str,
     state: FSMContext,
-    store: SubscriberStore | None = None,
-    postgres: PostgresManager | None = None,
+    accounts: AccountService,
 ) -> None:
     await acknowledge(callback)
     if callback_data.action == "ask":
@@ -226,10 +206,6 @@ async def privacy_action(
         return
     if callback_data.action != "confirm":
         await show(callback, text("privacy_cancelled", language), keyboards.back_only(language))
-        return
-    accounts = _accounts(store, postgres)
-    if accounts is None:
-        await show(callback, text("unavailable", language))
         return
     await state.clear()
     chat_id = callback.message.chat.id if callback.message else subscriber.telegram_id
@@ -245,39 +221,25 @@ async def privacy_action(
 # ---------------------------------------------------------------------------------- /paysupport
 
 
-async def claim_paysupport(redis: RedisManager | None, telegram_id: int) -> int:
-    """0 when the user may write to the team now (their minute starts), else seconds to wait.
-    Without Redis at all a request goes through: a payment question matters more than a limit."""
-    if redis is None:
-        return 0
-    key = paysupport_key(telegram_id)
-    if await redis.set(key, "1", ex=PAYSUPPORT_INTERVAL, nx=True):
-        return 0
-    left = await redis.ttl(key)
-    if left == -2:  # expired in between: this request may go
-        return 0 if await redis.set(key, "1", ex=PAYSUPPORT_INTERVAL, nx=True) else 1
-    return left if left > 0 else PAYSUPPORT_INTERVAL
-
-
 async def paysupport(
     message: Message,
     command: CommandObject,
     subscriber: Subscriber,
     language: str,
     bot: Bot,
-    settings: Settings | None = None,
+    settings: Settings,
+    paysupport: PaySupportGate,
     sender: AlertSender | None = None,
-    redis: RedisManager | None = None,
 ) -> None:
     request = (command.args or "").strip()
     if not request:
         await message.answer(text("paysupport", language))
         return
-    admins = sorted(settings.admin_id_set) if settings is not None else []
+    admins = sorted(settings.admin_id_set)
     if not admins:
         await message.answer(text("paysupport_no_admins", language))
         return
-    wait = await claim_paysupport(redis, subscriber.telegram_id)
+    wait = await paysupport.claim(subscriber.telegram_id)
     if wait:
         logger.info(
             "payment support request from %s refused: the last one was under a minute ago", subscriber.telegram_id
@@ -302,8 +264,8 @@ async def paysupport(
         except TelegramAPIError as exc:
             logger.warning("could not forward a payment question to admin %s: %s", admin, exc)
     logger.info("payment support request from %s forwarded to %d admin(s)", subscriber.telegram_id, forwarded)
-    if not forwarded and redis is not None:
-        await redis.delete(paysupport_key(subscriber.telegram_id))  # nothing went: they may try again
+    if not forwarded:
+        await paysupport.release(subscriber.telegram_id)  # nothing went: they may try again
     await message.answer(text("paysupport_sent" if forwarded else "paysupport_no_admins", language))
 
 

@@ -49,15 +49,12 @@ def format_moment(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-async def grant(message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None) -> None:
+async def grant(message: Message, command: CommandObject, language: str, store: SubscriberStore) -> None:
     parts = (command.args or "").split()
     user_id = parse_user_id(parts[0]) if len(parts) == 2 else None
     days = parse_days(parts[1]) if len(parts) == 2 else None
     if user_id is None or days is None:
         await message.answer(text("grant_usage", language))
-        return
-    if store is None:
-        await message.answer(text("unavailable", language))
         return
     admin_id = message.from_user.id if message.from_user else None
     try:
@@ -89,14 +86,11 @@ async def _notify(message: Message, store: SubscriberStore, user_id: int, days: 
         logger.info("could not tell %s about their grant: %r", user_id, exc)
 
 
-async def revoke(message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None) -> None:
+async def revoke(message: Message, command: CommandObject, language: str, store: SubscriberStore) -> None:
     parts = (command.args or "").split()
     user_id = parse_user_id(parts[0]) if len(parts) == 1 else None
     if user_id is None:
         await message.answer(text("revoke_usage", language))
-        return
-    if store is None:
-        await message.answer(text("unavailable", language))
         return
     try:
         revoked = await store.revoke(user_id)
@@ -109,7 +103,7 @@ async def revoke(message: Message, command: CommandObject, language: str, store:
     await message.answer(text("revoke_done" if revoked else "revoke_none", language, user_id=user_id))
 
 
-async def refuse(message: Message, command: CommandObject, language: str, store: SubscriberStore | None = None) -> None:
+async def refuse(message: Message, command: CommandObject, language: str, store: SubscriberStore) -> None:
     user_id = message.from_user.id if message.from_user else None
     logger.warning("user %s is not an admin and tried /%s", user_id, command.command)
     if store is not None:

@@ -14,11 +14,11 @@ async def _set_paused(
     message: Message,
     subscriber: Subscriber,
     language: str,
-    store: SubscriberStore | None,
+    store: SubscriberStore,
     subscriber_loaded: bool,
     paused: bool,
 ) -> None:
-    if store is None or not subscriber_loaded:
+    if not subscriber_loaded:
         await message.answer(text("unavailable", language))
         return
     if subscriber.paused == paused:
@@ -42,7 +42,7 @@ async def pause(
     message: Message,
     subscriber: Subscriber,
     language: str,
-    store: SubscriberStore | None = None,
+    store: SubscriberStore,
     subscriber_loaded: bool = True,
 ) -> None:
     await _set_paused(message, subscriber, language, store, subscriber_loaded, True)
@@ -52,7 +52,7 @@ async def resume(
     message: Message,
     subscriber: Subscriber,
     language: str,
-    store: SubscriberStore | None = None,
+    store: SubscriberStore,
     subscriber_loaded: bool = True,
 ) -> None:
     await _set_paused(message, subscriber, language, store, subscriber_loaded, False)

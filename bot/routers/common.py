@@ -20,9 +20,8 @@ from bot.callbacks import MenuCB
 from bot.routers.account import plan_screen
 from bot.routers.screens import acknowledge, show
 from bot.texts import pick_language, text
-from managers.postgres import PostgresManager
 from services.accounts import AccountService, parse_start_payload
-from services.subscribers import Subscriber, SubscriberStore
+from services.subscribers import Subscriber
 
 logger = logging.getLogger("alertbot.handlers")
 
@@ -33,16 +32,14 @@ async def start(
     subscriber: Subscriber,
     language: str,
     state: FSMContext,
-    store: SubscriberStore | None = None,
-    postgres: PostgresManager | None = None,
+    accounts: AccountService,
     first_contact: bool = False,
 ) -> None:
     await state.clear()
     user = message.from_user
     name = html.escape(user.first_name if user and user.first_name else "there")
     link = parse_start_payload(command.args)
-    accounts = AccountService(store, postgres) if store is not None and postgres is not None else None
-    if link is not None and link[0] == "ref" and first_contact and accounts is not None:
+    if link is not None and link[0] == "ref" and first_contact:
         referrer = await accounts.record_referral(subscriber.telegram_id, link[1])
         logger.info("user %s came by invite %r (referrer %s)", subscriber.telegram_id, link[1], referrer)
     await message.answer(

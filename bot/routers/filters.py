@@ -124,7 +124,7 @@ async def set_command(
     command: CommandObject,
     subscriber: Subscriber,
     language: str,
-    store: SubscriberStore | None = None,
+    store: SubscriberStore,
     subscriber_loaded: bool = True,
 ) -> None:
     parts = (command.args or "").split(maxsplit=1)
@@ -142,7 +142,7 @@ async def set_command(
     except FilterValueError as exc:
         await message.answer(value_error(name, raw_value, exc, language))
         return
-    if store is None or not subscriber_loaded:
+    if not subscriber_loaded:
         await message.answer(text("unavailable", language))
         return
     try:
@@ -182,7 +182,7 @@ async def unset_command(
     command: CommandObject,
     subscriber: Subscriber,
     language: str,
-    store: SubscriberStore | None = None,
+    store: SubscriberStore,
     subscriber_loaded: bool = True,
 ) -> None:
     raw_name = (command.args or "").strip()
@@ -195,7 +195,7 @@ async def unset_command(
     except FilterValueError:
         await message.answer(text("filter_unknown", language, name=_echo(raw_name), names=_names()))
         return
-    if store is None or not subscriber_loaded:
+    if not subscriber_loaded:
         await message.answer(text("unavailable", language))
         return
     if updated == subscriber.filters:

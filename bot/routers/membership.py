@@ -35,9 +35,7 @@ def membership_status(new_status: str, current: str) -> str | None:
     return None
 
 
-async def on_my_chat_member(update: ChatMemberUpdated, store: SubscriberStore | None = None) -> None:
-    if store is None:
-        return
+async def on_my_chat_member(update: ChatMemberUpdated, store: SubscriberStore) -> None:
     chat_id = update.chat.id
     try:
         subscriber = await store.get(chat_id)

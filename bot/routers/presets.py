@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import logging
-import weakref
 
 from aiogram import Bot, F, Router
 from aiogram.exceptions import TelegramAPIError
@@ -24,7 +23,6 @@ from bot.routers.filters import filter_lines
 from bot.routers.screens import acknowledge, edit_or_send, with_notice
 from bot.texts import pick_language, text
 from domain.filters import Filters
-from managers.postgres import PostgresManager
 from services.presets import (
     Preset,
     PresetDefinitionError,
@@ -41,17 +39,6 @@ logger = logging.getLogger("alertbot.presets")
 MAX_LISTED = 20  # presets shown (and given buttons) on one screen
 MESSAGE_BUDGET = 3800  # of Telegram's 4096 UTF-16 units, leaving room for the markup's overhead
 BUTTON_TITLE = 28  # characters of a title on a button
-
-# One PresetStore per PostgresManager, so its short list cache serves every handler call; weak,
-# so a test's or a restarted runtime's manager does not stay alive through it.
-_stores: weakref.WeakKeyDictionary[PostgresManager, PresetStore] = weakref.WeakKeyDictionary()
-
-
-def preset_store(postgres: PostgresManager) -> PresetStore:
-    store = _stores.get(postgres)
-    if store is None:
-        store = _stores[postgres] = PresetStore(postgres)
-    return store
 
 
 def _filters_block(filters: Filters, language: str) -> str:
@@ -112,18 +99,15 @@ async def presets_command(
     message: Message,
     subscriber: Subscriber,
     language: str,
-    postgres: PostgresManager | None = None,
+    presets: PresetStore,
 ) -> None:
-    if postgres is None:
-        await message.answer(text("unavailable", language))
-        return
     try:
-        presets = await preset_store(postgres).list()
+        listed = await presets.list()
     except StoreUnavailable:
         await message.answer(text("unavailable", language))
         return
     # Without the stored subscriber the list still shows; only the "followed" mark is unknown.
-    body, markup = render_presets(presets, subscriber, language)
+    body, markup = render_presets(listed, subscriber, language)
     await message.answer(body, reply_markup=markup)
 
 
@@ -131,18 +115,15 @@ async def presets_screen(
     callback: CallbackQuery,
     subscriber: Subscriber,
     language: str,
-    postgres: PostgresManager | None = None,
+    presets: PresetStore,
 ) -> None:
-    if postgres is None:
-        await acknowledge(callback, text("unavailable", language), alert=True)
-        return
     await acknowledge(callback)
     try:
-        presets = await preset_store(postgres).list()
+        listed = await presets.list()
     except StoreUnavailable:
         await edit_or_send(callback, text("unavailable", language), _back_to_menu(language))
         return
-    body, markup = render_presets(presets, subscriber, language)
+    body, markup = render_presets(listed, subscriber, language)
     await edit_or_send(callback, body, markup)
 
 
@@ -151,13 +132,13 @@ async def preset_action(
     callback_data: PresetCB,
     subscriber: Subscriber,
     language: str,
-    store: SubscriberStore | None = None,
-    postgres: PostgresManager | None = None,
+    store: SubscriberStore,
+    presets: PresetStore,
     subscriber_loaded: bool = True,
 ) -> None:
     """apply / follow / unfollow CODE (and show: the list again). The press is answered first;
     the screen shows the new "followed" mark and the result comes as a message of its own."""
-    if store is None or postgres is None or not subscriber_loaded:
+    if not subscriber_loaded:
         await acknowledge(callback, text("unavailable", language), alert=True)
         return
     action, code = callback_data.action, callback_data.code
@@ -165,7 +146,6 @@ async def preset_action(
         await acknowledge(callback, text("preset_not_followed", language))
         return
     await acknowledge(callback)
-    presets = preset_store(postgres)
     try:
         if action in ("apply", "follow"):
             preset = await presets.get(code)
@@ -274,18 +254,17 @@ async def _sync_followers(
     return updated, failed
 
 
-async def _setpreset_help(message: Message, language: str, postgres: PostgresManager | None) -> None:
+async def _setpreset_help(message: Message, language: str, presets: PresetStore) -> None:
     body = text("setpreset_usage", language)
-    if postgres is not None:
-        try:
-            presets = await preset_store(postgres).list()
-        except StoreUnavailable:
-            presets = []
-        if presets:
-            definitions = "\n".join(
-                f"<code>/setpreset {html.escape(preset_definition(p))}</code>" for p in presets[:MAX_LISTED]
-            )
-            body += "\n\n" + text("setpreset_current", language, definitions=definitions)
+    try:
+        listed = await presets.list()
+    except StoreUnavailable:
+        listed = []
+    if listed:
+        definitions = "\n".join(
+            f"<code>/setpreset {html.escape(preset_definition(p))}</code>" for p in listed[:MAX_LISTED]
+        )
+        body += "\n\n" + text("setpreset_current", language, definitions=definitions)
     await message.answer(body)
 
 
@@ -293,14 +272,14 @@ async def set_preset(
     message: Message,
     command: CommandObject,
     language: str,
-    store: SubscriberStore | None = None,
-    postgres: PostgresManager | None = None,
+    store: SubscriberStore,
+    presets: PresetStore,
     sender: AlertSender | None = None,
 ) -> None:
     """/setpreset CODE ["Title" ["Description"]] NAME=VALUE ...: create or change a preset."""
     args = (command.args or "").strip()
     if not args:
-        await _setpreset_help(message, language, postgres)
+        await _setpreset_help(message, language, presets)
         return
     try:
         definition = parse_preset_definition(args)
@@ -309,10 +288,6 @@ async def set_preset(
             text("setpreset_error", language, reason=html.escape(str(exc)), usage=text("setpreset_usage", language))
         )
         return
-    if store is None or postgres is None:
-        await message.answer(text("unavailable", language))
-        return
-    presets = preset_store(postgres)
     admin_id = _admin_id(message)
     try:
         old, new = await presets.upsert(
@@ -361,8 +336,8 @@ async def delete_preset(
     message: Message,
     command: CommandObject,
     language: str,
-    store: SubscriberStore | None = None,
-    postgres: PostgresManager | None = None,
+    store: SubscriberStore,
+    presets: PresetStore,
     sender: AlertSender | None = None,
 ) -> None:
     """/delpreset CODE: its followers keep their filters and follow nothing."""
@@ -371,10 +346,6 @@ async def delete_preset(
     if not valid_code(code):
         await message.answer(text("delpreset_usage", language))
         return
-    if store is None or postgres is None:
-        await message.answer(text("unavailable", language))
-        return
-    presets = preset_store(postgres)
     try:
         await store.flush_pending()
         # Read before the delete: PostgreSQL's ON DELETE SET NULL forgets who followed.

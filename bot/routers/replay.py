@@ -16,8 +16,7 @@ from aiogram.types import CallbackQuery
 
 from bot.callbacks import FilterCB
 from bot.texts import text
-from managers.postgres import PostgresManager
-from services.replay import DEFAULT_HOURS, ReplayAlert, ReplayReport, replay_for
+from services.replay import DEFAULT_HOURS, FilterReplay, ReplayAlert, ReplayReport
 from services.subscribers import PG_FAILURES, Subscriber
 
 logger = logging.getLogger("alertbot.handlers")
@@ -65,17 +64,17 @@ async def replay_pressed(
     bot: Bot,
     subscriber: Subscriber,
     language: str,
-    postgres: PostgresManager | None = None,
+    replay: FilterReplay,
     subscriber_loaded: bool = True,
 ) -> None:
     await callback.answer(text("replay_working", language))
     chat_id = callback.message.chat.id if callback.message is not None else callback.from_user.id
-    if postgres is None or not subscriber_loaded:
+    if not subscriber_loaded:
         # Without the stored subscriber the filters are a stand-in's: replaying those would mislead.
         await bot.send_message(chat_id, text("unavailable", language))
         return
     try:
-        report = await replay_for(postgres, subscriber.filters, datetime.now(UTC))
+        report = await replay.report(subscriber.filters, datetime.now(UTC))
     except PG_FAILURES as exc:  # PostgresNotStarted among them
         logger.warning("filter replay for %s failed: %r", subscriber.telegram_id, exc)
         await bot.send_message(chat_id, text("replay_unavailable", language))

@@ -87,7 +87,7 @@ async def receive_value(
     state: FSMContext,
     subscriber: Subscriber,
     language: str,
-    store: SubscriberStore | None = None,
+    store: SubscriberStore,
     subscriber_loaded: bool = True,
 ) -> None:
     name = (await state.get_data()).get("name")
@@ -101,7 +101,7 @@ async def receive_value(
         # Nothing saved; the state stays, so the next message is taken as the value again.
         await message.answer(f"{value_error(name, raw, exc, language)}\n{text('flow_try_again', language)}")
         return
-    if store is None or not subscriber_loaded:
+    if not subscriber_loaded:
         await message.answer(text("unavailable", language))
         return
     try:
@@ -121,7 +121,7 @@ async def reset_one(
     subscriber: Subscriber,
     language: str,
     state: FSMContext,
-    store: SubscriberStore | None = None,
+    store: SubscriberStore,
     subscriber_loaded: bool = True,
 ) -> None:
     name = callback_data.name
@@ -130,7 +130,7 @@ async def reset_one(
         return
     await acknowledge(callback)
     await state.clear()
-    if store is None or not subscriber_loaded:
+    if not subscriber_loaded:
         await show(callback, text("unavailable", language))
         return
     if name not in subscriber.filters.to_dict():
@@ -153,12 +153,12 @@ async def reset_all(
     subscriber: Subscriber,
     language: str,
     state: FSMContext,
-    store: SubscriberStore | None = None,
+    store: SubscriberStore,
     subscriber_loaded: bool = True,
 ) -> None:
     await acknowledge(callback)
     await state.clear()
-    if store is None or not subscriber_loaded:
+    if not subscriber_loaded:
         await show(callback, text("unavailable", language))
         return
     saved = subscriber

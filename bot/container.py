@@ -1,0 +1,46 @@
+"""The services handlers use, built once per runtime and handed to them through the dispatcher.
+
+Handlers ask for them by field name (`store`, `accounts`, `presets`, `replay`, `paysupport`);
+they never see a store manager. Each service talks to the managers itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from managers.postgres import PostgresManager
+from managers.redis_manager import RedisManager
+from services.accounts import AccountService, PaySupportGate
+from services.cache import CacheRegistry
+from services.presets import PresetStore
+from services.replay import FilterReplay
+from services.subscribers import SubscriberStore
+
+
+@dataclass(frozen=True)
+class Services:
+    store: SubscriberStore
+    accounts: AccountService
+    presets: PresetStore
+    replay: FilterReplay
+    paysupport: PaySupportGate
+
+    def workflow_data(self) -> dict[str, Any]:
+        """Each service under its field name, for `Dispatcher(**...)`."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+def build_services(
+    redis: RedisManager, postgres: PostgresManager, caches: CacheRegistry, admin_ids: Iterable[int]
+) -> Services:
+    """Every handler-facing service, once; call after the stores are started."""
+    store = SubscriberStore(redis, postgres, caches, frozenset(admin_ids))
+    return Services(
+        store=store,
+        accounts=AccountService(store, postgres),
+        presets=PresetStore(postgres),
+        replay=FilterReplay(postgres),
+        paysupport=PaySupportGate(redis),
+    )
