@@ -1,4 +1,4 @@
-"""Delivery engine (AlertSender) against the test Bot API, which enforces Telegram's limits.
+"""Delivery engine (MessageSender) against the test Bot API, which enforces Telegram's limits.
 
     python -m bench.delivery [--alerts N] [--chats N] [--scenario all|steady|burst429|paid] [--quick]
 
@@ -12,7 +12,7 @@ sender has a core to itself and every send is a real HTTP request. Scenarios, on
             no 429, no chat sent two messages within a second. 10,000 take ~5.5 minutes.
 * burst429  --burst-alerts alerts to as many chats; once ~100 are accepted the server answers
             429 "retry after 5" to every request for 5 s. Target: nothing lost, one pause of ~5 s.
-* paid      --paid-alerts alerts to distinct chats, AlertSender(paid_broadcast=True,
+* paid      --paid-alerts alerts to distinct chats, MessageSender(paid_broadcast=True,
             workers=--workers); target >= 900 msg/s sustained, no 429.
 
 Columns (times are the server's clock of acceptance):
@@ -42,7 +42,7 @@ from typing import Any
 
 from bench.bot_api_process import Accepted, BotApiProcess, Burst, Progress
 from bench.table import print_markdown
-from services.sender import AlertSender, OutgoingMessage
+from services.sender import MessageSender, OutgoingMessage
 from standins.telegram import RateLimits
 
 FIRST_CHAT = 1_000_000
@@ -149,7 +149,7 @@ async def run(scenario: str, alerts: int, chats: int, *, workers: int | None = N
         if workers is not None:
             options["workers"] = workers
         try:
-            async with AlertSender(bot, digest=None, **options) as sender:  # type: ignore[arg-type]  # paid_broadcast: bool, workers: int
+            async with MessageSender(bot, digest=None, **options) as sender:  # type: ignore[arg-type]  # paid_broadcast: bool, workers: int
                 for i in range(alerts):
                     chat = FIRST_CHAT + i % chats
                     sender.submit(OutgoingMessage(chat, f"<b>Alert {i}</b> for chat <code>{chat}</code>", kind="alert"))

@@ -55,8 +55,8 @@ from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
 from services.delivery_queue import STREAM_KEY, DeliveryQueue
 from services.event_queue import EventQueue
-from services.notification import AlertBatch, NotificationService, ProcessingWorkers
-from services.sender import AlertSender
+from services.pipeline import AlertBatch, CallPipeline, ProcessingWorkers
+from services.sender import MessageSender
 from standins.feedgen import load_sample
 
 BENCH_DB = 14
@@ -284,10 +284,10 @@ async def run_pipeline(
     if outbox:
         # The sender is never started: with Redis up, alerts only go to the stream.
         bot = Bot("1:bench")
-        alert_outbox = AlertRenderer(DeliveryQueue(manager, None, AlertSender(bot), consumer="bench"), index)
+        alert_outbox = AlertRenderer(DeliveryQueue(manager, None, MessageSender(bot), consumer="bench"), index)
         drain = StreamDrain(manager)
         await drain.start()
-    service = NotificationService(
+    service = CallPipeline(
         index=index,
         ledger=AlertLedger(manager),
         channels=directory,

@@ -53,9 +53,9 @@ from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
 from services.metrics import Metrics, NumbersProvider
-from services.notification import NotificationService, ProcessingWorkers
 from services.persistence import PersistenceWriter
-from services.sender import AlertSender, DigestPolicy
+from services.pipeline import CallPipeline, ProcessingWorkers
+from services.sender import DigestPolicy, MessageSender
 from services.sol_price import SolPriceSource
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
 
@@ -133,9 +133,9 @@ class Parts:
     services: Services
     index_sync: IndexSync
     persistence: PersistenceWriter
-    sender: AlertSender
+    sender: MessageSender
     delivery: DeliveryQueue
-    service: NotificationService
+    service: CallPipeline
     workers: ProcessingWorkers
     dispatcher: Dispatcher
 
@@ -203,7 +203,7 @@ class Runtime:
         return self.parts.persistence
 
     @property
-    def sender(self) -> AlertSender:
+    def sender(self) -> MessageSender:
         return self.parts.sender
 
     @property
@@ -211,7 +211,7 @@ class Runtime:
         return self.parts.delivery
 
     @property
-    def service(self) -> NotificationService:
+    def service(self) -> CallPipeline:
         return self.parts.service
 
     @property
@@ -321,7 +321,7 @@ class Runtime:
         async def recipient_gone(chat_id: int, reason: str) -> None:
             await self._recipient_gone(store, chat_id, reason)
 
-        sender = AlertSender(
+        sender = MessageSender(
             bot,
             on_gone=recipient_gone,
             paid_broadcast=settings.paid_broadcast,
@@ -339,7 +339,7 @@ class Runtime:
 
         self._stack.push_async_callback(stop_delivery)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
-        service = NotificationService(
+        service = CallPipeline(
             index=self.index,
             ledger=ledger,
             channels=channels,
@@ -380,7 +380,7 @@ class Runtime:
         subscriber = self.index.get(chat_id)
         return render_digest(lines, subscriber.language if subscriber else "en")
 
-    async def _stop_delivery(self, delivery: DeliveryQueue, sender: AlertSender, *, drain: bool) -> None:
+    async def _stop_delivery(self, delivery: DeliveryQueue, sender: MessageSender, *, drain: bool) -> None:
         """Stop handing out queued alerts, let the sends in flight finish and be acknowledged.
 
         What is still queued stays in the Redis stream for the next start; only an embedded

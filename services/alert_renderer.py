@@ -10,7 +10,7 @@ from domain.alert_text import render_alert, render_digest_line
 from domain.matching import SubscriberIndex
 from domain.messages import alert_lane
 from services.delivery_queue import DeliveryQueue, RenderedAlert
-from services.notification import AlertBatch
+from services.pipeline import AlertBatch
 
 
 class AlertRenderer:

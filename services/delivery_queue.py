@@ -44,7 +44,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from managers.postgres import PostgresManager, is_connection_failure
 from managers.redis_manager import RedisManager, RedisUnavailable
-from services.sender import AlertSender, Outcome, OutgoingMessage
+from services.sender import MessageSender, Outcome, OutgoingMessage
 
 logger = logging.getLogger("alertbot.delivery")
 
@@ -205,7 +205,7 @@ class DeliveryQueue:
         self,
         redis: RedisManager,
         postgres: PostgresManager | None,
-        sender: AlertSender,
+        sender: MessageSender,
         *,
         consumer: str,
         window: int = DEFAULT_WINDOW,

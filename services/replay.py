@@ -1,7 +1,7 @@
 """Filter replay ("test my filters"): what a subscriber's filters would have brought in the last day.
 
 `replay` is the rule, pure and in one place: it runs one subscriber's filters over recorded
-calls the way the live pipeline (services.notification + domain.matching) decides alerts, and
+calls the way the live pipeline (services.pipeline + domain.matching) decides alerts, and
 says how many of those alerts reached 2x afterwards. `load_replay_day` reads what it needs from
 PostgreSQL in four queries; `replay_for` puts the two together, and `FilterReplay` (one per
 runtime) shares one loaded day between everyone who presses the button within a minute.

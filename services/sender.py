@@ -2,7 +2,7 @@
 
 Telegram's limits (bots FAQ): about 30 messages per second per bot, 1 per second per private
 chat, 20 per minute per group or channel; beyond them it answers 429 with `retry_after`.
-`AlertSender` keeps below all three on its own:
+`MessageSender` keeps below all three on its own:
 
 * one pacer task hands out sends one at a time through an aiolimiter leaky bucket holding
   PACE_CATCH_UP (10 ms) of sends: evenly spaced, and after an idle spell no burst beyond that
@@ -82,7 +82,7 @@ from aiolimiter import AsyncLimiter
 from domain.messages import Lane, OutgoingMessage, log_pairs
 
 __all__ = [
-    "AlertSender",
+    "MessageSender",
     "DeliveryError",
     "DigestPolicy",
     "Lane",
@@ -243,7 +243,7 @@ class _Counters:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
 
-class AlertSender:
+class MessageSender:
     """Queue messages with `submit` (or `send_now` for the result); they go out at Telegram's pace."""
 
     def __init__(
@@ -347,7 +347,7 @@ class AlertSender:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         self._drop_queued()
 
-    async def __aenter__(self) -> AlertSender:
+    async def __aenter__(self) -> MessageSender:
         await self.start()
         return self
 

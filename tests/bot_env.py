@@ -23,7 +23,7 @@ from bot.middlewares.throttling import FloodGate
 from bot.runtime import build_dispatcher, create_bot
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
-from services.sender import AlertSender
+from services.sender import MessageSender
 from services.subscribers import SubscriberStore
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
 from tests.conftest import Stores
@@ -78,7 +78,7 @@ class BotEnv:
     store: SubscriberStore
     stores: Stores
     dispatcher: Dispatcher
-    sender: AlertSender | None = None
+    sender: MessageSender | None = None
     handled: HandledUpdates = field(default_factory=HandledUpdates)
 
     def chat(self, user_id: int, language_code: str = "en", first_name: str = "Ann") -> Chat:
@@ -176,7 +176,7 @@ class StoreEnv:
     store: SubscriberStore
     redis: RedisManager
     postgres: PostgresManager
-    sender: AlertSender | None = None
+    sender: MessageSender | None = None
 
     @classmethod
     def of(cls, running: BotEnv) -> StoreEnv:
@@ -197,7 +197,7 @@ async def running_bot(
     limits: RateLimits | None = None,
     **dependencies: Any,
 ) -> AsyncIterator[BotEnv]:
-    """With `with_sender`, a started AlertSender (built with `sender_options`) paces the handlers'
+    """With `with_sender`, a started MessageSender (built with `sender_options`) paces the handlers'
     own requests and is theirs to queue messages on, as in production. The double enforces no
     limits unless `limits` says so."""
     async with FakeTelegramServer(limits=limits or RateLimits.unlimited()) as server:
@@ -210,7 +210,7 @@ async def running_bot(
         # A script types faster than any person: unless a test is about flooding, the gate is
         # wide open so a long conversation is not taken for a flood.
         gate = flood_gate or FloodGate(burst=10_000)
-        sender = AlertSender(bot, **(sender_options or {})) if with_sender else None
+        sender = MessageSender(bot, **(sender_options or {})) if with_sender else None
         if sender is not None:
             await sender.start()
             dependencies["sender"] = sender

@@ -19,7 +19,7 @@ from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
 from domain.filters import Filters
 from managers.redis_manager import RedisManager
 from services.delivery_queue import Delivery, DeliveryQueue
-from services.sender import AlertSender, Lane
+from services.sender import Lane, MessageSender
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample
 from standins.oracle import expected_alerts
@@ -268,7 +268,7 @@ async def test_while_redis_is_down_publishing_waits_for_room_in_the_direct_path(
         redis = RedisManager.from_url(proxy.url("redis", parts.path))
         await redis.start()
         bot = telegram.create_bot()
-        sender = AlertSender(bot)
+        sender = MessageSender(bot)
         await sender.start()
         try:
             await proxy.stop_forwarding()
@@ -307,7 +307,7 @@ async def test_alerts_sent_while_redis_is_down_are_recorded_in_deliveries(redis_
         redis = RedisManager.from_url(proxy.url("redis", parts.path))
         await redis.start()
         bot = telegram.create_bot()
-        sender = AlertSender(bot)
+        sender = MessageSender(bot)
         await sender.start()
         queue = DeliveryQueue(redis, postgres, sender, consumer="sender-a")
         await queue.start()

@@ -20,14 +20,14 @@ from domain.alert_text import render_alert, render_digest, render_digest_line
 from domain.events import CallerLine, TokenInfo
 from services.delivery_queue import GROUP, STREAM_KEY, Delivery, DeliveryQueue
 from services.metrics import Metrics
-from services.sender import AlertSender, DigestPolicy, Lane, Outcome, OutgoingMessage
+from services.sender import DigestPolicy, Lane, MessageSender, Outcome, OutgoingMessage
 from standins.telegram import FakeTelegramServer, RateLimits
 from tests.conftest import Stores
 
 
 @dataclass
 class Engine:
-    sender: AlertSender
+    sender: MessageSender
     queue: DeliveryQueue
 
     async def stop(self) -> None:
@@ -46,7 +46,7 @@ async def start_engine(
     window: int = 1_000,
     **sender_options: object,
 ) -> Engine:
-    sender = AlertSender(bot, **sender_options)  # type: ignore[arg-type]
+    sender = MessageSender(bot, **sender_options)  # type: ignore[arg-type]
     await sender.start()
     queue = DeliveryQueue(
         stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle, window=window
@@ -180,7 +180,7 @@ async def test_a_backlog_for_one_chat_becomes_one_digest(server: FakeTelegramSer
     digest = DigestPolicy(
         lambda chat, lines: [("<b>digest</b>\n" + "\n".join(lines), len(lines))], threshold=5, max_delay=60
     )
-    async with AlertSender(server.create_bot(), digest=digest) as sender:
+    async with MessageSender(server.create_bot(), digest=digest) as sender:
         for i in range(8):
             sender.submit(OutgoingMessage(55, f"<b>alert {i}</b>", digest_line=f"line {i}"), on_done=outcomes.append)
     [message] = server.messages_to(55)
@@ -194,7 +194,7 @@ async def test_alerts_that_waited_too_long_are_merged(server: FakeTelegramServer
     digest = DigestPolicy(
         lambda chat, lines: [("digest: " + ", ".join(lines), len(lines))], threshold=50, max_delay=0.3
     )
-    async with AlertSender(server.create_bot(), digest=digest) as sender:
+    async with MessageSender(server.create_bot(), digest=digest) as sender:
         for i in range(3):
             sender.submit(OutgoingMessage(56, f"alert {i}", digest_line=str(i)))
     texts = [m.raw_text for m in server.messages_to(56)]
@@ -203,10 +203,10 @@ async def test_alerts_that_waited_too_long_are_merged(server: FakeTelegramServer
 
 
 async def test_a_photo_alert_falls_back_to_text_when_telegram_refuses_the_image(server: FakeTelegramServer) -> None:
-    async with AlertSender(server.create_bot()) as sender:
+    async with MessageSender(server.create_bot()) as sender:
         sender.submit(OutgoingMessage(57, "<b>with picture</b>", photo_url="https://img.example/ok.png"))
     server.force_error(400, "Bad Request: failed to get HTTP URL content", methods=["sendPhoto"])
-    async with AlertSender(server.create_bot()) as sender:
+    async with MessageSender(server.create_bot()) as sender:
         sender.submit(OutgoingMessage(58, "<b>picture gone</b>", photo_url="https://img.example/missing.png"))
     [with_photo] = server.messages_to(57)
     [fallback] = server.messages_to(58)
@@ -216,7 +216,7 @@ async def test_a_photo_alert_falls_back_to_text_when_telegram_refuses_the_image(
 
 
 async def test_a_long_alert_goes_as_text_not_as_a_cut_caption(server: FakeTelegramServer) -> None:
-    async with AlertSender(server.create_bot()) as sender:
+    async with MessageSender(server.create_bot()) as sender:
         sender.submit(OutgoingMessage(59, "x" * 1500, photo_url="https://img.example/ok.png"))
     [message] = server.messages_to(59)
     assert message.method == "sendMessage"
@@ -225,7 +225,7 @@ async def test_a_long_alert_goes_as_text_not_as_a_cut_caption(server: FakeTelegr
 async def test_paid_broadcast_goes_past_30_a_second_without_a_429() -> None:
     async with FakeTelegramServer(limits=RateLimits(paid_per_second=1000)) as telegram:
         bot = telegram.create_bot()
-        async with AlertSender(bot, paid_broadcast=True, workers=64) as sender:
+        async with MessageSender(bot, paid_broadcast=True, workers=64) as sender:
             assert sender.global_rate == 1000
             for i in range(200):
                 sender.submit(OutgoingMessage(10_000 + i, f"alert {i}"))
@@ -377,7 +377,7 @@ async def test_delivery_rows_written_while_postgresql_is_down_arrive_once_it_is_
             max_size=2,
         )
         await postgres.start()
-        sender = AlertSender(server.create_bot(), paid_broadcast=True)
+        sender = MessageSender(server.create_bot(), paid_broadcast=True)
         await sender.start()
         queue = DeliveryQueue(stores.redis, postgres, sender, consumer="sender-a")
         await queue.start()

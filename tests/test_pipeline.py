@@ -18,7 +18,7 @@ from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
-from services.notification import AlertBatch, NotificationService
+from services.pipeline import AlertBatch, CallPipeline
 
 
 def _split(batch: AlertBatch) -> list[AlertBatch]:
@@ -68,10 +68,10 @@ async def redis(redis_url: str) -> AsyncIterator[RedisManager]:
     await manager.close()
 
 
-async def build(redis: RedisManager, sent: list[AlertBatch]) -> NotificationService:
+async def build(redis: RedisManager, sent: list[AlertBatch]) -> CallPipeline:
     caches = CacheRegistry(redis)
     channels = ChannelDirectory(redis, None, caches)
-    service = NotificationService(
+    service = CallPipeline(
         index=SubscriberIndex(SUBSCRIBERS),
         ledger=AlertLedger(redis),
         channels=channels,
@@ -237,7 +237,7 @@ async def test_a_script_flushed_from_redis_is_loaded_again(redis: RedisManager) 
 
 async def test_one_failing_call_in_a_batch_loses_none_of_the_others(redis: RedisManager) -> None:
     from services.event_queue import EventQueue
-    from services.notification import ProcessingWorkers
+    from services.pipeline import ProcessingWorkers
 
     sent: list[AlertBatch] = []
 

@@ -1,4 +1,4 @@
-"""AlertSender against the Telegram double with its real limits switched on.
+"""MessageSender against the Telegram double with its real limits switched on.
 
 Nothing of ours is patched: the double answers 429 when a limit is exceeded, 403 for a blocked
 chat and so on, exactly as Telegram would. Timing assertions are lower bounds on spacing, read
@@ -17,7 +17,7 @@ from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from services.sender import AlertSender, DeliveryError, Lane, OutgoingMessage
+from services.sender import DeliveryError, Lane, MessageSender, OutgoingMessage
 from standins.tcp_proxy import TcpProxy
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits
 
@@ -54,7 +54,7 @@ def send_attempts(server: FakeTelegramServer, chat_id: int) -> list[int]:
 
 
 async def test_sixty_chats_all_delivered_without_a_single_429(server: FakeTelegramServer, bot: Bot) -> None:
-    async with AlertSender(bot) as sender:  # default pace: 30/s, Telegram's global limit
+    async with MessageSender(bot) as sender:  # default pace: 30/s, Telegram's global limit
         for i in range(60):
             sender.submit(OutgoingMessage(1000 + i, f"<b>alert</b> {i}"))
     assert sorted(r.chat_id for r in server.sent) == [1000 + i for i in range(60)]
@@ -65,7 +65,7 @@ async def test_sixty_chats_all_delivered_without_a_single_429(server: FakeTelegr
 
 
 async def test_one_private_chat_gets_its_messages_in_order_a_second_apart(server: FakeTelegramServer, bot: Bot) -> None:
-    async with AlertSender(bot) as sender:
+    async with MessageSender(bot) as sender:
         for i in range(3):
             sender.submit(OutgoingMessage(77, f"message {i}"))
     records = server.messages_to(77)
@@ -76,7 +76,7 @@ async def test_one_private_chat_gets_its_messages_in_order_a_second_apart(server
 
 
 async def test_a_waiting_chat_does_not_hold_up_other_chats(server: FakeTelegramServer, bot: Bot) -> None:
-    async with AlertSender(bot) as sender:
+    async with MessageSender(bot) as sender:
         sender.submit(OutgoingMessage(1, "A first"))
         sender.submit(OutgoingMessage(1, "A second"))  # must wait a second for chat 1
         sender.submit(OutgoingMessage(2, "B"))  # submitted after A's second, yet need not wait for it
@@ -91,7 +91,7 @@ async def test_group_spacing_follows_the_group_rate() -> None:
     limits = RateLimits(group_per_minute=20, group_window=6.0)
     async with FakeTelegramServer(limits=limits) as server:
         group_bot = server.create_bot()
-        async with AlertSender(group_bot, group_rate_per_minute=200) as sender:
+        async with MessageSender(group_bot, group_rate_per_minute=200) as sender:
             for i in range(3):
                 sender.submit(OutgoingMessage(-1001234567890, f"group {i}"))
         await group_bot.session.close()
@@ -103,7 +103,7 @@ async def test_group_spacing_follows_the_group_rate() -> None:
 
 async def test_flood_wait_pauses_everything_and_loses_nothing(server: FakeTelegramServer, bot: Bot) -> None:
     server.force_retry_after(1)  # every request answers 429 retry_after=1 for one second
-    async with AlertSender(bot, global_rate=20) as sender:
+    async with MessageSender(bot, global_rate=20) as sender:
         for i in range(10):
             sender.submit(OutgoingMessage(500 + i, f"after flood {i}"))
     for i in range(10):
@@ -120,7 +120,7 @@ async def test_flood_wait_pauses_everything_and_loses_nothing(server: FakeTelegr
 async def test_blocked_chat_reported_once_and_not_retried(server: FakeTelegramServer, bot: Bot) -> None:
     server.block_chat(31)
     gone: list[tuple[int, str]] = []
-    async with AlertSender(bot, on_gone=lambda chat_id, reason: gone.append((chat_id, reason))) as sender:
+    async with MessageSender(bot, on_gone=lambda chat_id, reason: gone.append((chat_id, reason))) as sender:
         sender.submit(OutgoingMessage(31, "to a blocked chat"))
         sender.submit(OutgoingMessage(32, "to a reachable chat"))
     assert gone == [(31, "Forbidden: bot was blocked by the user")]
@@ -137,7 +137,7 @@ async def test_deleted_chat_is_gone_and_its_queue_dropped(server: FakeTelegramSe
     async def on_gone(chat_id: int, reason: str) -> None:
         gone.append((chat_id, reason))
 
-    async with AlertSender(bot, on_gone=on_gone) as sender:
+    async with MessageSender(bot, on_gone=on_gone) as sender:
         for i in range(3):
             sender.submit(OutgoingMessage(41, f"lost {i}"))
         with pytest.raises(DeliveryError) as raised:
@@ -149,7 +149,7 @@ async def test_deleted_chat_is_gone_and_its_queue_dropped(server: FakeTelegramSe
 
 
 async def test_priority_zero_goes_before_priority_ten(server: FakeTelegramServer, bot: Bot) -> None:
-    sender = AlertSender(bot, global_rate=10)
+    sender = MessageSender(bot, global_rate=10)
     # Loaded before it starts: the whole queue is there when the first send is picked.
     for i in range(5):
         sender.submit(OutgoingMessage(100 + i, f"alert {i}", lane=10))
@@ -174,7 +174,7 @@ async def test_send_now_returns_the_message_and_callbacks_see_latency(
 
     keyboard = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="Mute", callback_data="mute")]])
     caplog.set_level(logging.INFO, logger="alertbot.sent")
-    async with AlertSender(bot, on_sent=on_sent) as sender:
+    async with MessageSender(bot, on_sent=on_sent) as sender:
         message = await sender.send_now(
             OutgoingMessage(9, "<b>secret body</b>", reply_markup=keyboard, lane=Lane.REPLY)
         )
@@ -193,7 +193,7 @@ async def test_send_now_returns_the_message_and_callbacks_see_latency(
 
 async def test_server_errors_are_retried_with_backoff(server: FakeTelegramServer, bot: Bot) -> None:
     server.force_error(502, "Bad Gateway", count=2, methods=["sendMessage"])
-    async with AlertSender(bot, backoff_base=0.05) as sender:
+    async with MessageSender(bot, backoff_base=0.05) as sender:
         sender.submit(OutgoingMessage(60, "eventually"))
     assert [r.text for r in server.messages_to(60)] == ["eventually"]
     assert sender.stats()["retried"] == 2 and sender.stats()["failed"] == 0
@@ -201,7 +201,7 @@ async def test_server_errors_are_retried_with_backoff(server: FakeTelegramServer
 
 async def test_gives_up_after_max_retries(server: FakeTelegramServer, bot: Bot) -> None:
     server.force_error(500, "Internal Server Error", count=None, methods=["sendMessage"])
-    async with AlertSender(bot, max_retries=2, backoff_base=0.01) as sender:
+    async with MessageSender(bot, max_retries=2, backoff_base=0.01) as sender:
         with pytest.raises(DeliveryError):
             await sender.send_now(OutgoingMessage(61, "never", lane=Lane.REPLY))
     assert send_attempts(server, 61) == [500, 500, 500]
@@ -216,7 +216,7 @@ async def test_a_queued_message_outlives_a_network_outage_and_send_now_gives_up(
         bot = Bot(DEFAULT_TOKEN, session=LocalAiohttpSession(api=TelegramAPIServer.from_base(proxy.url("http"))))
         try:
             await proxy.stop_forwarding()  # every connection refused: Telegram cannot be reached
-            async with AlertSender(bot, max_retries=2, backoff_base=0.01, backoff_max=0.05) as sender:
+            async with MessageSender(bot, max_retries=2, backoff_base=0.01, backoff_max=0.05) as sender:
                 sender.submit(OutgoingMessage(62, "through the outage"))
                 with pytest.raises(DeliveryError):  # a handler waiting on its reply is not kept waiting
                     await sender.send_now(OutgoingMessage(63, "a reply", lane=Lane.REPLY))
@@ -244,7 +244,7 @@ async def test_a_queued_message_outlives_a_network_outage_and_send_now_gives_up(
 async def test_a_gateway_error_page_is_no_verdict_and_the_alert_is_kept(server: FakeTelegramServer, bot: Bot) -> None:
     # A proxy in front of a Telegram that is down answers HTML, which aiogram cannot decode.
     server.force_gateway_error(502, count=8)
-    async with AlertSender(bot, backoff_base=0.01, backoff_max=0.05) as sender:
+    async with MessageSender(bot, backoff_base=0.01, backoff_max=0.05) as sender:
         sender.submit(OutgoingMessage(64, "after the gateway"))
     assert [r.text for r in server.messages_to(64)] == ["after the gateway"]
     assert server.stats.rejected_other == 8
@@ -252,7 +252,7 @@ async def test_a_gateway_error_page_is_no_verdict_and_the_alert_is_kept(server: 
 
 
 async def test_bad_markup_is_not_retried(server: FakeTelegramServer, bot: Bot) -> None:
-    async with AlertSender(bot) as sender:
+    async with MessageSender(bot) as sender:
         sender.submit(OutgoingMessage(63, "<b>unclosed"))
     assert send_attempts(server, 63) == [400]
     assert sender.stats()["failed"] == 1 and sender.stats()["retried"] == 0
@@ -261,14 +261,14 @@ async def test_bad_markup_is_not_retried(server: FakeTelegramServer, bot: Bot) -
 async def test_migrated_group_messages_follow_the_group(server: FakeTelegramServer, bot: Bot) -> None:
     server.migrate_chat(-555, -1009999999999)
     gone: list[tuple[int, str]] = []
-    async with AlertSender(bot, on_gone=lambda c, r: gone.append((c, r))) as sender:
+    async with MessageSender(bot, on_gone=lambda c, r: gone.append((c, r))) as sender:
         sender.submit(OutgoingMessage(-555, "to the old group"))
     assert [r.text for r in server.messages_to(-1009999999999)] == ["to the old group"]
     assert gone == [(-555, "migrated to -1009999999999")]
 
 
 async def test_stop_without_drain_drops_the_queue(server: FakeTelegramServer, bot: Bot) -> None:
-    sender = AlertSender(bot)
+    sender = MessageSender(bot)
     await sender.start()
     for i in range(3):
         sender.submit(OutgoingMessage(70, f"same chat {i}"))  # a second apart: the last two are still queued
@@ -288,7 +288,7 @@ async def test_replies_take_a_short_burst_while_alerts_keep_the_spacing(server: 
     """A chat spaced an hour apart: whatever waits for its spacing does not come during the test.
     Replies (handlers' turns in the REPLY lane) still go, as many as the chat's burst allows, and
     every send to the chat, the alert too, counts in it."""
-    sender = AlertSender(bot, per_chat_interval=3600)
+    sender = MessageSender(bot, per_chat_interval=3600)
     await sender.start()
 
     async def reply(i: int) -> None:
@@ -316,7 +316,7 @@ async def test_a_caption_is_measured_in_utf16_units(server: FakeTelegramServer, 
     """1,000 astral emoji are 1,000 characters but 2,000 UTF-16 units: over the 1,024 a caption may
     have, so the alert goes as text; 512 of them (1,024 units) still fit."""
     rocket = "\U0001f680"
-    async with AlertSender(bot) as sender:
+    async with MessageSender(bot) as sender:
         sender.submit(OutgoingMessage(81, f"<b>{rocket * 1000}</b>", photo_url="https://img.example/ok.png"))
         sender.submit(OutgoingMessage(82, f"<b>{rocket * 512}</b>", photo_url="https://img.example/ok.png"))
     [as_text] = server.messages_to(81)
@@ -328,7 +328,7 @@ async def test_a_caption_is_measured_in_utf16_units(server: FakeTelegramServer, 
 
 async def test_a_caption_telegram_finds_too_long_falls_back_to_text(server: FakeTelegramServer, bot: Bot) -> None:
     server.force_error(400, "Bad Request: message caption is too long", methods=["sendPhoto"])
-    async with AlertSender(bot) as sender:
+    async with MessageSender(bot) as sender:
         sender.submit(OutgoingMessage(83, "<b>short enough for us</b>", photo_url="https://img.example/ok.png"))
     [sent] = server.messages_to(83)
     assert sent.method == "sendMessage" and sent.text == "short enough for us"
@@ -341,7 +341,7 @@ async def test_latency_counts_from_the_frames_wall_clock_receive_time(
 ) -> None:
     # A frame received 30 s ago (say, before a restart): its alert's latency includes those 30 s.
     caplog.set_level(logging.INFO, logger="alertbot.sent")
-    async with AlertSender(bot) as sender:
+    async with MessageSender(bot) as sender:
         sender.submit(OutgoingMessage(11, "overdue news", received_at=time.time() - 30, kind="alert", token="8yZ2pump"))
     assert len(server.messages_to(11)) == 1
     latency = sender.stats()["latency_max"]

@@ -1,7 +1,7 @@
 """Every request the bot makes keeps to Telegram's limits, through the one sender of the token.
 
 This sits on the Bot's session, so the handlers' own requests (replies, edits, callback answers)
-are paced by the same `AlertSender` that sends the alerts: they take a turn in its first lane, so
+are paced by the same `MessageSender` that sends the alerts: they take a turn in its first lane, so
 a user's answer goes out ahead of every queued alert and the overall count never passes
 Telegram's limit. Only new messages wait for their chat's pacing (after the chat's short reply
 burst); an edit or a callback answer is no message in a chat and takes a place in the overall
@@ -18,7 +18,7 @@ from aiogram.exceptions import TelegramRetryAfter
 from aiogram.methods import Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 
-from services.sender import AlertSender, Lane, sending_from_queue
+from services.sender import Lane, MessageSender, sending_from_queue
 
 logger = logging.getLogger("alertbot.flood")
 
@@ -52,10 +52,10 @@ class PacedRequestsMiddleware(BaseRequestMiddleware):
     """Pace the handlers' requests through `sender` once it is attached (it needs the Bot first)."""
 
     def __init__(self) -> None:
-        self.sender: AlertSender | None = None
+        self.sender: MessageSender | None = None
         self.retries = 0
 
-    def attach(self, sender: AlertSender) -> None:
+    def attach(self, sender: MessageSender) -> None:
         self.sender = sender
 
     async def __call__(

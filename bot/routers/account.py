@@ -28,7 +28,7 @@ from bot.routers.filters import filter_lines
 from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import LANGUAGE_NAMES, text
 from services.accounts import AccountFigures, AccountService, PaySupportGate, Plan, paysupport_key, plan_expiry_text
-from services.sender import AlertSender, Lane, OutgoingMessage
+from services.sender import Lane, MessageSender, OutgoingMessage
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.handlers")
@@ -229,7 +229,7 @@ async def paysupport(
     bot: Bot,
     settings: Settings,
     paysupport: PaySupportGate,
-    sender: AlertSender | None = None,
+    sender: MessageSender | None = None,
 ) -> None:
     request = (command.args or "").strip()
     if not request:

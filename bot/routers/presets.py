@@ -31,7 +31,7 @@ from services.presets import (
     preset_definition,
     valid_code,
 )
-from services.sender import AlertSender, Lane, OutgoingMessage
+from services.sender import Lane, MessageSender, OutgoingMessage
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.presets")
@@ -204,7 +204,7 @@ def _admin_id(message: Message) -> int | None:
     return message.from_user.id if message.from_user else None
 
 
-async def _notify(bot: Bot | None, sender: AlertSender | None, chat_id: int, body: str) -> None:
+async def _notify(bot: Bot | None, sender: MessageSender | None, chat_id: int, body: str) -> None:
     """Best effort: through the sender's queue when there is one (paced with the alerts), else
     directly; a user who blocked the bot must not stop the others being told."""
     if sender is not None:
@@ -219,7 +219,7 @@ async def _notify(bot: Bot | None, sender: AlertSender | None, chat_id: int, bod
 
 
 async def _sync_followers(
-    bot: Bot | None, sender: AlertSender | None, store: SubscriberStore, presets: PresetStore, preset: Preset
+    bot: Bot | None, sender: MessageSender | None, store: SubscriberStore, presets: PresetStore, preset: Preset
 ) -> tuple[int, int]:
     """Give every follower the preset's filters, and tell those whose filters changed; returns
     (updated, failed). Followers already in step are left alone, so running it again (after a
@@ -274,7 +274,7 @@ async def set_preset(
     language: str,
     store: SubscriberStore,
     presets: PresetStore,
-    sender: AlertSender | None = None,
+    sender: MessageSender | None = None,
 ) -> None:
     """/setpreset CODE ["Title" ["Description"]] NAME=VALUE ...: create or change a preset."""
     args = (command.args or "").strip()
@@ -338,7 +338,7 @@ async def delete_preset(
     language: str,
     store: SubscriberStore,
     presets: PresetStore,
-    sender: AlertSender | None = None,
+    sender: MessageSender | None = None,
 ) -> None:
     """/delpreset CODE: its followers keep their filters and follow nothing."""
     parts = (command.args or "").split()

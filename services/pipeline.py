@@ -166,7 +166,7 @@ class RetryList:
         self._attempts.pop(event, None)
 
 
-class NotificationService:
+class CallPipeline:
     def __init__(
         self,
         *,
@@ -457,7 +457,7 @@ class ProcessingWorkers:
     Beside them the service's upkeep retries deferred calls and writes an outage's records back.
     """
 
-    def __init__(self, queue: EventQueue, service: NotificationService, workers: int = 4, batch: int = 32) -> None:
+    def __init__(self, queue: EventQueue, service: CallPipeline, workers: int = 4, batch: int = 32) -> None:
         self.queue = queue
         self.service = service
         self.count = workers
