@@ -30,9 +30,9 @@ from typing import Any
 
 import asyncpg
 
-from managers.urls import redact_credentials
+from managers.urls import redact_url
 
-__all__ = ["PostgresManager", "PostgresNotStarted", "is_connection_failure", "redact_dsn"]
+__all__ = ["PostgresManager", "PostgresNotStarted", "is_connection_failure"]
 
 logger = logging.getLogger("alertbot.postgres")
 
@@ -60,11 +60,6 @@ def is_connection_failure(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return str(getattr(exc, "sqlstate", "") or "").startswith(TRANSIENT_SQLSTATE_PREFIXES)
     return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, PostgresNotStarted))
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***``, safe to log or show."""
-    return redact_credentials(dsn)
 
 
 def _encode_json(value: Any) -> str:
@@ -114,11 +109,11 @@ class PostgresManager:
 
     def __repr__(self) -> str:
         state = "started" if self._pool is not None else "stopped"
-        return f"<PostgresManager {redact_dsn(self._dsn)} {state}>"
+        return f"<PostgresManager {redact_url(self._dsn)} {state}>"
 
     @property
     def safe_dsn(self) -> str:
-        return redact_dsn(self._dsn)
+        return redact_url(self._dsn)
 
     @property
     def started(self) -> bool:

@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from managers.circuit_breaker import CircuitBreaker, CircuitState
 from managers.redis_fallback import FallbackStore
 from managers.redis_replay import MARKER_TTL_MS, PendingOp, PendingWrites, replay
-from managers.urls import redact_credentials
+from managers.urls import redact_url
 
 T = TypeVar("T")
 
@@ -54,11 +54,6 @@ Value = str | bytes | int | float
 
 class RedisUnavailable(redis.exceptions.ConnectionError, ConnectionError):
     """Redis cannot be used right now (circuit open or manager closed); raised instead of waiting."""
-
-
-def redact_url(url: str | None) -> str:
-    """redis://user:secret@host/0 -> redis://user:***@host/0 (also hides ?password=...)."""
-    return "embedded" if url is None else redact_credentials(url)
 
 
 def _url_password(url: str | None) -> str | None:
@@ -141,7 +136,7 @@ class RedisManager:
         self.options = options or RedisOptions()
         self._client = client
         self._url = url
-        self.safe_url = redact_url(url)
+        self.safe_url = "embedded" if url is None else redact_url(url)
         self._password = _url_password(url)
         self._clock = clock
         self.breaker = breaker or CircuitBreaker(

@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
@@ -43,6 +42,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from domain.events import Event
 from domain.feed_adapters import FrameError, Parser, PumpPortalNotice
+from managers.urls import redact_url
 
 log = logging.getLogger("alertbot.stream")
 
@@ -53,18 +53,6 @@ MAX_KEYS_PER_MESSAGE = 5_000
 # A poll answer repeats the feed's recent frames: a few hundred of them fit in well under this.
 MAX_POLL_BYTES = 8 * 2**20
 TRADE_METHODS = frozenset({"subscribeTokenTrade", "subscribeAccountTrade"})
-
-
-def redact_url(url: str) -> str:
-    """The URL without query, fragment or credentials (PumpPortal's API key rides in the query)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 # --- subscriptions -----------------------------------------------------------------------------

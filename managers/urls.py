@@ -1,13 +1,16 @@
-"""Connection URLs made safe to log: the password goes, everything else stays."""
+"""Connection URLs made safe to log or show: passwords and keys go, everything else stays."""
 
 from __future__ import annotations
 
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+# Query parameters that carry a secret (a DSN's password, PumpPortal's api-key, ...).
+_SECRET_PARAMETER = re.compile(r"(?i)((?:^|&)(?:password|api[-_]?key|key|token|secret)=)[^&]*")
 
-def redact_credentials(url: str) -> str:
-    """scheme://user:secret@host/db?password=x -> scheme://user:***@host/db?password=***."""
+
+def redact_url(url: str) -> str:
+    """scheme://user:secret@host/db?password=x&api-key=y -> scheme://user:***@host/db?password=***&api-key=***."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -18,5 +21,5 @@ def redact_credentials(url: str) -> str:
         if ":" in userinfo:
             userinfo = userinfo.split(":", 1)[0] + ":***"
         netloc = f"{userinfo}@{hostinfo}"
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    query = _SECRET_PARAMETER.sub(r"\1***", parts.query)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

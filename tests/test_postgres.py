@@ -17,7 +17,8 @@ import pytest
 
 from managers.embedded_postgres import EmbeddedPostgres, start_embedded_postgres_async
 from managers.migrations import apply_migrations, discover_migrations
-from managers.postgres import PostgresManager, PostgresNotStarted, redact_dsn
+from managers.postgres import PostgresManager, PostgresNotStarted
+from managers.urls import redact_url as redact_dsn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,8 +21,9 @@ import redis.exceptions
 
 from managers.circuit_breaker import CircuitBreaker, CircuitState
 from managers.redis_fallback import FallbackStore
-from managers.redis_manager import RedisManager, RedisOptions, RedisUnavailable, redact_url
+from managers.redis_manager import RedisManager, RedisOptions, RedisUnavailable
 from managers.redis_replay import PendingKey, PendingOp, PendingWrites, replay
+from managers.urls import redact_url
 from standins.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(30)
@@ -296,7 +297,7 @@ def test_redact_url() -> None:
     assert redact_url("rediss://user:p%40ss@host/1") == "rediss://user:***@host/1"
     assert redact_url("redis://host:6379/0?password=secret&x=1") == "redis://host:6379/0?password=***&x=1"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
-    assert redact_url(None) == "embedded"
+    assert RedisManager.from_url(None).safe_url == "embedded"
 
 
 # --------------------------------------------------------------------------------------------

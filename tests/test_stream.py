@@ -20,7 +20,8 @@ from aiohttp import web
 
 from domain.events import CreateEvent, Event, MigrateEvent, PriceEvent
 from domain.feed_adapters import parse_alert_frame, pumpportal_parser
-from managers.stream import RecentKeys, StreamManager, SubscriptionSet, redact_url
+from managers.stream import RecentKeys, StreamManager, SubscriptionSet
+from managers.urls import redact_url
 from standins import feedgen
 from standins.feed_server import FeedServer, PumpPortalReplies
 from tests.test_feed_adapters import (
@@ -525,8 +526,11 @@ async def test_an_invalid_url_is_reported_not_retried():
         assert stream.stats.connect_failures == 1
 
 
-def test_redact_url_hides_the_query():
-    assert redact_url("wss://user:pw@pumpportal.fun:443/api/data?api-key=K") == "wss://pumpportal.fun:443/api/data"
+def test_redact_url_hides_the_password_and_the_api_key():
+    assert (
+        redact_url("wss://user:pw@pumpportal.fun:443/api/data?api-key=K")
+        == "wss://user:***@pumpportal.fun:443/api/data?api-key=***"
+    )
 
 
 # --- subscriptions and dedup, as units ---------------------------------------------------------------
