@@ -303,17 +303,16 @@ async def test_run_without_redis_url_and_nothing_to_embed_refuses_in_one_line(
     assert "Traceback" not in text and "migration" not in text  # refused before touching PostgreSQL
 
 
-async def test_run_stops_cleanly_on_sigterm(
-    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
-) -> None:
+async def _serve_until_sigterm(telegram: FakeTelegramServer, settings: dict[str, str], tmp_path: Path) -> None:
+    """`python -m bot run` with `settings` in a process of its own: answer /start, then stop on SIGTERM."""
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
     env.update(
         BOT_TOKEN=DEFAULT_TOKEN,
         TELEGRAM_API_URL=telegram.base_url,
-        REDIS_URL=redis_url,
-        DATABASE_URL=database_url,
         HTTP_PORT=str(free_port()),
         LOG_DIR=str(tmp_path / "logs"),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        **settings,
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -331,45 +330,23 @@ async def test_run_stops_cleanly_on_sigterm(
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
         assert process.returncode == 0, stderr.decode()
-        assert "stopped" in (tmp_path / "logs" / "bot.log").read_text()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_run_stops_cleanly_on_sigterm(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    await _serve_until_sigterm(telegram, {"REDIS_URL": redis_url, "DATABASE_URL": database_url}, tmp_path)
+    assert "stopped" in (tmp_path / "logs" / "bot.log").read_text()
 
 
 async def test_run_without_redis_url_stops_its_redis_server_cleanly_on_sigterm(
     telegram: FakeTelegramServer, database_url: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
-    env.update(
-        BOT_TOKEN=DEFAULT_TOKEN,
-        TELEGRAM_API_URL=telegram.base_url,
-        DATABASE_URL=database_url,
-        HTTP_PORT=str(free_port()),
-        LOG_DIR=str(tmp_path / "logs"),
-        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        telegram.inject_message(USER, "/start", first_name="Proc")
-        await telegram.wait_for_sent(lambda r: r.chat_id == USER, timeout=60)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-        assert process.returncode == 0, stderr.decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    await _serve_until_sigterm(telegram, {"DATABASE_URL": database_url}, tmp_path)
     redis_dir = tmp_path / "data" / "redis"
     assert any(p.name.startswith("appendonly") for p in redis_dir.iterdir())  # kept under ./data/redis
     assert not (redis_dir / "redis.sock").exists()
