@@ -70,7 +70,7 @@ from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
-from services.delivery_queue import STREAM_KEY
+from services.outbox import STREAM_KEY
 from services.subscribers import Subscriber, SubscriberStore
 from standins.feed_server import FeedServer
 from standins.feedgen import generate

@@ -53,8 +53,8 @@ from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger
-from services.delivery_queue import STREAM_KEY, DeliveryQueue
 from services.event_queue import EventQueue
+from services.outbox import STREAM_KEY, Outbox
 from services.pipeline import AlertBatch, CallPipeline, ProcessingWorkers
 from services.sender import MessageSender
 from standins.feedgen import load_sample
@@ -284,14 +284,14 @@ async def run_pipeline(
     if outbox:
         # The sender is never started: with Redis up, alerts only go to the stream.
         bot = Bot("1:bench")
-        alert_outbox = AlertRenderer(DeliveryQueue(manager, None, MessageSender(bot), consumer="bench"), index)
+        alert_outbox = AlertRenderer(Outbox(manager, None, MessageSender(bot), consumer="bench"), index)
         drain = StreamDrain(manager)
         await drain.start()
     service = CallPipeline(
         index=index,
         ledger=AlertLedger(manager),
         channels=directory,
-        outbox=alert_outbox,
+        renderer=alert_outbox,
         deliver=deliver,
         clock=lambda: NOW,
     )

@@ -48,11 +48,11 @@ from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger, seed_from_history
-from services.delivery_queue import DeliveryQueue
 from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
 from services.metrics import Metrics, NumbersProvider
+from services.outbox import Outbox
 from services.persistence import PersistenceWriter
 from services.pipeline import CallPipeline, ProcessingWorkers
 from services.sender import DigestPolicy, MessageSender
@@ -134,7 +134,7 @@ class Parts:
     index_sync: IndexSync
     persistence: PersistenceWriter
     sender: MessageSender
-    delivery: DeliveryQueue
+    delivery: Outbox
     service: CallPipeline
     workers: ProcessingWorkers
     dispatcher: Dispatcher
@@ -207,7 +207,7 @@ class Runtime:
         return self.parts.sender
 
     @property
-    def delivery(self) -> DeliveryQueue:
+    def delivery(self) -> Outbox:
         return self.parts.delivery
 
     @property
@@ -331,7 +331,7 @@ class Runtime:
         )
         await sender.start()
         self.pacing.attach(sender)
-        delivery = DeliveryQueue(redis, postgres, sender, consumer=self.consumer_name)
+        delivery = Outbox(redis, postgres, sender, consumer=self.consumer_name)
         await delivery.start()
 
         async def stop_delivery() -> None:
@@ -343,7 +343,7 @@ class Runtime:
             index=self.index,
             ledger=ledger,
             channels=channels,
-            outbox=AlertRenderer(delivery, self.index),
+            renderer=AlertRenderer(delivery, self.index),
             persistence=persistence,
         )
         workers = ProcessingWorkers(self.queue, service, self.pipeline_workers)
@@ -380,7 +380,7 @@ class Runtime:
         subscriber = self.index.get(chat_id)
         return render_digest(lines, subscriber.language if subscriber else "en")
 
-    async def _stop_delivery(self, delivery: DeliveryQueue, sender: MessageSender, *, drain: bool) -> None:
+    async def _stop_delivery(self, delivery: Outbox, sender: MessageSender, *, drain: bool) -> None:
         """Stop handing out queued alerts, let the sends in flight finish and be acknowledged.
 
         What is still queued stays in the Redis stream for the next start; only an embedded

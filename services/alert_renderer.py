@@ -9,14 +9,14 @@ from __future__ import annotations
 from domain.alert_text import render_alert, render_digest_line
 from domain.matching import SubscriberIndex
 from domain.messages import alert_lane
-from services.delivery_queue import DeliveryQueue, RenderedAlert
+from services.outbox import Outbox, RenderedAlert
 from services.pipeline import AlertBatch
 
 
 class AlertRenderer:
     """Each alert rendered once per language, and each subscriber's language and lane."""
 
-    def __init__(self, queue: DeliveryQueue, index: SubscriberIndex) -> None:
+    def __init__(self, queue: Outbox, index: SubscriberIndex) -> None:
         self.queue = queue
         self.index = index
 

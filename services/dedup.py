@@ -38,7 +38,7 @@ from redis.exceptions import NoScriptError
 
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager, RedisUnavailable
-from services.delivery_queue import STREAM_KEY, Delivery, RenderedAlert
+from services.outbox import STREAM_KEY, Delivery, RenderedAlert
 
 logger = logging.getLogger("alertbot.dedup")
 

@@ -2,7 +2,7 @@
 
 For a call: remember the calling channel, gather every calling channel's latest statistics,
 match all subscribers at once (domain.matching), render the alert for the candidates once per
-language (the outbox), then record the call, claim the matches and queue their alerts in one
+language (the renderer), then record the call, claim the matches and queue their alerts in one
 Redis script (services.dedup); calls waiting together share that round trip.
 
 A call Redis refused (or any Redis error on its way) is tried again later with growing delays,
@@ -44,8 +44,8 @@ from domain.filters import TokenFacts
 from domain.matching import SubscriberIndex
 from services.channels import ChannelDirectory, ChannelInfo
 from services.dedup import AlertLedger, ClaimRequest, ClaimResult
-from services.delivery_queue import DeliveryQueue, RenderedAlert
 from services.event_queue import EventQueue
+from services.outbox import Outbox, RenderedAlert
 from services.persistence import PersistenceWriter
 
 logger = logging.getLogger("alertbot.pipeline")
@@ -74,11 +74,11 @@ class AlertBatch:
     received_at: float  # wall-clock time the frame arrived (CallEvent.received_at)
 
 
-class Outbox(Protocol):
-    """Where alerts go: rendered before the claim that queues them; `queue` also takes the
-    direct path while Redis is down."""
+class Renderer(Protocol):
+    """Renders a call's alerts before the claim that queues them; `queue` is the outbox, which
+    also takes the direct path while Redis is down."""
 
-    queue: DeliveryQueue
+    queue: Outbox
 
     def render(self, batch: AlertBatch) -> RenderedAlert: ...
 
@@ -173,19 +173,19 @@ class CallPipeline:
         index: SubscriberIndex,
         ledger: AlertLedger,
         channels: ChannelDirectory,
-        outbox: Outbox | None = None,
+        renderer: Renderer | None = None,
         deliver: Callable[[AlertBatch], Awaitable[None] | None] | None = None,
         persistence: PersistenceWriter | None = None,
         clock: Callable[[], datetime] = utc_now,
         retries: RetryList | None = None,
     ) -> None:
-        """`outbox` renders the alerts and the claim queues them. `deliver`, if given, hears each
-        call's won alerts after that (already queued when there is an outbox; without one, as in
+        """`renderer` renders the alerts and the claim queues them. `deliver`, if given, hears each
+        call's won alerts after that (already queued when there is a renderer; without one, as in
         tests and benchmarks, it is the only consumer)."""
         self.index = index
         self.ledger = ledger
         self.channels = channels
-        self.outbox = outbox
+        self.renderer = renderer
         self.deliver = deliver
         self.persistence = persistence
         self.clock = clock
@@ -264,8 +264,8 @@ class CallPipeline:
                     self._defer(plan.event, exc, deferred)
                 return alerted, deferred
             queued = sum(len(r.won) for r in results if r.claimed and not r.local and r.error is None)
-            if queued and self.outbox is not None:
-                self.outbox.queue.notify_published(queued)
+            if queued and self.renderer is not None:
+                self.renderer.queue.notify_published(queued)
             # Each script saw the callers recorded so far; the last one per token saw them all.
             latest = {
                 plan.event.token.address: result.callers for plan, result in zip(plans, results) if result.error is None
@@ -344,18 +344,18 @@ class CallPipeline:
         # Only a call with someone to alert lists its callers (most calls alert nobody).
         caller_lines = _caller_lines(callers, call_times) if candidates else ()
         alert = None
-        if candidates and self.outbox is not None:
-            alert = self.outbox.render(AlertBatch(tuple(candidates), token, caller_lines, now, event.received_at))
+        if candidates and self.renderer is not None:
+            alert = self.renderer.render(AlertBatch(tuple(candidates), token, caller_lines, now, event.received_at))
         request = ClaimRequest(token.address, event.channel.id, event.called_at, call_times, candidates, alert, exact)
         return _CallPlan(event, request, matched, caller_lines)
 
     async def _finish(self, plan: _CallPlan, result: ClaimResult, now: datetime) -> list[int]:
         event, token = plan.event, plan.event.token
         won = result.won
-        if won and result.local and self.outbox is not None and plan.request.alert is not None:
+        if won and result.local and self.renderer is not None and plan.request.alert is not None:
             # Redis is down: to the sender directly, waiting while too many such alerts are unsent.
             # First, so nothing that fails below can leave these claims without their alerts.
-            await self.outbox.queue.publish(plan.request.alert.deliveries(won))
+            await self.renderer.queue.publish(plan.request.alert.deliveries(won))
         self.stats.matched += len(plan.matched)
         if self.persistence is not None:
             self.persistence.token(token, now)
@@ -410,7 +410,7 @@ class CallPipeline:
         """Redis answers again after an outage: the direct alerts the sender has not started go
         back to the stream, and the calls and claims made meanwhile to their records. True when
         nothing is left to write back."""
-        queue = self.outbox.queue if self.outbox is not None else None
+        queue = self.renderer.queue if self.renderer is not None else None
         if not self.ledger.unsynced and not (queue is not None and queue.direct_pending):
             return True
         if not self.ledger.redis.available or self._writing_back.locked() or time.monotonic() < self._write_back_at:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
 from domain.filters import Filters
 from managers.redis_manager import RedisManager
-from services.delivery_queue import Delivery, DeliveryQueue
+from services.outbox import Delivery, Outbox
 from services.sender import Lane, MessageSender
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample
@@ -275,7 +275,7 @@ async def test_while_redis_is_down_publishing_waits_for_room_in_the_direct_path(
             while redis.available:  # the breaker learns that Redis is gone
                 await redis.ping()
             telegram.force_retry_after(1, duration=3600, methods=["sendMessage"])  # nothing gets answered
-            queue = DeliveryQueue(redis, None, sender, consumer="sender-a", direct_limit=3)
+            queue = Outbox(redis, None, sender, consumer="sender-a", direct_limit=3)
             alerts = [
                 Delivery(token=address("D"), chat_id=500 + i, html=f"alert {i}", priority=Lane.PAID_ALERT)
                 for i in range(5)
@@ -309,7 +309,7 @@ async def test_alerts_sent_while_redis_is_down_are_recorded_in_deliveries(redis_
         bot = telegram.create_bot()
         sender = MessageSender(bot)
         await sender.start()
-        queue = DeliveryQueue(redis, postgres, sender, consumer="sender-a")
+        queue = Outbox(redis, postgres, sender, consumer="sender-a")
         await queue.start()
         try:
             await proxy.stop_forwarding()

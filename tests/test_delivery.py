@@ -18,8 +18,8 @@ from prometheus_client import generate_latest
 
 from domain.alert_text import render_alert, render_digest, render_digest_line
 from domain.events import CallerLine, TokenInfo
-from services.delivery_queue import GROUP, STREAM_KEY, Delivery, DeliveryQueue
 from services.metrics import Metrics
+from services.outbox import GROUP, STREAM_KEY, Delivery, Outbox
 from services.sender import DigestPolicy, Lane, MessageSender, Outcome, OutgoingMessage
 from standins.telegram import FakeTelegramServer, RateLimits
 from tests.conftest import Stores
@@ -28,7 +28,7 @@ from tests.conftest import Stores
 @dataclass
 class Engine:
     sender: MessageSender
-    queue: DeliveryQueue
+    queue: Outbox
 
     async def stop(self) -> None:
         """As the runtime stops: no more reading, sends in flight finish, answers acknowledged."""
@@ -48,9 +48,7 @@ async def start_engine(
 ) -> Engine:
     sender = MessageSender(bot, **sender_options)  # type: ignore[arg-type]
     await sender.start()
-    queue = DeliveryQueue(
-        stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle, window=window
-    )
+    queue = Outbox(stores.redis, stores.postgres, sender, consumer=consumer, claim_idle=claim_idle, window=window)
     await queue.start()
     return Engine(sender, queue)
 
@@ -379,7 +377,7 @@ async def test_delivery_rows_written_while_postgresql_is_down_arrive_once_it_is_
         await postgres.start()
         sender = MessageSender(server.create_bot(), paid_broadcast=True)
         await sender.start()
-        queue = DeliveryQueue(stores.redis, postgres, sender, consumer="sender-a")
+        queue = Outbox(stores.redis, postgres, sender, consumer="sender-a")
         await queue.start()
         try:
             await queue.publish(alerts(100))

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from domain.filters import Filters
-from services.delivery_queue import Delivery
+from services.outbox import Delivery
 from services.sender import Lane
 from standins.feed_server import FeedServer
 from standins.telegram import FakeTelegramServer

@@ -200,7 +200,7 @@ class DeliveryStats:
         return {name: float(value) for name, value in asdict(self).items()}
 
 
-class DeliveryQueue:
+class Outbox:
     def __init__(
         self,
         redis: RedisManager,
