@@ -496,14 +496,12 @@ class Outbox:
             return set()
         return {(row["token_address"], row["chat_id"]) for row in rows}
 
-    def _submit(self, entry_id: str | None, delivery: Delivery) -> None:
-        if entry_id is not None:
-            self._in_hand.add(entry_id)
+    def _submit(self, entry_id: str, delivery: Delivery) -> None:
+        self._in_hand.add(entry_id)
 
         async def done(outcome: Outcome) -> None:
-            if entry_id is not None:
-                self._acks.append(_Ack(entry_id, (delivery, outcome)))
-                self._ack_wakeup.set()
+            self._acks.append(_Ack(entry_id, (delivery, outcome)))
+            self._ack_wakeup.set()
 
         self.sender.submit(delivery.message(), on_done=done)
 
