@@ -25,7 +25,7 @@ from bot.routers.account import paysupport_key
 from bot.runtime import MENU_COMMANDS
 from bot.texts import TEXTS
 from domain.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
-from managers.redis_manager import RedisManager, RedisOptions
+from managers.redis_manager import RedisManager
 from services.accounts import parse_start_payload
 from services.cache import CacheRegistry
 from services.subscribers import SUBSCRIBERS_KEY, subscriber_key
@@ -33,6 +33,7 @@ from standins.tcp_proxy import TcpProxy
 from standins.telegram import ManualClock
 from tests.bot_env import ADMIN, BotEnv, running_bot
 from tests.conftest import Stores
+from tests.test_redis_manager import FAST
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -466,17 +467,7 @@ async def test_the_settings_flow_survives_redis_going_down(stores: Stores) -> No
     parts = urlsplit(stores.redis_url)
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
         proxied = urlunsplit((parts.scheme, f"{proxy.listen_host}:{proxy.port}", parts.path, "", ""))
-        options = RedisOptions(
-            health_interval=0.05,
-            reconnect_base=0.01,
-            reconnect_max=0.05,
-            failure_threshold=2,
-            cooldown=0.02,
-            max_cooldown=0.1,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
-        )
-        redis = RedisManager.from_url(proxied, options)
+        redis = RedisManager.from_url(proxied, FAST)
         await redis.start()
         caches = CacheRegistry(redis)
         await caches.start()
