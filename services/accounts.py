@@ -12,8 +12,8 @@ import secrets
 import string
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from decimal import Decimal
 
+from domain.plans import Plan
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.subscribers import (
@@ -32,16 +32,6 @@ REFERRAL_LENGTH = 8
 # Telegram allows 64 characters of /start payload; "ref_" + 8 is far inside it.
 REFERRAL_ATTEMPTS = 5
 PAYSUPPORT_INTERVAL = 60  # seconds between two support requests of one user
-
-
-@dataclass(frozen=True)
-class Plan:
-    code: str
-    title: str
-    days: int
-    price_stars: int | None
-    price_sol: Decimal | None
-    price_usd: Decimal | None
 
 
 @dataclass(frozen=True)

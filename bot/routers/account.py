@@ -27,7 +27,8 @@ from bot.fsm_storage import fsm_keys
 from bot.routers.filters import filter_lines
 from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import LANGUAGE_NAMES, text
-from services.accounts import AccountFigures, AccountService, PaySupportGate, Plan, paysupport_key, plan_expiry_text
+from domain.plans import Plan
+from services.accounts import AccountFigures, AccountService, PaySupportGate, paysupport_key, plan_expiry_text
 from services.sender import Lane, MessageSender, OutgoingMessage
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
 
