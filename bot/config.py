@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,8 @@ EXPECTED: dict[str, str] = {
     "PAID_BROADCAST": "true or false",
     "ALERT_DIGEST_THRESHOLD": "a whole number 2..100",
     "ALERT_MAX_DELAY": "seconds, more than 0 and at most 3600",
+    "SOL_AMOUNT_TOLERANCE": "an amount of SOL, 0 up to 1",
+    "SOL_ORDER_MINUTES": "a whole number of minutes 1..1440",
 }
 
 
@@ -89,6 +92,10 @@ class Settings(BaseSettings):
     alert_digest_threshold: int = Field(default=5, ge=2, le=100)
     # ...or once the oldest has waited this many seconds.
     alert_max_delay: float = Field(default=60.0, gt=0, le=3600)
+    # A SOL payment this much short of the price still settles the order (wallets round)...
+    sol_amount_tolerance: Decimal = Field(default=Decimal(0), ge=0, le=1)
+    # ...and a SOL order waits this long for its payment.
+    sol_order_minutes: int = Field(default=30, ge=1, le=1440)
 
     @field_validator("admin_ids", "solana_rpc_url", mode="before")
     @classmethod
