@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -15,8 +18,15 @@ import pytest
 from solders.keypair import Keypair
 from solders.rpc.responses import GetSignaturesForAddressResp, GetTransactionResp
 
+from domain.plans import Order, OrderStatus, Rail, sol_to_lamports
+from payments.ledger import PaymentLedger
 from payments.sol_rpc import SolRpc, SolRpcUnavailable
-from standins.solana_rpc import SolanaRpcServer
+from payments.sol_verify import Verdict
+from payments.sol_watcher import SolOutcome, SolOutcomeKind, SolWatcher
+from payments.solana_pay import TransferRequest
+from standins.solana_rpc import SolanaRpcServer, insufficient_funds_error
+from tests.conftest import Stores
+from tests.test_ledger import MONTH, USER, Books, books
 
 SOL = 1_000_000_000
 
@@ -188,3 +198,261 @@ async def test_every_request_holds_the_shared_bound(node: SolanaRpcServer) -> No
     async with SolRpc([node.url], bound) as rpc:
         await asyncio.gather(*(rpc.signatures_for_address(reference) for reference in references))
     assert node.max_in_flight == 1 and node.requests == 4
+
+
+# --- the watcher and pasted signatures, on the ledger ---------------------------------------------
+
+OTHER = 502
+PRICE = sol_to_lamports(MONTH.price_sol or Decimal(0))  # 0.09 SOL
+
+
+@dataclass
+class SolEnv:
+    books: Books
+    node: SolanaRpcServer
+    rpc: SolRpc
+    told: list[SolOutcome]
+    watcher: SolWatcher
+
+    @property
+    def ledger(self) -> PaymentLedger:
+        return self.books.ledger
+
+    def new_watcher(self, rpc: SolRpc | None = None, **options: Any) -> SolWatcher:
+        return SolWatcher(self.ledger, rpc or self.rpc, RECEIVER, self.notify, **options)
+
+    async def notify(self, outcome: SolOutcome) -> None:
+        self.told.append(outcome)
+
+    async def order(self, user: int = USER) -> Order:
+        request = TransferRequest.build(RECEIVER, MONTH.price_sol or Decimal(0), label="Token Alert Bot")
+        order = await self.ledger.create_order(user, MONTH, Rail.SOL, reference=request.reference)
+        updated = await self.ledger.update_order(order.id, pay_url=request.url)
+        assert updated is not None
+        return updated
+
+    def pay(self, order: Order, lamports: int, **options: Any) -> str:
+        return self.node.add_transfer(PAYER, RECEIVER, lamports, reference=order.reference, memo=order.id, **options)
+
+    async def plan_end(self, user: int = USER) -> datetime | None:
+        subscriber = await self.books.store.get(user)
+        assert subscriber is not None
+        return subscriber.plan_expires_at
+
+    async def payments_in_postgresql(self, signature: str) -> int:
+        await self.books.writer.drained()
+        return int(
+            await self.books.postgres.fetchval(
+                "SELECT count(*) FROM payments WHERE rail = 'sol' AND external_id = $1", signature
+            )
+        )
+
+
+@pytest.fixture
+async def sol(stores: Stores, node: SolanaRpcServer) -> AsyncIterator[SolEnv]:
+    async with books(stores.redis, stores.postgres, stores.caches) as env:
+        for user in (USER, OTHER):
+            await env.store.register(user, username=f"u{user}", first_name="Pat", language_code="en")
+        async with SolRpc([node.url], asyncio.Semaphore(4)) as rpc:
+            told: list[SolOutcome] = []
+            sol_env = SolEnv(env, node, rpc, told, None)  # type: ignore[arg-type]
+            sol_env.watcher = sol_env.new_watcher()
+            yield sol_env
+            await sol_env.watcher.stop()
+
+
+def kinds(outcomes: list[SolOutcome]) -> list[SolOutcomeKind]:
+    return [outcome.kind for outcome in outcomes]
+
+
+async def test_the_watcher_credits_a_paid_order_once_and_reads_it_once(sol: SolEnv) -> None:
+    order = await sol.order()
+    assert order.pay_url is not None and order.reference is not None and f"reference={order.reference}" in order.pay_url
+    signature = sol.pay(order, PRICE)
+    outcomes = await sol.watcher.scan()
+    assert kinds(outcomes) == [SolOutcomeKind.CREDITED]
+    credited = outcomes[0]
+    assert credited.signature == signature and credited.received == Decimal("0.09")
+    assert credited.plan_end is not None and await sol.plan_end() == credited.plan_end
+    assert credited.order is not None and credited.order.status is OrderStatus.PAID
+    assert sol.told == outcomes  # the user is told
+    # The order is paid: the next passes neither list nor read anything again.
+    assert await sol.watcher.scan() == []
+    assert sol.node.methods()["getTransaction"] == 1
+    assert await sol.payments_in_postgresql(signature) == 1
+
+
+async def test_known_signatures_are_not_read_again_while_the_order_stays_open(sol: SolEnv) -> None:
+    order = await sol.order()
+    sol.pay(order, PRICE // 3)
+    assert kinds(await sol.watcher.scan()) == [SolOutcomeKind.PARTIAL]
+    assert await sol.watcher.scan() == []  # still open, listed again, not read again
+    assert sol.node.methods()["getSignaturesForAddress"] == 2 and sol.node.methods()["getTransaction"] == 1
+
+
+async def test_a_signature_submitted_twice_is_credited_once(sol: SolEnv) -> None:
+    order = await sol.order()
+    signature = sol.pay(order, PRICE)
+    first = await sol.watcher.submit_signature(USER, signature)
+    assert first.kind is SolOutcomeKind.CREDITED and first.plan_end is not None
+    second = await sol.watcher.submit_signature(USER, f"  {signature}\n")
+    assert second.kind is SolOutcomeKind.ALREADY and second.plan_end is None
+    # Nor by another watcher with no memory of it, nor by the watcher's own pass.
+    fresh = sol.new_watcher()
+    assert (await fresh.submit_signature(USER, signature)).kind is SolOutcomeKind.ALREADY
+    assert await fresh.scan() == [] and await sol.watcher.scan() == []
+    assert await sol.plan_end() == first.plan_end  # 30 days, once
+    assert sol.told == []  # a pasted signature is answered, not notified
+    assert await sol.payments_in_postgresql(signature) == 1
+
+
+async def test_two_watchers_finding_one_signature_credit_it_once(sol: SolEnv, node2: SolanaRpcServer) -> None:
+    same_chain(sol.node, node2)
+    order = await sol.order()
+    signature = sol.pay(order, PRICE)
+    async with SolRpc([node2.url], asyncio.Semaphore(4)) as rpc2:
+        other = sol.new_watcher(rpc2)
+        # Both list the open order and ask their node before either credits.
+        sol.node.pause()
+        node2.pause()
+        scans = [asyncio.create_task(sol.watcher.scan()), asyncio.create_task(other.scan())]
+        await sol.node.wait_for_in_flight(1)
+        await node2.wait_for_in_flight(1)
+        sol.node.resume()
+        node2.resume()
+        first, second = await asyncio.gather(*scans)
+    assert sorted(kinds(first + second)) == [SolOutcomeKind.ALREADY, SolOutcomeKind.CREDITED]
+    assert sol.node.methods()["getTransaction"] == node2.methods()["getTransaction"] == 1  # both read it
+    assert kinds(sol.told) == [SolOutcomeKind.CREDITED]  # told once
+    credited = next(outcome for outcome in first + second if outcome.kind is SolOutcomeKind.CREDITED)
+    assert await sol.plan_end() == credited.plan_end
+    assert await sol.payments_in_postgresql(signature) == 1
+
+
+async def test_a_failed_transaction_is_not_credited_and_the_user_is_told_why(sol: SolEnv) -> None:
+    order = await sol.order()
+    signature = sol.pay(order, PRICE, err=insufficient_funds_error(3))
+    outcomes = await sol.watcher.scan()
+    assert kinds(outcomes) == [SolOutcomeKind.NOT_PAID]
+    assert outcomes[0].verdict is Verdict.FAILED and outcomes[0].received == 0
+    assert sol.told == outcomes
+    assert sol.node.methods()["getTransaction"] == 0  # the listing said it failed
+    assert await sol.plan_end() is None
+    stored = await sol.ledger.order(order.id)
+    assert stored is not None and stored.status is OrderStatus.OPEN and stored.paid_amount == 0
+    # Pasted, it is read and refused the same way; the order still takes a good payment.
+    pasted = await sol.watcher.submit_signature(USER, signature)
+    assert pasted.kind is SolOutcomeKind.NOT_PAID and pasted.verdict is Verdict.FAILED
+    assert await sol.payments_in_postgresql(signature) == 0
+    sol.pay(order, PRICE)
+    assert kinds(await sol.watcher.scan()) == [SolOutcomeKind.CREDITED]
+
+
+async def test_an_underpayment_is_partial_with_the_shortfall_and_a_top_up_completes_it(sol: SolEnv) -> None:
+    order = await sol.order()
+    sol.pay(order, sol_to_lamports(Decimal("0.05")))
+    outcomes = await sol.watcher.scan()
+    assert kinds(outcomes) == [SolOutcomeKind.PARTIAL]
+    partial = outcomes[0]
+    assert partial.verdict is Verdict.UNDERPAID
+    assert partial.received == Decimal("0.05") and partial.shortfall == Decimal("0.04")
+    assert partial.order is not None and partial.order.status is OrderStatus.PARTIAL
+    assert sol.told == outcomes and await sol.plan_end() is None
+    # The top-up, pasted by the user this time, completes the order.
+    top_up = sol.pay(order, sol_to_lamports(Decimal("0.04")))
+    done = await sol.watcher.submit_signature(USER, top_up)
+    assert done.kind is SolOutcomeKind.CREDITED and done.verdict is Verdict.PAID
+    assert done.order is not None and done.order.paid_amount == Decimal("0.09") and done.shortfall == 0
+    assert await sol.plan_end() == done.plan_end is not None
+    assert await sol.watcher.scan() == []  # paid: nothing more to watch
+
+
+async def test_two_parts_in_one_pass_are_told_in_the_order_they_were_paid(sol: SolEnv) -> None:
+    order = await sol.order()
+    sol.pay(order, sol_to_lamports(Decimal("0.03")))
+    sol.pay(order, sol_to_lamports(Decimal("0.07")))
+    outcomes = await sol.watcher.scan()
+    assert kinds(outcomes) == [SolOutcomeKind.PARTIAL, SolOutcomeKind.CREDITED]
+    assert outcomes[0].shortfall == Decimal("0.06")
+    stored = await sol.ledger.order(order.id)
+    assert stored is not None and stored.paid_amount == Decimal("0.1")
+
+
+async def test_the_tolerance_settles_a_payment_a_little_short(sol: SolEnv) -> None:
+    watcher = sol.new_watcher(tolerance=Decimal("0.00001"))
+    order = await sol.order()
+    sol.pay(order, PRICE - 5000)
+    outcomes = await watcher.scan()
+    assert kinds(outcomes) == [SolOutcomeKind.CREDITED] and outcomes[0].verdict is Verdict.PAID
+
+
+async def test_a_pasted_signature_must_pay_an_order_of_the_user(sol: SolEnv) -> None:
+    mine, theirs = await sol.order(USER), await sol.order(OTHER)
+    for_them = sol.pay(theirs, PRICE)
+    unrelated = sol.node.add_transfer(PAYER, RECEIVER, PRICE)
+    elsewhere = sol.node.add_transfer(PAYER, key(), PRICE, reference=mine.reference)
+    watcher = sol.watcher
+    assert (await watcher.submit_signature(USER, for_them)).kind is SolOutcomeKind.NO_ORDER
+    assert (await watcher.submit_signature(USER, unrelated)).kind is SolOutcomeKind.NO_ORDER
+    wrong_wallet = await watcher.submit_signature(USER, elsewhere)
+    assert wrong_wallet.kind is SolOutcomeKind.NOT_PAID and wrong_wallet.verdict is Verdict.NOT_RECEIVED
+    assert (await watcher.submit_signature(USER, "hello")).kind is SolOutcomeKind.INVALID
+    unknown = str(Keypair().sign_message(b"never sent"))
+    assert (await watcher.submit_signature(USER, unknown)).kind is SolOutcomeKind.NOT_FOUND
+    assert await sol.plan_end(USER) is None
+    # The owner's paste credits it.
+    assert (await watcher.submit_signature(OTHER, for_them)).kind is SolOutcomeKind.CREDITED
+
+
+async def test_a_payment_not_finalized_waits(sol: SolEnv) -> None:
+    order = await sol.order()
+    signature = sol.pay(order, PRICE, finalized=False)
+    assert await sol.watcher.scan() == []
+    assert (await sol.watcher.submit_signature(USER, signature)).kind is SolOutcomeKind.NOT_FOUND
+    sol.node.finalize(signature)
+    assert kinds(await sol.watcher.scan()) == [SolOutcomeKind.CREDITED]
+
+
+async def test_the_watcher_reads_through_the_next_endpoint_when_one_rate_limits(
+    sol: SolEnv, node2: SolanaRpcServer
+) -> None:
+    same_chain(sol.node, node2)
+    sol.node.fail(429)
+    async with SolRpc([sol.node.url, node2.url], asyncio.Semaphore(4)) as rpc:
+        watcher = sol.new_watcher(rpc)
+        order = await sol.order()
+        sol.pay(order, PRICE, version=0)
+        assert kinds(await watcher.scan()) == [SolOutcomeKind.CREDITED]
+        # With every endpoint down the pass ends early, and the next one picks the payment up.
+        node2.fail(500)
+        second = await sol.order()
+        sol.pay(second, PRICE)
+        assert await watcher.scan() == [] and watcher.last_error is not None
+        node2.fail(None)
+        assert kinds(await watcher.scan()) == [SolOutcomeKind.CREDITED]
+        pasted = await watcher.submit_signature(USER, sol.pay(await sol.order(), PRICE))
+        assert pasted.kind is SolOutcomeKind.CREDITED
+
+
+async def test_the_watcher_runs_in_the_background_and_is_poked_awake(sol: SolEnv) -> None:
+    told = asyncio.Event()
+
+    async def notify(outcome: SolOutcome) -> None:
+        sol.told.append(outcome)
+        told.set()
+
+    watcher = SolWatcher(sol.ledger, sol.rpc, RECEIVER, notify, interval=3600)
+    await watcher.start()
+    try:
+        async with asyncio.timeout(10):  # the first pass, at start, finds nothing to do
+            while watcher.scans < 1:
+                await asyncio.sleep(0.01)
+        order = await sol.order()
+        sol.pay(order, PRICE)
+        watcher.poke()  # an hour's interval: only the poke makes it look now
+        async with asyncio.timeout(10):
+            await told.wait()
+        assert kinds(sol.told) == [SolOutcomeKind.CREDITED] and watcher.running
+    finally:
+        await watcher.stop()
+    assert not watcher.running
