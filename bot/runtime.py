@@ -15,6 +15,7 @@ import socket
 import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,12 +28,14 @@ from aiogram.enums import ParseMode
 from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
 from bot.config import Settings, SettingsError, require
 from bot.container import Services, build_services
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
+from bot.notices import NoticeDelivery
 from bot.routers import get_routers
 from bot.texts import DEFAULT_LANGUAGE, TEXTS, text
 from domain.alert_text import DigestPart, render_digest
@@ -45,6 +48,7 @@ from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from managers.stream import StreamManager, SubscriptionSet
 from payments.ledger import PaymentLedger
+from payments.reminders import PlanReminders
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
@@ -86,6 +90,8 @@ def bot_commands(language: str) -> list[BotCommand]:
 
 
 PIPELINE_WORKERS = 4
+REMINDER_SECONDS = 600  # how often plan ends are checked for reminders
+ORDER_SWEEP_SECONDS = 60  # how often orders whose time ran out are closed
 API_CONCURRENCY = 10
 
 
@@ -310,7 +316,9 @@ class Runtime:
         caches = CacheRegistry(redis)
         await caches.start()
         self._stack.push_async_callback(caches.stop)
-        services = build_services(redis, postgres, caches, self.settings.admin_id_set)
+        services = build_services(
+            redis, postgres, caches, self.settings.admin_id_set, referral_days=self.settings.referral_days
+        )
         writer = services.ledger.writer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
@@ -351,6 +359,7 @@ class Runtime:
             await self._stop_delivery(delivery, sender, drain=redis.embedded)
 
         self._stack.push_async_callback(stop_delivery)
+        await self._start_payments(services, sender)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
         service = CallPipeline(
             index=self.index,
@@ -387,6 +396,23 @@ class Runtime:
             workers=workers,
             dispatcher=dispatcher,
         )
+
+    async def _start_payments(self, services: Services, sender: MessageSender) -> None:
+        """Payment notices to the sender, and the timed work: reminders before plans end, and
+        orders whose time ran out."""
+        notices = NoticeDelivery(services.ledger.redis, sender, services.store)
+        await notices.start()
+        self._stack.push_async_callback(notices.stop)
+        reminders = PlanReminders(services.ledger.redis, services.ledger.notices.post)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        soon = datetime.now(UTC) + timedelta(seconds=5)
+        for job, seconds in (
+            (reminders.run_once, REMINDER_SECONDS),
+            (services.ledger.expire_orders, ORDER_SWEEP_SECONDS),
+        ):
+            scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
+        scheduler.start()
+        self._stack.callback(scheduler.shutdown, wait=False)
 
     def _render_digest(self, chat_id: int, lines: list[str]) -> list[DigestPart]:
         """The digest's messages in the subscriber's language, every merged alert in one of them."""
