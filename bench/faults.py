@@ -69,6 +69,8 @@ from domain.filters import Filters, set_filter
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
+from payments.ledger import PaymentLedger
+from payments.pg_writer import PaymentsWriter
 from services.cache import CacheRegistry
 from services.outbox import STREAM_KEY
 from services.subscribers import Subscriber, SubscriberStore
@@ -544,6 +546,8 @@ async def create_subscribers(redis_url: str, database_url: str, members: Sequenc
     await caches.start()
     try:
         store = SubscriberStore(redis, postgres, caches, frozenset())
+        writer = PaymentsWriter(redis, postgres, store)
+        ledger = PaymentLedger(redis, writer, store)
         limit = asyncio.Semaphore(8)
 
         async def create(member: Member) -> None:
@@ -553,11 +557,14 @@ async def create_subscribers(redis_url: str, database_url: str, members: Sequenc
                 )
                 await store.update_filters(member.telegram_id, member.filters, name=next(iter(member.typed)))
                 if member.plan:
-                    await store.grant(member.telegram_id, PLAN_DAYS, granted_by=ADMIN)
+                    await ledger.grant(member.telegram_id, PLAN_DAYS, granted_by=ADMIN)
                 if member.paused:
                     await store.set_paused(member.telegram_id, True)
 
         await asyncio.gather(*(create(m) for m in members))
+        await writer.start()  # the plans into PostgreSQL, where the match index reads them
+        await writer.drained(timeout=60)
+        await writer.stop()
         return len(await store.receiving())
     finally:
         await caches.stop()

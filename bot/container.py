@@ -1,6 +1,6 @@
 """The services handlers use, built once per runtime and handed to them through the dispatcher.
 
-Handlers ask for them by field name (`store`, `accounts`, `presets`, `replay`, `paysupport`);
+Handlers ask for them by field name (`store`, `accounts`, `presets`, `replay`, `paysupport`, `ledger`);
 they never see a store manager. Each service talks to the managers itself.
 """
 
@@ -12,6 +12,8 @@ from typing import Any
 
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
+from payments.ledger import PaymentLedger
+from payments.pg_writer import PaymentsWriter
 from services.accounts import AccountService, PaySupportGate
 from services.cache import CacheRegistry
 from services.presets import PresetStore
@@ -26,6 +28,7 @@ class Services:
     presets: PresetStore
     replay: FilterReplay
     paysupport: PaySupportGate
+    ledger: PaymentLedger
 
     def workflow_data(self) -> dict[str, Any]:
         """Each service under its field name, for `Dispatcher(**...)`."""
@@ -35,7 +38,8 @@ class Services:
 def build_services(
     redis: RedisManager, postgres: PostgresManager, caches: CacheRegistry, admin_ids: Iterable[int]
 ) -> Services:
-    """Every handler-facing service, once; call after the stores are started."""
+    """Every handler-facing service, once; call after the stores are started. The payments
+    ledger's writer (`ledger.writer`) is started by whoever runs the services."""
     store = SubscriberStore(redis, postgres, caches, frozenset(admin_ids))
     return Services(
         store=store,
@@ -43,4 +47,5 @@ def build_services(
         presets=PresetStore(postgres),
         replay=FilterReplay(postgres),
         paysupport=PaySupportGate(redis),
+        ledger=PaymentLedger(redis, PaymentsWriter(redis, postgres, store), store),
     )

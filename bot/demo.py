@@ -135,7 +135,7 @@ async def _subscribers(runtime: Runtime) -> dict[int, str]:
             filters = set_filter(filters, key, value)
         await runtime.store.register(telegram_id, username=None, first_name=name, language_code="en")
         await runtime.store.update_filters(telegram_id, filters, name=",".join(typed))
-        await runtime.store.grant(telegram_id, 30, granted_by=DEMO_ADMIN)
+        await runtime.ledger.grant(telegram_id, 30, granted_by=DEMO_ADMIN)
         names[telegram_id] = name
     await runtime.index_sync.settle()
     return names

@@ -44,6 +44,7 @@ from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from managers.stream import StreamManager, SubscriptionSet
+from payments.ledger import PaymentLedger
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
@@ -195,6 +196,10 @@ class Runtime:
         return self.parts.services.store
 
     @property
+    def ledger(self) -> PaymentLedger:
+        return self.parts.services.ledger
+
+    @property
     def index_sync(self) -> IndexSync:
         return self.parts.index_sync
 
@@ -306,6 +311,14 @@ class Runtime:
         await caches.start()
         self._stack.push_async_callback(caches.stop)
         services = build_services(redis, postgres, caches, self.settings.admin_id_set)
+        writer = services.ledger.writer
+        await writer.start()
+        self._stack.push_async_callback(writer.stop)
+        try:
+            # The match index is read from PostgreSQL: let it catch up on plans paid meanwhile.
+            await writer.drained(timeout=5)
+        except TimeoutError:
+            logger.warning("payments queue not yet written to PostgreSQL; plans follow as it is")
         index_sync = IndexSync(services.store, self.index)
         await index_sync.load()
         persistence = PersistenceWriter(postgres)

@@ -25,6 +25,7 @@ class Rail(StrEnum):
     NOWPAYMENTS = "nowpayments"
     GRANT = "grant"  # an admin's /grant
     TRIAL = "trial"  # the one free trial of a user
+    REFERRAL = "referral"  # days for the inviter when an invitee first pays
 
 
 # The rails a user pays on, with the currency each prices a plan in.

@@ -17,8 +17,8 @@ it, and an entry goes onto the ``subscribers:pg_retry`` list (or an in-memory li
 itself is down). `flush_pending()` writes the entries to PostgreSQL, taking the subscriber's
 *current* filters and pause flag from Redis, plus the settings_history row the change made. It
 runs after every successful PostgreSQL write of a change, before `receiving()` builds the match
-index, and may be called on a timer. Plans (grant/revoke) live in PostgreSQL only: if it is down
-those raise `StoreUnavailable` and the admin retries.
+index, and may be called on a timer. Plans are the payments ledger's (payments/ledger.py): it
+writes `plan_expires_at` into the hash and calls `plan_changed`.
 
 No Telegram imports here: the bot, the matcher and the schedulers all share this module.
 """
@@ -31,7 +31,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import asyncpg
@@ -175,7 +175,9 @@ class SubscriberStore:
                 raise StoreUnavailable(f"cannot load subscriber {telegram_id}: {exc!r}") from exc
             if sub is None:
                 return None
-            # Redis lost it (restart of the embedded stand-in, eviction): put it back.
+            # Redis lost it (restart of the embedded stand-in, eviction): put it back, with the
+            # plan Redis still has when that is later (payments reach Redis before PostgreSQL).
+            sub = await self._with_redis_plan(sub)
             await self._write_redis(sub)
         if generation == self._generation:
             self._cache.set(telegram_id, sub)
@@ -404,74 +406,11 @@ class SubscriberStore:
         )
         return await self._changed(replace(current, status=status))
 
-    async def grant(self, telegram_id: int, days: int, *, granted_by: int) -> datetime:
-        """Add `days` to the plan, from its current expiry or from now; returns the new expiry.
-        Raises UnknownSubscriber, or StoreUnavailable when PostgreSQL is down."""
-        if days <= 0:
-            raise ValueError("days must be positive")
-        now = self.clock()
-        try:
-            async with self.postgres.transaction() as conn:
-                # The row lock makes concurrent grants to one user chain instead of overlap.
-                user_id = await conn.fetchval("SELECT id FROM users WHERE telegram_id = $1 FOR UPDATE", telegram_id)
-                if user_id is None:
-                    raise UnknownSubscriber(telegram_id)
-                current = await conn.fetchval(
-                    "SELECT max(expires_at) FROM subscriptions WHERE user_id = $1 AND revoked_at IS NULL",
-                    user_id,
-                )
-                starts = max(now, current) if current is not None else now
-                expires = starts + timedelta(days=days)
-                await conn.execute(
-                    """
-                    INSERT INTO subscriptions (user_id, source, granted_by, starts_at, expires_at)
-                    VALUES ($1, 'grant', $2, $3, $4)
-                    """,
-                    user_id,
-                    granted_by,
-                    starts,
-                    expires,
-                )
-        except PG_FAILURES as exc:
-            raise StoreUnavailable(f"cannot grant to {telegram_id}: {exc!r}") from exc
-        await self.refresh(telegram_id)
-        logger.info("granted %s days to %s by %s: plan until %s", days, telegram_id, granted_by, expires)
-        return expires
-
-    async def revoke(self, telegram_id: int) -> bool:
-        """End every active subscription now; False when there was none (or the user is unknown)."""
-        now = self.clock()
-        try:
-            status = await self.postgres.execute(
-                """
-                UPDATE subscriptions SET revoked_at = $2
-                 WHERE user_id = (SELECT id FROM users WHERE telegram_id = $1)
-                   AND revoked_at IS NULL AND expires_at > $2
-                """,
-                telegram_id,
-                now,
-            )
-        except PG_FAILURES as exc:
-            raise StoreUnavailable(f"cannot revoke {telegram_id}: {exc!r}") from exc
-        revoked = int(status.split()[-1]) > 0
-        if revoked:
-            await self.refresh(telegram_id)
-            logger.info("revoked the plan of %s", telegram_id)
-        return revoked
-
-    async def refresh(self, telegram_id: int) -> Subscriber | None:
-        """Re-read the plan from PostgreSQL into Redis and every process's caches; call it after
-        changing subscriptions in PostgreSQL (payments do)."""
-        try:
-            fresh = await self._from_pg(telegram_id)
-        except PG_FAILURES as exc:
-            raise StoreUnavailable(f"cannot reload subscriber {telegram_id}: {exc!r}") from exc
-        if fresh is None:
-            return None
-        await self._merge_redis(fresh, ("plan_expires_at",))
+    async def plan_changed(self, telegram_id: int) -> None:
+        """The plan in the subscriber's Redis hash changed (the payments ledger wrote it): every
+        process drops its copy, and the match index reads the new one."""
         await self.caches.invalidate("subscriptions", telegram_id)
         await self.caches.invalidate("user_settings", telegram_id)
-        return await self.get(telegram_id)
 
     async def log_activity(
         self, actor: int | None, action: str, details: Mapping[str, Any] | None = None, *, subject: int | None = None
@@ -669,7 +608,7 @@ class SubscriberStore:
         """Write only `fields` of `sub` when Redis has the subscriber (it may hold changes
         PostgreSQL has not caught up with), else all of it."""
         if await self.redis.hget(subscriber_key(sub.telegram_id), "status") is None:
-            await self._write_redis(sub)
+            await self._write_redis(await self._with_redis_plan(sub))
             return
         whole = _to_hash(sub)
         await self.redis.hset(subscriber_key(sub.telegram_id), mapping={name: whole[name] for name in fields})
@@ -703,6 +642,19 @@ class SubscriberStore:
         except (ValueError, TypeError) as exc:
             logger.error("unreadable Redis hash for subscriber %s (%r); reading PostgreSQL", telegram_id, exc)
             return None
+
+    async def _with_redis_plan(self, sub: Subscriber) -> Subscriber:
+        try:
+            raw = await self.redis.hget(subscriber_key(sub.telegram_id), "plan_expires_at")
+        except _REDIS_FAILURES:
+            return sub
+        try:
+            redis_plan = _from_epoch(raw)
+        except ValueError:
+            return sub
+        if redis_plan is not None and (sub.plan_expires_at is None or redis_plan > sub.plan_expires_at):
+            return replace(sub, plan_expires_at=redis_plan)
+        return sub
 
     async def _from_pg(self, telegram_id: int) -> Subscriber | None:
         row = await self.postgres.fetchrow(_SELECT + " WHERE u.telegram_id = $1", telegram_id)

@@ -206,6 +206,7 @@ async def running_bot(
         )
         services = build_services(stores.redis, stores.postgres, stores.caches, settings.admin_id_set)
         store = services.store
+        await services.ledger.writer.start()
         bot = create_bot(DEFAULT_TOKEN, server.base_url)
         # A script types faster than any person: unless a test is about flooding, the gate is
         # wide open so a long conversation is not taken for a flood.
@@ -235,3 +236,4 @@ async def running_bot(
             if sender is not None:
                 await sender.stop(drain=True, timeout=10)
             await bot.session.close()
+            await services.ledger.writer.stop()

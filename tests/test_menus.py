@@ -232,6 +232,11 @@ async def test_delete_my_data_removes_rows_and_keys(env: BotEnv) -> None:
     assert await env.stores.redis.get(fsm_keys(61, 61)[0]) is not None
 
     user_id = await env.stores.postgres.fetchval("SELECT id FROM users WHERE telegram_id = 61")
+    subscriptions = "SELECT count(*) FROM subscriptions WHERE user_id = $1"
+    for _ in range(200):  # the plan reaches PostgreSQL through the payments queue, just after Redis
+        if await env.stores.postgres.fetchval(subscriptions, user_id):
+            break
+        await asyncio.sleep(0.05)
     for table in ("user_settings", "settings_history", "subscriptions"):
         assert await env.stores.postgres.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = $1", user_id), table
     privacy = await chat.ask("/privacy")

@@ -22,6 +22,7 @@ from services.subscribers import (
     subscriber_key,
 )
 from tests.conftest import Stores
+from tests.plans import grant, revoke
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,7 +109,7 @@ async def test_get_reads_postgres_when_redis_lost_the_hash_and_refills_it(
 ) -> None:
     await register(store, 7, "ru")
     await store.update_filters(7, set_filter(Filters(), "max_age", "2h"), name="max_age")
-    await store.grant(7, 30, granted_by=ADMIN)
+    await grant(store, 7, 30)
     expected = await store.get(7)
     await stores.redis.delete(subscriber_key(7))
 
@@ -122,14 +123,14 @@ async def test_get_reads_postgres_when_redis_lost_the_hash_and_refills_it(
 async def test_grant_extends_from_the_current_expiry_or_from_now(stores: Stores) -> None:
     past = NOW - timedelta(days=100)
     await register(make_store(stores), 5)
-    expired = await make_store(stores, clock=lambda: past).grant(5, 30, granted_by=ADMIN)
+    expired = await grant(make_store(stores), 5, 30, clock=lambda: past)
     assert expired == past + timedelta(days=30)
 
     store = make_store(stores)
     assert not (await store.get(5)).has_active_plan(NOW)
-    first = await store.grant(5, 10, granted_by=ADMIN)  # the old plan ran out: count from now
+    first = await grant(store, 5, 10)  # the old plan ran out: count from now
     assert first == NOW + timedelta(days=10)
-    second = await store.grant(5, 30, granted_by=ADMIN)  # still running: extend it
+    second = await grant(store, 5, 30)  # still running: extend it
     assert second == NOW + timedelta(days=40)
     sub = await store.get(5)
     assert sub.plan_expires_at == second and sub.receives_alerts(NOW)
@@ -138,23 +139,23 @@ async def test_grant_extends_from_the_current_expiry_or_from_now(stores: Stores)
     assert [tuple(r) for r in rows] == [("grant", ADMIN)] * 3
 
     with pytest.raises(UnknownSubscriber):
-        await store.grant(6, 10, granted_by=ADMIN)
-    assert await store.revoke(5) is True
+        await grant(store, 6, 10)
+    assert await revoke(store, 5) is True
     assert not (await store.get(5)).receives_alerts(NOW)
-    assert await store.revoke(5) is False
+    assert await revoke(store, 5) is False
 
 
 async def test_receiving_is_admins_and_live_plans_only(stores: Stores) -> None:
     store = make_store(stores)
     for telegram_id in (ADMIN, 1, 2, 3, 4, 5, 6):
         await register(store, telegram_id)
-    await store.grant(1, 30, granted_by=ADMIN)  # receives
-    await store.grant(2, 30, granted_by=ADMIN)
+    await grant(store, 1, 30)  # receives
+    await grant(store, 2, 30)
     await store.set_paused(2, True)  # paused
-    await make_store(stores, clock=lambda: NOW - timedelta(days=60)).grant(3, 30, granted_by=ADMIN)  # expired
-    await store.grant(4, 30, granted_by=ADMIN)
-    await store.revoke(4)  # revoked
-    await store.grant(5, 30, granted_by=ADMIN)
+    await grant(make_store(stores), 3, 30, clock=lambda: NOW - timedelta(days=60))  # expired
+    await grant(store, 4, 30)
+    await revoke(store, 4)  # revoked
+    await grant(store, 5, 30)
     await stores.postgres.execute("UPDATE users SET status = 'banned' WHERE telegram_id = 5")  # banned
     # 6 never had a plan.
 
@@ -183,7 +184,7 @@ async def test_on_change_fires_in_another_process(stores: Stores, store: Subscri
         assert await asyncio.wait_for(changed.get(), timeout=5) == 7
         assert (await other.get(7)).filters.min_holders == 50  # its cache was dropped
 
-        await store.grant(7, 3, granted_by=ADMIN)
+        await grant(store, 7, 3)
         assert await asyncio.wait_for(changed.get(), timeout=5) == 7
     finally:
         await other_caches.stop()

@@ -91,7 +91,7 @@ async def bot_on_feed(
             )
             await store.update_filters(member.telegram_id, member.filters, name="min_mcap")
             if member.plan_days:
-                await store.grant(member.telegram_id, member.plan_days, granted_by=ADMIN)
+                await runtime.ledger.grant(member.telegram_id, member.plan_days, granted_by=ADMIN)
             if member.paused:
                 await store.set_paused(member.telegram_id, True)
         await runtime.index_sync.settle()

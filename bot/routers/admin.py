@@ -17,6 +17,7 @@ from aiogram.types import Message
 
 from bot.filters_admin import IsAdmin
 from bot.texts import pick_language, text
+from payments.ledger import PaymentLedger, PaymentsUnavailable
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.admin")
@@ -49,7 +50,9 @@ def format_moment(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-async def grant(message: Message, command: CommandObject, language: str, store: SubscriberStore) -> None:
+async def grant(
+    message: Message, command: CommandObject, language: str, store: SubscriberStore, ledger: PaymentLedger
+) -> None:
     parts = (command.args or "").split()
     user_id = parse_user_id(parts[0]) if len(parts) == 2 else None
     days = parse_days(parts[1]) if len(parts) == 2 else None
@@ -58,11 +61,11 @@ async def grant(message: Message, command: CommandObject, language: str, store: 
         return
     admin_id = message.from_user.id if message.from_user else None
     try:
-        expires = await store.grant(user_id, days, granted_by=admin_id or 0)
+        expires = await ledger.grant(user_id, days, granted_by=admin_id or 0)
     except UnknownSubscriber:
         await message.answer(text("user_unknown", language, user_id=user_id))
         return
-    except StoreUnavailable:
+    except (StoreUnavailable, PaymentsUnavailable):
         await message.answer(text("unavailable", language))
         return
     await store.log_activity(
@@ -86,15 +89,19 @@ async def _notify(message: Message, store: SubscriberStore, user_id: int, days: 
         logger.info("could not tell %s about their grant: %r", user_id, exc)
 
 
-async def revoke(message: Message, command: CommandObject, language: str, store: SubscriberStore) -> None:
+async def revoke(
+    message: Message, command: CommandObject, language: str, store: SubscriberStore, ledger: PaymentLedger
+) -> None:
     parts = (command.args or "").split()
     user_id = parse_user_id(parts[0]) if len(parts) == 1 else None
     if user_id is None:
         await message.answer(text("revoke_usage", language))
         return
     try:
-        revoked = await store.revoke(user_id)
-    except StoreUnavailable:
+        revoked = await ledger.revoke(
+            user_id, reason=f"revoked by admin {message.from_user.id if message.from_user else '?'}"
+        )
+    except (StoreUnavailable, PaymentsUnavailable):
         await message.answer(text("unavailable", language))
         return
     admin_id = message.from_user.id if message.from_user else None
