@@ -48,6 +48,9 @@ from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from managers.stream import StreamManager, SubscriptionSet
 from payments.ledger import PaymentLedger
+from payments.nowpayments import NowPaymentsClient, ipn_callback_url
+from payments.nowpayments_ipn import NowPaymentsIpn, Underpaid
+from payments.records import NoticeKind, PaymentNotice
 from payments.reminders import PlanReminders
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
@@ -130,6 +133,13 @@ def webhook_secret(token: str) -> str:
 
 
 @dataclass(frozen=True)
+class NowPaymentsRail:
+    client: NowPaymentsClient
+    ipn: NowPaymentsIpn
+    callback_url: str
+
+
+@dataclass(frozen=True)
 class Parts:
     """Everything `Runtime.start` builds, each once; none of it optional."""
 
@@ -145,6 +155,8 @@ class Parts:
     service: CallPipeline
     workers: ProcessingWorkers
     dispatcher: Dispatcher
+    # The payment rails the operator configured (NOWPAYMENTS_*, SOL_RECEIVER); None = off.
+    nowpayments: NowPaymentsRail | None
 
 
 @dataclass
@@ -360,6 +372,7 @@ class Runtime:
 
         self._stack.push_async_callback(stop_delivery)
         await self._start_payments(services, sender)
+        nowpayments = self._nowpayments_rail(services.ledger)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
         service = CallPipeline(
             index=self.index,
@@ -395,6 +408,7 @@ class Runtime:
             service=service,
             workers=workers,
             dispatcher=dispatcher,
+            nowpayments=nowpayments,
         )
 
     async def _start_payments(self, services: Services, sender: MessageSender) -> None:
@@ -413,6 +427,23 @@ class Runtime:
             scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
         scheduler.start()
         self._stack.callback(scheduler.shutdown, wait=False)
+
+    def _nowpayments_rail(self, ledger: PaymentLedger) -> NowPaymentsRail | None:
+        settings = self.settings
+        if not (settings.nowpayments_api_key and settings.nowpayments_ipn_secret and settings.public_base_url):
+            return None
+        client = NowPaymentsClient(
+            settings.nowpayments_api_url, settings.nowpayments_api_key.get_secret_value(), self.api_limit
+        )
+        self._stack.push_async_callback(client.close)
+
+        async def underpaid(notice: Underpaid) -> None:
+            values = {"paid": f"{notice.paid:f}", "missing": f"{notice.missing:f}", "currency": notice.currency}
+            await ledger.notices.post(PaymentNotice(notice.telegram_id, NoticeKind.PARTIAL, values))
+
+        ipn = NowPaymentsIpn(ledger, settings.nowpayments_ipn_secret.get_secret_value(), notify_underpaid=underpaid)
+        self._stack.push_async_callback(ipn.drain)
+        return NowPaymentsRail(client, ipn, ipn_callback_url(settings.public_base_url))
 
     def _render_digest(self, chat_id: int, lines: list[str]) -> list[DigestPart]:
         """The digest's messages in the subscriber's language, every merged alert in one of them."""
@@ -491,7 +522,10 @@ class Runtime:
         )
 
     async def _start_http(self) -> None:
-        app = build_http_app(self.health, self.serving, self.metrics.registry)
+        rail = self.parts.nowpayments
+        app = build_http_app(
+            self.health, self.serving, self.metrics.registry, nowpayments_ipn_handler=rail.ipn if rail else None
+        )
         if self.settings.webhook_url:
             path = urlsplit(self.settings.webhook_url).path or "/webhook"
             secret = webhook_secret(self.bot.token)
