@@ -26,6 +26,7 @@ from bot.runtime import MENU_COMMANDS
 from bot.texts import TEXTS
 from domain.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
 from managers.redis_manager import RedisManager
+from payments.records import NoticeKind
 from services.accounts import parse_start_payload
 from services.cache import CacheRegistry
 from services.subscribers import SUBSCRIBERS_KEY, subscriber_key
@@ -66,7 +67,8 @@ async def test_new_user_sets_filters_by_buttons(env: BotEnv, language: str) -> N
     welcome = await chat.ask("/start")
     assert t("menu_title", language).splitlines()[0] in welcome.text
     labels = chat.screen(welcome.message_id).labels()
-    assert labels == [TEXTS[language][f"menu_{screen}"] for screen in MAIN_SCREENS]
+    trial = TEXTS[language]["button_trial"].format(days=3)  # a new user is offered the trial first
+    assert labels == [trial, *(TEXTS[language][f"menu_{screen}"] for screen in MAIN_SCREENS)]
 
     screen = await chat.press(TEXTS[language]["menu_filters"])
     assert t("filters_none", language) in screen.text
@@ -374,6 +376,7 @@ def _text_keys_used() -> set[str]:
         "accepted_": tuple(FILTER_SPECS),
         "cmd_": MENU_COMMANDS,
         "reason_": REASON_KINDS,
+        "notice_": tuple(kind.value for kind in NoticeKind),
     }
     keys: set[str] = set()
     for path in [*ROOT.glob("bot/**/*.py")]:
