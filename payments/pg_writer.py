@@ -219,7 +219,10 @@ class PaymentsWriter:
             elif kind == "gateway_status":
                 data = json.loads(fields["data"])
                 await conn.execute(
-                    "UPDATE payments SET gateway_status = $3 WHERE rail = $1 AND external_id = $2",
+                    """
+                    INSERT INTO gateway_statuses (rail, external_id, status) VALUES ($1, $2, $3)
+                    ON CONFLICT (rail, external_id) DO UPDATE SET status = EXCLUDED.status
+                    """,
                     data["rail"],
                     data["external_id"],
                     data["status"],
@@ -498,7 +501,7 @@ class PaymentsWriter:
 
     async def gateway_status(self, rail: Rail, external_id: str) -> str | None:
         return await self.postgres.fetchval(
-            "SELECT gateway_status FROM payments WHERE rail = $1 AND external_id = $2", rail.value, external_id
+            "SELECT status FROM gateway_statuses WHERE rail = $1 AND external_id = $2", rail.value, external_id
         )
 
     async def order(self, order_id: str) -> Order | None:

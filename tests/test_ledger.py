@@ -195,6 +195,8 @@ async def test_gateway_statuses_only_move_forward(ledger_env: Books) -> None:
     assert not await ledger.advance_status(Rail.NOWPAYMENTS, "np1", "confirming")
     assert not await ledger.advance_status(Rail.NOWPAYMENTS, "np1", "finished")
     assert not await ledger.advance_status(Rail.NOWPAYMENTS, "np1", "no-such-status")
+    await ledger_env.writer.drained()  # kept in PostgreSQL before any payment row exists
+    assert await ledger_env.writer.gateway_status(Rail.NOWPAYMENTS, "np1") == "finished"
 
 
 async def test_cancelled_and_expired_orders_leave_the_open_list(ledger_env: Books) -> None:
@@ -334,3 +336,17 @@ async def test_an_entry_postgresql_refuses_for_good_is_set_aside_and_the_queue_g
     async with env.redis.guarded() as client:
         dead = await client.xrange(DEAD_KEY)
     assert len(dead) == 1 and "unknown payments entry kind" in dead[0][1]["error"]
+
+
+async def test_money_that_arrives_after_the_order_expired_or_was_cancelled_still_buys_the_plan(
+    ledger_env: Books,
+) -> None:
+    env = ledger_env
+    late = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefLate", ttl=timedelta(seconds=-1))
+    assert [order.id for order in await env.ledger.expire_orders()] == [late.id]
+    assert (await env.ledger.credit(payment("sigLate", "0.09", order_id=late.id))).outcome is CreditOutcome.CREDITED
+    dropped = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefDrop")
+    await env.ledger.cancel_order(dropped.id, USER)
+    result = await env.ledger.credit(payment("sigDrop", "0.09", order_id=dropped.id))
+    assert result.outcome is CreditOutcome.CREDITED and result.order is not None
+    assert result.order.status is OrderStatus.PAID

@@ -202,7 +202,7 @@ async def test_statuses_out_of_order_never_move_a_payment_back(rig: Rig) -> None
     await rig.ipn.drain()
     assert len(rig.told.credited) == 1
     assert rig.told.underpaid == []  # the late partially_paid did not move, so nobody is told
-    assert await rig.pg("SELECT gateway_status FROM payments WHERE external_id = $1", str(payment_id)) == "finished"
+    assert await rig.pg("SELECT status FROM gateway_statuses WHERE external_id = $1", str(payment_id)) == "finished"
 
 
 async def test_statuses_in_order_move_forward_and_credit_on_finished(rig: Rig) -> None:
