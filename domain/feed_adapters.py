@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from domain.events import (
     CallEvent,
-    ChannelRef,
+    Channel,
     ChannelStatsEvent,
     CreateEvent,
     Event,
@@ -248,7 +248,7 @@ def _call(frame: Json, received_at: float) -> CallEvent:
             created_at=_timestamp(token.get("created_at")),
             image_url=_text(token.get("image_url")),
         ),
-        channel=ChannelRef(
+        channel=Channel(
             id=_field(channel, "id", _channel_id, "channel.id"),
             name=_text(channel.get("name")),
             username=_username(channel.get("username")),
@@ -270,12 +270,14 @@ def _price(frame: Json, received_at: float) -> PriceEvent:
 
 def _channel(frame: Json, received_at: float) -> ChannelStatsEvent:
     return ChannelStatsEvent(
-        id=_field(frame, "id", _channel_id),
-        name=_text(frame.get("name")),
-        username=_username(frame.get("username")),
-        win_rate=_share(frame.get("win_rate")),
-        avg_gain=_non_negative(frame.get("avg_gain")),
-        calls=_count(frame.get("calls")),
+        Channel(
+            id=_field(frame, "id", _channel_id),
+            name=_text(frame.get("name")),
+            username=_username(frame.get("username")),
+            win_rate=_share(frame.get("win_rate")),
+            avg_gain=_non_negative(frame.get("avg_gain")),
+            calls=_count(frame.get("calls")),
+        ),
         received_at=received_at,
     )
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from domain.events import CallEvent, ChannelStatsEvent, PriceEvent, TokenInfo
+from domain.events import CallEvent, Channel, PriceEvent, TokenInfo
 from managers.postgres import PostgresManager, is_connection_failure
 
 logger = logging.getLogger("alertbot.persistence")
@@ -168,21 +168,10 @@ class PersistenceWriter:
         if len(self._rows) >= self.batch_size:
             self._wakeup.set()
 
-    def channel(
-        self,
-        event: ChannelStatsEvent | None = None,
-        *,
-        id: str | None = None,
-        name: str | None = None,
-        username: str | None = None,
-        at: datetime | None = None,
-    ) -> None:
-        if event is not None:
-            self._add(
-                "channel", (event.id, event.name, event.username, event.win_rate, event.avg_gain, event.calls, at)
-            )
-        else:
-            self._add("channel", (id, name, username, None, None, None, None))
+    def channel(self, channel: Channel, *, stats_at: datetime | None = None) -> None:
+        """`stats_at`: when its statistics arrived; None when a call only names the channel."""
+        c = channel
+        self._add("channel", (c.id, c.name, c.username, c.win_rate, c.avg_gain, c.calls, stats_at))
 
     def token(self, token: TokenInfo, seen_at: datetime) -> None:
         self._add(

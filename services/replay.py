@@ -29,7 +29,8 @@ from typing import Literal
 
 import asyncpg
 
-from domain.filters import ChannelFacts, Filters, TokenFacts, token_matches
+from domain.events import Channel
+from domain.filters import Filters, TokenFacts, token_matches
 from managers.postgres import PostgresManager
 
 logger = logging.getLogger("alertbot.replay")
@@ -105,7 +106,7 @@ def replay(
     filters: Filters,
     calls: Sequence[ReplayCall],
     prices: Mapping[str, Sequence[PricePoint]],
-    channels: Mapping[str, ChannelFacts],
+    channels: Mapping[str, Channel],
     *,
     window_start: datetime | None = None,
 ) -> ReplayResult:
@@ -125,7 +126,7 @@ def replay(
     highest point after any moment is the same.
     """
     ordered = sorted(enumerate(calls), key=lambda item: (item[1].called_at, item[0]))
-    callers: dict[str, dict[str, ChannelFacts]] = {}
+    callers: dict[str, dict[str, Channel]] = {}
     first_called: dict[str, dict[str, datetime]] = {}
     decided: set[str] = set()  # alerted, in the window or before it
     alerts: list[ReplayAlert] = []
@@ -135,9 +136,7 @@ def replay(
             continue
         token_callers = callers.setdefault(address, {})
         if call.channel_id not in token_callers:
-            token_callers[call.channel_id] = channels.get(call.channel_id) or ChannelFacts.build(
-                call.channel_id, None, None, None
-            )
+            token_callers[call.channel_id] = channels.get(call.channel_id) or Channel(call.channel_id)
             first_called.setdefault(address, {})[call.channel_id] = call.called_at
         if not token_matches(filters, call.facts(), call.called_at, token_callers.values()):
             continue
@@ -186,7 +185,7 @@ class ReplayDay:
     end: datetime
     calls: tuple[ReplayCall, ...]  # the window's tokens' calls, from `lookback` before it on
     prices: Mapping[str, tuple[PricePoint, ...]]
-    channels: Mapping[str, ChannelFacts]
+    channels: Mapping[str, Channel]
     history_start: datetime | None  # from when calls and prices are both recorded; None: no calls
 
     @property
@@ -303,7 +302,9 @@ def _build_day(
             PricePoint(row["ts"], _float(row["price_usd"]), _float(row["market_cap_usd"]))
         )
     channels = {
-        row["id"]: ChannelFacts.build(row["id"], row["username"], _float(row["win_rate"]), _float(row["avg_gain"]))
+        row["id"]: Channel(
+            row["id"], username=row["username"], win_rate=_float(row["win_rate"]), avg_gain=_float(row["avg_gain"])
+        )
         for row in channel_rows
     }
     first_call: datetime | None = history["first_call"] if history is not None else None
