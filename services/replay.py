@@ -1,19 +1,8 @@
 """Filter replay ("test my filters"): what a subscriber's filters would have brought in the last day.
 
-`replay` is the rule, pure and in one place: it runs one subscriber's filters over recorded
-calls the way the live pipeline (services.pipeline + domain.matching) decides alerts, and
-says how many of those alerts reached 2x afterwards. `load_replay_day` reads what it needs from
-PostgreSQL in four queries; `replay_for` puts the two together, and `FilterReplay` (one per
-runtime) shares one loaded day between everyone who presses the button within a minute.
-
-What replay cannot know, and so does not pretend to:
-
-* Channel statistics are kept latest-only (`channels`), so per-channel filters are checked
-  against each channel's *current* win rate and average gain, not the ones it had at the call.
-* `calls` keeps one row per token and channel (the first call), so a channel calling the same
-  token again, with the token in a new state, is not replayed.
-* Calls recorded before migration 0003 have no liquidity or holders, and no price history:
-  `ReplayReport.history_start` says from when the history is complete.
+`replay` is the rule, pure, deciding as the live pipeline does; `load_replay_day` reads the day
+from PostgreSQL; `FilterReplay` shares one loaded day for a minute. What replay cannot know:
+docs/architecture.md, "Filter replay".
 """
 
 from __future__ import annotations
