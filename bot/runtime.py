@@ -13,11 +13,12 @@ import logging
 import signal
 import socket
 import tempfile
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiogram import Bot, Dispatcher
@@ -159,6 +160,25 @@ class Parts:
     nowpayments: NowPaymentsRail | None
 
 
+class FeedHelper(Protocol):
+    """Something a feed reads while it parses, started before the feed and shown in health."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One incoming feed: its stream, and the helpers it needs running, by health name
+    (PumpPortal's SOL price; the contract's feed needs none)."""
+
+    stream: StreamManager
+    helpers: Mapping[str, FeedHelper] = field(default_factory=dict)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -177,14 +197,17 @@ class Runtime:
     # Calls to outside APIs (Solana RPC, later NOWPayments) share one bound, so a slow provider
     # cannot pile up requests.
     api_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(API_CONCURRENCY))
-    sol_price: SolPriceSource | None = None
     queue: EventQueue = field(default_factory=EventQueue)
-    streams: list[StreamManager] = field(default_factory=list)
+    feeds: tuple[Feed, ...] = ()  # built once, when receiving begins
     pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
     http_port: int | None = None
     _parts: Parts | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _polling: asyncio.Task[None] | None = None
+
+    @property
+    def streams(self) -> list[StreamManager]:
+        return [feed.stream for feed in self.feeds]
 
     @property
     def parts(self) -> Parts:
@@ -258,8 +281,9 @@ class Runtime:
         else:
             parts["stream"] = {"status": "off", "reason": "STREAM_URL and PUMPPORTAL_URL are unset"}
         parts["queue"] = self.queue.health()
-        if self.sol_price is not None:
-            parts["sol_price"] = self.sol_price.health()
+        for feed in self.feeds:
+            for name, helper in feed.helpers.items():
+                parts[name] = helper.health()
         return parts
 
     async def open_stores(self) -> tuple[RedisManager, PostgresManager]:
@@ -474,49 +498,47 @@ class Runtime:
         except (UnknownSubscriber, StoreUnavailable) as exc:
             logger.warning("could not mark %s inactive (%s): %s", chat_id, reason, exc)
 
-    def _build_streams(self) -> list[StreamManager]:
+    def _build_feeds(self) -> tuple[Feed, ...]:
         settings = self.settings
-        streams: list[StreamManager] = []
+        feeds: list[Feed] = []
         if settings.stream_url:
-            streams.append(
-                StreamManager(
-                    settings.stream_url,
-                    parse_alert_frame,
-                    self.queue.put,
-                    poll_url=settings.stream_poll_url,
-                    name="feed",
-                    **self.stream_options,
-                )
+            stream = StreamManager(
+                settings.stream_url,
+                parse_alert_frame,
+                self.queue.put,
+                poll_url=settings.stream_poll_url,
+                name="feed",
+                **self.stream_options,
             )
+            feeds.append(Feed(stream))
         if settings.pumpportal_url:
             key = settings.pumpportal_api_key.get_secret_value() if settings.pumpportal_api_key else None
             # PumpPortal prices tokens in SOL; the USD figures use Pyth's SOL/USD read through the
             # operator's own SOLANA_RPC_URL (unknown, so None, until the first good read).
-            self.sol_price = SolPriceSource(settings.solana_rpc_url, self.api_limit)
+            sol_price = SolPriceSource(settings.solana_rpc_url, self.api_limit)
             # New tokens and migrations only: asked again after every reconnect.
             subscriptions = SubscriptionSet()
             subscriptions.add("subscribeNewToken")
             subscriptions.add("subscribeMigration")
-            streams.append(
-                StreamManager(
-                    pumpportal_url(settings.pumpportal_url, key),
-                    pumpportal_parser(self.sol_price.current),
-                    self.queue.put,
-                    subscriptions=subscriptions,
-                    name="pumpportal",
-                    **self.stream_options,
-                )
+            stream = StreamManager(
+                pumpportal_url(settings.pumpportal_url, key),
+                pumpportal_parser(sol_price.current),
+                self.queue.put,
+                subscriptions=subscriptions,
+                name="pumpportal",
+                **self.stream_options,
             )
-        return streams
+            feeds.append(Feed(stream, {"sol_price": sol_price}))
+        return tuple(feeds)
 
     async def _start_streams(self) -> None:
-        self.streams = self._build_streams()
-        if self.sol_price is not None:
-            await self.sol_price.start()
-            self._stack.push_async_callback(self.sol_price.stop)
-        for stream in self.streams:
-            await stream.start()
-            self._stack.push_async_callback(stream.stop)
+        self.feeds = self._build_feeds()
+        for feed in self.feeds:
+            for helper in feed.helpers.values():
+                await helper.start()
+                self._stack.push_async_callback(helper.stop)
+            await feed.stream.start()
+            self._stack.push_async_callback(feed.stream.stop)
         self.metrics.components.add(
             "stream", lambda: {k: v for s in self.streams for k, v in s.stats.numbers().items()}
         )
