@@ -350,3 +350,26 @@ async def test_money_that_arrives_after_the_order_expired_or_was_cancelled_still
     result = await env.ledger.credit(payment("sigDrop", "0.09", order_id=dropped.id))
     assert result.outcome is CreditOutcome.CREDITED and result.order is not None
     assert result.order.status is OrderStatus.PAID
+
+
+async def test_entries_a_killed_writer_had_read_but_not_acknowledged_are_written_by_the_next(stores: Stores) -> None:
+    from payments.pg_writer import CONSUMER, GROUP
+
+    store = SubscriberStore(stores.redis, stores.postgres, stores.caches, frozenset())
+    await store.register(USER, username=None, first_name="Pat", language_code="en")
+    writer = PaymentsWriter(stores.redis, stores.postgres, store)
+    ledger = PaymentLedger(stores.redis, writer, store)
+    end = await ledger.grant(USER, 30, granted_by=1)
+    async with stores.redis.guarded() as client:
+        await client.xgroup_create(QUEUE_KEY, GROUP, id="0", mkstream=True)
+        # What a writer killed between reading and committing leaves: entries pending, unwritten.
+        taken = await client.xreadgroup(GROUP, CONSUMER, {QUEUE_KEY: ">"}, count=10)
+    assert len(taken[0][1]) == 1
+    await writer.start()
+    try:
+        await writer.drained()
+    finally:
+        await writer.stop()
+    assert await pg_plan_end(stores.postgres) == end
+    async with stores.redis.guarded() as client:
+        assert await client.xpending(QUEUE_KEY, GROUP) == {"pending": 0, "min": None, "max": None, "consumers": []}
