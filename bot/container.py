@@ -36,7 +36,12 @@ class Services:
 
 
 def build_services(
-    redis: RedisManager, postgres: PostgresManager, caches: CacheRegistry, admin_ids: Iterable[int]
+    redis: RedisManager,
+    postgres: PostgresManager,
+    caches: CacheRegistry,
+    admin_ids: Iterable[int],
+    *,
+    referral_days: int = 0,
 ) -> Services:
     """Every handler-facing service, once; call after the stores are started. The payments
     ledger's writer (`ledger.writer`) is started by whoever runs the services."""
@@ -47,5 +52,5 @@ def build_services(
         presets=PresetStore(postgres),
         replay=FilterReplay(postgres),
         paysupport=PaySupportGate(redis),
-        ledger=PaymentLedger(redis, PaymentsWriter(redis, postgres, store), store),
+        ledger=PaymentLedger(redis, PaymentsWriter(redis, postgres, store), store, referral_days=referral_days),
     )

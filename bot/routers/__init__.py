@@ -24,6 +24,7 @@ from bot.routers import (
     presets,
     replay,
     settings,
+    trial,
 )
 
 
@@ -36,6 +37,7 @@ def get_routers() -> list[Router]:
         account.build_router(),
         presets.build_router(),
         admin.build_router(),
+        trial.build_router(),
         common.build_router(),
         common.build_fallback_router(),  # last: presses of buttons nothing above handles
     ]
