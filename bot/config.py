@@ -33,7 +33,7 @@ EXPECTED: dict[str, str] = {
     "PAID_BROADCAST": "true or false",
     "ALERT_DIGEST_THRESHOLD": "a whole number 2..100",
     "ALERT_MAX_DELAY": "seconds, more than 0 and at most 3600",
-    "SOL_AMOUNT_TOLERANCE": "an amount of SOL, 0 up to 1",
+    "SOL_AMOUNT_TOLERANCE": "an amount of SOL, 0 or more",
     "SOL_ORDER_MINUTES": "a whole number of minutes 1..1440",
 }
 
@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     referral_days: int = Field(default=7, ge=0, le=365)
     # ...what a SOL payment may fall short of the price by and still count as paid (rounding in wallets).
     sol_amount_tolerance: Decimal = Field(default=Decimal(0), ge=0)
+    # ...and how long a SOL order waits for its payment (a Solana Pay request is shown that long).
+    sol_order_minutes: int = Field(default=30, ge=1, le=1440)
     # Delivery settings beyond the contract's table:
     # send with allow_paid_broadcast, up to 1,000 messages a second (Telegram charges Stars).
     paid_broadcast: bool = False
@@ -98,10 +100,6 @@ class Settings(BaseSettings):
     alert_digest_threshold: int = Field(default=5, ge=2, le=100)
     # ...or once the oldest has waited this many seconds.
     alert_max_delay: float = Field(default=60.0, gt=0, le=3600)
-    # A SOL payment this much short of the price still settles the order (wallets round)...
-    sol_amount_tolerance: Decimal = Field(default=Decimal(0), ge=0, le=1)
-    # ...and a SOL order waits this long for its payment.
-    sol_order_minutes: int = Field(default=30, ge=1, le=1440)
 
     @field_validator("admin_ids", "solana_rpc_url", mode="before")
     @classmethod

@@ -1,13 +1,5 @@
-"""The two Solana JSON-RPC reads SOL payments need, over several endpoints used in turn.
-
-`SOLANA_RPC_URL` may list several endpoints. A call goes to the endpoint that answered last; when
-it fails (connection error, HTTP error status such as 429 or 500, timeout, JSON-RPC error, an
-answer that is not JSON-RPC) the same call goes to the next one, each endpoint tried at most once
-per call. Every HTTP request holds the runtime's shared bound on outside API calls.
-
-Both reads are at `finalized` commitment: a payment is credited only once it cannot be rolled
-back. Results are the nodes' JSON as plain dicts, so the checks read exactly what the node said.
-"""
+"""The two Solana JSON-RPC reads SOL payments need, at `finalized` commitment, over the
+`SOLANA_RPC_URL` endpoints used in turn (docs/architecture.md, "SOL payments")."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""Whether a Solana transaction pays a SOL order: a pure check of a `getTransaction` result.
-
-The check reads what the chain recorded, not what the instructions say: the receiver's balance
-before and after (`meta.preBalances`/`postBalances`, indexed like the transaction's account
-keys). So a transfer routed through a program, or several transfers in one transaction, count for
-what they actually moved, and a failed transaction (`meta.err`) counts for nothing.
-
-Account keys come in two shapes. With `jsonParsed` every key is an object
-(`{"pubkey", "signer", "writable", "source"}`) and a v0 transaction's keys loaded from address
-lookup tables are already in the list (`"source": "lookupTable"`). With `json` the keys are
-strings and a v0 transaction's loaded keys are in `meta.loadedAddresses` (`writable` then
-`readonly`), after the static ones. Both are read here.
-"""
+"""Whether a Solana transaction pays a SOL order: a pure check of a `getTransaction` record,
+by the receiver's balance before and after (docs/architecture.md, "SOL payments")."""
 
 from __future__ import annotations
 

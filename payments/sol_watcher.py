@@ -1,19 +1,6 @@
-"""SOL orders paid on chain: the watcher that finds their transactions, and pasted signatures.
-
-Each open SOL order has its own reference key, which the paying wallet puts in the transfer. The
-watcher asks the node for the finalized transactions carrying each open order's reference
-(`getSignaturesForAddress`), reads each new one (`getTransaction`), checks it
-(payments/sol_verify.py) and credits what it paid to the ledger. A user may also paste a
-signature; it is checked the same way, against the order of theirs whose reference it carries.
-
-A signature credits at most once, ever: the ledger keeps (rail, signature) and answers DUPLICATE
-the second time, whoever asks (two watchers, a watcher and a paste, a paste twice). What the
-ledger or the check decided is reported as a `SolOutcome`; the watcher hands each to `notify`
-(the bot words it for the user), `submit_signature` returns it. A transaction that failed on
-chain, or moved nothing to the receiver, is never credited: the user is told why. An
-underpayment counts towards the order (the ledger keeps it PARTIAL and says what is missing); a
-later top-up with the same reference completes it.
-"""
+"""SOL orders paid on chain: the watcher that finds their transactions by reference, and
+signatures users paste; each outcome is a `SolOutcome` for the bot to word (docs/architecture.md,
+"SOL payments")."""
 
 from __future__ import annotations
 
@@ -35,7 +22,7 @@ from payments.sol_verify import MEMO_PROGRAMS, TransferCheck, Verdict, account_k
 
 logger = logging.getLogger("alertbot.sol_watcher")
 
-__all__ = ["SolNotify", "SolOutcome", "SolOutcomeKind", "SolWatcher"]
+__all__ = ["LEDGER_UNTOLD", "SolNotify", "SolOutcome", "SolOutcomeKind", "SolWatcher"]
 
 # A pasted transaction with more account keys than this is no wallet's transfer: not looked into.
 _MAX_KEYS_LOOKED_UP = 64
@@ -86,10 +73,9 @@ class SolOutcome:
 
 SolNotify = Callable[[SolOutcome], Awaitable[None]]
 
-# What the watcher tells users about; the others are silent (ALREADY: told when it was credited).
-_NOTIFIED = frozenset(
-    {SolOutcomeKind.CREDITED, SolOutcomeKind.PARTIAL, SolOutcomeKind.NOT_PAID, SolOutcomeKind.REJECTED}
-)
+# What the watcher tells users by default: the ledger already posts a notice for every credit,
+# partial credit and rejection (payments/notices.py), so only what it never sees is left.
+LEDGER_UNTOLD = frozenset({SolOutcomeKind.NOT_PAID})
 
 
 class SolWatcher:
@@ -104,6 +90,7 @@ class SolWatcher:
         *,
         tolerance: Decimal = Decimal(0),
         interval: float = 10.0,
+        tell: frozenset[SolOutcomeKind] = LEDGER_UNTOLD,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -113,6 +100,7 @@ class SolWatcher:
         self.notify = notify
         self.tolerance = tolerance
         self.interval = interval
+        self.tell = tell  # the outcomes of a pass handed to `notify`
         # Signatures already decided, per open order's reference: never read again while it is
         # open. Dropped with the order; the ledger's DUPLICATE keeps the once-ever promise anyway.
         self._checked: dict[str, set[str]] = {}
@@ -125,7 +113,8 @@ class SolWatcher:
     # --- one pass ---------------------------------------------------------------------------
 
     async def scan(self) -> list[SolOutcome]:
-        """Look at every open SOL order's transactions once; the outcomes, each also notified."""
+        """Look at every open SOL order's transactions once; the outcomes (those in `tell` are
+        also handed to `notify`)."""
         outcomes: list[SolOutcome] = []
         try:
             orders = [order for order in await self.ledger.open_orders(Rail.SOL) if order.reference]
@@ -160,7 +149,7 @@ class SolWatcher:
                 continue  # listed but not readable yet: the next pass tries again
             checked.add(signature)
             outcomes.append(outcome)
-            if outcome.kind in _NOTIFIED:
+            if outcome.kind in self.tell:
                 await self._tell(outcome)
             # The order as the ledger left it: a top-up in the same pass is checked against it.
             if outcome.order is not None:
@@ -253,8 +242,8 @@ class SolWatcher:
     # --- a pasted signature ------------------------------------------------------------------
 
     async def submit_signature(self, telegram_id: int, signature: str) -> SolOutcome:
-        """Check a signature a user pasted against their SOL orders; the outcome (not notified:
-        the caller answers the user)."""
+        """Check a signature a user pasted against their SOL orders; the outcome, for the caller
+        to answer with (not handed to `notify`; the ledger posts its notice as for any credit)."""
         signature = signature.strip()
         try:
             check_signature(signature)

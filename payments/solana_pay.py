@@ -1,12 +1,7 @@
 """Solana Pay transfer requests: the `solana:` link and QR code a wallet pays a SOL order with.
 
-A transfer request names the recipient (the operator's wallet), the amount in SOL, a reference
-key and a memo. The wallet adds the reference as a read-only, non-signer key of the transfer, so
-the bot finds the payment with `getSignaturesForAddress(reference)`: one fresh reference per
-order ties a transaction to exactly one order. The memo goes on chain in clear, so it carries
-the order id and nothing about the user.
-
-No I/O here; the QR image is made in memory.
+One fresh reference key per order ties the paying transaction to the order. The memo goes on
+chain in clear: the order id, nothing about the user. No I/O; the QR image is made in memory.
 """
 
 from __future__ import annotations

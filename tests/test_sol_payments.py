@@ -9,7 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +20,8 @@ from solders.rpc.responses import GetSignaturesForAddressResp, GetTransactionRes
 
 from domain.plans import Order, OrderStatus, Rail, sol_to_lamports
 from payments.ledger import PaymentLedger
+from payments.notices import NOTICES_KEY, decode
+from payments.records import NoticeKind
 from payments.sol_rpc import SolRpc, SolRpcUnavailable
 from payments.sol_verify import Verdict
 from payments.sol_watcher import SolOutcome, SolOutcomeKind, SolWatcher
@@ -239,6 +241,12 @@ class SolEnv:
         assert subscriber is not None
         return subscriber.plan_expires_at
 
+    async def notices(self) -> list[tuple[int, NoticeKind, dict[str, str]]]:
+        """What the ledger queued for users to hear: (user, kind, values)."""
+        async with self.books.redis.guarded() as client:
+            entries = await client.xrange(NOTICES_KEY)
+        return [(n.telegram_id, n.kind, dict(n.values)) for n in (decode(fields) for _, fields in entries)]
+
     async def payments_in_postgresql(self, signature: str) -> int:
         await self.books.writer.drained()
         return int(
@@ -275,7 +283,9 @@ async def test_the_watcher_credits_a_paid_order_once_and_reads_it_once(sol: SolE
     assert credited.signature == signature and credited.received == Decimal("0.09")
     assert credited.plan_end is not None and await sol.plan_end() == credited.plan_end
     assert credited.order is not None and credited.order.status is OrderStatus.PAID
-    assert sol.told == outcomes  # the user is told
+    # The user hears of it once, from the ledger's receipt; the watcher adds nothing.
+    assert [(user, kind) for user, kind, _ in await sol.notices()] == [(USER, NoticeKind.RECEIPT)]
+    assert sol.told == []
     # The order is paid: the next passes neither list nor read anything again.
     assert await sol.watcher.scan() == []
     assert sol.node.methods()["getTransaction"] == 1
@@ -303,6 +313,7 @@ async def test_a_signature_submitted_twice_is_credited_once(sol: SolEnv) -> None
     assert await fresh.scan() == [] and await sol.watcher.scan() == []
     assert await sol.plan_end() == first.plan_end  # 30 days, once
     assert sol.told == []  # a pasted signature is answered, not notified
+    assert [kind for _, kind, _ in await sol.notices()] == [NoticeKind.RECEIPT]  # one receipt
     assert await sol.payments_in_postgresql(signature) == 1
 
 
@@ -323,7 +334,7 @@ async def test_two_watchers_finding_one_signature_credit_it_once(sol: SolEnv, no
         first, second = await asyncio.gather(*scans)
     assert sorted(kinds(first + second)) == [SolOutcomeKind.ALREADY, SolOutcomeKind.CREDITED]
     assert sol.node.methods()["getTransaction"] == node2.methods()["getTransaction"] == 1  # both read it
-    assert kinds(sol.told) == [SolOutcomeKind.CREDITED]  # told once
+    assert [kind for _, kind, _ in await sol.notices()] == [NoticeKind.RECEIPT]  # told once
     credited = next(outcome for outcome in first + second if outcome.kind is SolOutcomeKind.CREDITED)
     assert await sol.plan_end() == credited.plan_end
     assert await sol.payments_in_postgresql(signature) == 1
@@ -335,7 +346,8 @@ async def test_a_failed_transaction_is_not_credited_and_the_user_is_told_why(sol
     outcomes = await sol.watcher.scan()
     assert kinds(outcomes) == [SolOutcomeKind.NOT_PAID]
     assert outcomes[0].verdict is Verdict.FAILED and outcomes[0].received == 0
-    assert sol.told == outcomes
+    assert sol.told == outcomes  # the watcher tells why: the ledger never saw it
+    assert await sol.notices() == []
     assert sol.node.methods()["getTransaction"] == 0  # the listing said it failed
     assert await sol.plan_end() is None
     stored = await sol.ledger.order(order.id)
@@ -357,7 +369,8 @@ async def test_an_underpayment_is_partial_with_the_shortfall_and_a_top_up_comple
     assert partial.verdict is Verdict.UNDERPAID
     assert partial.received == Decimal("0.05") and partial.shortfall == Decimal("0.04")
     assert partial.order is not None and partial.order.status is OrderStatus.PARTIAL
-    assert sol.told == outcomes and await sol.plan_end() is None
+    assert await sol.plan_end() is None
+    assert await sol.notices() == [(USER, NoticeKind.PARTIAL, {"paid": "0.05", "missing": "0.04", "currency": "SOL"})]
     # The top-up, pasted by the user this time, completes the order.
     top_up = sol.pay(order, sol_to_lamports(Decimal("0.04")))
     done = await sol.watcher.submit_signature(USER, top_up)
@@ -365,6 +378,8 @@ async def test_an_underpayment_is_partial_with_the_shortfall_and_a_top_up_comple
     assert done.order is not None and done.order.paid_amount == Decimal("0.09") and done.shortfall == 0
     assert await sol.plan_end() == done.plan_end is not None
     assert await sol.watcher.scan() == []  # paid: nothing more to watch
+    assert [kind for _, kind, _ in await sol.notices()] == [NoticeKind.PARTIAL, NoticeKind.RECEIPT]
+    assert sol.told == []
 
 
 async def test_two_parts_in_one_pass_are_told_in_the_order_they_were_paid(sol: SolEnv) -> None:
@@ -441,7 +456,7 @@ async def test_the_watcher_runs_in_the_background_and_is_poked_awake(sol: SolEnv
         sol.told.append(outcome)
         told.set()
 
-    watcher = SolWatcher(sol.ledger, sol.rpc, RECEIVER, notify, interval=3600)
+    watcher = SolWatcher(sol.ledger, sol.rpc, RECEIVER, notify, interval=3600, tell=frozenset(SolOutcomeKind))
     await watcher.start()
     try:
         async with asyncio.timeout(10):  # the first pass, at start, finds nothing to do
@@ -456,3 +471,17 @@ async def test_the_watcher_runs_in_the_background_and_is_poked_awake(sol: SolEnv
     finally:
         await watcher.stop()
     assert not watcher.running
+
+
+async def test_a_late_payment_is_left_to_a_paste_and_a_second_one_to_a_paid_order_is_refused(sol: SolEnv) -> None:
+    request = TransferRequest.build(RECEIVER, MONTH.price_sol or Decimal(0))
+    late = await sol.ledger.create_order(USER, MONTH, Rail.SOL, reference=request.reference, ttl=timedelta(0))
+    signature = sol.pay(late, PRICE)
+    assert await sol.watcher.scan() == []  # no longer watched
+    pasted = await sol.watcher.submit_signature(USER, signature)
+    assert pasted.kind is SolOutcomeKind.CREDITED  # the ledger still sells the plan for it
+    again = sol.pay(late, PRICE)
+    refused = await sol.watcher.submit_signature(USER, again)
+    assert refused.kind is SolOutcomeKind.REJECTED and refused.reason == "order already paid"
+    assert [kind for _, kind, _ in await sol.notices()] == [NoticeKind.RECEIPT, NoticeKind.REJECTED]
+    assert await sol.payments_in_postgresql(again) == 0
