@@ -37,6 +37,10 @@ def word(notice: PaymentNotice, language: str) -> tuple[str, InlineKeyboardMarku
     values = dict(notice.values)
     if "plan_end" in values:
         values["plan_end"] = _moment(values["plan_end"])
+    if "verdict" in values:
+        values["why"] = text(f"verdict_{values['verdict'] or 'not_received'}", language)
+    if "signature" in values:
+        values["signature"] = values["signature"][:8] + "…"
     body = text(f"notice_{notice.kind.value}", language, **values)
     return body, keyboards.renew(language) if notice.kind in _RENEW else None
 

@@ -53,6 +53,8 @@ from payments.nowpayments import NowPaymentsClient, ipn_callback_url
 from payments.nowpayments_ipn import NowPaymentsIpn, Underpaid
 from payments.records import NoticeKind, PaymentNotice
 from payments.reminders import PlanReminders
+from payments.sol_rpc import SolRpc
+from payments.sol_watcher import SolOutcome, SolWatcher
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
@@ -158,6 +160,7 @@ class Parts:
     dispatcher: Dispatcher
     # The payment rails the operator configured (NOWPAYMENTS_*, SOL_RECEIVER); None = off.
     nowpayments: NowPaymentsRail | None
+    sol: SolWatcher | None
 
 
 class FeedHelper(Protocol):
@@ -397,6 +400,7 @@ class Runtime:
         self._stack.push_async_callback(stop_delivery)
         await self._start_payments(services, sender)
         nowpayments = self._nowpayments_rail(services.ledger)
+        sol = await self._sol_rail(services.ledger)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
         service = CallPipeline(
             index=self.index,
@@ -433,6 +437,7 @@ class Runtime:
             workers=workers,
             dispatcher=dispatcher,
             nowpayments=nowpayments,
+            sol=sol,
         )
 
     async def _start_payments(self, services: Services, sender: MessageSender) -> None:
@@ -468,6 +473,23 @@ class Runtime:
         ipn = NowPaymentsIpn(ledger, settings.nowpayments_ipn_secret.get_secret_value(), notify_underpaid=underpaid)
         self._stack.push_async_callback(ipn.drain)
         return NowPaymentsRail(client, ipn, ipn_callback_url(settings.public_base_url))
+
+    async def _sol_rail(self, ledger: PaymentLedger) -> SolWatcher | None:
+        """With SOL_RECEIVER, a watcher that finds the orders' transactions on chain."""
+        settings = self.settings
+        if not settings.sol_receiver:
+            return None
+        rpc = SolRpc(settings.solana_rpc_url, self.api_limit)
+        self._stack.push_async_callback(rpc.close)
+
+        async def not_paid(outcome: SolOutcome) -> None:
+            values = {"signature": outcome.signature, "verdict": str(outcome.verdict or "")}
+            await ledger.notices.post(PaymentNotice(outcome.telegram_id, NoticeKind.NOT_PAID, values))
+
+        watcher = SolWatcher(ledger, rpc, settings.sol_receiver, not_paid, tolerance=settings.sol_amount_tolerance)
+        await watcher.start()
+        self._stack.push_async_callback(watcher.stop)
+        return watcher
 
     def _render_digest(self, chat_id: int, lines: list[str]) -> list[DigestPart]:
         """The digest's messages in the subscriber's language, every merged alert in one of them."""

@@ -43,6 +43,9 @@ logger = logging.getLogger("alertbot.payments")
 
 GATEWAY_STATUS_KEY = "payments:gateway_status"  # field "rail:external_id" -> latest status
 ORDER_TTL = timedelta(minutes=60)
+# Watchers keep looking this long past an order's end: a payment sent just in time may be
+# confirmed a little later. Orders are marked expired after it.
+ORDER_GRACE = timedelta(minutes=10)
 # An order's Redis hash outlives the order by this long, for late payments and support.
 ORDER_KEEP_SECONDS = 90 * 24 * 3600
 # Amounts are counted in Redis as integers of this many units per currency unit (lamports for SOL).
@@ -349,16 +352,17 @@ class PaymentLedger:
             return await self.writer.order_by_reference(rail, reference)
         return await self.order(str(order_id))
 
-    async def open_orders(self, rail: Rail) -> list[Order]:
-        """Orders on `rail` still waiting for (the rest of) their payment, soonest to expire first."""
-        now = self.clock()
+    async def open_orders(self, rail: Rail, grace: timedelta = ORDER_GRACE) -> list[Order]:
+        """Orders on `rail` still waiting for (the rest of) their payment, or whose time ran out
+        less than `grace` ago, soonest to expire first."""
+        since = self.clock() - grace
         try:
             async with self.redis.guarded() as client:
-                ids = await client.zrangebyscore(open_orders_key(rail), now.timestamp(), "+inf")
+                ids = await client.zrangebyscore(open_orders_key(rail), since.timestamp(), "+inf")
         except _REDIS_FAILURES:
-            return await self.writer.open_orders(rail, now)
+            return await self.writer.open_orders(rail, since)
         orders = [await self.order(str(order_id)) for order_id in ids]
-        return [order for order in orders if order is not None and order.is_open(now)]
+        return [order for order in orders if order is not None and order.is_open(since)]
 
     async def user_orders(self, telegram_id: int, limit: int = 5) -> list[Order]:
         return await self.writer.user_orders(telegram_id, limit)
@@ -373,14 +377,15 @@ class PaymentLedger:
         logger.info("order %s cancelled by user %s", order_id, telegram_id)
         return cancelled
 
-    async def expire_orders(self) -> list[Order]:
-        """Orders whose time ran out with nothing (enough) paid: marked expired, returned."""
-        now = self.clock()
+    async def expire_orders(self, grace: timedelta = ORDER_GRACE) -> list[Order]:
+        """Orders whose time ran out more than `grace` ago with nothing (enough) paid: marked
+        expired, returned."""
+        until = self.clock() - grace
         expired: list[Order] = []
         for rail in (Rail.STARS, Rail.SOL, Rail.NOWPAYMENTS):
             try:
                 async with self.redis.guarded() as client:
-                    ids = await client.zrangebyscore(open_orders_key(rail), "-inf", now.timestamp())
+                    ids = await client.zrangebyscore(open_orders_key(rail), "-inf", until.timestamp())
             except _REDIS_FAILURES:
                 return expired
             for order_id in ids:

@@ -47,6 +47,7 @@ class NoticeKind(StrEnum):
     RECEIPT = "receipt"  # plan, amount, currency, plan_end
     PARTIAL = "partial"  # paid, missing, currency
     REJECTED = "rejected"  # reason
+    NOT_PAID = "not_paid"  # signature, verdict: a transaction that paid nothing (failed on chain, ...)
     REMINDER_3D = "reminder_3d"  # plan_end
     REMINDER_1D = "reminder_1d"  # plan_end
     PLAN_ENDED = "plan_ended"

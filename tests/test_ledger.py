@@ -203,18 +203,20 @@ async def test_cancelled_and_expired_orders_leave_the_open_list(ledger_env: Book
     env = ledger_env
     kept = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefK")
     gone = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefG")
-    short = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefS", ttl=timedelta(seconds=-1))
+    just = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefJ", ttl=timedelta(minutes=-1))
+    short = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefS", ttl=timedelta(minutes=-11))
     assert await env.ledger.cancel_order(gone.id, 999) is None  # not theirs
     cancelled = await env.ledger.cancel_order(gone.id, USER)
     assert cancelled is not None and cancelled.status is OrderStatus.CANCELLED
-    assert [order.id for order in await env.ledger.open_orders(Rail.SOL)] == [kept.id]
+    # An order whose time ran out a minute ago is still watched for a payment sent in time.
+    assert {order.id for order in await env.ledger.open_orders(Rail.SOL)} == {kept.id, just.id}
     expired = await env.ledger.expire_orders()
     assert [order.id for order in expired] == [short.id]
     found = await env.ledger.order_by_reference(Rail.SOL, "RefK")
     assert found is not None and found.id == kept.id
     await env.writer.drained()
     statuses = dict(await env.postgres.fetch("SELECT id, status FROM orders"))
-    assert statuses == {kept.id: "open", gone.id: "cancelled", short.id: "expired"}
+    assert statuses == {kept.id: "open", just.id: "open", gone.id: "cancelled", short.id: "expired"}
 
 
 async def test_with_postgresql_down_a_payment_and_a_grant_take_effect_at_once_and_their_rows_follow(
@@ -342,7 +344,7 @@ async def test_money_that_arrives_after_the_order_expired_or_was_cancelled_still
     ledger_env: Books,
 ) -> None:
     env = ledger_env
-    late = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefLate", ttl=timedelta(seconds=-1))
+    late = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefLate", ttl=timedelta(hours=-1))
     assert [order.id for order in await env.ledger.expire_orders()] == [late.id]
     assert (await env.ledger.credit(payment("sigLate", "0.09", order_id=late.id))).outcome is CreditOutcome.CREDITED
     dropped = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefDrop")

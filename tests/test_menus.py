@@ -27,6 +27,7 @@ from bot.texts import TEXTS
 from domain.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
 from managers.redis_manager import RedisManager
 from payments.records import NoticeKind
+from payments.sol_verify import Verdict
 from services.accounts import parse_start_payload
 from services.cache import CacheRegistry
 from services.subscribers import SUBSCRIBERS_KEY, subscriber_key
@@ -382,6 +383,7 @@ def _text_keys_used() -> set[str]:
         "cmd_": MENU_COMMANDS,
         "reason_": REASON_KINDS,
         "notice_": tuple(kind.value for kind in NoticeKind),
+        "verdict_": tuple(verdict.value for verdict in Verdict),
     }
     keys: set[str] = set()
     for path in [*ROOT.glob("bot/**/*.py")]:

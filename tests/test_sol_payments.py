@@ -475,7 +475,8 @@ async def test_the_watcher_runs_in_the_background_and_is_poked_awake(sol: SolEnv
 
 async def test_a_late_payment_is_left_to_a_paste_and_a_second_one_to_a_paid_order_is_refused(sol: SolEnv) -> None:
     request = TransferRequest.build(RECEIVER, MONTH.price_sol or Decimal(0))
-    late = await sol.ledger.create_order(USER, MONTH, Rail.SOL, reference=request.reference, ttl=timedelta(0))
+    # Past its end and the watchers' grace after it.
+    late = await sol.ledger.create_order(USER, MONTH, Rail.SOL, reference=request.reference, ttl=timedelta(hours=-1))
     signature = sol.pay(late, PRICE)
     assert await sol.watcher.scan() == []  # no longer watched
     pasted = await sol.watcher.submit_signature(USER, signature)
