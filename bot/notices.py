@@ -4,6 +4,7 @@ acknowledges each once Telegram has taken it or refused it for good."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime
 from typing import Any
@@ -51,21 +52,27 @@ class NoticeDelivery:
         self.sender = sender
         self.store = store
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="payment-notices")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # The flag ends the loop even when the cancel is lost inside redis-py (Python 3.11).
+        self._stopping = True
+        task.cancel()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            self._stopping = False
 
     async def _run(self) -> None:
         start_id = "0"  # first this consumer's entries left unacknowledged by the last run
-        while True:
+        while not self._stopping:
             try:
                 async with self.redis.guarded() as client:
                     try:

@@ -11,6 +11,7 @@ crash leaves it to be applied again (each entry is idempotent: payments are uniq
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -89,6 +90,7 @@ class PaymentsWriter:
         self.postgres = postgres
         self.store = store
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         # Users whose plan PostgreSQL has and Redis may not (written while Redis was down).
@@ -106,13 +108,19 @@ class PaymentsWriter:
         self._task = asyncio.create_task(self._run(), name="payments-writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # The flag ends the loop even when the cancel is lost: on Python 3.11 asyncio.wait_for
+        # (inside redis-py) swallows a cancel that lands as its inner call ends.
+        self._stopping = True
+        self._wake.set()
+        task.cancel()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            self._stopping = False
 
     def poke(self) -> None:
         """Something was queued: look now rather than at the next poll."""
@@ -126,7 +134,7 @@ class PaymentsWriter:
 
     async def _run(self) -> None:
         delay = RETRY_MIN
-        while True:
+        while not self._stopping:
             try:
                 await self._ensure_group()
                 busy = await self._pass()
