@@ -17,7 +17,7 @@ from aiogram import Dispatcher
 from aiogram.types import TelegramObject, Update
 
 from bot.config import Settings
-from bot.container import build_services
+from bot.container import Services, build_services
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate
 from bot.runtime import build_dispatcher, create_bot
@@ -78,6 +78,7 @@ class BotEnv:
     store: SubscriberStore
     stores: Stores
     dispatcher: Dispatcher
+    services: Services
     sender: MessageSender | None = None
     handled: HandledUpdates = field(default_factory=HandledUpdates)
 
@@ -225,7 +226,7 @@ async def running_bot(
             flood_gate=gate,
             **dependencies,
         )
-        env = BotEnv(server, store, stores, dispatcher, sender)
+        env = BotEnv(server, store, stores, dispatcher, services, sender)
         env.handled.attach(dispatcher)
         polling = asyncio.create_task(dispatcher.start_polling(bot, handle_signals=False))
         try:
@@ -236,4 +237,5 @@ async def running_bot(
             if sender is not None:
                 await sender.stop(drain=True, timeout=10)
             await bot.session.close()
+            await services.stars.close()
             await services.ledger.writer.stop()

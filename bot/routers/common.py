@@ -20,6 +20,7 @@ from bot.callbacks import MenuCB
 from bot.routers.account import plan_screen
 from bot.routers.screens import acknowledge, show
 from bot.texts import pick_language, text
+from payments.checkout import CheckoutService
 from services.accounts import AccountService, parse_start_payload
 from services.subscribers import Subscriber
 
@@ -33,6 +34,7 @@ async def start(
     language: str,
     state: FSMContext,
     accounts: AccountService,
+    checkout: CheckoutService,
     first_contact: bool = False,
 ) -> None:
     await state.clear()
@@ -47,7 +49,7 @@ async def start(
         reply_markup=keyboards.main_menu(language),
     )
     if link is not None and link[0] == "plan":
-        card, markup = await plan_screen(accounts, link[1], language)
+        card, markup = await plan_screen(accounts, checkout, link[1], language)
         await message.answer(card, reply_markup=markup)
 
 
