@@ -43,9 +43,9 @@ import redis.asyncio.connection as redis_connection
 from aiogram import Bot
 
 from bench.table import print_markdown
-from domain.events import CallEvent, ChannelStatsEvent
+from domain.events import CallEvent, Channel, ChannelStatsEvent
 from domain.feed_adapters import parse_alert_frame
-from domain.filters import ChannelFacts, Filters, TokenFacts, token_matches
+from domain.filters import Filters, TokenFacts, token_matches
 from domain.matching import SubscriberIndex
 from domain.subscriber import Subscriber
 from managers.redis_manager import RedisManager
@@ -363,10 +363,13 @@ async def run_per_subscriber_loop(
     await manager.start()
     client = manager.client
     await client.flushdb(asynchronous=True)
-    stats: dict[str, ChannelFacts] = {}
+    stats: dict[str, Channel] = {}
     for frame in channel_frames:
-        stats[str(frame["id"])] = ChannelFacts.build(
-            str(frame["id"]), frame.get("username"), frame.get("win_rate"), frame.get("avg_gain")
+        stats[str(frame["id"])] = Channel(
+            str(frame["id"]),
+            username=frame.get("username"),
+            win_rate=frame.get("win_rate"),
+            avg_gain=frame.get("avg_gain"),
         )
     latencies: list[float] = []
     alerts = 0
@@ -379,16 +382,14 @@ async def run_per_subscriber_loop(
         assert isinstance(event, CallEvent)
         token = event.token
         facts = TokenFacts(token.market_cap_usd, token.liquidity_usd, token.holders, token.created_at)
-        channel = stats.get(event.channel.id) or ChannelFacts.build(
-            event.channel.id, event.channel.username, None, None
-        )
+        channel = stats.get(event.channel.id) or event.channel
         for subscriber in subscribers:
             key = f"processed_token:{token.address}:{subscriber.telegram_id}"
             record = await client.get(key)
             checked = json.loads(record)["channels_checked"] if record else []
             if record and json.loads(record)["status"] == "accepted":
                 continue
-            callers = [stats.get(c) or ChannelFacts.build(c, None, None, None) for c in checked] + [channel]
+            callers = [stats.get(c) or Channel(c) for c in checked] + [channel]
             if subscriber.receives_alerts(NOW) and token_matches(subscriber.filters, facts, event.called_at, callers):
                 await client.set(
                     key, json.dumps({"status": "accepted", "channels_checked": checked + [channel.id]}), ex=14 * 86400

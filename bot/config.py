@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
     nowpayments_ipn_secret: SecretStr | None = None
     public_base_url: str | None = None
     log_dir: Path = Path("./logs")
+    # Plans beyond the contract's table: the free trial a new user may start once (0: none)...
+    trial_days: int = Field(default=3, ge=0, le=30)
+    # ...the days an inviter gets when someone they invited first pays (0: none)...
+    referral_days: int = Field(default=7, ge=0, le=365)
+    # ...what a SOL payment may fall short of the price by and still count as paid (rounding in wallets).
+    sol_amount_tolerance: Decimal = Field(default=Decimal(0), ge=0)
     # Delivery settings beyond the contract's table:
     # send with allow_paid_broadcast, up to 1,000 messages a second (Telegram charges Stars).
     paid_broadcast: bool = False

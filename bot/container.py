@@ -45,6 +45,7 @@ def build_services(
     caches: CacheRegistry,
     admin_ids: Iterable[int],
     *,
+    referral_days: int = 0,
     sol: SolRequester | None = None,
     nowpayments: InvoiceMaker | None = None,
 ) -> Services:
@@ -54,7 +55,7 @@ def build_services(
     is not offered."""
     store = SubscriberStore(redis, postgres, caches, frozenset(admin_ids))
     accounts = AccountService(store, postgres)
-    ledger = PaymentLedger(redis, PaymentsWriter(redis, postgres, store), store)
+    ledger = PaymentLedger(redis, PaymentsWriter(redis, postgres, store), store, referral_days=referral_days)
     return Services(
         store=store,
         accounts=accounts,

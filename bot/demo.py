@@ -70,6 +70,9 @@ def _show(out: TextIO, who: str, message: str, markup: dict[str, Any] | None = N
 # how many new messages the bot answers with (a press that edits its message answers with none).
 CONVERSATION: tuple[tuple[str, str, int], ...] = (
     ("say", "/start", 1),
+    ("press", "🎁 Try 3 days free", 0),
+    ("say", "/status", 1),
+    ("say", "/start", 1),
     ("press", "🎯 Filters", 0),
     ("press", "Min win rate", 0),
     ("say", "40", 1),

@@ -97,6 +97,12 @@ def plans(codes_and_titles: Sequence[tuple[str, str]], language: str) -> InlineK
     return InlineKeyboardMarkup(inline_keyboard=[*_rows(buttons, 3), back_row(language)])
 
 
+def renew(language: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[[_button(text("button_renew", language), MenuCB(screen="plans").pack())]]
+    )
+
+
 def back_only(language: str, screen: str = "main") -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=[back_row(language, screen)])
 

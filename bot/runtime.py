@@ -13,10 +13,12 @@ import logging
 import signal
 import socket
 import tempfile
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiogram import Bot, Dispatcher
@@ -27,12 +29,14 @@ from aiogram.enums import ParseMode
 from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
 from bot.config import Settings, SettingsError, require
 from bot.container import Services, build_services
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
+from bot.notices import NoticeDelivery
 from bot.routers import get_routers
 from bot.texts import DEFAULT_LANGUAGE, TEXTS, text
 from domain.alert_text import DigestPart, render_digest
@@ -45,6 +49,10 @@ from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from managers.stream import StreamManager, SubscriptionSet
 from payments.ledger import PaymentLedger
+from payments.nowpayments import NowPaymentsClient, ipn_callback_url
+from payments.nowpayments_ipn import NowPaymentsIpn, Underpaid
+from payments.records import NoticeKind, PaymentNotice
+from payments.reminders import PlanReminders
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
@@ -86,6 +94,8 @@ def bot_commands(language: str) -> list[BotCommand]:
 
 
 PIPELINE_WORKERS = 4
+REMINDER_SECONDS = 600  # how often plan ends are checked for reminders
+ORDER_SWEEP_SECONDS = 60  # how often orders whose time ran out are closed
 API_CONCURRENCY = 10
 
 
@@ -124,6 +134,13 @@ def webhook_secret(token: str) -> str:
 
 
 @dataclass(frozen=True)
+class NowPaymentsRail:
+    client: NowPaymentsClient
+    ipn: NowPaymentsIpn
+    callback_url: str
+
+
+@dataclass(frozen=True)
 class Parts:
     """Everything `Runtime.start` builds, each once; none of it optional."""
 
@@ -139,6 +156,27 @@ class Parts:
     service: CallPipeline
     workers: ProcessingWorkers
     dispatcher: Dispatcher
+    # The payment rails the operator configured (NOWPAYMENTS_*, SOL_RECEIVER); None = off.
+    nowpayments: NowPaymentsRail | None
+
+
+class FeedHelper(Protocol):
+    """Something a feed reads while it parses, started before the feed and shown in health."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One incoming feed: its stream, and the helpers it needs running, by health name
+    (PumpPortal's SOL price; the contract's feed needs none)."""
+
+    stream: StreamManager
+    helpers: Mapping[str, FeedHelper] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,14 +197,17 @@ class Runtime:
     # Calls to outside APIs (Solana RPC, later NOWPayments) share one bound, so a slow provider
     # cannot pile up requests.
     api_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(API_CONCURRENCY))
-    sol_price: SolPriceSource | None = None
     queue: EventQueue = field(default_factory=EventQueue)
-    streams: list[StreamManager] = field(default_factory=list)
+    feeds: tuple[Feed, ...] = ()  # built once, when receiving begins
     pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
     http_port: int | None = None
     _parts: Parts | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _polling: asyncio.Task[None] | None = None
+
+    @property
+    def streams(self) -> list[StreamManager]:
+        return [feed.stream for feed in self.feeds]
 
     @property
     def parts(self) -> Parts:
@@ -240,8 +281,9 @@ class Runtime:
         else:
             parts["stream"] = {"status": "off", "reason": "STREAM_URL and PUMPPORTAL_URL are unset"}
         parts["queue"] = self.queue.health()
-        if self.sol_price is not None:
-            parts["sol_price"] = self.sol_price.health()
+        for feed in self.feeds:
+            for name, helper in feed.helpers.items():
+                parts[name] = helper.health()
         return parts
 
     async def open_stores(self) -> tuple[RedisManager, PostgresManager]:
@@ -310,7 +352,9 @@ class Runtime:
         caches = CacheRegistry(redis)
         await caches.start()
         self._stack.push_async_callback(caches.stop)
-        services = build_services(redis, postgres, caches, self.settings.admin_id_set)
+        services = build_services(
+            redis, postgres, caches, self.settings.admin_id_set, referral_days=self.settings.referral_days
+        )
         writer = services.ledger.writer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
@@ -353,6 +397,8 @@ class Runtime:
             await self._stop_delivery(delivery, sender, drain=redis.embedded)
 
         self._stack.push_async_callback(stop_delivery)
+        await self._start_payments(services, sender)
+        nowpayments = self._nowpayments_rail(services.ledger)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
         service = CallPipeline(
             index=self.index,
@@ -388,7 +434,42 @@ class Runtime:
             service=service,
             workers=workers,
             dispatcher=dispatcher,
+            nowpayments=nowpayments,
         )
+
+    async def _start_payments(self, services: Services, sender: MessageSender) -> None:
+        """Payment notices to the sender, and the timed work: reminders before plans end, and
+        orders whose time ran out."""
+        notices = NoticeDelivery(services.ledger.redis, sender, services.store)
+        await notices.start()
+        self._stack.push_async_callback(notices.stop)
+        reminders = PlanReminders(services.ledger.redis, services.ledger.notices.post)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        soon = datetime.now(UTC) + timedelta(seconds=5)
+        for job, seconds in (
+            (reminders.run_once, REMINDER_SECONDS),
+            (services.ledger.expire_orders, ORDER_SWEEP_SECONDS),
+        ):
+            scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
+        scheduler.start()
+        self._stack.callback(scheduler.shutdown, wait=False)
+
+    def _nowpayments_rail(self, ledger: PaymentLedger) -> NowPaymentsRail | None:
+        settings = self.settings
+        if not (settings.nowpayments_api_key and settings.nowpayments_ipn_secret and settings.public_base_url):
+            return None
+        client = NowPaymentsClient(
+            settings.nowpayments_api_url, settings.nowpayments_api_key.get_secret_value(), self.api_limit
+        )
+        self._stack.push_async_callback(client.close)
+
+        async def underpaid(notice: Underpaid) -> None:
+            values = {"paid": f"{notice.paid:f}", "missing": f"{notice.missing:f}", "currency": notice.currency}
+            await ledger.notices.post(PaymentNotice(notice.telegram_id, NoticeKind.PARTIAL, values))
+
+        ipn = NowPaymentsIpn(ledger, settings.nowpayments_ipn_secret.get_secret_value(), notify_underpaid=underpaid)
+        self._stack.push_async_callback(ipn.drain)
+        return NowPaymentsRail(client, ipn, ipn_callback_url(settings.public_base_url))
 
     def _render_digest(self, chat_id: int, lines: list[str]) -> list[DigestPart]:
         """The digest's messages in the subscriber's language, every merged alert in one of them."""
@@ -419,55 +500,56 @@ class Runtime:
         except (UnknownSubscriber, StoreUnavailable) as exc:
             logger.warning("could not mark %s inactive (%s): %s", chat_id, reason, exc)
 
-    def _build_streams(self) -> list[StreamManager]:
+    def _build_feeds(self) -> tuple[Feed, ...]:
         settings = self.settings
-        streams: list[StreamManager] = []
+        feeds: list[Feed] = []
         if settings.stream_url:
-            streams.append(
-                StreamManager(
-                    settings.stream_url,
-                    parse_alert_frame,
-                    self.queue.put,
-                    poll_url=settings.stream_poll_url,
-                    name="feed",
-                    **self.stream_options,
-                )
+            stream = StreamManager(
+                settings.stream_url,
+                parse_alert_frame,
+                self.queue.put,
+                poll_url=settings.stream_poll_url,
+                name="feed",
+                **self.stream_options,
             )
+            feeds.append(Feed(stream))
         if settings.pumpportal_url:
             key = settings.pumpportal_api_key.get_secret_value() if settings.pumpportal_api_key else None
             # PumpPortal prices tokens in SOL; the USD figures use Pyth's SOL/USD read through the
             # operator's own SOLANA_RPC_URL (unknown, so None, until the first good read).
-            self.sol_price = SolPriceSource(settings.solana_rpc_url, self.api_limit)
+            sol_price = SolPriceSource(settings.solana_rpc_url, self.api_limit)
             # New tokens and migrations only: asked again after every reconnect.
             subscriptions = SubscriptionSet()
             subscriptions.add("subscribeNewToken")
             subscriptions.add("subscribeMigration")
-            streams.append(
-                StreamManager(
-                    pumpportal_url(settings.pumpportal_url, key),
-                    pumpportal_parser(self.sol_price.current),
-                    self.queue.put,
-                    subscriptions=subscriptions,
-                    name="pumpportal",
-                    **self.stream_options,
-                )
+            stream = StreamManager(
+                pumpportal_url(settings.pumpportal_url, key),
+                pumpportal_parser(sol_price.current),
+                self.queue.put,
+                subscriptions=subscriptions,
+                name="pumpportal",
+                **self.stream_options,
             )
-        return streams
+            feeds.append(Feed(stream, {"sol_price": sol_price}))
+        return tuple(feeds)
 
     async def _start_streams(self) -> None:
-        self.streams = self._build_streams()
-        if self.sol_price is not None:
-            await self.sol_price.start()
-            self._stack.push_async_callback(self.sol_price.stop)
-        for stream in self.streams:
-            await stream.start()
-            self._stack.push_async_callback(stream.stop)
+        self.feeds = self._build_feeds()
+        for feed in self.feeds:
+            for helper in feed.helpers.values():
+                await helper.start()
+                self._stack.push_async_callback(helper.stop)
+            await feed.stream.start()
+            self._stack.push_async_callback(feed.stream.stop)
         self.metrics.components.add(
             "stream", lambda: {k: v for s in self.streams for k, v in s.stats.numbers().items()}
         )
 
     async def _start_http(self) -> None:
-        app = build_http_app(self.health, self.serving, self.metrics.registry)
+        rail = self.parts.nowpayments
+        app = build_http_app(
+            self.health, self.serving, self.metrics.registry, nowpayments_ipn_handler=rail.ipn if rail else None
+        )
         if self.settings.webhook_url:
             path = urlsplit(self.settings.webhook_url).path or "/webhook"
             secret = webhook_secret(self.bot.token)

@@ -205,6 +205,22 @@ TEXTS: dict[str, dict[str, str]] = {
             "You can write again in {seconds} s; the answer to the first comes here."
         ),
         "plans_title": "<b>Plans</b>\nA plan turns alerts on for its days; days add up.",
+        "notice_receipt": "🧾 <b>Payment received</b>\nPlan: {plan}\n"
+        "Paid: {amount} {currency}\nAlerts are on until {plan_end}.",
+        "notice_partial": "⚠️ We received {paid} {currency}, which is {missing} {currency} short of the price. "
+        "Send the rest to the same payment request and the order completes.",
+        "notice_rejected": "⚠️ This payment could not be credited: {reason}. "
+        "Write to /paysupport and we will sort it out.",
+        "notice_reminder_3d": "⏳ Your plan ends in 3 days ({plan_end}). Renew to keep the alerts coming.",
+        "notice_reminder_1d": "⏳ Your plan ends tomorrow ({plan_end}). Renew to keep the alerts coming.",
+        "notice_plan_ended": "Your plan has ended, so alerts have stopped. Renew any time: your filters are kept.",
+        "notice_referral_reward": "🎁 Someone you invited just paid for a plan: {days} days of alerts are yours. "
+        "Your plan is active until {plan_end}.",
+        "button_renew": "💳 Renew",
+        "button_trial": "🎁 Try {days} days free",
+        "trial_started": "🎁 Your free trial is on: alerts until {plan_end}. "
+        "Set your filters so they bring what you want.",
+        "trial_used": "You have had your free trial already. See /plans to keep the alerts coming.",
         "plans_none": "No plans are on offer right now.",
         "plan_card": "<b>{title}</b>: {days} days of alerts\nPrice: {prices}",
         "plan_unknown": "There is no plan called <code>{code}</code>; here are the plans on offer.",
@@ -553,6 +569,24 @@ TEXTS: dict[str, dict[str, str]] = {
             "Написать снова можно через {seconds} с; ответ на первое придёт сюда."
         ),
         "plans_title": "<b>Тарифы</b>\nТариф включает оповещения на свой срок; дни суммируются.",
+        "notice_receipt": "🧾 <b>Оплата получена</b>\nТариф: {plan}\n"
+        "Оплачено: {amount} {currency}\nОповещения включены до {plan_end}.",
+        "notice_partial": "⚠️ Получено {paid} {currency}, не хватает {missing} {currency} до цены. "
+        "Отправьте остаток по тому же запросу на оплату, и заказ будет оплачен.",
+        "notice_rejected": "⚠️ Этот платёж не удалось зачесть: {reason}. Напишите в /paysupport, и мы разберёмся.",
+        "notice_reminder_3d": "⏳ Ваш тариф закончится через 3 дня ({plan_end}). "
+        "Продлите его, чтобы оповещения не прерывались.",
+        "notice_reminder_1d": "⏳ Ваш тариф закончится завтра ({plan_end}). "
+        "Продлите его, чтобы оповещения не прерывались.",
+        "notice_plan_ended": "Ваш тариф закончился, оповещения остановлены. "
+        "Продлить можно в любой момент: фильтры сохранены.",
+        "notice_referral_reward": "🎁 Приглашённый вами пользователь оплатил тариф: "
+        "вам начислено дней оповещений: {days}. Ваш тариф активен до {plan_end}.",
+        "button_renew": "💳 Продлить",
+        "button_trial": "🎁 {days} дн. бесплатно",
+        "trial_started": "🎁 Пробный период включён: оповещения до {plan_end}. "
+        "Настройте фильтры, чтобы получать нужное.",
+        "trial_used": "Пробный период уже был использован. Смотрите /plans, чтобы оповещения продолжались.",
         "plans_none": "Сейчас тарифов нет.",
         "plan_card": "<b>{title}</b>: оповещения на {days} дн.\nЦена: {prices}",
         "plan_unknown": "Тарифа <code>{code}</code> нет; вот доступные тарифы.",

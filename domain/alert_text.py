@@ -256,17 +256,18 @@ def _utf16_len(text: str) -> int:
 
 
 def _caller_line(caller: CallerLine, labels: dict[str, str]) -> str:
-    username = safe_username(caller.username)
-    name = sanitize(caller.name, CHANNEL_NAME_MAX)
+    channel = caller.channel
+    username = safe_username(channel.username)
+    name = sanitize(channel.name, CHANNEL_NAME_MAX)
     if not name:
-        name = f"@{username}" if username else sanitize(f"#{caller.channel_id}", CHANNEL_NAME_MAX)
+        name = f"@{username}" if username else sanitize(f"#{channel.id}", CHANNEL_NAME_MAX)
     # Only a validated username ever reaches an href; the visible name is escaped text.
     shown = f'<a href="https://t.me/{username}">{name}</a>' if username else name
     details: list[str] = []
-    win_rate = _format_percent(caller.win_rate)
+    win_rate = _format_percent(channel.win_rate)
     if win_rate is not None:
         details.append(f"{labels['win_rate']} {win_rate}")
-    gain = _format_multiple(caller.avg_gain)
+    gain = _format_multiple(channel.avg_gain)
     if gain is not None:
         details.append(f"{labels['avg_gain']} {gain}")
     if caller.called_at is not None:
@@ -278,7 +279,7 @@ def _distinct(callers: Sequence[CallerLine]) -> list[CallerLine]:
     seen: set[str] = set()
     result: list[CallerLine] = []
     for caller in callers:
-        key = str(caller.channel_id)
+        key = caller.channel.id
         if key not in seen:
             seen.add(key)
             result.append(caller)

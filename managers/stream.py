@@ -1,25 +1,9 @@
 """One real-time feed over a WebSocket, kept alive, with an HTTP poll fallback.
 
-`StreamManager` reads text frames, turns them into events with a parser (see
-`domain.feed_adapters`) and awaits the sink with each one: the sink is the bounded queue's
-put, so a full queue makes the reader wait (back-pressure) instead of dropping.
-
-What it takes care of:
-
-* reconnecting with exponential backoff and jitter, never opening connections faster than
-  `min_connect_interval` (PumpPortal blacklists clients that reconnect in storms);
-* keepalive pings, and a silence watchdog: no frame for `silence_timeout` -> reconnect;
-* subscriptions kept outside the connection (`SubscriptionSet`) and sent again after every
-  reconnect, at most 5,000 keys per message;
-* PumpPortal's refusal to stream trades (no funded API key): final, trade subscriptions are
-  dropped for good, and it is no reason to reconnect;
-* de-duplication by `event.key` over a bounded window, so frames replayed around a reconnect,
-  or seen both on the WebSocket and in the poll answer, reach the sink once;
-* malformed frames and failing sinks are counted and logged (rate-limited), never fatal;
-* polling `poll_url` (a JSON array of recent frames) while the WebSocket has been down for
-  `poll_after` seconds, until it is back, and once after every reconnect, so the frames of a
-  drop too short to start polling are read all the same; an answer over `max_poll_bytes` is a poll error, and
-  reading stops there, so a runaway endpoint cannot fill the memory.
+`StreamManager` turns text frames into events with a parser (`domain.feed_adapters`) and awaits
+the sink (the bounded queue's put, so a full queue holds the reader back). It reconnects with
+backoff, re-sends subscriptions on every connect, drops repeats and polls while the WebSocket is
+down. Details: docs/architecture.md, "Streams".
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ ALTER TABLE payments DROP CONSTRAINT payments_rail_check;
 ALTER TABLE payments ADD CONSTRAINT payments_rail_check
     CHECK (rail IN ('stars', 'sol', 'nowpayments', 'grant', 'trial', 'referral'));
 ALTER TABLE payments ADD COLUMN order_id text REFERENCES orders (id) ON DELETE SET NULL;
-ALTER TABLE payments ADD COLUMN gateway_status text;  -- NOWPayments: the latest status, only forward
 
 ALTER TABLE subscriptions DROP CONSTRAINT subscriptions_source_check;
 ALTER TABLE subscriptions ADD CONSTRAINT subscriptions_source_check
@@ -55,3 +54,15 @@ CREATE TABLE payment_events (
 
 CREATE INDEX payment_events_external_idx ON payment_events (rail, external_id);
 CREATE INDEX payment_events_order_idx ON payment_events (order_id) WHERE order_id IS NOT NULL;
+
+-- A gateway's latest status of a payment (NOWPayments), kept before the payment is credited too;
+-- it only moves forward (the ledger checks, the queue applies in order).
+CREATE TABLE gateway_statuses (
+    rail            text        NOT NULL,
+    external_id     text        NOT NULL,
+    status          text        NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (rail, external_id)
+);
+CREATE TRIGGER gateway_statuses_set_updated_at BEFORE UPDATE ON gateway_statuses
+    FOR EACH ROW WHEN (OLD IS DISTINCT FROM NEW) EXECUTE FUNCTION set_updated_at();

@@ -34,14 +34,13 @@ from domain.plans import (
     moves_forward,
 )
 from managers.redis_manager import RedisManager
-from payments.pg_writer import PG_FAILURES, PaymentsWriter
-from payments.records import CreditOutcome, CreditResult, payment_entry
+from payments.notices import NoticeBoard
+from payments.pg_writer import PG_FAILURES, PLAN_ENDS_KEY, QUEUE_KEY, SEEN_KEY, PaymentsWriter
+from payments.records import CreditOutcome, CreditResult, NoticeKind, PaymentNotice, payment_entry
 from services.subscribers import SubscriberStore, UnknownSubscriber, subscriber_key
 
 logger = logging.getLogger("alertbot.payments")
 
-QUEUE_KEY = "payments:pg"
-SEEN_KEY = "payments:seen"  # field "rail:external_id" -> "outcome|telegram_id"
 GATEWAY_STATUS_KEY = "payments:gateway_status"  # field "rail:external_id" -> latest status
 ORDER_TTL = timedelta(minutes=60)
 # An order's Redis hash outlives the order by this long, for late payments and support.
@@ -174,7 +173,8 @@ return 1
 """
 
 # The credit: all or nothing, reads before writes.
-# KEYS: seen hash, subscriber hash, order hash (or the seen hash when no order), open zset, queue.
+# KEYS: seen hash, subscriber hash, order hash (or the seen hash when no order), open zset, queue,
+#       plan ends zset.
 # ARGV: seen field, now epoch, days, amount units, tolerance units, order id ('' none),
 #       telegram id, payment json.
 # Reply: {outcome, reason, plan start, plan end, paid units, days}.
@@ -210,6 +210,7 @@ if outcome == 'credited' then
   if current and current > now then start = current end
   local finish = start + days * 86400
   redis.call('HSET', KEYS[2], 'plan_expires_at', string.format('%.6f', finish))
+  redis.call('ZADD', KEYS[6], finish, ARGV[7])
   start_at = string.format('%.6f', start)
   end_at = string.format('%.6f', finish)
 end
@@ -220,11 +221,13 @@ redis.call('XADD', KEYS[5], '*', 'kind', 'payment', 'data', ARGV[8], 'outcome', 
 return {outcome, '', start_at, end_at, string.format('%d', paid), string.format('%d', days)}
 """
 
-# Ends a plan now and queues the revocation. KEYS: subscriber hash, queue. ARGV: now, json.
+# Ends a plan now and queues the revocation. KEYS: subscriber hash, queue, plan ends zset.
+# ARGV: now, json, telegram id.
 _REVOKE_LUA = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'plan_expires_at') or '')
 if not current or current <= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'plan_expires_at', '')
+redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'kind', 'revoke', 'data', ARGV[2])
 return 1
 """
@@ -259,13 +262,18 @@ class PaymentLedger:
         writer: PaymentsWriter,
         store: SubscriberStore,
         *,
+        notices: NoticeBoard | None = None,
+        referral_days: int = 0,
         clock: Clock = lambda: datetime.now(UTC),
     ) -> None:
         self.redis = redis
         self.writer = writer
         self.store = store
+        self.notices = notices or NoticeBoard(redis)
+        self.referral_days = referral_days
         self.clock = clock
         self._scripts: dict[str, Any] = {}
+        writer.on_paid = self._reward_referrer
 
     # ------------------------------------------------------------------ orders
 
@@ -408,7 +416,52 @@ class PaymentLedger:
         self._log_credit(payment, result)
         if result.outcome is CreditOutcome.CREDITED:
             await self.store.plan_changed(payment.telegram_id)
+        if payment.rail in PAID_RAILS:
+            await self._tell(payment, result)
         return result
+
+    async def _tell(self, payment: Payment, result: CreditResult) -> None:
+        """The payer hears what became of their money: a receipt, the shortfall, or why not."""
+        order = result.order
+        if result.outcome is CreditOutcome.CREDITED and result.plan_end is not None:
+            paid = order.paid_amount if order else payment.amount
+            values = {
+                "plan": order.plan_code if order else payment.plan_code or "",
+                "days": str(order.days if order else payment.days),
+                "amount": f"{paid.normalize():f}",
+                "currency": payment.currency,
+                "plan_end": result.plan_end.isoformat(),
+            }
+            await self.notices.post(PaymentNotice(payment.telegram_id, NoticeKind.RECEIPT, values))
+        elif result.outcome is CreditOutcome.PARTIAL and order is not None:
+            values = {
+                "paid": f"{order.paid_amount.normalize():f}",
+                "missing": f"{order.shortfall.normalize():f}",
+                "currency": order.currency,
+            }
+            await self.notices.post(PaymentNotice(payment.telegram_id, NoticeKind.PARTIAL, values))
+        elif result.outcome is CreditOutcome.REJECTED:
+            await self.notices.post(PaymentNotice(payment.telegram_id, NoticeKind.REJECTED, {"reason": result.reason}))
+
+    async def _reward_referrer(self, invitee: int) -> None:
+        """The inviter's days when the user they invited pays (once per invitee, ever)."""
+        if self.referral_days <= 0:
+            return
+        inviter = await self.writer.referrer(invitee)
+        if inviter is None:
+            return
+        reward = Payment(
+            rail=Rail.REFERRAL,
+            external_id=str(invitee),
+            telegram_id=inviter,
+            days=self.referral_days,
+            amount=Decimal(0),
+            currency="",
+        )
+        result = await self.credit(reward)
+        if result.outcome is CreditOutcome.CREDITED and result.plan_end is not None:
+            values = {"days": str(self.referral_days), "plan_end": result.plan_end.isoformat()}
+            await self.notices.post(PaymentNotice(inviter, NoticeKind.REFERRAL_REWARD, values))
 
     async def grant(self, telegram_id: int, days: int, *, granted_by: int, rail: Rail = Rail.GRANT) -> datetime:
         """Add `days` to the user's plan (an admin's /grant, a referral reward); the new end.
@@ -460,8 +513,8 @@ class PaymentLedger:
                 await self._run(
                     "revoke",
                     _REVOKE_LUA,
-                    [subscriber_key(telegram_id), QUEUE_KEY],
-                    [now.timestamp(), entry],
+                    [subscriber_key(telegram_id), QUEUE_KEY, PLAN_ENDS_KEY],
+                    [now.timestamp(), entry, telegram_id],
                 )
             )
         except _REDIS_FAILURES:
@@ -537,6 +590,7 @@ class PaymentLedger:
                 order_key(order_id) if order_id else SEEN_KEY,
                 open_orders_key(payment.rail) if payment.rail in (Rail.STARS, Rail.SOL, Rail.NOWPAYMENTS) else SEEN_KEY,
                 QUEUE_KEY,
+                PLAN_ENDS_KEY,
             ],
             [
                 seen_field(payment.rail, payment.external_id),

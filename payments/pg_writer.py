@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,7 +22,7 @@ from typing import Any, cast
 import asyncpg
 import redis.exceptions
 
-from domain.plans import Order, OrderStatus, Payment, Rail, covers, paid_period
+from domain.plans import PAID_RAILS, Order, OrderStatus, Payment, Rail, covers, paid_period
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from payments.records import CreditOutcome, CreditResult, payment_entry
@@ -36,6 +36,8 @@ GROUP = "pg"
 CONSUMER = "writer"
 # Set once Redis holds every plan and payment PostgreSQL has; missing after Redis lost its data.
 REBUILT_KEY = "payments:rebuilt"
+SEEN_KEY = "payments:seen"  # field "rail:external_id" -> "outcome|telegram_id"
+PLAN_ENDS_KEY = "plans:ends"  # telegram id -> plan end (epoch), for reminders
 BATCH = 100
 RETRY_MIN = 0.2
 RETRY_MAX = 5.0
@@ -52,7 +54,7 @@ _REFUSED: tuple[type[BaseException], ...] = (
     TypeError,
 )
 
-__all__ = ["PG_FAILURES", "PaymentsWriter"]
+__all__ = ["PG_FAILURES", "PLAN_ENDS_KEY", "QUEUE_KEY", "SEEN_KEY", "PaymentsWriter"]
 
 
 def _order_from_row(row: Mapping[str, Any]) -> Order:
@@ -73,6 +75,10 @@ def _order_from_row(row: Mapping[str, Any]) -> Order:
     )
 
 
+async def _nothing(telegram_id: int) -> None:
+    return None
+
+
 def _moment(raw: str) -> datetime | None:
     return datetime.fromtimestamp(float(raw), UTC) if raw else None
 
@@ -89,6 +95,9 @@ class PaymentsWriter:
         self._resync: set[int] = set()
         self.applied = 0
         self.refused = 0
+        # Called with the payer's id after a paid credit reaches PostgreSQL, before its entry is
+        # acknowledged (so a crash in between calls it again; it must be idempotent).
+        self.on_paid: Callable[[int], Awaitable[None]] = _nothing
 
     # ------------------------------------------------------------------ the queue
 
@@ -159,6 +168,10 @@ class PaymentsWriter:
         for entry_id, fields in entries:
             try:
                 await self.apply(fields)
+                if fields.get("kind") == "payment" and fields.get("outcome") == "credited":
+                    data = json.loads(fields["data"])
+                    if Rail(data["rail"]) in PAID_RAILS:
+                        await self.on_paid(int(data["telegram_id"]))
             except _REFUSED as exc:
                 self.refused += 1
                 logger.error(
@@ -206,7 +219,10 @@ class PaymentsWriter:
             elif kind == "gateway_status":
                 data = json.loads(fields["data"])
                 await conn.execute(
-                    "UPDATE payments SET gateway_status = $3 WHERE rail = $1 AND external_id = $2",
+                    """
+                    INSERT INTO gateway_statuses (rail, external_id, status) VALUES ($1, $2, $3)
+                    ON CONFLICT (rail, external_id) DO UPDATE SET status = EXCLUDED.status
+                    """,
                     data["rail"],
                     data["external_id"],
                     data["status"],
@@ -466,6 +482,14 @@ class PaymentsWriter:
         except PG_FAILURES:
             return False
 
+    async def referrer(self, telegram_id: int) -> int | None:
+        """Who invited the user (their telegram id), None when nobody did."""
+        value = await self.postgres.fetchval(
+            "SELECT r.telegram_id FROM users u JOIN users r ON r.id = u.referred_by WHERE u.telegram_id = $1",
+            telegram_id,
+        )
+        return None if value is None else int(value)
+
     async def payer(self, rail: Rail, external_id: str) -> int | None:
         try:
             value = await self.postgres.fetchval(
@@ -477,7 +501,7 @@ class PaymentsWriter:
 
     async def gateway_status(self, rail: Rail, external_id: str) -> str | None:
         return await self.postgres.fetchval(
-            "SELECT gateway_status FROM payments WHERE rail = $1 AND external_id = $2", rail.value, external_id
+            "SELECT status FROM gateway_statuses WHERE rail = $1 AND external_id = $2", rail.value, external_id
         )
 
     async def order(self, order_id: str) -> Order | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -38,3 +39,25 @@ def payment_entry(payment: Payment) -> dict[str, Any]:
         "granted_by": payment.granted_by,
         "raw": payment.raw,
     }
+
+
+class NoticeKind(StrEnum):
+    """What the payments side tells a user; the bot words each in the user's language."""
+
+    RECEIPT = "receipt"  # plan, amount, currency, plan_end
+    PARTIAL = "partial"  # paid, missing, currency
+    REJECTED = "rejected"  # reason
+    REMINDER_3D = "reminder_3d"  # plan_end
+    REMINDER_1D = "reminder_1d"  # plan_end
+    PLAN_ENDED = "plan_ended"
+    REFERRAL_REWARD = "referral_reward"  # days, plan_end
+
+
+@dataclass(frozen=True)
+class PaymentNotice:
+    telegram_id: int
+    kind: NoticeKind
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+Notify = Callable[[PaymentNotice], Awaitable[None]]

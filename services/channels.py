@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
-from domain.events import ChannelRef, ChannelStatsEvent
-from domain.filters import ChannelFacts
+from domain.events import Channel, ChannelStatsEvent
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager, RedisUnavailable
 from services.cache import CHANNELS, CacheRegistry
@@ -30,36 +28,16 @@ def channel_info_key(channel_id: str) -> str:
     return f"channel:{channel_id}:info"
 
 
-@dataclass(frozen=True)
-class ChannelInfo:
-    id: str
-    name: str | None = None
-    username: str | None = None
-    win_rate: float | None = None
-    avg_gain: float | None = None
-    calls: int | None = None
+_FIELDS = ("id", "name", "username", "win_rate", "avg_gain", "calls")
 
-    def facts(self) -> ChannelFacts:
-        return ChannelFacts.build(self.id, self.username, self.win_rate, self.avg_gain)
 
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
+def channel_to_json(channel: Channel) -> str:
+    return json.dumps({name: getattr(channel, name) for name in _FIELDS})
 
-    @classmethod
-    def from_json(cls, text: str) -> ChannelInfo:
-        data = json.loads(text)
-        return cls(**{k: data.get(k) for k in ("id", "name", "username", "win_rate", "avg_gain", "calls")})
 
-    def merged(self, newer: ChannelInfo) -> ChannelInfo:
-        """`newer`'s values where it has them, ours elsewhere."""
-        return ChannelInfo(
-            id=self.id,
-            name=newer.name or self.name,
-            username=newer.username or self.username,
-            win_rate=newer.win_rate if newer.win_rate is not None else self.win_rate,
-            avg_gain=newer.avg_gain if newer.avg_gain is not None else self.avg_gain,
-            calls=newer.calls if newer.calls is not None else self.calls,
-        )
+def channel_from_json(text: str) -> Channel:
+    data = json.loads(text)
+    return Channel(**{name: data.get(name) for name in _FIELDS})
 
 
 class ChannelDirectory:
@@ -76,8 +54,8 @@ class ChannelDirectory:
         self.caches = caches
         self.persistence = persistence
 
-    async def info(self, channel_ids: Sequence[str]) -> dict[str, ChannelInfo]:
-        found: dict[str, ChannelInfo] = {}
+    async def info(self, channel_ids: Sequence[str]) -> dict[str, Channel]:
+        found: dict[str, Channel] = {}
         missing: list[str] = []
         for channel_id in channel_ids:
             cached = self.cache.get(channel_id)
@@ -89,14 +67,14 @@ class ChannelDirectory:
             await self._load(missing, found)
         return found
 
-    async def _load(self, missing: list[str], found: dict[str, ChannelInfo]) -> None:
+    async def _load(self, missing: list[str], found: dict[str, Channel]) -> None:
         try:
             async with self.redis.guarded() as client:
                 # decode_responses=True: text, or None for a missing key
                 values = cast(list[str | None], await client.mget([channel_info_key(c) for c in missing]))
             for channel_id, value in zip(missing, values):
                 if value:
-                    found[channel_id] = ChannelInfo.from_json(value)
+                    found[channel_id] = channel_from_json(value)
                     self.cache.set(channel_id, found[channel_id])
         except RedisUnavailable:
             pass
@@ -111,7 +89,7 @@ class ChannelDirectory:
                 logger.warning("could not read channels from PostgreSQL: %s", exc)
                 return
             for row in rows:
-                info = ChannelInfo(
+                info = Channel(
                     id=row["id"],
                     name=row["name"],
                     username=row["username"],
@@ -123,45 +101,41 @@ class ChannelDirectory:
                 self.cache.set(info.id, info)
                 await self._store_redis(info)
 
-    async def callers(self, channel_ids: Iterable[str], refs: dict[str, ChannelRef]) -> list[ChannelInfo]:
-        """Every calling channel as known now; one never described is known by its id and name only."""
+    async def callers(self, channel_ids: Iterable[str], named: dict[str, Channel]) -> list[Channel]:
+        """Every calling channel as known now; one never described is known as `named` (by its call)
+        or by its id only."""
         ids = list(dict.fromkeys(channel_ids))
         known = await self.info(ids)
-        found: list[ChannelInfo] = []
-        for channel_id in ids:
-            info = known.get(channel_id)
-            if info is None:
-                ref = refs.get(channel_id)
-                info = ChannelInfo(channel_id, ref.name if ref else None, ref.username if ref else None)
-            found.append(info)
-        return found
+        return [known.get(channel_id) or named.get(channel_id) or Channel(channel_id) for channel_id in ids]
 
-    async def note_caller(self, ref: ChannelRef) -> ChannelInfo:
+    async def note_caller(self, called: Channel) -> Channel:
         """A call names its channel: remember a new channel, or a changed name or username."""
-        known = (await self.info([ref.id])).get(ref.id)
-        incoming = ChannelInfo(ref.id, ref.name, ref.username)
-        if known is None or (ref.name and ref.name != known.name) or (ref.username and ref.username != known.username):
-            merged = known.merged(incoming) if known else incoming
+        known = (await self.info([called.id])).get(called.id)
+        if (
+            known is None
+            or (called.name and called.name != known.name)
+            or (called.username and called.username != known.username)
+        ):
+            merged = known.merged(called) if known else called
             await self._save(merged)
             if self.persistence is not None:
-                self.persistence.channel(id=ref.id, name=ref.name, username=ref.username)
+                self.persistence.channel(called)
             return merged
         return known
 
-    async def update_stats(self, event: ChannelStatsEvent) -> ChannelInfo:
-        known = (await self.info([event.id])).get(event.id)
-        incoming = ChannelInfo(event.id, event.name, event.username, event.win_rate, event.avg_gain, event.calls)
-        merged = known.merged(incoming) if known else incoming
+    async def update_stats(self, event: ChannelStatsEvent) -> Channel:
+        known = (await self.info([event.channel.id])).get(event.channel.id)
+        merged = known.merged(event.channel) if known else event.channel
         await self._save(merged)
         if self.persistence is not None:
-            self.persistence.channel(event, at=datetime.now(UTC))
+            self.persistence.channel(event.channel, stats_at=datetime.now(UTC))
         return merged
 
-    async def _save(self, info: ChannelInfo) -> None:
+    async def _save(self, info: Channel) -> None:
         await self._store_redis(info)
         # Drop every process's copy first, then keep ours: others reload from Redis.
         await self.caches.invalidate(CHANNELS.name, info.id)
         self.cache.set(info.id, info)
 
-    async def _store_redis(self, info: ChannelInfo) -> None:
-        await self.redis.set(channel_info_key(info.id), info.to_json(), ex=CHANNEL_INFO_TTL_SECONDS)
+    async def _store_redis(self, info: Channel) -> None:
+        await self.redis.set(channel_info_key(info.id), channel_to_json(info), ex=CHANNEL_INFO_TTL_SECONDS)

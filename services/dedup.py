@@ -1,28 +1,9 @@
 """Exactly one alert per subscriber per token, across workers, processes, restarts and outages.
 
-Two Redis records per token, each read and written in a single round trip whatever the number
-of subscribers:
-
-* `token_calls:{token}` (hash channel id -> first call time, kept 1 hour after the last call):
-  the "channels checked" and "channels' call times" of the product's processed-token record.
-  They are the same for every subscriber, so they are kept once per token. A subscriber whose
-  filters a token failed is checked again whenever a new channel calls it, against every calling
-  channel's latest statistics, and alerted then if it now passes.
-* `processed_token:{token}` (set of the subscriber ids alerted, kept 14 days after the last
-  alert): the "accepted" status. The alert's own time and channels are in PostgreSQL's `alerts`.
-
-Claim and enqueue are one step: one Lua script per call records the call, claims the matched
-subscribers not in the set yet (SMISMEMBER + SADD) and adds an `outbox:alerts` entry for each
-one it wins, so two workers or two processes never both alert one subscriber, a restart never
-repeats an alert, and no claim exists without its alert. Every value travels as an argument of
-its own and the reply is an array, so no channel id or text is ever split on a delimiter. Redis
-keeps a script's earlier writes when a later command fails, so the script reads before it writes
-and writes the entries before the claims: a failing script leaves nothing behind.
-
-While Redis is unreachable this process decides alone, from its own copy, so it keeps alerting
-and never repeats its own alerts. The calls and claims made meanwhile are written back when
-Redis answers, with the alerts the sender has not sent yet: one script per token adds such an
-alert to the stream unless another process claimed its subscriber meanwhile, then the claims.
+Per token, `token_calls:{token}` (who called it, when) and `processed_token:{token}` (who was
+alerted); one Lua script per call records the call, claims the matched subscribers and queues
+their outbox entries, so no claim exists without its alert. While Redis is down this process
+decides from its own copy and writes it back later. Details: docs/architecture.md, "Dedup".
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The service's own HTTP endpoints: /health and /metrics (payment callbacks join later).
+"""The service's own HTTP endpoints: /health, /metrics and, when given a handler, the
+NOWPayments IPN callback.
 
 The app only reads state through the callables it is given, so it knows nothing of how the
 stores or the stream work, and tests can serve it with any state they like.
@@ -7,6 +8,10 @@ stores or the stream work, and tests can serve it with any state they like.
 are checked once per interval, and concurrent probes share one check), and it shows only what
 `public_health` lets through: statuses, numbers, and a short fixed reason for each part that is
 not ok. Host names, URLs and error texts stay in the logs, where the components write them.
+
+`POST /ipn/nowpayments` hands the raw body and its `x-nowpayments-sig` header to the IPN handler
+it is given and answers the HTTP status the handler returns (401 for a forgery, 5xx to have
+NOWPayments try again later); without a handler the route does not exist.
 """
 
 from __future__ import annotations
@@ -15,16 +20,24 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 HealthProvider = Callable[[], Awaitable[dict[str, Any]]]
+# (raw body, signature header or None) -> the HTTP status to answer.
+IpnHandler = Callable[[bytes, str | None], Awaitable[int]]
 
 HEALTH_KEY = web.AppKey("health_provider", object)
 SERVING_KEY = web.AppKey("serving", object)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+NOWPAYMENTS_IPN_KEY = web.AppKey("nowpayments_ipn", object)
+
+NOWPAYMENTS_IPN_PATH = "/ipn/nowpayments"
+# An IPN is a small JSON object; a body larger than this is not one.
+MAX_IPN_BYTES = 64 * 1024
 
 HEALTH_TTL_SECONDS = 1.5
 # The only text values /health repeats, and only when they are a short plain word.
@@ -138,6 +151,17 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def nowpayments_ipn(request: web.Request) -> web.Response:
+    handler: IpnHandler = request.app[NOWPAYMENTS_IPN_KEY]  # type: ignore[assignment]
+    if request.content_length is not None and request.content_length > MAX_IPN_BYTES:
+        return web.Response(status=413, text="too large\n")
+    body = await request.content.read(MAX_IPN_BYTES + 1)
+    if len(body) > MAX_IPN_BYTES:
+        return web.Response(status=413, text="too large\n")
+    status = await handler(body, request.headers.get("x-nowpayments-sig"))
+    return web.Response(status=status, text=f"{HTTPStatus(status).phrase}\n")
+
+
 def build_http_app(
     health_provider: HealthProvider,
     serving: ServingFlag,
@@ -145,6 +169,7 @@ def build_http_app(
     *,
     health_ttl: float = HEALTH_TTL_SECONDS,
     clock: Callable[[], float] = time.monotonic,
+    nowpayments_ipn_handler: IpnHandler | None = None,
 ) -> web.Application:
     app = web.Application()
     app[HEALTH_KEY] = HealthCache(health_provider, health_ttl, clock)
@@ -152,4 +177,7 @@ def build_http_app(
     app[REGISTRY_KEY] = registry
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    if nowpayments_ipn_handler is not None:
+        app[NOWPAYMENTS_IPN_KEY] = nowpayments_ipn_handler
+        app.router.add_post(NOWPAYMENTS_IPN_PATH, nowpayments_ipn)
     return app

@@ -1,33 +1,9 @@
 """Alert sends that survive a restart: a Redis Stream read through a consumer group.
 
-The outbox adds one entry per alert and chat (`publish`). A reader hands entries to the sender
-while it holds fewer than `window` messages, so a long broadcast waits in Redis, not in memory,
-and a user's reply never queues behind it. When Telegram has answered a send (delivered, or the
-chat is gone, or the message refused for good), a row goes to PostgreSQL's `deliveries`, unique
-on (token, chat), and only then is the entry acknowledged (XACK) and deleted.
-
-After a restart the reader first takes back its own unacknowledged entries, then any another
-consumer left idle for `claim_idle` seconds (XAUTOCLAIM); those whose delivery row exists were
-delivered before the crash and are acknowledged without sending. So a restart resumes where it
-stopped and never sends twice, except in the ambiguous case below. A live consumer keeps the
-entries it holds from looking idle, however long the sender takes with them (a backlog, an
-outage): every `claim_idle / 4` seconds it claims them again for itself (XCLAIM ... JUSTID), so
-only a consumer that stopped doing so, a dead one, has its entries taken over.
-
-While Telegram is unreachable the sender keeps every alert it holds and the reader takes no new
-entries: they wait in the stream, and reading resumes once a send goes through again.
-
-A send that times out without an answer is ambiguous: Telegram may have delivered it. The
-sender retries it (see README, "Delivery"): a subscriber who pays for alerts loses more by a
-silent miss than by a rare duplicate, and a timeout far above Telegram's usual answer time most
-often means the request never reached a working server.
-
-Alerts of the token pipeline enter the stream through the claim script (services.dedup), which
-writes each entry together with its dedup claim; `notify_published` wakes the reader for them.
-While Redis is down, `publish` hands alerts to the sender directly, at most `direct_limit`
-unsent at a time: beyond that publishing waits, so the pipeline's workers wait and the bounded
-event queue pushes back on the feed. When Redis is back, the direct alerts the sender has not
-started are taken back (`withdraw_direct`) and written to the stream, so a restart loses none.
+One entry per alert and chat; the reader hands entries to the sender while it holds fewer than
+`window`, and acknowledges one only after Telegram answered and its `deliveries` row was written,
+so a restart resumes where it stopped. While Redis is down, alerts go to the sender directly
+(bounded) and back to the stream when it returns. Details: docs/architecture.md, "Outbox".
 """
 
 from __future__ import annotations

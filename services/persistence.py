@@ -1,21 +1,8 @@
 """Tokens, channels, calls, prices and alerts reach PostgreSQL in batches, off the alert path.
 
-The pipeline only appends to in-memory batches (no await); a background task writes them.
-If PostgreSQL is slow or down, alerts go out all the same and the rows wait, in order, until
-it answers: a batch that fails for a connection-level reason (`is_connection_failure`: the
-server shut down, restarting, unreachable, out of resources, a timeout) goes back to the front
-of the queue whole and is tried again after a backoff. Only a batch the server refused for its
-data is written row by row, so one bad row cannot hold back the rest. (A batch whose commit
-was cut off in flight is written again: every statement is an upsert or ON CONFLICT DO
-NOTHING, except price history, which may then repeat a point.) Past `max_pending` rows
-the oldest are dropped; every row ever dropped (buffer full, refused, unwritten at stop) is
-counted in `stats` (on /metrics) and logged.
-
-Calls keep the token as the call described it, and every price update is kept as a row of
-`token_prices` as well as the token's latest price: filter replay (services/replay.py) needs
-both. Price history is pruned after `history_days`, at most once per `prune_interval`; calls are
-kept (one row per token and channel, a small table, and the record reports and channel figures
-are built from).
+The pipeline only appends to in-memory batches (no await); a background task writes them, so a
+slow or absent PostgreSQL delays rows, never alerts. Retries, drops and what is kept for filter
+replay: docs/architecture.md, "Persistence".
 """
 
 from __future__ import annotations
@@ -30,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from domain.events import CallEvent, ChannelStatsEvent, PriceEvent, TokenInfo
+from domain.events import CallEvent, Channel, PriceEvent, TokenInfo
 from managers.postgres import PostgresManager, is_connection_failure
 
 logger = logging.getLogger("alertbot.persistence")
@@ -168,21 +155,10 @@ class PersistenceWriter:
         if len(self._rows) >= self.batch_size:
             self._wakeup.set()
 
-    def channel(
-        self,
-        event: ChannelStatsEvent | None = None,
-        *,
-        id: str | None = None,
-        name: str | None = None,
-        username: str | None = None,
-        at: datetime | None = None,
-    ) -> None:
-        if event is not None:
-            self._add(
-                "channel", (event.id, event.name, event.username, event.win_rate, event.avg_gain, event.calls, at)
-            )
-        else:
-            self._add("channel", (id, name, username, None, None, None, None))
+    def channel(self, channel: Channel, *, stats_at: datetime | None = None) -> None:
+        """`stats_at`: when its statistics arrived; None when a call only names the channel."""
+        c = channel
+        self._add("channel", (c.id, c.name, c.username, c.win_rate, c.avg_gain, c.calls, stats_at))
 
     def token(self, token: TokenInfo, seen_at: datetime) -> None:
         self._add(

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from domain.events import (
     CallerLine,
     CallEvent,
+    Channel,
     ChannelStatsEvent,
     CreateEvent,
     Event,
@@ -42,7 +43,7 @@ from domain.events import (
 )
 from domain.filters import TokenFacts
 from domain.matching import SubscriberIndex
-from services.channels import ChannelDirectory, ChannelInfo
+from services.channels import ChannelDirectory
 from services.dedup import AlertLedger, ClaimRequest, ClaimResult
 from services.event_queue import EventQueue
 from services.outbox import Outbox, RenderedAlert
@@ -339,7 +340,7 @@ class CallPipeline:
         token = event.token
         facts = TokenFacts(token.market_cap_usd, token.liquidity_usd, token.holders, token.created_at)
         callers = await self.channels.callers(call_times, {event.channel.id: event.channel})
-        matched = self.index.match(facts, event.called_at, [c.facts() for c in callers], now)
+        matched = self.index.match(facts, event.called_at, callers, now)
         candidates = self.ledger.not_known_alerted(token.address, matched)
         # Only a call with someone to alert lists its callers (most calls alert nobody).
         caller_lines = _caller_lines(callers, call_times) if candidates else ()
@@ -368,7 +369,7 @@ class CallPipeline:
             if inspect.isawaitable(handed):
                 await handed
         if self.persistence is not None:
-            self.persistence.alerts(won, token, [c.channel_id for c in plan.caller_lines], now)
+            self.persistence.alerts(won, token, [c.channel.id for c in plan.caller_lines], now)
         self.stats.alerts += len(won)
         if event.received_at:
             self.stats.latencies_ms.append((time.time() - event.received_at) * 1000)
@@ -443,10 +444,10 @@ class _CallPlan:
     caller_lines: tuple[CallerLine, ...]
 
 
-def _caller_lines(callers: list[ChannelInfo], call_times: dict[str, datetime]) -> tuple[CallerLine, ...]:
+def _caller_lines(callers: list[Channel], call_times: dict[str, datetime]) -> tuple[CallerLine, ...]:
     """The calling channels as the alert lists them, first caller first."""
     ordered = sorted(callers, key=lambda c: call_times[c.id])
-    return tuple(CallerLine(c.id, c.name, c.username, c.win_rate, c.avg_gain, call_times[c.id]) for c in ordered)
+    return tuple(CallerLine(c, call_times[c.id]) for c in ordered)
 
 
 class ProcessingWorkers:

@@ -1,19 +1,8 @@
 """Filter replay ("test my filters"): what a subscriber's filters would have brought in the last day.
 
-`replay` is the rule, pure and in one place: it runs one subscriber's filters over recorded
-calls the way the live pipeline (services.pipeline + domain.matching) decides alerts, and
-says how many of those alerts reached 2x afterwards. `load_replay_day` reads what it needs from
-PostgreSQL in four queries; `replay_for` puts the two together, and `FilterReplay` (one per
-runtime) shares one loaded day between everyone who presses the button within a minute.
-
-What replay cannot know, and so does not pretend to:
-
-* Channel statistics are kept latest-only (`channels`), so per-channel filters are checked
-  against each channel's *current* win rate and average gain, not the ones it had at the call.
-* `calls` keeps one row per token and channel (the first call), so a channel calling the same
-  token again, with the token in a new state, is not replayed.
-* Calls recorded before migration 0003 have no liquidity or holders, and no price history:
-  `ReplayReport.history_start` says from when the history is complete.
+`replay` is the rule, pure, deciding as the live pipeline does; `load_replay_day` reads the day
+from PostgreSQL; `FilterReplay` shares one loaded day for a minute. What replay cannot know:
+docs/architecture.md, "Filter replay".
 """
 
 from __future__ import annotations
@@ -29,7 +18,8 @@ from typing import Literal
 
 import asyncpg
 
-from domain.filters import ChannelFacts, Filters, TokenFacts, token_matches
+from domain.events import Channel
+from domain.filters import Filters, TokenFacts, token_matches
 from managers.postgres import PostgresManager
 
 logger = logging.getLogger("alertbot.replay")
@@ -105,7 +95,7 @@ def replay(
     filters: Filters,
     calls: Sequence[ReplayCall],
     prices: Mapping[str, Sequence[PricePoint]],
-    channels: Mapping[str, ChannelFacts],
+    channels: Mapping[str, Channel],
     *,
     window_start: datetime | None = None,
 ) -> ReplayResult:
@@ -125,7 +115,7 @@ def replay(
     highest point after any moment is the same.
     """
     ordered = sorted(enumerate(calls), key=lambda item: (item[1].called_at, item[0]))
-    callers: dict[str, dict[str, ChannelFacts]] = {}
+    callers: dict[str, dict[str, Channel]] = {}
     first_called: dict[str, dict[str, datetime]] = {}
     decided: set[str] = set()  # alerted, in the window or before it
     alerts: list[ReplayAlert] = []
@@ -135,9 +125,7 @@ def replay(
             continue
         token_callers = callers.setdefault(address, {})
         if call.channel_id not in token_callers:
-            token_callers[call.channel_id] = channels.get(call.channel_id) or ChannelFacts.build(
-                call.channel_id, None, None, None
-            )
+            token_callers[call.channel_id] = channels.get(call.channel_id) or Channel(call.channel_id)
             first_called.setdefault(address, {})[call.channel_id] = call.called_at
         if not token_matches(filters, call.facts(), call.called_at, token_callers.values()):
             continue
@@ -186,7 +174,7 @@ class ReplayDay:
     end: datetime
     calls: tuple[ReplayCall, ...]  # the window's tokens' calls, from `lookback` before it on
     prices: Mapping[str, tuple[PricePoint, ...]]
-    channels: Mapping[str, ChannelFacts]
+    channels: Mapping[str, Channel]
     history_start: datetime | None  # from when calls and prices are both recorded; None: no calls
 
     @property
@@ -303,7 +291,9 @@ def _build_day(
             PricePoint(row["ts"], _float(row["price_usd"]), _float(row["market_cap_usd"]))
         )
     channels = {
-        row["id"]: ChannelFacts.build(row["id"], row["username"], _float(row["win_rate"]), _float(row["avg_gain"]))
+        row["id"]: Channel(
+            row["id"], username=row["username"], win_rate=_float(row["win_rate"]), avg_gain=_float(row["avg_gain"])
+        )
         for row in channel_rows
     }
     first_call: datetime | None = history["first_call"] if history is not None else None

@@ -1,43 +1,10 @@
 """Delivery of bot messages at the pace Telegram allows, without losing any.
 
-Telegram's limits (bots FAQ): about 30 messages per second per bot, 1 per second per private
-chat, 20 per minute per group or channel; beyond them it answers 429 with `retry_after`.
-`MessageSender` keeps below all three on its own:
-
-* one pacer task hands out sends one at a time through an aiolimiter leaky bucket holding
-  PACE_CATCH_UP (10 ms) of sends: evenly spaced, and after an idle spell no burst beyond that
-  (none at all at 30/s, where 10 ms holds less than one send; see `_pace_limiter`);
-* never more than global_rate sends in any second as Telegram counts them: a send holds one of
-  global_rate permits until a second after its answer came back (Telegram accepted it before
-  that), so no network delay or stalled loop can squeeze more into its window;
-* every chat has a "next allowed" time, set from when its previous send *completed* (Telegram
-  recorded the send before our answer came back, so the spacing it sees is never shorter);
-* a reply to a user's own action (the REPLY lane) need not wait for that time while its private
-  chat is within a short burst: Telegram takes a few quick messages in a private chat, so each
-  has a bucket of REPLY_BURST sends refilled at the chat's rate, which every send to the chat
-  draws on; alerts keep the full spacing;
-* the pacer picks the best message among the chats that are ready now, so a message waiting on
-  its chat's interval never holds up messages to other chats (no head-of-line blocking);
-* at most one send per chat is in flight, which keeps each chat's messages in order;
-* `workers` sends may be in flight at once, because one HTTP round trip takes longer than the
-  1/global_rate gap between sends.
-
-A 429 pauses all sending for `retry_after` (the flood wait is per bot) and the message is tried
-again; a recipient that went away (blocked, deleted, kicked) is reported through `on_gone` and
-never retried. A send Telegram gave no verdict on (network error, timeout, 5xx, an answer that is
-not Telegram's) is retried with capped exponential backoff: queued messages (`submit`, which is
-how alerts come) until Telegram answers, `send_now` up to `max_retries` times. After
-UNREACHABLE_AFTER such failures in a row the sender calls Telegram unreachable (`reachable`, one
-log line per change, `telegram_reachable` in `stats`): it then sends one message at a time, after
-a pause that doubles up to `backoff_max`, and `stalled()` tells the durable queue to stop reading
-until one goes through. Only an answer about the message itself (400, 403, 413) ends it.
-
-It is the only sender for the bot token. Requests the handlers make themselves (replies,
-edits, callback answers) take a `turn` in the same pacing, in the first lane, so one limiter
-sees everything the bot sends and a broadcast never delays a reply. Queued alerts that pile up
-for one chat (a backlog past `DigestPolicy.threshold`, or a wait past `DigestPolicy.max_delay`)
-go out as one digest instead of a flood: as many numbered messages as the renderer needs, sent in
-order with the chat's spacing, each alert settled when the part that carries it was sent.
+`MessageSender` is the only sender for the bot token: it keeps below Telegram's limits (30/s per
+bot, 1/s per private chat, 20/min per group) on its own, in priority lanes, retries what got no
+verdict, reports recipients who are gone, and merges a chat's backlog of alerts into digests.
+The handlers' own requests take a `turn` in the same pacing. Details: docs/architecture.md,
+"Sender".
 """
 
 from __future__ import annotations

@@ -1,26 +1,10 @@
 """Subscribers: who they are, their filters, their plan; and the rule of who receives alerts.
 
-`SubscriberStore` keeps one subscriber in three places, fastest first:
-
-* the in-process SmartCache layer "user_settings" (telegram_id -> Subscriber), dropped in every
-  process through `CacheRegistry.invalidate` whenever the subscriber changes;
-* Redis, the real-time store (written first on every change):
-    ``subscriber:{telegram_id}``  hash: filters (JSON), paused ("0"/"1"), status, is_admin ("0"/"1"),
-                                  plan_expires_at (epoch seconds, "" for none), language,
-                                  username, first_name, preset (the followed preset's code, "" for none)
-    ``subscribers``               set of every registered telegram_id
-    ``subscribers:pg_retry``      list of JSON retry entries (see below)
-* PostgreSQL, the permanent store (users, user_settings, settings_history, subscriptions).
-
-A PostgreSQL failure while saving a filter or pause change does not lose it: Redis already holds
-it, and an entry goes onto the ``subscribers:pg_retry`` list (or an in-memory list while Redis
-itself is down). `flush_pending()` writes the entries to PostgreSQL, taking the subscriber's
-*current* filters and pause flag from Redis, plus the settings_history row the change made. It
-runs after every successful PostgreSQL write of a change, before `receiving()` builds the match
-index, and may be called on a timer. Plans are the payments ledger's (payments/ledger.py): it
-writes `plan_expires_at` into the hash and calls `plan_changed`.
-
-No Telegram imports here: the bot, the matcher and the schedulers all share this module.
+`SubscriberStore` keeps each subscriber in the in-process cache, in Redis (written first) and in
+PostgreSQL; a change PostgreSQL missed waits on a retry list and is written later. Plans are
+the payments ledger's (payments/ledger.py), which writes them into Redis. No Telegram
+imports: the bot, the matcher and the schedulers share this module. Keys and the retry rule:
+docs/architecture.md, "Subscriber store".
 """
 
 from __future__ import annotations

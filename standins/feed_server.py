@@ -303,11 +303,14 @@ class FeedServer(_Waitable):
         """Until ``connection_count`` reaches ``total`` (for reconnect tests)."""
         await self._wait(lambda: self.connection_count >= total, timeout)
 
-    async def wait_for_received(self, predicate: Callable[[Any], bool], timeout: float = DEFAULT_TIMEOUT) -> Any:
-        """The first message a client sent that matches ``predicate`` (waits for one)."""
+    async def wait_for_received(
+        self, predicate: Callable[[Any], bool], timeout: float = DEFAULT_TIMEOUT, *, after: int = 0
+    ) -> Any:
+        """The first message a client sent that matches ``predicate``, from ``received[after]`` on
+        (waits for one)."""
 
         def first_match() -> int | None:
-            return next((i for i, message in enumerate(self.received) if predicate(message)), None)
+            return next((i for i in range(after, len(self.received)) if predicate(self.received[i])), None)
 
         await self._wait(lambda: first_match() is not None, timeout)
         index = first_match()

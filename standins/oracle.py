@@ -10,9 +10,9 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from domain.events import CallEvent, ChannelStatsEvent
+from domain.events import CallEvent, Channel, ChannelStatsEvent
 from domain.feed_adapters import FrameError, parse_alert_frame
-from domain.filters import ChannelFacts, TokenFacts, token_matches
+from domain.filters import TokenFacts, token_matches
 from domain.subscriber import Subscriber
 
 
@@ -38,20 +38,19 @@ def expected_alerts(
         except FrameError:
             continue
         if isinstance(event, ChannelStatsEvent):
-            remember(
-                event.id, name=event.name, username=event.username, win_rate=event.win_rate, avg_gain=event.avg_gain
-            )
+            c = event.channel
+            remember(c.id, name=c.name, username=c.username, win_rate=c.win_rate, avg_gain=c.avg_gain)
         elif isinstance(event, CallEvent):
             remember(event.channel.id, name=event.channel.name, username=event.channel.username)
             token_callers = callers.setdefault(event.token.address, [])
             if event.channel.id not in token_callers:
                 token_callers.append(event.channel.id)
             facts = [
-                ChannelFacts.build(
+                Channel(
                     c,
-                    _str(channels[c].get("username")),
-                    _num(channels[c].get("win_rate")),
-                    _num(channels[c].get("avg_gain")),
+                    username=_str(channels[c].get("username")),
+                    win_rate=_num(channels[c].get("win_rate")),
+                    avg_gain=_num(channels[c].get("avg_gain")),
                 )
                 for c in token_callers
             ]

@@ -79,7 +79,7 @@ class BotEnv:
     stores: Stores
     dispatcher: Dispatcher
     services: Services
-    sender: MessageSender | None = None
+    sender: MessageSender
     handled: HandledUpdates = field(default_factory=HandledUpdates)
 
     def chat(self, user_id: int, language_code: str = "en", first_name: str = "Ann") -> Chat:
@@ -177,7 +177,7 @@ class StoreEnv:
     store: SubscriberStore
     redis: RedisManager
     postgres: PostgresManager
-    sender: MessageSender | None = None
+    sender: MessageSender
 
     @classmethod
     def of(cls, running: BotEnv) -> StoreEnv:
@@ -193,14 +193,15 @@ async def running_bot(
     stores: Stores,
     *,
     flood_gate: FloodGate | None = None,
-    with_sender: bool = False,
+    paced: bool = False,
     sender_options: dict[str, Any] | None = None,
     limits: RateLimits | None = None,
     **dependencies: Any,
 ) -> AsyncIterator[BotEnv]:
-    """With `with_sender`, a started MessageSender (built with `sender_options`) paces the handlers'
-    own requests and is theirs to queue messages on, as in production. The double enforces no
-    limits unless `limits` says so."""
+    """The handlers queue messages on a started MessageSender (built with `sender_options`), as in
+    production; with `paced` it also paces their own requests, as in production, which a long
+    scripted conversation in one chat would otherwise wait on. The double enforces no limits
+    unless `limits` says so."""
     async with FakeTelegramServer(limits=limits or RateLimits.unlimited()) as server:
         settings = Settings(
             _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url, admin_ids=[ADMIN]
@@ -212,10 +213,9 @@ async def running_bot(
         # A script types faster than any person: unless a test is about flooding, the gate is
         # wide open so a long conversation is not taken for a flood.
         gate = flood_gate or FloodGate(burst=10_000)
-        sender = MessageSender(bot, **(sender_options or {})) if with_sender else None
-        if sender is not None:
-            await sender.start()
-            dependencies["sender"] = sender
+        sender = MessageSender(bot, **(sender_options or {}))
+        await sender.start()
+        if paced:
             for middleware in bot.session.middleware:
                 if isinstance(middleware, PacedRequestsMiddleware):
                     middleware.attach(sender)
@@ -224,6 +224,7 @@ async def running_bot(
             settings=settings,
             redis=stores.redis,
             flood_gate=gate,
+            sender=sender,
             **dependencies,
         )
         env = BotEnv(server, store, stores, dispatcher, services, sender)
@@ -234,8 +235,7 @@ async def running_bot(
         finally:
             await dispatcher.stop_polling()
             await asyncio.wait_for(polling, timeout=10)
-            if sender is not None:
-                await sender.stop(drain=True, timeout=10)
+            await sender.stop(drain=True, timeout=10)
             await bot.session.close()
             await services.stars.close()
             await services.ledger.writer.stop()

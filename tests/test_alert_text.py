@@ -25,8 +25,7 @@ from domain.alert_text import (
     safe_username,
     sanitize,
 )
-from domain.events import ChannelRef, TokenInfo
-from domain.filters import ChannelFacts
+from domain.events import Channel, TokenInfo
 from standins.telegram import FakeTelegramServer, RateLimits, SentRecord, parse_html
 
 pytestmark = pytest.mark.timeout(30)
@@ -70,7 +69,7 @@ def token(**overrides: object) -> TokenInfo:
 
 
 def alpha() -> CallerLine:
-    return CallerLine("-1001234567890", "Alpha Calls", "alphacalls", 0.41, 2.7, SEEN)
+    return CallerLine(Channel("-1001234567890", "Alpha Calls", "alphacalls", 0.41, 2.7), SEEN)
 
 
 @pytest.fixture
@@ -107,7 +106,7 @@ def links(record: SentRecord) -> list[str]:
 
 
 async def test_all_fields_shown(bot: Bot, server: FakeTelegramServer) -> None:
-    second = CallerLine("-1009", "Beta Signals", None, None, None, SEEN)
+    second = CallerLine(Channel("-1009", "Beta Signals"), SEEN)
     html = render_alert(token(), [alpha(), second], seen_at=SEEN)
     record = await send(bot, server, html)
     text = record.body
@@ -134,7 +133,7 @@ async def test_all_fields_shown(bot: Bot, server: FakeTelegramServer) -> None:
 
 async def test_missing_fields_shown_as_unknown(bot: Bot, server: FakeTelegramServer) -> None:
     bare = TokenInfo(address=ADDRESS)
-    html = render_alert(bare, [CallerLine("-1001")], seen_at=SEEN)
+    html = render_alert(bare, [CallerLine(Channel("-1001"))], seen_at=SEEN)
     text = (await send(bot, server, html)).body
     for label in ("Market cap", "Liquidity", "Holders", "Age"):
         assert f"{label}: unknown" in text
@@ -145,7 +144,7 @@ async def test_missing_fields_shown_as_unknown(bot: Bot, server: FakeTelegramSer
 def test_nonsense_numbers_are_unknown() -> None:
     html = render_alert(
         token(market_cap_usd=float("nan"), liquidity_usd=-5.0, holders=-1),
-        [CallerLine("-1", "X", None, win_rate=41.0, avg_gain=float("inf"))],
+        [CallerLine(Channel("-1", "X", win_rate=41.0, avg_gain=float("inf")))],
         seen_at=SEEN,
     )
     text, _ = parse_html(html)
@@ -155,7 +154,7 @@ def test_nonsense_numbers_are_unknown() -> None:
 
 @pytest.mark.parametrize("hostile", HOSTILE_NAMES)
 async def test_hostile_names_are_escaped(bot: Bot, server: FakeTelegramServer, hostile: str) -> None:
-    caller = CallerLine("-1001", hostile, hostile, 0.5, 3.0, SEEN)
+    caller = CallerLine(Channel("-1001", hostile, hostile, 0.5, 3.0), SEEN)
     html = render_alert(token(symbol=hostile, name=hostile), [caller], seen_at=SEEN)
     record = await send(bot, server, html)
 
@@ -180,7 +179,7 @@ def test_random_hostile_input_never_breaks_the_markup() -> None:
             return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, n)))
 
         callers = [
-            CallerLine(junk(8), junk(120), junk(12), rng.random(), rng.random() * 10, SEEN)
+            CallerLine(Channel(junk(8), junk(120), junk(12), rng.random(), rng.random() * 10), SEEN)
             for _ in range(rng.randint(0, 15))
         ]
         html = render_alert(
@@ -227,7 +226,7 @@ async def test_invalid_address_shown_escaped_without_links(bot: Bot, server: Fak
 
 async def test_fifty_channels_stay_under_the_limit(bot: Bot, server: FakeTelegramServer) -> None:
     # Worst-case names: every character escapes to a 5-6 character entity.
-    callers = [CallerLine(f"-100{i}", '"' * 200, f"channel_{i:03d}", 0.5, 2.0, SEEN) for i in range(50)]
+    callers = [CallerLine(Channel(f"-100{i}", '"' * 200, f"channel_{i:03d}", 0.5, 2.0), SEEN) for i in range(50)]
     html = render_alert(token(symbol="&" * 50, name="<" * 200), callers, seen_at=SEEN)
     assert len(html.encode("utf-16-le")) // 2 < 4096
     record = await send(bot, server, html)
@@ -236,7 +235,7 @@ async def test_fifty_channels_stay_under_the_limit(bot: Bot, server: FakeTelegra
     assert f"+{50 - len(shown)} more" in record.body
     assert "Called by (50)" in record.body
 
-    friendly = [CallerLine(f"-100{i}", f"Channel {i}", f"channel_{i:03d}", 0.5, 2.0, SEEN) for i in range(50)]
+    friendly = [CallerLine(Channel(f"-100{i}", f"Channel {i}", f"channel_{i:03d}", 0.5, 2.0), SEEN) for i in range(50)]
     record = await send(bot, server, render_alert(token(), friendly, seen_at=SEEN))
     assert len([u for u in links(record) if u.startswith("https://t.me/")]) == MAX_CALLERS_SHOWN
     assert f"+{50 - MAX_CALLERS_SHOWN} more" in record.body
@@ -262,11 +261,12 @@ def test_duplicates_dropped_and_delay_shown() -> None:
     assert "ago" not in parse_html(render_alert(token(), [], seen_at=SEEN, now=SEEN))[0]
 
 
-def test_caller_line_from_feed_types() -> None:
-    facts = ChannelFacts.build("-1001", "alphacalls", 0.41, 2.7)
-    line = CallerLine.of(ChannelRef("-1001", "Alpha Calls", None), SEEN, facts)
-    assert line == CallerLine("-1001", "Alpha Calls", "alphacalls", 0.41, 2.7, SEEN)
-    assert CallerLine.of(ChannelRef("-1002")).win_rate is None
+def test_a_call_naming_its_channel_keeps_the_known_statistics() -> None:
+    known = Channel("-1001", None, "alphacalls", 0.41, 2.7, 118)
+    merged = known.merged(Channel("-1001", "Alpha Calls"))
+    assert merged == Channel("-1001", "Alpha Calls", "alphacalls", 0.41, 2.7, 118)
+    assert merged.refs == {"-1001", "@alphacalls"}
+    assert Channel("-1002").win_rate is None
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
-from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
+from domain.events import CallEvent, Channel, ChannelStatsEvent, TokenInfo
 from domain.filters import Filters
 from managers.redis_manager import RedisManager
 from services.outbox import Delivery, Outbox
@@ -49,7 +49,7 @@ def call(token: str, channel: str, minute: int) -> CallEvent:
     )
     return CallEvent(
         token=info,
-        channel=ChannelRef(channel),
+        channel=Channel(channel),
         called_at=T0 + timedelta(minutes=minute),
         received_at=time.time(),
     )
@@ -144,7 +144,7 @@ async def test_a_refused_claim_leaves_nothing_behind_and_the_call_alerts_once_re
             await redis_direct.set(wrong_key, "not what the bot expects")
             await runtime.queue.put(call(token, "-1001", 0))
             await runtime.queue.put(call(other, "-1002", 1))
-            await runtime.queue.put(ChannelStatsEvent(id=MARKER_CHANNEL, name="marker", win_rate=0.5))
+            await runtime.queue.put(ChannelStatsEvent(Channel(MARKER_CHANNEL, "marker", win_rate=0.5)))
 
             async def batch_processed() -> bool:
                 return bool(await redis_direct.exists(f"channel:{MARKER_CHANNEL}:info"))

@@ -17,7 +17,7 @@ from aiogram import Bot
 from prometheus_client import generate_latest
 
 from domain.alert_text import render_alert, render_digest, render_digest_line
-from domain.events import CallerLine, TokenInfo
+from domain.events import CallerLine, Channel, TokenInfo
 from services.metrics import Metrics
 from services.outbox import GROUP, STREAM_KEY, Delivery, Outbox
 from services.sender import DigestPolicy, Lane, MessageSender, Outcome, OutgoingMessage
@@ -242,7 +242,7 @@ def rendered_alert(chat_id: int, seed: int) -> Delivery:
     token = TokenInfo(
         address=solana_address(seed), symbol=f"TOK{seed}", name=f"Token number {seed}", market_cap_usd=40_000.0 + seed
     )
-    callers = [CallerLine(channel_id=f"-100{seed}", name="Alpha Calls", username="alphacalls")]
+    callers = [CallerLine(Channel(f"-100{seed}", "Alpha Calls", "alphacalls"))]
     seen = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     return Delivery(
         token=token.address,

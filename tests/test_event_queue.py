@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from domain.events import CallEvent, ChannelRef, PriceEvent, TokenInfo
+from domain.events import CallEvent, Channel, PriceEvent, TokenInfo
 from services.event_queue import EventQueue
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -16,7 +16,7 @@ def price(address: str, value: float, seconds: int) -> PriceEvent:
 
 
 def call(n: int) -> CallEvent:
-    return CallEvent(token=TokenInfo(address=f"{n:044d}"), channel=ChannelRef("-1"), called_at=T0)
+    return CallEvent(token=TokenInfo(address=f"{n:044d}"), channel=Channel("-1"), called_at=T0)
 
 
 async def test_prices_of_one_token_merge_into_the_newest_while_queued() -> None:

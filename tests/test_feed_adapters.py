@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from domain.events import CallEvent, ChannelStatsEvent, CreateEvent, MigrateEvent, PriceEvent
+from domain.events import CallEvent, Channel, ChannelStatsEvent, CreateEvent, MigrateEvent, PriceEvent
 from domain.feed_adapters import (
     FrameError,
     PumpPortalNotice,
@@ -204,7 +204,7 @@ def test_the_contract_examples_parse():
         '{"type": "channel", "id": "-1001234567890", "name": "Alpha Calls", "username": "alphacalls",'
         ' "win_rate": 0.41, "avg_gain": 2.7, "calls": 118}'
     )
-    assert channel == ChannelStatsEvent("-1001234567890", "Alpha Calls", "alphacalls", 0.41, 2.7, 118)
+    assert channel == ChannelStatsEvent(Channel("-1001234567890", "Alpha Calls", "alphacalls", 0.41, 2.7, 118))
 
 
 def test_numbers_as_strings_and_ints_are_coerced():
@@ -260,9 +260,9 @@ def test_text_is_stripped_but_not_escaped_and_channel_ids_become_strings():
     assert isinstance(event, CallEvent)
     assert event.token.name == "<b>Cash</b> & Co"
     assert event.token.symbol == "CASH"
-    assert event.channel == type(event.channel)("-1001234567890", "Alpha", "alphacalls")
+    assert event.channel == Channel("-1001234567890", "Alpha", "alphacalls")
     stats = parse_alert_frame('{"type": "channel", "id": 77, "win_rate": "0.5", "calls": "9"}')
-    assert stats == ChannelStatsEvent("77", win_rate=0.5, calls=9)
+    assert stats == ChannelStatsEvent(Channel("77", win_rate=0.5, calls=9))
 
 
 def test_timestamps_become_aware_utc():
@@ -283,7 +283,7 @@ def test_timestamps_become_aware_utc():
 
 def test_channel_stats_out_of_range_become_none():
     event = parse_alert_frame('{"type": "channel", "id": "-1", "win_rate": 41, "avg_gain": -2, "calls": -1}')
-    assert event == ChannelStatsEvent("-1")
+    assert event == ChannelStatsEvent(Channel("-1"))
 
 
 def test_unknown_types_are_ignored():

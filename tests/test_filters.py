@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from domain.events import Channel
 from domain.filters import (
-    ChannelFacts,
     Filters,
     FilterValueError,
     TokenFacts,
@@ -20,8 +20,8 @@ from domain.filters import (
 )
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-ALPHA = ChannelFacts.build("-1001", "AlphaCalls", 0.41, 2.7)
-BETA = ChannelFacts.build("-1002", "beta", 0.10, 1.2)
+ALPHA = Channel("-1001", username="AlphaCalls", win_rate=0.41, avg_gain=2.7)
+BETA = Channel("-1002", username="beta", win_rate=0.10, avg_gain=1.2)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_channel_filters() -> None:
     assert channel_passes(Filters(channels=frozenset({"-1001"})), ALPHA)
     assert not channel_passes(Filters(channels=frozenset({"-1001"})), BETA)
     assert not channel_passes(Filters(exclude_channels=frozenset({"@beta"})), BETA)
-    no_stats = ChannelFacts.build("-1003", None, None, None)
+    no_stats = Channel("-1003")
     assert not channel_passes(Filters(min_win_rate=1), no_stats)
 
 

@@ -195,6 +195,8 @@ async def test_gateway_statuses_only_move_forward(ledger_env: Books) -> None:
     assert not await ledger.advance_status(Rail.NOWPAYMENTS, "np1", "confirming")
     assert not await ledger.advance_status(Rail.NOWPAYMENTS, "np1", "finished")
     assert not await ledger.advance_status(Rail.NOWPAYMENTS, "np1", "no-such-status")
+    await ledger_env.writer.drained()  # kept in PostgreSQL before any payment row exists
+    assert await ledger_env.writer.gateway_status(Rail.NOWPAYMENTS, "np1") == "finished"
 
 
 async def test_cancelled_and_expired_orders_leave_the_open_list(ledger_env: Books) -> None:
@@ -334,3 +336,40 @@ async def test_an_entry_postgresql_refuses_for_good_is_set_aside_and_the_queue_g
     async with env.redis.guarded() as client:
         dead = await client.xrange(DEAD_KEY)
     assert len(dead) == 1 and "unknown payments entry kind" in dead[0][1]["error"]
+
+
+async def test_money_that_arrives_after_the_order_expired_or_was_cancelled_still_buys_the_plan(
+    ledger_env: Books,
+) -> None:
+    env = ledger_env
+    late = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefLate", ttl=timedelta(seconds=-1))
+    assert [order.id for order in await env.ledger.expire_orders()] == [late.id]
+    assert (await env.ledger.credit(payment("sigLate", "0.09", order_id=late.id))).outcome is CreditOutcome.CREDITED
+    dropped = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefDrop")
+    await env.ledger.cancel_order(dropped.id, USER)
+    result = await env.ledger.credit(payment("sigDrop", "0.09", order_id=dropped.id))
+    assert result.outcome is CreditOutcome.CREDITED and result.order is not None
+    assert result.order.status is OrderStatus.PAID
+
+
+async def test_entries_a_killed_writer_had_read_but_not_acknowledged_are_written_by_the_next(stores: Stores) -> None:
+    from payments.pg_writer import CONSUMER, GROUP
+
+    store = SubscriberStore(stores.redis, stores.postgres, stores.caches, frozenset())
+    await store.register(USER, username=None, first_name="Pat", language_code="en")
+    writer = PaymentsWriter(stores.redis, stores.postgres, store)
+    ledger = PaymentLedger(stores.redis, writer, store)
+    end = await ledger.grant(USER, 30, granted_by=1)
+    async with stores.redis.guarded() as client:
+        await client.xgroup_create(QUEUE_KEY, GROUP, id="0", mkstream=True)
+        # What a writer killed between reading and committing leaves: entries pending, unwritten.
+        taken = await client.xreadgroup(GROUP, CONSUMER, {QUEUE_KEY: ">"}, count=10)
+    assert len(taken[0][1]) == 1
+    await writer.start()
+    try:
+        await writer.drained()
+    finally:
+        await writer.stop()
+    assert await pg_plan_end(stores.postgres) == end
+    async with stores.redis.guarded() as client:
+        assert await client.xpending(QUEUE_KEY, GROUP) == {"pending": 0, "min": None, "max": None, "consumers": []}

@@ -5,14 +5,18 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from domain.filters import ChannelFacts, Filters, TokenFacts, token_matches
+from domain.events import Channel
+from domain.filters import Filters, TokenFacts, token_matches
 from domain.matching import SubscriberIndex
 from domain.subscriber import Subscriber
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CHANNELS = [
-    ChannelFacts.build(
-        f"-100{i}", f"chan{i}" if i % 3 else None, None if i % 7 == 0 else i / 25, None if i % 5 == 0 else 1 + i / 4
+    Channel(
+        f"-100{i}",
+        username=f"chan{i}" if i % 3 else None,
+        win_rate=None if i % 7 == 0 else i / 25,
+        avg_gain=None if i % 5 == 0 else 1 + i / 4,
     )
     for i in range(20)
 ]

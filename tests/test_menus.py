@@ -26,12 +26,13 @@ from bot.runtime import MENU_COMMANDS
 from bot.texts import TEXTS
 from domain.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
 from managers.redis_manager import RedisManager
+from payments.records import NoticeKind
 from services.accounts import parse_start_payload
 from services.cache import CacheRegistry
 from services.subscribers import SUBSCRIBERS_KEY, subscriber_key
 from standins.tcp_proxy import TcpProxy
 from standins.telegram import ManualClock
-from tests.bot_env import ADMIN, BotEnv, running_bot
+from tests.bot_env import ADMIN, REPLY_TIMEOUT, BotEnv, running_bot
 from tests.conftest import Stores
 from tests.test_redis_manager import FAST
 
@@ -66,7 +67,8 @@ async def test_new_user_sets_filters_by_buttons(env: BotEnv, language: str) -> N
     welcome = await chat.ask("/start")
     assert t("menu_title", language).splitlines()[0] in welcome.text
     labels = chat.screen(welcome.message_id).labels()
-    assert labels == [TEXTS[language][f"menu_{screen}"] for screen in MAIN_SCREENS]
+    trial = TEXTS[language]["button_trial"].format(days=3)  # a new user is offered the trial first
+    assert labels == [trial, *(TEXTS[language][f"menu_{screen}"] for screen in MAIN_SCREENS)]
 
     screen = await chat.press(TEXTS[language]["menu_filters"])
     assert t("filters_none", language) in screen.text
@@ -272,30 +274,35 @@ async def test_paysupport_reaches_the_admins(env: BotEnv) -> None:
     assert "/paysupport" in (await chat.ask("/paysupport")).text
     reply = await chat.ask("/paysupport paid 0.09 SOL <b>no plan</b>")
     assert "Sent to the team" in reply.text
-    forwarded = env.server.messages_to(ADMIN)[-1]
-    assert "71" in forwarded.text and "paid 0.09 SOL <b>no plan</b>" in forwarded.text
+    (forwarded,) = await env.server.wait_for_sent(
+        lambda r: r.chat_id == ADMIN and "paid 0.09 SOL <b>no plan</b>" in r.text, timeout=REPLY_TIMEOUT
+    )
+    assert "71" in forwarded.text
 
 
 async def test_a_second_paysupport_within_a_minute_is_refused_politely(env: BotEnv) -> None:
     chat = env.chat(77)
     assert "Sent to the team" in (await chat.ask("/paysupport first: paid, no plan")).text
-    forwarded = [r.text for r in env.server.messages_to(ADMIN)]
+    forwarded = [r.text for r in await env.server.wait_for_sent(lambda r: r.chat_id == ADMIN, REPLY_TIMEOUT)]
     assert len(forwarded) == 1 and "first: paid, no plan" in forwarded[0]
 
     refused = await chat.ask("/paysupport second: still nothing")
     assert "less than a minute ago" in refused.text
     wait = int(re.search(r"write again in (\d+) s", refused.text).group(1))  # type: ignore[union-attr]
     assert 0 < wait <= 60
-    assert [r.text for r in env.server.messages_to(ADMIN)] == forwarded  # not forwarded
     # The minute is the user's own, kept in Redis; when it has passed they may write again.
     assert "Sent to the team" in (await env.chat(78).ask("/paysupport mine")).text
+    # The sender keeps one chat's messages in order: a forwarded "second" would come before "mine".
+    second = await env.server.wait_for_sent(lambda r: r.chat_id == ADMIN, REPLY_TIMEOUT, count=2)
+    assert "mine" in second[1].text and "still nothing" not in second[1].text
     russian = env.chat(79, "ru")
     await russian.ask("/paysupport первое")
     assert "Написать снова можно через" in (await russian.ask("/paysupport второе")).text
     assert 0 < await env.stores.redis.ttl(paysupport_key(77)) <= 60
     await env.stores.redis.delete(paysupport_key(77))
     assert "Sent to the team" in (await chat.ask("/paysupport third: sorted, thanks")).text
-    assert len(env.server.messages_to(ADMIN)) == 4
+    everything = await env.server.wait_for_sent(lambda r: r.chat_id == ADMIN, REPLY_TIMEOUT, count=4)
+    assert "third: sorted" in everything[3].text and not any("второе" in r.text for r in everything)
 
 
 async def test_plans_and_help_screens_from_the_menu(env: BotEnv) -> None:
@@ -379,6 +386,7 @@ def _text_keys_used() -> set[str]:
         "accepted_": tuple(FILTER_SPECS),
         "cmd_": MENU_COMMANDS,
         "reason_": REASON_KINDS,
+        "notice_": tuple(kind.value for kind in NoticeKind),
     }
     keys: set[str] = set()
     for path in [*ROOT.glob("bot/**/*.py")]:

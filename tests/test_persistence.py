@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 from prometheus_client import generate_latest
 
-from domain.events import CallEvent, ChannelRef, TokenInfo
+from domain.events import CallEvent, Channel, TokenInfo
 from managers.embedded_postgres import start_embedded_postgres_async
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager, PostgresNotStarted, is_connection_failure
@@ -58,9 +58,9 @@ class Producer:
     def calls(self, count: int) -> None:
         for _ in range(count):
             n = len(self.tokens)
-            channel = ChannelRef(id=f"-100{1_000_000_000 + n % self.channels}", name=f"Channel {n % self.channels}")
+            channel = Channel(id=f"-100{1_000_000_000 + n % self.channels}", name=f"Channel {n % self.channels}")
             token = TokenInfo(address=feedgen.make_address(self.rng, pump=True), symbol=f"T{n}", market_cap_usd=1e5)
-            self.writer.channel(id=channel.id, name=channel.name)
+            self.writer.channel(channel)
             self.writer.token(token, CALLED_AT)
             self.writer.call(CallEvent(token=token, channel=channel, called_at=CALLED_AT))
             self.tokens.append(token.address)
@@ -165,7 +165,7 @@ async def test_a_full_buffer_drops_the_oldest_rows_and_counts_and_logs_every_one
         try:
             await proxy.stop_forwarding()
             for n in range(1, 81):
-                writer.channel(id=f"-{n}", name=f"c{n}")
+                writer.channel(Channel(f"-{n}", f"c{n}"))
                 await asyncio.sleep(0)
             await eventually(lambda: writer.stats.failures >= 2)
             assert writer.pending() == 50
@@ -196,7 +196,7 @@ async def test_rows_postgresql_refuses_are_dropped_one_by_one_and_the_rest_are_w
         produce.calls(3)
         orphan = TokenInfo(address=feedgen.make_address(random.Random(99), pump=True))
         # A call of a token never written: its foreign key fails, the batch is refused.
-        writer.call(CallEvent(token=orphan, channel=ChannelRef(id="-1001000000000"), called_at=CALLED_AT))
+        writer.call(CallEvent(token=orphan, channel=Channel(id="-1001000000000"), called_at=CALLED_AT))
         produce.calls(3)
         await writer.flush()
         assert writer.stats.dropped_refused == writer.stats.dropped == 1

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, TokenInfo
+from domain.events import CallEvent, Channel, ChannelStatsEvent, TokenInfo
 from domain.filters import Filters
 from domain.matching import SubscriberIndex
 from domain.messages import Lane
@@ -28,9 +28,9 @@ def _split(batch: AlertBatch) -> list[AlertBatch]:
 
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-GOOD = ChannelStatsEvent(id="-1001", name="Good Calls", username="goodcalls", win_rate=0.6, avg_gain=3.0, calls=50)
-POOR = ChannelStatsEvent(id="-1002", name="Poor Calls", username="poorcalls", win_rate=0.1, avg_gain=1.1, calls=80)
-OTHERS = [ChannelStatsEvent(id=f"-10{i}", name=f"Other {i}", win_rate=0.3, avg_gain=1.5) for i in range(10, 15)]
+GOOD = Channel(id="-1001", name="Good Calls", username="goodcalls", win_rate=0.6, avg_gain=3.0, calls=50)
+POOR = Channel(id="-1002", name="Poor Calls", username="poorcalls", win_rate=0.1, avg_gain=1.1, calls=80)
+OTHERS = [Channel(id=f"-10{i}", name=f"Other {i}", win_rate=0.3, avg_gain=1.5) for i in range(10, 15)]
 
 SUBSCRIBERS = [
     Subscriber(telegram_id=1, filters=Filters(min_mcap=20_000), is_admin=True),  # loose
@@ -42,9 +42,7 @@ SUBSCRIBERS = [
 ]
 
 
-def call(
-    address: str, channel: ChannelStatsEvent, minutes: int, mcap: float = 41_250, holders: int | None = 212
-) -> CallEvent:
+def call(address: str, channel: Channel, minutes: int, mcap: float = 41_250, holders: int | None = 212) -> CallEvent:
     token = TokenInfo(
         address=address,
         symbol="TKN",
@@ -55,7 +53,7 @@ def call(
     )
     return CallEvent(
         token=token,
-        channel=ChannelRef(channel.id, channel.name, channel.username),
+        channel=Channel(channel.id, channel.name, channel.username),  # a call names its channel only
         called_at=T0 + timedelta(minutes=minutes),
     )
 
@@ -79,7 +77,7 @@ async def build(redis: RedisManager, sent: list[AlertBatch]) -> CallPipeline:
         clock=lambda: T0 + timedelta(hours=1),
     )
     for stats in (GOOD, POOR, *OTHERS):
-        await service.handle(stats)
+        await service.handle(ChannelStatsEvent(stats))
     return service
 
 
@@ -91,7 +89,7 @@ async def test_each_subscriber_gets_what_their_filters_pass(redis: RedisManager)
     assert await service.on_call(call("C" * 44, POOR, 3, mcap=25_000, holders=None)) == [1]  # 3 needs holders
     assert {a.telegram_ids[0] for a in sent} == {1, 2, 3}
     alert = next(a for a in sent if a.telegram_ids[0] == 2)
-    assert alert.callers[0].name == "Good Calls" and alert.callers[0].win_rate == 0.6
+    assert alert.callers[0].channel.name == "Good Calls" and alert.callers[0].channel.win_rate == 0.6
 
 
 async def test_five_channels_one_alert(redis: RedisManager) -> None:
@@ -111,7 +109,7 @@ async def test_rejected_then_upgraded_by_a_passing_channel(redis: RedisManager) 
     assert await service.on_call(call("E" * 44, OTHERS[0], 9)) == []
     assert [a.telegram_ids[0] for a in sent].count(2) == 1
     upgraded = next(a for a in sent if a.telegram_ids[0] == 2)
-    assert [c.channel_id for c in upgraded.callers] == [POOR.id, GOOD.id]  # both callers, in call order
+    assert [c.channel.id for c in upgraded.callers] == [POOR.id, GOOD.id]  # both callers, in call order
 
 
 async def test_min_channels_counts_channels_across_calls(redis: RedisManager) -> None:

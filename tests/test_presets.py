@@ -21,6 +21,7 @@ from services.presets import (
     parse_preset_definition,
     preset_definition,
 )
+from services.sender import Lane, OutgoingMessage
 from services.subscribers import RETRY_KEY, SubscriberStore, subscriber_key
 from standins.telegram import SentRecord
 from tests import bot_env
@@ -51,6 +52,21 @@ class Env(StoreEnv):
             description="the callback answer",
         )
         return replies[before]
+
+    async def notice(self, user_id: int, needle: str) -> SentRecord:
+        """The notice the sender delivers to `user_id` (queued by an admin's command), once it came."""
+        (record,) = await self.server.wait_for_sent(
+            lambda r: r.chat_id == user_id and needle in r.text, timeout=REPLY_TIMEOUT
+        )
+        return record
+
+    async def settled(self, user_id: int) -> list[SentRecord]:
+        """Every message to `user_id`, once whatever was queued for them has gone: the sender keeps
+        a chat's messages in order, so a marker queued now comes after all of it."""
+        marker = f"marker {len(self.server.sent)}"
+        self.sender.submit(OutgoingMessage(user_id, marker, lane=Lane.ADMIN))
+        await self.notice(user_id, marker)
+        return [r for r in self.server.messages_to(user_id) if not r.text.startswith("marker ")]
 
     async def follow(self, user_id: int, code: str, *, language_code: str = "en") -> SentRecord:
         listing = await self.ask(user_id, "/presets", language_code=language_code)
@@ -149,10 +165,10 @@ async def test_follow_then_admin_change_reaches_followers_in_their_language(env:
     assert new_safe.title == "Safe" and new_safe.description == old_safe.description  # kept
     assert new_safe.filters == old_safe.filters.with_value("min_mcap", 250_000.0)
 
-    ru_notice = env.server.messages_to(21)[-1].text
-    assert "Администратор изменил пресет" in ru_notice and "min_mcap = $250K" in ru_notice
-    en_notice = env.server.messages_to(22)[-1].text
-    assert "An admin changed the preset" in en_notice and "min_mcap = $250K" in en_notice
+    ru_notice = (await env.notice(21, "Администратор изменил пресет")).text
+    assert "min_mcap = $250K" in ru_notice
+    en_notice = (await env.notice(22, "An admin changed the preset")).text
+    assert "min_mcap = $250K" in en_notice
     for follower in (21, 22):
         assert (await env.store.get(follower)).filters == new_safe.filters
         assert await env.pg_settings(follower) == (new_safe.filters.to_dict(), "safe")
@@ -164,11 +180,11 @@ async def test_follow_then_admin_change_reaches_followers_in_their_language(env:
         )
     # The user who only applied it keeps the old filters and hears nothing.
     assert (await env.store.get(23)).filters == old_safe.filters
-    assert len(env.server.messages_to(23)) == before_23
+    assert len(await env.settled(23)) == before_23
 
     # The same definition again finds everyone in step: nobody is told twice.
     assert "Followers updated and notified: 0" in (await env.ask(ADMIN, SAFE_CHANGE)).text
-    assert env.server.messages_to(21)[-1].text == ru_notice
+    assert (await env.settled(21))[-1].text == ru_notice
 
 
 async def test_manual_set_stops_following(env: Env) -> None:
@@ -189,7 +205,7 @@ async def test_manual_set_stops_following(env: Env) -> None:
     reply = await env.ask(ADMIN, "/setpreset balanced min_mcap=35k max_mcap=2m min_liquidity=10k")
     assert "Followers updated and notified: 0" in reply.text
     assert (await env.store.get(7)).filters == subscriber.filters
-    assert len(env.server.messages_to(7)) == before
+    assert len(await env.settled(7)) == before
 
 
 async def test_unfollow_button_keeps_the_filters(env: Env) -> None:
@@ -231,8 +247,8 @@ async def test_admin_creates_and_deletes_a_preset(env: Env) -> None:
     await env.follow(7, "whales", language_code="ru")
     reply = await env.ask(ADMIN, "/delpreset whales")
     assert "deleted" in reply.text and "1" in reply.text
-    notice = env.server.messages_to(7)[-1].text
-    assert "Whales only" in notice and "удалён" in notice
+    notice = (await env.notice(7, "удалён")).text
+    assert "Whales only" in notice
     subscriber = await env.store.get(7)
     assert subscriber.preset is None and subscriber.filters == whales.filters  # filters kept
     assert await env.pg_settings(7) == (whales.filters.to_dict(), None)
@@ -243,10 +259,10 @@ async def test_admin_creates_and_deletes_a_preset(env: Env) -> None:
     assert {row["action"] for row in actions} == {"preset_set", "preset_deleted"}
 
 
-async def test_notices_go_through_the_sender_when_there_is_one(stores: Stores) -> None:
-    async with running_bot(stores, with_sender=True) as env:
+async def test_notices_go_through_the_sender(stores: Stores) -> None:
+    async with running_bot(stores, paced=True) as env:
         await env.follow(21, "safe", language_code="ru")
-        assert env.sender is not None and env.sender.stats()["sent"] == 0
+        assert env.sender.stats()["sent"] == 0
         assert "Followers updated and notified: 1" in (await env.ask(ADMIN, SAFE_CHANGE)).text
         (notice,) = await env.server.wait_for_sent(
             lambda r: "Администратор изменил пресет" in r.body, timeout=REPLY_TIMEOUT

@@ -18,8 +18,8 @@ from bot.config import Settings
 from bot.container import build_services
 from bot.routers.replay import render_report
 from bot.runtime import build_dispatcher, create_bot
-from domain.events import CallEvent, ChannelRef, ChannelStatsEvent, PriceEvent, TokenInfo
-from domain.filters import ChannelFacts, Filters
+from domain.events import CallEvent, Channel, PriceEvent, TokenInfo
+from domain.filters import Filters
 from domain.matching import SubscriberIndex
 from managers.postgres import PostgresManager
 from services.persistence import PersistenceWriter
@@ -79,8 +79,8 @@ EXPECTED_2X = 2
 
 A, B, C = "-1001", "-1002", "-1003"
 CHANNEL_STATS = [
-    ChannelStatsEvent(id=A, name="Alpha", username="alphacalls", win_rate=0.6, avg_gain=3.0, calls=40),
-    ChannelStatsEvent(id=B, name="Beta", username="betacalls", win_rate=0.5, avg_gain=2.0, calls=30),
+    Channel(id=A, name="Alpha", username="alphacalls", win_rate=0.6, avg_gain=3.0, calls=40),
+    Channel(id=B, name="Beta", username="betacalls", win_rate=0.5, avg_gain=2.0, calls=30),
 ]
 
 
@@ -174,8 +174,8 @@ def replay_prices(now: datetime) -> dict[str, list[PricePoint]]:
     return prices
 
 
-def replay_channels() -> dict[str, ChannelFacts]:
-    return {s.id: ChannelFacts.build(s.id, s.username, s.win_rate, s.avg_gain) for s in CHANNEL_STATS}
+def replay_channels() -> dict[str, Channel]:
+    return {s.id: s for s in CHANNEL_STATS}
 
 
 def by_symbol(result: ReplayResult) -> dict[str, tuple[float, float | None]]:
@@ -249,7 +249,9 @@ def test_agrees_with_the_live_matcher_on_random_days() -> None:
     rng = random.Random(7)
     channel_ids = [f"-10{i}" for i in range(6)]
     channels = {
-        cid: ChannelFacts.build(cid, f"chan{i}x", rng.choice([None, 0.2, 0.5, 0.8]), rng.choice([None, 1.5, 3.0]))
+        cid: Channel(
+            cid, username=f"chan{i}x", win_rate=rng.choice([None, 0.2, 0.5, 0.8]), avg_gain=rng.choice([None, 1.5, 3.0])
+        )
         for i, cid in enumerate(channel_ids[:5])  # the last one is never described
     }
     for _ in range(40):
@@ -277,10 +279,10 @@ def test_agrees_with_the_live_matcher_on_random_days() -> None:
         ]
         index = SubscriberIndex([Subscriber(telegram_id=1, filters=filters, is_admin=True)])
         live: dict[str, datetime] = {}
-        callers: dict[str, dict[str, ChannelFacts]] = {}
+        callers: dict[str, dict[str, Channel]] = {}
         for call in sorted(calls, key=lambda c: c.called_at):
             seen = callers.setdefault(call.token_address, {})
-            unknown = ChannelFacts.build(call.channel_id, None, None, None)
+            unknown = Channel(call.channel_id)
             seen.setdefault(call.channel_id, channels.get(call.channel_id) or unknown)
             if call.token_address not in live and index.match(call.facts(), call.called_at, list(seen.values())):
                 live[call.token_address] = call.called_at
@@ -315,7 +317,7 @@ async def write_day(postgres: PostgresManager, now: datetime) -> PersistenceWrit
     """The recorded day, through the writer the pipeline uses, in the order the feed brought it."""
     writer = PersistenceWriter(postgres)
     for stats in CHANNEL_STATS:
-        writer.channel(stats, at=now - timedelta(days=3))
+        writer.channel(stats, stats_at=now - timedelta(days=3))
     events: list[tuple[datetime, CallEvent | PriceEvent]] = []
     for c in DAY_CALLS:
         token = TokenInfo(
@@ -328,13 +330,13 @@ async def write_day(postgres: PostgresManager, now: datetime) -> PersistenceWrit
             price_usd=c.price,
             created_at=token_created(now),
         )
-        channel = ChannelRef(c.channel, name=None if c.channel == C else "named")
+        channel = Channel(c.channel, name=None if c.channel == C else "named")
         events.append((at(now, c.hours), CallEvent(token=token, channel=channel, called_at=at(now, c.hours))))
     for p in DAY_PRICES:
         events.append((at(now, p.hours), PriceEvent(address(p.symbol), p.price, p.mcap, at(now, p.hours))))
     for when, event in sorted(events, key=lambda item: item[0]):
         if isinstance(event, CallEvent):
-            writer.channel(id=event.channel.id, name=event.channel.name)  # as the channel directory does
+            writer.channel(event.channel)  # as the channel directory does
             writer.token(event.token, when)
             writer.call(event)
         else:

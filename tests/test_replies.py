@@ -28,10 +28,7 @@ def alerts_to(env: BotEnv, chat_id: int) -> list[SentRecord]:
 
 async def test_a_press_during_a_broadcast_is_answered_and_edited_before_the_next_alert(stores: Stores) -> None:
     # Two seconds between a chat's alerts; the double enforces Telegram's own limits.
-    async with running_bot(
-        stores, with_sender=True, sender_options={"per_chat_interval": 2.0}, limits=RateLimits()
-    ) as env:
-        assert env.sender is not None
+    async with running_bot(stores, paced=True, sender_options={"per_chat_interval": 2.0}, limits=RateLimits()) as env:
         chat = env.chat(USER)
         screen = await chat.ask("/settings")
         for i in range(6):
@@ -63,10 +60,7 @@ async def test_a_press_during_a_broadcast_is_answered_and_edited_before_the_next
 async def test_a_typed_value_and_a_press_right_after_it_do_not_wait_for_the_chats_spacing(stores: Stores) -> None:
     # An hour between a chat's messages: a reply that waited for it would never come. The chat's
     # burst of three quick messages is all the replies here need.
-    async with running_bot(
-        stores, with_sender=True, sender_options={"per_chat_interval": 3600}, limits=RateLimits()
-    ) as env:
-        assert env.sender is not None
+    async with running_bot(stores, paced=True, sender_options={"per_chat_interval": 3600}, limits=RateLimits()) as env:
         chat = env.chat(USER)
         await chat.ask("/settings")  # the chat's first message
         env.sender.submit(OutgoingMessage(USER, "alert for you", lane=Lane.PAID_ALERT))  # must wait its hour
@@ -99,7 +93,7 @@ async def test_a_typed_value_and_a_press_right_after_it_do_not_wait_for_the_chat
 async def test_callback_answers_and_edits_take_their_place_in_the_overall_pace(stores: Stores) -> None:
     """At two requests a second overall, a press's answer and its edit are half a second apart at
     the double like any two sends: an answer is no chat message, but Telegram counts it too."""
-    async with running_bot(stores, with_sender=True, sender_options={"global_rate": 2}) as env:
+    async with running_bot(stores, paced=True, sender_options={"global_rate": 2}) as env:
         chat = env.chat(USER)
         await chat.ask("/start")
         await chat.press("Filters")

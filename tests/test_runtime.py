@@ -8,9 +8,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -24,6 +25,8 @@ from bot.runtime import Runtime, webhook_secret
 from bot.texts import TEXTS
 from managers.redis_manager import RedisManager
 from services.dedup import AlertLedger, ClaimRequest
+from standins.feed_server import FeedServer, PumpPortalReplies
+from standins.solana_rpc import SolanaRpcServer
 from standins.tcp_proxy import TcpProxy
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer
 
@@ -351,3 +354,38 @@ async def test_run_without_redis_url_stops_its_redis_server_cleanly_on_sigterm(
     assert any(p.name.startswith("appendonly") for p in redis_dir.iterdir())  # kept under ./data/redis
     assert not (redis_dir / "redis.sock").exists()
     assert "ready to exit" in (redis_dir / "redis.log").read_text()  # a clean shutdown, its data written
+
+
+async def test_pumpportal_is_asked_for_new_tokens_and_migrations_on_every_connection(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """PumpPortal streams only what a connection asked for: the runtime asks on connecting, and
+    again after the server dropped it; the SOL price it needs is read beside it and in health."""
+
+    def asking(method: str) -> Callable[[Any], bool]:
+        return lambda message: isinstance(message, dict) and message.get("method") == method
+
+    async with SolanaRpcServer() as rpc, FeedServer(on_message=PumpPortalReplies()) as pumpportal:
+        rpc.set_price(150.0, publish_time=datetime.now(UTC))
+        settings = make_settings(
+            telegram, redis_url, database_url, tmp_path, pumpportal_url=pumpportal.url, solana_rpc_url=[rpc.url]
+        )
+        fast = {"min_connect_interval": 0.05, "backoff_base": 0.05, "backoff_max": 0.2}
+        runtime = Runtime(settings, stream_options=fast)
+        await runtime.start()
+        try:
+            await runtime.begin_receiving()
+            for method in ("subscribeNewToken", "subscribeMigration"):
+                await pumpportal.wait_for_received(asking(method))
+            await rpc.wait_for_requests(1)  # the SOL price is read from SOLANA_RPC_URL
+            health = await runtime.health()
+            assert health["sol_price"]["running"] is True and health["sol_price"]["urls"] == 1
+
+            first_connection = len(pumpportal.received)
+            assert await pumpportal.drop_connections() == 1
+            await pumpportal.wait_for_connections(2)
+            for method in ("subscribeNewToken", "subscribeMigration"):
+                await pumpportal.wait_for_received(asking(method), after=first_connection)
+            assert pumpportal.connection_count == 2
+        finally:
+            await runtime.stop()

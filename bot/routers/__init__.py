@@ -25,6 +25,7 @@ from bot.routers import (
     presets,
     replay,
     settings,
+    trial,
 )
 
 
@@ -39,6 +40,7 @@ def get_routers() -> list[Router]:
         account.build_router(),
         presets.build_router(),
         admin.build_router(),
+        trial.build_router(),
         common.build_router(),
         common.build_fallback_router(),  # last: presses of buttons nothing above handles
     ]

@@ -278,7 +278,7 @@ async def paysupport(
     bot: Bot,
     settings: Settings,
     paysupport: PaySupportGate,
-    sender: MessageSender | None = None,
+    sender: MessageSender,
 ) -> None:
     request = (command.args or "").strip()
     if not request:
@@ -302,7 +302,7 @@ async def paysupport(
     forwarded = 0
     for admin in admins:
         note = text("paysupport_to_admin", "en", user=who, user_id=subscriber.telegram_id, message=html.escape(request))
-        if sender is not None and sender.running:
+        if sender.running:
             # Payment matters go in the payment lane, ahead of alerts.
             sender.submit(OutgoingMessage(admin, note, lane=Lane.PAYMENT))
             forwarded += 1

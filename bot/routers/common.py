@@ -17,10 +17,13 @@ from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards
 from bot.callbacks import MenuCB
+from bot.config import Settings
 from bot.routers.account import plan_screen
 from bot.routers.screens import acknowledge, show
+from bot.routers.trial import trial_button, with_button
 from bot.texts import pick_language, text
 from payments.checkout import CheckoutService
+from payments.ledger import PaymentLedger
 from services.accounts import AccountService, parse_start_payload
 from services.subscribers import Subscriber
 
@@ -35,6 +38,8 @@ async def start(
     state: FSMContext,
     accounts: AccountService,
     checkout: CheckoutService,
+    settings: Settings,
+    ledger: PaymentLedger,
     first_contact: bool = False,
 ) -> None:
     await state.clear()
@@ -46,7 +51,9 @@ async def start(
         logger.info("user %s came by invite %r (referrer %s)", subscriber.telegram_id, link[1], referrer)
     await message.answer(
         f"{text('welcome', language, name=name)}\n\n{text('menu_title', language)}",
-        reply_markup=keyboards.main_menu(language),
+        reply_markup=with_button(
+            keyboards.main_menu(language), await trial_button(subscriber, language, settings, ledger)
+        ),
     )
     if link is not None and link[0] == "plan":
         card, markup = await plan_screen(accounts, checkout, link[1], language)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import html
 import logging
 
-from aiogram import Bot, F, Router
-from aiogram.exceptions import TelegramAPIError
+from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
@@ -204,22 +203,14 @@ def _admin_id(message: Message) -> int | None:
     return message.from_user.id if message.from_user else None
 
 
-async def _notify(bot: Bot | None, sender: MessageSender | None, chat_id: int, body: str) -> None:
-    """Best effort: through the sender's queue when there is one (paced with the alerts), else
-    directly; a user who blocked the bot must not stop the others being told."""
-    if sender is not None:
-        sender.submit(OutgoingMessage(chat_id, body, lane=Lane.ADMIN))
-        return
-    if bot is None:
-        return
-    try:
-        await bot.send_message(chat_id, body)
-    except TelegramAPIError as exc:
-        logger.info("could not tell %s about a preset change: %r", chat_id, exc)
+def _notify(sender: MessageSender, chat_id: int, body: str) -> None:
+    """Queued in the sender, paced with the alerts; a user who blocked the bot is the sender's to
+    note, and stops no one else being told."""
+    sender.submit(OutgoingMessage(chat_id, body, lane=Lane.ADMIN))
 
 
 async def _sync_followers(
-    bot: Bot | None, sender: MessageSender | None, store: SubscriberStore, presets: PresetStore, preset: Preset
+    sender: MessageSender, store: SubscriberStore, presets: PresetStore, preset: Preset
 ) -> tuple[int, int]:
     """Give every follower the preset's filters, and tell those whose filters changed; returns
     (updated, failed). Followers already in step are left alone, so running it again (after a
@@ -240,8 +231,7 @@ async def _sync_followers(
         updated += 1
         if subscriber.status == "active":
             language = pick_language(subscriber.language)
-            await _notify(
-                bot,
+            _notify(
                 sender,
                 telegram_id,
                 text(
@@ -274,7 +264,7 @@ async def set_preset(
     language: str,
     store: SubscriberStore,
     presets: PresetStore,
-    sender: MessageSender | None = None,
+    sender: MessageSender,
 ) -> None:
     """/setpreset CODE ["Title" ["Description"]] NAME=VALUE ...: create or change a preset."""
     args = (command.args or "").strip()
@@ -321,7 +311,7 @@ async def set_preset(
         await message.answer(text("setpreset_created", language, code=new.code, title=title, filters=filters))
         return
     try:
-        updated, failed = await _sync_followers(message.bot, sender, store, presets, new)
+        updated, failed = await _sync_followers(sender, store, presets, new)
         incomplete = failed > 0
     except StoreUnavailable:
         updated, incomplete = 0, True
@@ -338,7 +328,7 @@ async def delete_preset(
     language: str,
     store: SubscriberStore,
     presets: PresetStore,
-    sender: MessageSender | None = None,
+    sender: MessageSender,
 ) -> None:
     """/delpreset CODE: its followers keep their filters and follow nothing."""
     parts = (command.args or "").split()
@@ -373,8 +363,7 @@ async def delete_preset(
         told += 1
         if subscriber.status == "active":
             follower_language = pick_language(subscriber.language)
-            await _notify(
-                message.bot,
+            _notify(
                 sender,
                 telegram_id,
                 text("preset_deleted_notice", follower_language, title=html.escape(deleted.title)),
