@@ -278,25 +278,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "precheckout_unavailable": (
             "Payments cannot be checked right now. Nothing was charged; please try again in a minute."
         ),
-        "receipt": (
-            "✅ <b>Payment received, thank you!</b>\nPlan: <b>{title}</b> ({days} days)\nPaid: {amount}\n"
-            "Your plan is active until <b>{expires}</b>."
-        ),
-        "receipt_renewal": (
-            "🔁 <b>Subscription renewed</b>\nPlan: <b>{title}</b> (+{days} days)\nPaid: {amount}\n"
-            "Your plan is active until <b>{expires}</b>. Auto-renew can be cancelled in /status."
-        ),
-        "receipt_subscribed": (
-            "✅ <b>Subscribed, thank you!</b>\nPlan: <b>{title}</b>, renewed every 30 days\nPaid: {amount}\n"
-            "Your plan is active until <b>{expires}</b>. Auto-renew can be cancelled in /status."
-        ),
-        "receipt_duplicate": "This payment was already received and credited; /status shows your plan.",
         "receipt_pending": (
             "✅ Payment received. Your plan is being activated; a message follows here as soon as it is."
-        ),
-        "receipt_problem": (
-            "⚠ Your payment arrived, but it matches no order. Please write to /paysupport with this id: "
-            "<code>{charge_id}</code>"
         ),
         "status_subscription": "Auto-renew: {amount} every 30 days, next on {date}",
         "status_subscription_canceled": "Auto-renew: cancelled; paid until {date}",
@@ -641,24 +624,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "precheckout_closed": "Этот заказ уже оплачен, отменён или истёк. Создайте новый в /plans.",
         "precheckout_amount": "Сумма не совпадает с заказом. Начните заново в /plans.",
         "precheckout_unavailable": "Сейчас не удаётся проверить оплату. Ничего не списано; попробуйте через минуту.",
-        "receipt": (
-            "✅ <b>Оплата получена, спасибо!</b>\nТариф: <b>{title}</b> (дней: {days})\nОплачено: {amount}\n"
-            "Тариф активен до <b>{expires}</b>."
-        ),
-        "receipt_renewal": (
-            "🔁 <b>Подписка продлена</b>\nТариф: <b>{title}</b> (+{days} дн.)\nОплачено: {amount}\n"
-            "Тариф активен до <b>{expires}</b>. Отключить автопродление можно в /status."
-        ),
-        "receipt_subscribed": (
-            "✅ <b>Подписка оформлена, спасибо!</b>\nТариф: <b>{title}</b>, продление каждые 30 дней\n"
-            "Оплачено: {amount}\nТариф активен до <b>{expires}</b>. Отключить автопродление можно в /status."
-        ),
-        "receipt_duplicate": "Этот платёж уже получен и зачтён; ваш тариф показывает /status.",
         "receipt_pending": "✅ Оплата получена. Тариф включается; как только он включится, здесь придёт сообщение.",
-        "receipt_problem": (
-            "⚠ Оплата пришла, но не совпадает ни с одним заказом. Напишите в /paysupport и укажите этот id: "
-            "<code>{charge_id}</code>"
-        ),
         "status_subscription": "Автопродление: {amount} каждые 30 дней, следующее {date}",
         "status_subscription_canceled": "Автопродление: отключено; оплачено до {date}",
         "button_cancel_autorenew": "✖ Отключить автопродление",

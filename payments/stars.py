@@ -1,25 +1,19 @@
 """The Telegram Stars rail: the pre-checkout check, the credit of a successful payment (an
-order's, or a month of a subscription), refunds, and the monthly subscription's record.
-
-A payment is credited once per telegram_payment_charge_id (the ledger's seen mark). A payment
-neither store could take is kept here and credited again in the background, and logged with
-its charge id at once, so a crash before it lands still leaves what is needed to credit it.
-The subscription's record (its first charge, which names it to Telegram; its end; whether the
-user cancelled it) is a Redis hash, read back from PostgreSQL's payments and events when Redis
-lost it. No Telegram imports: the bot turns Telegram's objects into `StarsPaid`.
+order's, or a month of the subscription), refunds, and the subscription's record (a Redis hash,
+rebuilt from PostgreSQL's payments and events when Redis lost it). A payment neither store takes
+is kept and retried in the background, and logged at once with its charge id. No Telegram imports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from domain.plans import Order, Payment, Plan, Rail
+from domain.plans import Order, OrderStatus, Payment, Plan, Rail
 from domain.stars import (
     STARS_CURRENCY,
     SUBSCRIPTION_DAYS,
@@ -34,7 +28,7 @@ from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from payments.checkout import PlanSource
 from payments.ledger import PaymentLedger, PaymentsUnavailable
-from payments.records import CreditOutcome
+from payments.records import CreditOutcome, CreditResult
 from services.subscribers import PG_FAILURES, StoreUnavailable
 
 logger = logging.getLogger("alertbot.payments")
@@ -50,23 +44,6 @@ Clock = Callable[[], datetime]
 
 def subscription_key(telegram_id: int) -> str:
     return f"stars:subscription:{telegram_id}"
-
-
-@dataclass(frozen=True)
-class StarsReceipt:
-    """What the payer is told after a successful payment."""
-
-    outcome: CreditOutcome  # credited, or duplicate (told again), or rejected (support needed)
-    plan_code: str
-    plan_title: str
-    days: int
-    stars: int
-    plan_end: datetime | None
-    order_id: str | None = None
-    subscription: StarsSubscription | None = None  # a payment of the monthly subscription
-
-
-Notify = Callable[[StarsReceipt], Awaitable[None]]
 
 
 def _subscription_from_hash(telegram_id: int, stored: Mapping[str, str]) -> StarsSubscription | None:
@@ -144,60 +121,56 @@ class StarsPayments:
 
     # ------------------------------------------------------------------ the payment
 
-    async def credit(self, paid: StarsPaid) -> StarsReceipt:
-        """Credit a successful payment once and keep its raw event. Raises PaymentsUnavailable
-        when neither store takes it (see `keep`)."""
+    async def credit(self, paid: StarsPaid) -> CreditResult:
+        """Credit a successful payment once and keep its raw event; the ledger posts the payer's
+        receipt. Raises PaymentsUnavailable when neither store takes it (see `keep`)."""
         subscription = parse_subscription_payload(paid.payload)
         if subscription is not None:
-            return await self._credit_subscription(paid, subscription.plan_code)
-        receipt = await self._credit_order(paid)
-        await self._record(paid, "successful_payment", order_id=receipt.order_id)
-        return receipt
+            result = await self.ledger.credit(self._payment(paid, SUBSCRIPTION_DAYS, subscription.plan_code, None))
+            await self._note_subscription(paid, subscription.plan_code)
+            await self._record(paid, "successful_payment")
+            return result
+        result = await self._credit_order(paid)
+        await self._record(paid, "successful_payment", order_id=paid.payload)
+        return result
 
-    async def _credit_order(self, paid: StarsPaid) -> StarsReceipt:
-        # The order decides the days; the ledger reads it in the same step as the credit, so
-        # an order it cannot read now (stores down) raises rather than passing for unknown.
+    async def _credit_order(self, paid: StarsPaid) -> CreditResult:
+        # The order decides the days. One the ledger cannot read now (stores down) still goes to
+        # the ledger's credit, which then raises rather than letting it pass for unknown.
         order = await self.ledger.order(paid.payload)
+        if order is not None and order.status is OrderStatus.PAID:
+            # A second payment for a settled order (two raced past the pre-checkout) bought the
+            # same days: it adds them rather than being lost.
+            return await self._credit_again(paid, order, "order already paid")
         days, plan_code = (order.days, order.plan_code) if order else (0, None)
         result = await self.ledger.credit(self._payment(paid, days, plan_code, paid.payload))
         order = result.order or order
-        stars = paid.total_amount
-        if result.outcome is CreditOutcome.REJECTED:
-            if order is None:
-                # Money was taken for an order nobody knows: nothing says what it buys.
-                logger.error(
-                    "Stars payment %s of user %s (%s XTR) names unknown order %r: not credited; refund or grant",
-                    paid.charge_id,
-                    paid.telegram_id,
-                    stars,
-                    paid.payload,
-                )
-                return StarsReceipt(CreditOutcome.REJECTED, "", "", 0, stars, None)
-            # Paid after the order was settled (two payments raced past the pre-checkout): the
-            # second payment bought the same days, so it adds them rather than being lost.
-            logger.warning(
-                "Stars payment %s of user %s for order %s was refused by the order (%s): credited as %d days",
+        if result.outcome is not CreditOutcome.REJECTED:
+            return result
+        if order is None or order.telegram_id != paid.telegram_id:
+            # Money was taken for an order nobody knows: nothing says what it buys.
+            logger.error(
+                "Stars payment %s of user %s (%s XTR) for order %r not credited (%s): refund or grant by hand",
                 paid.charge_id,
                 paid.telegram_id,
-                order.id,
+                paid.total_amount,
+                paid.payload,
                 result.reason,
-                order.days,
             )
-            result = await self.ledger.credit(self._payment(paid, order.days, order.plan_code, None))
-        if order is None:  # a duplicate of a payment whose order is gone
-            return StarsReceipt(result.outcome, "", "", 0, stars, result.plan_end)
-        plan = await self._plan_or_order(order)
-        return StarsReceipt(result.outcome, plan.code, plan.title, plan.days, stars, result.plan_end, order.id)
+            return result
+        return await self._credit_again(paid, order, result.reason)
 
-    async def _credit_subscription(self, paid: StarsPaid, plan_code: str) -> StarsReceipt:
-        plan = await self._plan_or_none(plan_code)
-        title = plan.title if plan else plan_code
-        result = await self.ledger.credit(self._payment(paid, SUBSCRIPTION_DAYS, plan_code, None))
-        record = await self._note_subscription(paid, plan_code)
-        await self._record(paid, "successful_payment")
-        return StarsReceipt(
-            result.outcome, plan_code, title, SUBSCRIPTION_DAYS, paid.total_amount, result.plan_end, None, record
+    async def _credit_again(self, paid: StarsPaid, order: Order, reason: str) -> CreditResult:
+        logger.warning(
+            "Stars payment %s of user %s for order %s (%s): credited as %d days of %s",
+            paid.charge_id,
+            paid.telegram_id,
+            order.id,
+            reason,
+            order.days,
+            order.plan_code,
         )
+        return await self.ledger.credit(self._payment(paid, order.days, order.plan_code, None))
 
     @staticmethod
     def _payment(paid: StarsPaid, days: int, plan_code: str | None, order_id: str | None) -> Payment:
@@ -213,9 +186,9 @@ class StarsPayments:
             raw=dict(paid.raw),
         )
 
-    def keep(self, paid: StarsPaid, notify: Notify) -> None:
-        """Credit `paid` in the background until a store takes it, then `notify`. Logged at once
-        with everything needed to credit it by hand."""
+    def keep(self, paid: StarsPaid) -> None:
+        """Credit `paid` in the background until a store takes it (the ledger then posts the
+        receipt). Logged at once with everything needed to credit it by hand."""
         logger.error(
             "Stars payment %s of user %s (%s %s, payload %r, raw %s) could not be credited now; "
             "retrying in the background",
@@ -228,16 +201,16 @@ class StarsPayments:
         )
         if paid.charge_id in self._kept:
             return
-        task = asyncio.create_task(self._retry(paid, notify), name=f"stars-credit-{paid.charge_id}")
+        task = asyncio.create_task(self._retry(paid), name=f"stars-credit-{paid.charge_id}")
         self._kept[paid.charge_id] = task
         task.add_done_callback(lambda _: self._kept.pop(paid.charge_id, None))
 
-    async def _retry(self, paid: StarsPaid, notify: Notify) -> None:
+    async def _retry(self, paid: StarsPaid) -> None:
         delay = self.retry_min
         while True:
             await asyncio.sleep(delay)
             try:
-                receipt = await self.credit(paid)
+                result = await self.credit(paid)
             except PaymentsUnavailable as exc:
                 logger.warning("Stars payment %s still waits for the stores (%r)", paid.charge_id, exc)
                 delay = min(self.retry_max, delay * 2)
@@ -246,11 +219,7 @@ class StarsPayments:
                 logger.exception("Stars payment %s failed to credit; retrying", paid.charge_id)
                 delay = min(self.retry_max, delay * 2)
                 continue
-            logger.info("kept Stars payment %s of user %s now %s", paid.charge_id, paid.telegram_id, receipt.outcome)
-            try:
-                await notify(receipt)
-            except Exception:  # noqa: BLE001 - telling the payer is best effort; the credit stands
-                logger.warning("could not tell user %s that payment %s was credited", paid.telegram_id, paid.charge_id)
+            logger.info("kept Stars payment %s of user %s now %s", paid.charge_id, paid.telegram_id, result.outcome)
             return
 
     @property
@@ -373,16 +342,6 @@ class StarsPayments:
 
     async def _plan(self, code: str) -> Plan | None:
         return next((plan for plan in await self._plans() if plan.code == code), None)
-
-    async def _plan_or_none(self, code: str) -> Plan | None:
-        try:
-            return await self._plan(code)
-        except StoreUnavailable:
-            return None
-
-    async def _plan_or_order(self, order: Order) -> Plan:
-        plan = await self._plan_or_none(order.plan_code)
-        return plan or Plan(order.plan_code, order.plan_code, order.days, None, None, None)
 
     async def _record(self, paid: StarsPaid, kind: str, *, order_id: str | None = None) -> None:
         await self._record_raw(paid.charge_id, kind, {"telegram_id": paid.telegram_id, **paid.raw}, order_id=order_id)

@@ -19,8 +19,10 @@ from aiogram.types import Message
 
 from bot.filters_admin import IsAdmin
 from bot.texts import pick_language, text
+from domain.messages import Lane, OutgoingMessage
 from payments.ledger import PaymentLedger, PaymentsUnavailable
 from payments.stars import StarsPayments
+from services.sender import MessageSender
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.admin")
@@ -116,7 +118,13 @@ async def revoke(
 
 
 async def refund(
-    message: Message, command: CommandObject, language: str, store: SubscriberStore, stars: StarsPayments, bot: Bot
+    message: Message,
+    command: CommandObject,
+    language: str,
+    store: SubscriberStore,
+    stars: StarsPayments,
+    bot: Bot,
+    sender: MessageSender,
 ) -> None:
     parts = (command.args or "").split()
     charge_id = parts[0] if len(parts) == 1 and len(parts[0]) <= MAX_CHARGE_ID else None
@@ -160,16 +168,12 @@ async def refund(
     await store.log_activity(admin_id, "refund", {"telegram_id": payer, "charge_id": charge_id}, subject=payer)
     await message.answer(text("refund_already" if already else "refund_done", language, charge_id=shown, user_id=payer))
     if not already:
-        await _tell(bot, store, payer, "refund_notice")
-
-
-async def _tell(bot: Bot, store: SubscriberStore, user_id: int, key: str) -> None:
-    """A notice to a user in their language; best effort (they may have blocked the bot)."""
-    try:
-        target = await store.get(user_id)
-        await bot.send_message(user_id, text(key, pick_language(target.language if target else None)))
-    except (TelegramAPIError, StoreUnavailable) as exc:
-        logger.info("could not tell %s (%s): %r", user_id, key, exc)
+        try:
+            target = await store.get(payer)
+        except StoreUnavailable:
+            target = None
+        notice = text("refund_notice", pick_language(target.language if target else None))
+        sender.submit(OutgoingMessage(payer, notice, lane=Lane.PAYMENT, kind="refund_notice"))
 
 
 async def refuse(message: Message, command: CommandObject, language: str, store: SubscriberStore) -> None:

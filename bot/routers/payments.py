@@ -1,14 +1,10 @@
 """Buying a plan: the buy buttons' orders and their screen, Telegram Stars invoices, the
-pre-checkout answer, the credit of a successful payment with its receipt, and the monthly Stars
-subscription (its invoice link, and cancelling its renewal from /status).
+pre-checkout answer, the credit of a successful payment (its receipt is the ledger's notice), and
+the monthly Stars subscription (its invoice link, and cancelling its renewal from /status).
 
-An order's screen shows its amount, the time to pay by and its status, with Cancel while it is
-open. A Stars order's invoice is a sendInvoice in XTR with no provider token, one price, and
-the order id as payload. Telegram waits 10 s for the pre-checkout answer, so the check runs
-under a budget well inside that, and a check that cannot finish answers "no, try again"
-(nothing is charged). A successful payment is credited once per telegram_payment_charge_id;
-when neither store takes it, `StarsPayments.keep` retries it in the background and the payer
-is told it is on its way.
+Telegram waits 10 s for the pre-checkout answer: the check runs under a budget well inside that,
+and one that cannot finish answers "no, try again" (nothing is charged). A successful payment
+neither store takes is kept and retried in the background (`StarsPayments.keep`).
 """
 
 from __future__ import annotations
@@ -32,8 +28,7 @@ from domain.plans import OPEN_STATUSES, STARS_SUBSCRIPTION_SECONDS, Order, Order
 from domain.stars import STARS_CURRENCY, Refusal, StarsPaid, SubscriptionPayload, offers_subscription
 from payments.checkout import Checkout, CheckoutService, RailFailed, RailNotOffered, UnknownPlan
 from payments.ledger import PaymentsUnavailable
-from payments.records import CreditOutcome
-from payments.stars import StarsPayments, StarsReceipt
+from payments.stars import StarsPayments
 from services.accounts import AccountService
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore
 
@@ -349,26 +344,8 @@ def stars_paid(message: Message) -> StarsPaid | None:
     )
 
 
-def receipt_text(receipt: StarsReceipt, paid: StarsPaid, language: str) -> str:
-    """The receipt: the plan, what was paid, and the plan's new end."""
-    if receipt.outcome is CreditOutcome.DUPLICATE:
-        return text("receipt_duplicate", language)
-    if receipt.outcome is not CreditOutcome.CREDITED or receipt.plan_end is None:
-        return text("receipt_problem", language, charge_id=html.escape(paid.charge_id))
-    key = "receipt"
-    if receipt.subscription is not None:
-        key = "receipt_renewal" if paid.is_recurring and not paid.is_first_recurring else "receipt_subscribed"
-    return text(
-        key,
-        language,
-        title=html.escape(receipt.plan_title),
-        days=receipt.days,
-        amount=money(Decimal(receipt.stars), STARS_CURRENCY),
-        expires=moment(receipt.plan_end),
-    )
-
-
-async def successful_payment(message: Message, language: str, bot: Bot, stars: StarsPayments) -> None:
+async def successful_payment(message: Message, language: str, stars: StarsPayments) -> None:
+    """Credit it; the ledger posts the receipt (plan, amount, new end) to the payer."""
     paid = stars_paid(message)
     if paid is None:
         return
@@ -377,19 +354,13 @@ async def successful_payment(message: Message, language: str, bot: Bot, stars: S
             "payment %s of user %s in %s: only Stars are sold here", paid.charge_id, paid.telegram_id, paid.currency
         )
         return
-
-    async def tell(receipt: StarsReceipt) -> None:
-        await bot.send_message(paid.telegram_id, receipt_text(receipt, paid, language))
-
     try:
-        receipt = await stars.credit(paid)
+        await stars.credit(paid)
     except Exception as exc:  # noqa: BLE001 - money was taken: whatever failed, it is kept and retried
         if not isinstance(exc, PaymentsUnavailable):
             logger.exception("Stars payment %s of user %s failed to credit", paid.charge_id, paid.telegram_id)
-        stars.keep(paid, tell)
+        stars.keep(paid)
         await message.answer(text("receipt_pending", language))
-        return
-    await message.answer(receipt_text(receipt, paid, language))
 
 
 def build_router() -> Router:
