@@ -33,6 +33,8 @@ EXPECTED: dict[str, str] = {
     "PAID_BROADCAST": "true or false",
     "ALERT_DIGEST_THRESHOLD": "a whole number 2..100",
     "ALERT_MAX_DELAY": "seconds, more than 0 and at most 3600",
+    "SOL_AMOUNT_TOLERANCE": "an amount of SOL, 0 or more",
+    "SOL_ORDER_MINUTES": "a whole number of minutes 1..1440",
 }
 
 
@@ -89,6 +91,8 @@ class Settings(BaseSettings):
     referral_days: int = Field(default=7, ge=0, le=365)
     # ...what a SOL payment may fall short of the price by and still count as paid (rounding in wallets).
     sol_amount_tolerance: Decimal = Field(default=Decimal(0), ge=0)
+    # ...and how long a SOL order waits for its payment (a Solana Pay request is shown that long).
+    sol_order_minutes: int = Field(default=30, ge=1, le=1440)
     # Delivery settings beyond the contract's table:
     # send with allow_paid_broadcast, up to 1,000 messages a second (Telegram charges Stars).
     paid_broadcast: bool = False

@@ -99,3 +99,5 @@ def setup_logging(log_dir: Path, secrets: Iterable[str] = (), *, console_level: 
         logger.setLevel(logging.DEBUG)
     # aiogram logs every update at INFO; keep it out of the operator's way.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
+    # solana-py's HTTP client logs each request's full URL at INFO, and RPC URLs carry API keys.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)

@@ -4,13 +4,22 @@
 does (`{"jsonrpc": "2.0", "result": ..., "id": N}` or `{"jsonrpc": "2.0", "error": {"code": N,
 "message": "..."}, "id": N}`, batches included), so the bot's own HTTP client talks to it with no
 mocking at all. Methods are a dict of name -> handler (`server.handlers`): `getAccountInfo`,
-`getSlot` and `getHealth` come built in; later work adds e.g. `getSignaturesForAddress` and
-`getTransaction` by putting a handler in the dict. A handler gets the request's `params` and
+`getSlot`, `getHealth`, `getSignaturesForAddress` and `getTransaction` come built in; a test
+adds or replaces one by putting a handler in the dict. A handler gets the request's `params` and
 returns the `result`, or raises `RpcError` for a JSON-RPC error answer.
 
 Accounts are set by the test: `set_account(address, data, owner=...)`, or `set_price(...)` for
 a Pyth `PriceUpdateV2` account built by `price_update_bytes` (an encoder written from the
 on-chain layout, independent of the bot's decoder, so a round trip means something).
+
+Payments are set by the test too: `add_transfer(source, destination, lamports, reference=...,
+memo=..., err=..., finalized=...)` records a SOL transfer the way a wallet paying a Solana Pay
+request builds it (compute budget, memo, then a system transfer carrying the reference as a
+read-only key), with the balances it moved, and returns its signature. `getSignaturesForAddress`
+finds it by any of its keys, newest first (`limit`, `before`, `until`), and `getTransaction`
+answers it in `json` or `jsonParsed` encoding, legacy or v0 (`version=0` loads the destination
+and the reference from an address lookup table). A transfer added with `finalized=False` is only
+confirmed: invisible at `finalized` commitment until `finalize(signature)`.
 
 The knobs tests need: `fail(status)` (every POST answers that HTTP status, e.g. 500 or 429),
 `fail_rpc(code, message)` (every call answers a JSON-RPC error, as a node that is behind does),
@@ -26,7 +35,9 @@ import asyncio
 import base64
 import inspect
 import json
+import secrets
 import struct
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,7 +45,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from aiohttp import web
 
@@ -49,7 +60,9 @@ __all__ = [
     "RpcCall",
     "RpcError",
     "SolanaRpcServer",
+    "Transfer",
     "b58encode",
+    "insufficient_funds_error",
     "price_update_bytes",
 ]
 
@@ -60,6 +73,12 @@ SOL_USD_FEED_ID: Final[str] = "ef0d8b6fda2ceba41da15d4095d1da392a0d2f8ed0c6c7bc0
 SOL_USD_PRICE_ACCOUNT: Final[str] = "7UVimffxr9ow1uXYxsr4LHAcV58mLzhmwaeKvJ1pjLiE"
 PYTH_RECEIVER_PROGRAM: Final[str] = "rec5EKMGg6MxZYaMdyBfgwp4d5rB9T1VQH5pJv5LtFJ"
 SYSTEM_PROGRAM: Final[str] = "11111111111111111111111111111111"
+MEMO_PROGRAM: Final[str] = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"
+COMPUTE_BUDGET_PROGRAM: Final[str] = "ComputeBudget111111111111111111111111111111"
+#: What a node answers for a signer's fee: 5000 lamports per signature, plus the priority fee.
+BASE_FEE: Final[int] = 5000
+#: A payer's balance before its first transfer, unless the test set one with `set_balance`.
+DEFAULT_PAYER_BALANCE: Final[int] = 100 * 10**9
 #: `PriceUpdateV2::LEN`: what the receiver allocates (room for the wider `Partial` variant).
 PRICE_UPDATE_LEN: Final[int] = 134
 _PRICE_UPDATE_DISCRIMINATOR: Final[bytes] = bytes([34, 241, 35, 99, 157, 126, 244, 205])
@@ -76,6 +95,9 @@ INVALID_REQUEST: Final[int] = -32600
 METHOD_NOT_FOUND: Final[int] = -32601
 INVALID_PARAMS: Final[int] = -32602
 NODE_UNHEALTHY: Final[int] = -32005
+UNSUPPORTED_TRANSACTION_VERSION: Final[int] = -32015
+#: getSignaturesForAddress answers at most this many signatures per call.
+MAX_SIGNATURES: Final[int] = 1000
 
 Handler = Callable[[Any], Any | Awaitable[Any]]
 
@@ -196,6 +218,166 @@ def price_update_bytes(
     return data
 
 
+# --- transactions ----------------------------------------------------------------------------
+
+Commitment = Literal["confirmed", "finalized"]
+
+
+@dataclass(frozen=True)
+class _Instruction:
+    program: str
+    accounts: tuple[str, ...]
+    data: bytes
+    parsed: Any = None  # what jsonParsed shows; None: no parser for this program (raw form)
+    program_name: str = ""
+
+
+@dataclass
+class Transfer:
+    """One transaction the node knows: a SOL transfer as a wallet builds it for a Solana Pay
+    request. `status` is how far the cluster got with it ("confirmed" or "finalized")."""
+
+    signature: str
+    slot: int
+    block_time: int
+    source: str
+    destination: str
+    lamports: int
+    reference: str | None
+    memo: str | None
+    err: Any
+    fee: int
+    version: Literal["legacy", 0]
+    status: Commitment
+    blockhash: str
+    # Keys as the message lists them: (pubkey, signer, writable); then, for v0, those loaded
+    # from the lookup table `lookup_table` (writable ones first).
+    static_keys: list[tuple[str, bool, bool]]
+    loaded_writable: list[str]
+    loaded_readonly: list[str]
+    lookup_table: str | None
+    instructions: list[_Instruction]
+    pre_balances: list[int]
+    post_balances: list[int]
+    log_messages: list[str]
+    compute_units: int
+
+    def keys(self) -> list[str]:
+        """Every account key in balance order."""
+        return [key for key, _, _ in self.static_keys] + self.loaded_writable + self.loaded_readonly
+
+    def visible_at(self, commitment: Commitment) -> bool:
+        return self.status == "finalized" or commitment == "confirmed"
+
+    def signature_info(self) -> dict[str, Any]:
+        """The getSignaturesForAddress entry."""
+        return {
+            "signature": self.signature,
+            "slot": self.slot,
+            "err": self.err,
+            # Nodes show each memo as "[byte length] text", several joined by "; ".
+            "memo": None if self.memo is None else f"[{len(self.memo.encode())}] {self.memo}",
+            "blockTime": self.block_time,
+            "confirmationStatus": self.status,
+        }
+
+    def to_json(self, encoding: str, max_version: int | None) -> dict[str, Any]:
+        """The getTransaction result in `json` or `jsonParsed` encoding."""
+        parsed = encoding == "jsonParsed"
+        keys = self.keys()
+        writable = {key for key, _, w in self.static_keys if w} | set(self.loaded_writable)
+        message: dict[str, Any]
+        if parsed:
+            static = [
+                {"pubkey": key, "signer": signer, "source": "transaction", "writable": w}
+                for key, signer, w in self.static_keys
+            ]
+            loaded = [
+                {"pubkey": key, "signer": False, "source": "lookupTable", "writable": key in writable}
+                for key in self.loaded_writable + self.loaded_readonly
+            ]
+            message = {
+                "accountKeys": static + loaded,
+                "instructions": [self._parsed_instruction(ix) for ix in self.instructions],
+                "recentBlockhash": self.blockhash,
+            }
+        else:
+            signers = sum(1 for _, signer, _ in self.static_keys if signer)
+            message = {
+                "accountKeys": [key for key, _, _ in self.static_keys],
+                "header": {
+                    "numReadonlySignedAccounts": sum(1 for _, s, w in self.static_keys if s and not w),
+                    "numReadonlyUnsignedAccounts": sum(1 for _, s, w in self.static_keys if not s and not w),
+                    "numRequiredSignatures": signers,
+                },
+                "instructions": [
+                    {
+                        "accounts": [keys.index(account) for account in ix.accounts],
+                        "data": b58encode(ix.data),
+                        "programIdIndex": keys.index(ix.program),
+                        "stackHeight": None,
+                    }
+                    for ix in self.instructions
+                ],
+                "recentBlockhash": self.blockhash,
+            }
+        if self.version == 0:
+            message["addressTableLookups"] = [
+                {
+                    "accountKey": self.lookup_table,
+                    "readonlyIndexes": list(
+                        range(len(self.loaded_writable), len(self.loaded_writable) + len(self.loaded_readonly))
+                    ),
+                    "writableIndexes": list(range(len(self.loaded_writable))),
+                }
+            ]
+        meta: dict[str, Any] = {
+            "computeUnitsConsumed": self.compute_units,
+            "err": self.err,
+            "fee": self.fee,
+            "innerInstructions": [],
+            "logMessages": list(self.log_messages),
+            "postBalances": list(self.post_balances),
+            "postTokenBalances": [],
+            "preBalances": list(self.pre_balances),
+            "preTokenBalances": [],
+            "rewards": [],
+            "status": {"Ok": None} if self.err is None else {"Err": self.err},
+        }
+        if not parsed:
+            # jsonParsed lists loaded keys among accountKeys instead (source "lookupTable").
+            meta["loadedAddresses"] = {"readonly": list(self.loaded_readonly), "writable": list(self.loaded_writable)}
+        result: dict[str, Any] = {
+            "blockTime": self.block_time,
+            "meta": meta,
+            "slot": self.slot,
+            "transaction": {"message": message, "signatures": [self.signature]},
+        }
+        if max_version is not None:  # nodes leave "version" out for clients that did not ask
+            result["version"] = self.version
+        return result
+
+    @staticmethod
+    def _parsed_instruction(ix: _Instruction) -> dict[str, Any]:
+        if ix.parsed is None:
+            return {
+                "accounts": list(ix.accounts),
+                "data": b58encode(ix.data),
+                "programId": ix.program,
+                "stackHeight": None,
+            }
+        return {"parsed": ix.parsed, "program": ix.program_name, "programId": ix.program, "stackHeight": None}
+
+
+def _random_key() -> str:
+    return b58encode(secrets.token_bytes(32))
+
+
+def insufficient_funds_error(instruction_index: int) -> dict[str, Any]:
+    """meta.err of a system transfer the payer cannot afford (SystemError::ResultWithNegativeLamports)."""
+    return {"InstructionError": [instruction_index, {"Custom": 1}]}
+
+
 class SolanaRpcServer(_Waitable):
     """A Solana JSON-RPC node on 127.0.0.1 (a free port unless told otherwise)."""
 
@@ -209,7 +391,11 @@ class SolanaRpcServer(_Waitable):
             "getAccountInfo": self._get_account_info,
             "getSlot": lambda params: self.slot,
             "getHealth": lambda params: "ok",
+            "getSignaturesForAddress": self._get_signatures_for_address,
+            "getTransaction": self._get_transaction,
         }
+        self.transactions: dict[str, Transfer] = {}  # by signature, oldest first
+        self.balances: dict[str, int] = {}  # lamports, as transfers left them
         self.delay = 0.0  # seconds every answer waits (lets concurrent requests overlap)
         self.status: int | None = None  # when set, every POST answers this HTTP status
         self.rpc_error: RpcError | None = None  # when set, every call answers this error
@@ -283,6 +469,142 @@ class SolanaRpcServer(_Waitable):
 
     def remove_account(self, address: str) -> None:
         self.accounts.pop(address, None)
+
+    def set_balance(self, address: str, lamports: int) -> None:
+        """What `address` holds before its next transfer."""
+        self.balances[address] = lamports
+
+    def add_transfer(
+        self,
+        source: str,
+        destination: str,
+        lamports: int,
+        *,
+        reference: str | None = None,
+        memo: str | None = None,
+        err: Any = None,
+        finalized: bool = True,
+        version: Literal["legacy", 0] = "legacy",
+        block_time: int | None = None,
+    ) -> str:
+        """Record a transfer of `lamports` from `source` to `destination` in a new slot; its signature.
+
+        Built as wallets build a Solana Pay payment: compute unit limit and price, the memo (if
+        any), then the system transfer with `reference` as an extra read-only key. `err` makes it
+        fail on chain (a node's `meta.err`, e.g. `insufficient_funds_error(3)`); so does a payer
+        that cannot afford it. A failed transfer moves nothing but the fee. `version=0` makes a
+        v0 transaction whose destination and reference come from an address lookup table.
+        """
+        if lamports < 0:
+            raise ValueError("lamports must not be negative")
+        if source == destination:
+            raise ValueError("a transfer to oneself is not modelled")
+        self.slot += 1
+        unit_limit, unit_price = 600, 100_000  # micro-lamports per unit: a typical wallet's priority fee
+        fee = BASE_FEE + -(-unit_limit * unit_price // 1_000_000)
+        instructions = [
+            _Instruction(COMPUTE_BUDGET_PROGRAM, (), bytes([2]) + struct.pack("<I", unit_limit)),
+            _Instruction(COMPUTE_BUDGET_PROGRAM, (), bytes([3]) + struct.pack("<Q", unit_price)),
+        ]
+        logs: list[str] = []
+        for _ in range(2):
+            logs += [f"Program {COMPUTE_BUDGET_PROGRAM} invoke [1]", f"Program {COMPUTE_BUDGET_PROGRAM} success"]
+        units = 300
+        if memo is not None:
+            instructions.append(_Instruction(MEMO_PROGRAM, (), memo.encode(), parsed=memo, program_name="spl-memo"))
+            logs += [
+                f"Program {MEMO_PROGRAM} invoke [1]",
+                f'Program log: Memo (len {len(memo.encode())}): "{memo}"',
+                f"Program {MEMO_PROGRAM} consumed 2977 of 599700 compute units",
+                f"Program {MEMO_PROGRAM} success",
+            ]
+            units += 2977
+        transfer_accounts = (source, destination) + ((reference,) if reference is not None else ())
+        instructions.append(
+            _Instruction(
+                SYSTEM_PROGRAM,
+                transfer_accounts,
+                struct.pack("<IQ", 2, lamports),
+                parsed={
+                    "info": {"destination": destination, "lamports": lamports, "source": source},
+                    "type": "transfer",
+                },
+                program_name="system",
+            )
+        )
+        transfer_index = len(instructions) - 1
+        units += 150
+        payer_before = self.balances.get(source, DEFAULT_PAYER_BALANCE)
+        logs.append(f"Program {SYSTEM_PROGRAM} invoke [1]")
+        if err is None and payer_before < lamports + fee:
+            err = insufficient_funds_error(transfer_index)
+            logs.append(f"Transfer: insufficient lamports {payer_before - fee}, need {lamports}")
+        if err is None:
+            logs.append(f"Program {SYSTEM_PROGRAM} success")
+        else:
+            logs.append(f"Program {SYSTEM_PROGRAM} failed: custom program error: 0x1")
+        programs = sorted({ix.program for ix in instructions})
+        lookup_table: str | None = None
+        loaded_writable: list[str] = []
+        loaded_readonly: list[str] = []
+        static_keys: list[tuple[str, bool, bool]] = [(source, True, True)]
+        if version == 0:
+            lookup_table = _random_key()
+            loaded_writable = [destination]
+            loaded_readonly = [reference] if reference is not None else []
+            static_keys += [(program, False, False) for program in programs]
+        else:
+            static_keys.append((destination, False, True))
+            readonly = sorted(programs + ([reference] if reference is not None else []))
+            static_keys += [(key, False, False) for key in readonly]
+        keys = [key for key, _, _ in static_keys] + loaded_writable + loaded_readonly
+        pre = [self.balances.get(key, payer_before if key == source else self._resting_balance(key)) for key in keys]
+        post = list(pre)
+        post[keys.index(source)] -= fee
+        if err is None:
+            post[keys.index(source)] -= lamports
+            post[keys.index(destination)] += lamports
+        for key, balance in zip(keys, post):
+            self.balances[key] = balance
+        signature = b58encode(secrets.token_bytes(64))
+        self.transactions[signature] = Transfer(
+            signature=signature,
+            slot=self.slot,
+            block_time=int(time.time()) if block_time is None else block_time,
+            source=source,
+            destination=destination,
+            lamports=lamports,
+            reference=reference,
+            memo=memo,
+            err=err,
+            fee=fee,
+            version=version,
+            status="finalized" if finalized else "confirmed",
+            blockhash=_random_key(),
+            static_keys=static_keys,
+            loaded_writable=loaded_writable,
+            loaded_readonly=loaded_readonly,
+            lookup_table=lookup_table,
+            instructions=instructions,
+            pre_balances=pre,
+            post_balances=post,
+            log_messages=logs,
+            compute_units=units,
+        )
+        return signature
+
+    def finalize(self, signature: str) -> None:
+        """The cluster finalized a confirmed transfer: now visible at `finalized` too."""
+        self.transactions[signature].status = "finalized"
+
+    @staticmethod
+    def _resting_balance(key: str) -> int:
+        # Program accounts hold their rent-exempt minimum; a fresh reference or wallet holds nothing.
+        if key in (SYSTEM_PROGRAM, COMPUTE_BUDGET_PROGRAM):
+            return 1
+        if key == MEMO_PROGRAM:
+            return 521_498_880
+        return 0
 
     def fail(self, status: int | None = HTTPStatus.INTERNAL_SERVER_ERROR) -> None:
         """Make every POST answer ``status`` (None: answer normally again)."""
@@ -396,6 +718,79 @@ class SolanaRpcServer(_Waitable):
                 "space": len(account.data),
             },
         }
+
+    def _get_signatures_for_address(self, params: Any) -> list[dict[str, Any]]:
+        address, config = _address_and_config(params)
+        commitment = _commitment(config)
+        limit = config.get("limit", MAX_SIGNATURES)
+        if limit is None:
+            limit = MAX_SIGNATURES
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_SIGNATURES:
+            raise RpcError(INVALID_PARAMS, f"Invalid limit; max {MAX_SIGNATURES}")
+        before, until = config.get("before"), config.get("until")
+        # Newest first: by slot, and within a slot the later one first.
+        matching = [
+            tx for tx in reversed(self.transactions.values()) if tx.visible_at(commitment) and address in tx.keys()
+        ]
+        if before is not None:
+            signatures = [tx.signature for tx in matching]
+            matching = matching[signatures.index(before) + 1 :] if before in signatures else []
+        answer: list[dict[str, Any]] = []
+        for tx in matching:
+            if tx.signature == until or len(answer) >= limit:
+                break
+            answer.append(tx.signature_info())
+        return answer
+
+    def _get_transaction(self, params: Any) -> dict[str, Any] | None:
+        if not isinstance(params, list) or not params or not isinstance(params[0], str):
+            raise RpcError(INVALID_PARAMS, "Invalid params: expected [signature, config?]")
+        signature = params[0]
+        if not 64 <= len(signature) <= 88 or any(char not in _B58_ALPHABET for char in signature):
+            raise RpcError(INVALID_PARAMS, "Invalid param: Invalid")
+        raw_config = params[1] if len(params) > 1 else None
+        # The old form passes the encoding alone as the second parameter.
+        config: dict[str, Any] = {"encoding": raw_config} if isinstance(raw_config, str) else raw_config or {}
+        if not isinstance(config, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: the config must be an object")
+        commitment = _commitment(config)
+        encoding = config.get("encoding") or "json"
+        if encoding not in ("json", "jsonParsed"):
+            raise RpcError(INVALID_PARAMS, f"Invalid params: this node answers json or jsonParsed, not {encoding!r}")
+        max_version = config.get("maxSupportedTransactionVersion")
+        tx = self.transactions.get(signature)
+        if tx is None or not tx.visible_at(commitment):
+            return None
+        if tx.version == 0 and (max_version is None or max_version < 0):
+            raise RpcError(
+                UNSUPPORTED_TRANSACTION_VERSION,
+                "Transaction version (0) is not supported by the requesting client. Please try the request "
+                'again with the following configuration parameter: "maxSupportedTransactionVersion": 0',
+            )
+        return tx.to_json(encoding, max_version)
+
+
+def _address_and_config(params: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(params, list) or not params or not isinstance(params[0], str):
+        raise RpcError(INVALID_PARAMS, "Invalid params: expected [address, config?]")
+    address = params[0]
+    if not 32 <= len(address) <= 44 or any(char not in _B58_ALPHABET for char in address):
+        raise RpcError(INVALID_PARAMS, "Invalid param: Invalid")
+    config = params[1] if len(params) > 1 and params[1] is not None else {}
+    if not isinstance(config, dict):
+        raise RpcError(INVALID_PARAMS, "Invalid params: the config must be an object")
+    return address, config
+
+
+def _commitment(config: dict[str, Any]) -> Commitment:
+    commitment = config.get("commitment") or "finalized"
+    if commitment == "finalized":
+        return "finalized"
+    if commitment == "confirmed":
+        return "confirmed"
+    if commitment == "processed":
+        raise RpcError(INVALID_PARAMS, "Method does not support commitment below `confirmed`")
+    raise RpcError(INVALID_PARAMS, f"Invalid params: unknown commitment {commitment!r}")
 
 
 def _encode_data(data: bytes, encoding: Any) -> Any:

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from bot.logs import redact, setup_logging
 SETTING_NAMES = (
     "BOT_TOKEN TELEGRAM_API_URL ADMIN_IDS REDIS_URL DATABASE_URL STREAM_URL STREAM_POLL_URL "
     "PUMPPORTAL_URL PUMPPORTAL_API_KEY HTTP_HOST HTTP_PORT WEBHOOK_URL SOLANA_RPC_URL SOL_RECEIVER "
-    "NOWPAYMENTS_API_URL NOWPAYMENTS_API_KEY NOWPAYMENTS_IPN_SECRET PUBLIC_BASE_URL LOG_DIR"
+    "NOWPAYMENTS_API_URL NOWPAYMENTS_API_KEY NOWPAYMENTS_IPN_SECRET PUBLIC_BASE_URL LOG_DIR "
+    "SOL_AMOUNT_TOLERANCE SOL_ORDER_MINUTES"
 ).split()
 
 
@@ -54,6 +56,15 @@ def test_defaults_match_the_contract(clean_env: Path) -> None:
     assert settings.log_dir == Path("./logs")
 
 
+def test_sol_payment_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert (settings.sol_amount_tolerance, settings.sol_order_minutes) == (Decimal(0), 30)
+    monkeypatch.setenv("SOL_AMOUNT_TOLERANCE", "0.00001")
+    monkeypatch.setenv("SOL_ORDER_MINUTES", "45")
+    settings = load_settings()
+    assert (settings.sol_amount_tolerance, settings.sol_order_minutes) == (Decimal("0.00001"), 45)
+
+
 def test_lists_are_comma_separated(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADMIN_IDS", " 11, 22,33 ")
     monkeypatch.setenv("SOLANA_RPC_URL", "http://a.invalid, http://b.invalid")
@@ -77,6 +88,9 @@ def test_dot_env_file_is_read(clean_env: Path) -> None:
         ("STREAM_URL", "http://x"),
         ("REDIS_URL", "mysql://x"),
         ("BOT_TOKEN", "not-a-token"),
+        ("SOL_AMOUNT_TOLERANCE", "-0.1"),
+        ("SOL_AMOUNT_TOLERANCE", "some"),
+        ("SOL_ORDER_MINUTES", "0"),
     ],
 )
 def test_invalid_setting_names_itself(clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
