@@ -46,3 +46,13 @@ class PrivacyCB(CallbackData, prefix="d1"):
 
 class PlanCB(CallbackData, prefix="pl1"):
     code: str
+
+
+class PayCB(CallbackData, prefix="b1"):
+    """buy PLAN RAIL (start an order), monthly PLAN (the Stars subscription), refresh ORDER,
+    cancel ORDER, unsub (asks), unsub_ok (cancels auto-renew)."""
+
+    action: str
+    plan: str = ""
+    rail: str = ""
+    order: str = ""

@@ -1,7 +1,7 @@
 """The services handlers use, built once per runtime and handed to them through the dispatcher.
 
-Handlers ask for them by field name (`store`, `accounts`, `presets`, `replay`, `paysupport`, `ledger`);
-they never see a store manager. Each service talks to the managers itself.
+Handlers ask for them by field name (`store`, `accounts`, `presets`, `replay`, `paysupport`, `ledger`,
+`checkout`, `stars`); they never see a store manager. Each service talks to the managers itself.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Any
 
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
+from payments.checkout import CheckoutService, InvoiceMaker, SolRequester
 from payments.ledger import PaymentLedger
 from payments.pg_writer import PaymentsWriter
+from payments.stars import StarsPayments
 from services.accounts import AccountService, PaySupportGate
 from services.cache import CacheRegistry
 from services.presets import PresetStore
@@ -29,6 +31,8 @@ class Services:
     replay: FilterReplay
     paysupport: PaySupportGate
     ledger: PaymentLedger
+    checkout: CheckoutService
+    stars: StarsPayments
 
     def workflow_data(self) -> dict[str, Any]:
         """Each service under its field name, for `Dispatcher(**...)`."""
@@ -42,15 +46,23 @@ def build_services(
     admin_ids: Iterable[int],
     *,
     referral_days: int = 0,
+    sol: SolRequester | None = None,
+    nowpayments: InvoiceMaker | None = None,
 ) -> Services:
     """Every handler-facing service, once; call after the stores are started. The payments
-    ledger's writer (`ledger.writer`) is started by whoever runs the services."""
+    ledger's writer (`ledger.writer`) is started, and `stars` closed, by whoever runs the
+    services. `sol` and `nowpayments` make those rails' payment requests; a rail without one
+    is not offered."""
     store = SubscriberStore(redis, postgres, caches, frozenset(admin_ids))
+    accounts = AccountService(store, postgres)
+    ledger = PaymentLedger(redis, PaymentsWriter(redis, postgres, store), store, referral_days=referral_days)
     return Services(
         store=store,
-        accounts=AccountService(store, postgres),
+        accounts=accounts,
         presets=PresetStore(postgres),
         replay=FilterReplay(postgres),
         paysupport=PaySupportGate(redis),
-        ledger=PaymentLedger(redis, PaymentsWriter(redis, postgres, store), store, referral_days=referral_days),
+        ledger=ledger,
+        checkout=CheckoutService(ledger, accounts.plans, sol=sol, nowpayments=nowpayments),
+        stars=StarsPayments(ledger, accounts.plans, redis, postgres),
     )

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.callbacks import FilterCB, LanguageCB, MenuCB, PlanCB, PrivacyCB
-from bot.texts import LANGUAGE_NAMES, text
+from bot.callbacks import FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB
+from bot.texts import LANGUAGE_NAMES, money, text
 from domain.filters import FILTER_SPECS, Filters
+from domain.plans import PAID_RAILS, Order, Plan, Rail
+from domain.stars import STARS_CURRENCY
 
 MAIN_SCREENS = ("filters", "presets", "plans", "status", "language", "help")
 
 
 def _button(label: str, data: str) -> InlineKeyboardButton:
     return InlineKeyboardButton(text=label, callback_data=data)
+
+
+def _link(label: str, url: str) -> InlineKeyboardButton:
+    return InlineKeyboardButton(text=label, url=url)
 
 
 def _rows(buttons: Sequence[InlineKeyboardButton], per_row: int) -> list[list[InlineKeyboardButton]]:
@@ -98,3 +105,70 @@ def renew(language: str) -> InlineKeyboardMarkup:
 
 def back_only(language: str, screen: str = "main") -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=[back_row(language, screen)])
+
+
+# A buy button's label per rail (literal keys, so the text check finds each one).
+BUY_LABELS: dict[Rail, str] = {
+    Rail.STARS: "button_buy_stars",
+    Rail.SOL: "button_buy_sol",
+    Rail.NOWPAYMENTS: "button_buy_nowpayments",
+}
+
+
+def plan_card(plan: Plan, rails: Sequence[Rail], monthly: bool, language: str) -> InlineKeyboardMarkup:
+    """A buy button per rail the plan is offered on, the monthly subscription where it is offered,
+    and back to the plans."""
+    rows = []
+    for rail in rails:
+        price = plan.price(rail)
+        if price is None:
+            continue
+        label = text(BUY_LABELS[rail], language, amount=money(price, PAID_RAILS[rail]))
+        rows.append([_button(label, PayCB(action="buy", plan=plan.code, rail=rail.value).pack())])
+    if monthly and plan.price_stars is not None:
+        label = text("button_monthly", language, amount=money(Decimal(plan.price_stars), STARS_CURRENCY))
+        rows.append([_button(label, PayCB(action="monthly", plan=plan.code).pack())])
+    rows.append(back_row(language, "plans"))
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def order(order: Order, pay_url: str | None, is_open: bool, language: str) -> InlineKeyboardMarkup:
+    """An open order: its payment page (NOWPayments), refresh and cancel; then back to the plans."""
+    rows = []
+    if is_open:
+        if pay_url and pay_url.startswith(("https://", "http://")):
+            rows.append([_link(text("button_open_payment_page", language), pay_url)])
+        rows.append(
+            [
+                _button(text("button_refresh", language), PayCB(action="refresh", order=order.id).pack()),
+                _button(text("button_cancel_order", language), PayCB(action="cancel", order=order.id).pack()),
+            ]
+        )
+    rows.append([_button(text("button_plans", language), MenuCB(screen="plans").pack())])
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def subscribe(link: str, stars: int, plan_code: str, language: str) -> InlineKeyboardMarkup:
+    label = text("button_subscribe", language, amount=money(Decimal(stars), STARS_CURRENCY))
+    return InlineKeyboardMarkup(
+        inline_keyboard=[[_link(label, link)], [_button(text("button_back", language), PlanCB(code=plan_code).pack())]]
+    )
+
+
+def status(language: str, cancel_autorenew: bool) -> InlineKeyboardMarkup:
+    rows = []
+    if cancel_autorenew:
+        rows.append([_button(text("button_cancel_autorenew", language), PayCB(action="unsub").pack())])
+    rows.append(back_row(language))
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def unsubscribe_confirm(language: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                _button(text("button_unsub_confirm", language), PayCB(action="unsub_ok").pack()),
+                _button(text("button_keep", language), MenuCB(screen="status").pack()),
+            ]
+        ]
+    )

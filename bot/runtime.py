@@ -361,6 +361,8 @@ class Runtime:
         writer = services.ledger.writer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
+        # Closed before the writer stops: Stars payments still waiting for the stores are logged.
+        self._stack.push_async_callback(services.stars.close)
         try:
             # The match index is read from PostgreSQL: let it catch up on plans paid meanwhile.
             await writer.drained(timeout=5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from domain.filters import FILTER_SPECS
 from domain.subscriber import language_of
 
@@ -231,6 +233,84 @@ TEXTS: dict[str, dict[str, str]] = {
         "plan_card": "<b>{title}</b>: {days} days of alerts\nPrice: {prices}",
         "plan_unknown": "There is no plan called <code>{code}</code>; here are the plans on offer.",
         "plan_how_to_pay": "Payment questions: /paysupport",
+        # ---- buying a plan (bot/routers/payments.py)
+        "plan_choose_rail": "Choose how to pay:",
+        "button_buy_stars": "⭐ Pay {amount} with Telegram Stars",
+        "button_buy_sol": "◎ Pay {amount} in SOL",
+        "button_buy_nowpayments": "💠 Pay {amount} in crypto",
+        "button_monthly": "🔁 Monthly (auto-renew): {amount} a month",
+        "order_title": "🧾 <b>Order</b> <code>{order_id}</code>",
+        "order_plan": "Plan: <b>{title}</b> ({days} days)",
+        "order_amount": "Amount: <b>{amount}</b>",
+        "order_paid_part": "Paid so far: {paid}",
+        "order_expires": "Pay by: {expires}",
+        "order_status": "Status: {status}",
+        "order_status_open": "⏳ waiting for your payment",
+        "order_status_partial": "◐ partly paid, waiting for the rest",
+        "order_status_paid": "✅ paid",
+        "order_status_cancelled": "✖ cancelled",
+        "order_status_expired": "⌛ expired, nothing was charged",
+        "order_hint_stars": "Pay with the invoice below; your plan starts as soon as Telegram confirms the payment.",
+        "order_hint_sol": (
+            "Send exactly <b>{amount}</b> from a Solana Pay wallet: scan the QR code or open\n<code>{url}</code>"
+        ),
+        "order_hint_nowpayments": (
+            "Pay on the NOWPayments page (button below); your plan starts once the payment is confirmed."
+        ),
+        "button_open_payment_page": "💠 Open the payment page",
+        "button_refresh": "🔄 Refresh",
+        "button_cancel_order": "✖ Cancel the order",
+        "button_plans": "⬅ Plans",
+        "order_cancelled": "✖ Order cancelled. Nothing was charged.",
+        "order_not_cancellable": "This order can no longer be cancelled.",
+        "order_gone": "This order does not exist or is not yours; here are the plans.",
+        "order_rail_unavailable": (
+            "This way of paying is not available right now. Please choose another one or try later."
+        ),
+        "payments_unavailable": (
+            "Payments cannot be taken right now. Nothing was charged; please try again in a few minutes."
+        ),
+        "invoice_title": "{title}",
+        "invoice_description": "{days} days of Token Alert Bot alerts (order {order_id}).",
+        "subscription_title": "{title}, monthly",
+        "subscription_description": "Token Alert Bot alerts, renewed every 30 days until you cancel it in /status.",
+        "subscription_offer": (
+            "🔁 <b>Monthly (auto-renew)</b>\n<b>{title}</b>: {amount} every 30 days. Telegram renews it until you "
+            "cancel it in /status; each renewal adds 30 days to your plan."
+        ),
+        "button_subscribe": "⭐ Subscribe for {amount} a month",
+        "precheckout_unknown": "This invoice is no longer valid. Please start again from /plans.",
+        "precheckout_not_yours": "This invoice was made for someone else. Please buy your own plan in /plans.",
+        "precheckout_closed": "This order is already paid, cancelled or expired. Please start a new one in /plans.",
+        "precheckout_amount": "The amount does not match the order. Please start again from /plans.",
+        "precheckout_unavailable": (
+            "Payments cannot be checked right now. Nothing was charged; please try again in a minute."
+        ),
+        "receipt_pending": (
+            "✅ Payment received. Your plan is being activated; a message follows here as soon as it is."
+        ),
+        "status_subscription": "Auto-renew: {amount} every 30 days, next on {date}",
+        "status_subscription_canceled": "Auto-renew: cancelled; paid until {date}",
+        "button_cancel_autorenew": "✖ Cancel auto-renew",
+        "unsub_confirm": (
+            "<b>Cancel auto-renew?</b>\nTelegram will not charge you again; your plan stays active until {date}."
+        ),
+        "button_unsub_confirm": "✖ Yes, cancel auto-renew",
+        "button_keep": "Keep it",
+        "unsub_done": "✅ Auto-renew cancelled. Your plan stays active until {date}.",
+        "unsub_none": "You have no subscription that renews.",
+        "unsub_failed": "Telegram did not take the cancellation right now. Please try again in a minute.",
+        "refund_usage": (
+            "<b>Usage:</b> <code>/refund CHARGE_ID</code>: the telegram_payment_charge_id of a Stars payment "
+            "(the payments log and the receipt's support request show it)."
+        ),
+        "refund_unknown": "No Stars payment <code>{charge_id}</code> is known; nothing changed.",
+        "refund_failed": "Telegram refused to refund <code>{charge_id}</code>: {error}. Nothing changed.",
+        "refund_done": "✅ Refunded <code>{charge_id}</code> to <code>{user_id}</code>; their plan has ended.",
+        "refund_already": (
+            "Telegram had already refunded <code>{charge_id}</code>; the plan of <code>{user_id}</code> has ended."
+        ),
+        "refund_notice": "↩ Your Stars payment was refunded, and your plan has ended.",
         "throttled": "⏳ You are going a little fast. Please wait a few seconds; your next tap will work.",
         # ---- presets (bot/routers/presets.py)
         "presets_title": (
@@ -510,6 +590,82 @@ TEXTS: dict[str, dict[str, str]] = {
         "plan_card": "<b>{title}</b>: оповещения на {days} дн.\nЦена: {prices}",
         "plan_unknown": "Тарифа <code>{code}</code> нет; вот доступные тарифы.",
         "plan_how_to_pay": "Вопросы по оплате: /paysupport",
+        # ---- покупка тарифа (bot/routers/payments.py)
+        "plan_choose_rail": "Выберите способ оплаты:",
+        "button_buy_stars": "⭐ Оплатить {amount} звёздами Telegram",
+        "button_buy_sol": "◎ Оплатить {amount} в SOL",
+        "button_buy_nowpayments": "💠 Оплатить {amount} криптовалютой",
+        "button_monthly": "🔁 Помесячно (автопродление): {amount} в месяц",
+        "order_title": "🧾 <b>Заказ</b> <code>{order_id}</code>",
+        "order_plan": "Тариф: <b>{title}</b> (дней: {days})",
+        "order_amount": "Сумма: <b>{amount}</b>",
+        "order_paid_part": "Уже оплачено: {paid}",
+        "order_expires": "Оплатить до: {expires}",
+        "order_status": "Статус: {status}",
+        "order_status_open": "⏳ ждём оплату",
+        "order_status_partial": "◐ оплачен частично, ждём остаток",
+        "order_status_paid": "✅ оплачен",
+        "order_status_cancelled": "✖ отменён",
+        "order_status_expired": "⌛ истёк, ничего не списано",
+        "order_hint_stars": "Оплатите счёт ниже; тариф включится, как только Telegram подтвердит оплату.",
+        "order_hint_sol": (
+            "Отправьте ровно <b>{amount}</b> из кошелька с Solana Pay: отсканируйте QR-код или откройте\n"
+            "<code>{url}</code>"
+        ),
+        "order_hint_nowpayments": (
+            "Оплатите на странице NOWPayments (кнопка ниже); тариф включится после подтверждения."
+        ),
+        "button_open_payment_page": "💠 Открыть страницу оплаты",
+        "button_refresh": "🔄 Обновить",
+        "button_cancel_order": "✖ Отменить заказ",
+        "button_plans": "⬅ Тарифы",
+        "order_cancelled": "✖ Заказ отменён. Ничего не списано.",
+        "order_not_cancellable": "Этот заказ уже нельзя отменить.",
+        "order_gone": "Такого заказа нет или он не ваш; вот тарифы.",
+        "order_rail_unavailable": "Этот способ оплаты сейчас недоступен. Выберите другой или попробуйте позже.",
+        "payments_unavailable": "Оплата сейчас не принимается. Ничего не списано; попробуйте через несколько минут.",
+        "invoice_title": "{title}",
+        "invoice_description": "Оповещения Token Alert Bot на {days} дн. (заказ {order_id}).",
+        "subscription_title": "{title}, помесячно",
+        "subscription_description": (
+            "Оповещения Token Alert Bot, продлеваются каждые 30 дней, пока вы не отмените в /status."
+        ),
+        "subscription_offer": (
+            "🔁 <b>Помесячно (автопродление)</b>\n<b>{title}</b>: {amount} каждые 30 дней. Telegram продлевает "
+            "подписку, пока вы не отмените её в /status; каждое продление добавляет к тарифу 30 дней."
+        ),
+        "button_subscribe": "⭐ Подписаться за {amount} в месяц",
+        "precheckout_unknown": "Этот счёт больше не действует. Начните заново в /plans.",
+        "precheckout_not_yours": "Этот счёт выставлен другому человеку. Купите свой тариф в /plans.",
+        "precheckout_closed": "Этот заказ уже оплачен, отменён или истёк. Создайте новый в /plans.",
+        "precheckout_amount": "Сумма не совпадает с заказом. Начните заново в /plans.",
+        "precheckout_unavailable": "Сейчас не удаётся проверить оплату. Ничего не списано; попробуйте через минуту.",
+        "receipt_pending": "✅ Оплата получена. Тариф включается; как только он включится, здесь придёт сообщение.",
+        "status_subscription": "Автопродление: {amount} каждые 30 дней, следующее {date}",
+        "status_subscription_canceled": "Автопродление: отключено; оплачено до {date}",
+        "button_cancel_autorenew": "✖ Отключить автопродление",
+        "unsub_confirm": (
+            "<b>Отключить автопродление?</b>\nTelegram больше не будет списывать оплату; тариф останется "
+            "активным до {date}."
+        ),
+        "button_unsub_confirm": "✖ Да, отключить автопродление",
+        "button_keep": "Оставить",
+        "unsub_done": "✅ Автопродление отключено. Тариф активен до {date}.",
+        "unsub_none": "У вас нет подписки с автопродлением.",
+        "unsub_failed": "Telegram сейчас не принял отмену. Попробуйте через минуту.",
+        "refund_usage": (
+            "<b>Как использовать:</b> <code>/refund CHARGE_ID</code>: telegram_payment_charge_id платежа звёздами "
+            "(есть в журнале платежей и в обращении пользователя)."
+        ),
+        "refund_unknown": "Платёж звёздами <code>{charge_id}</code> неизвестен; ничего не изменилось.",
+        "refund_failed": "Telegram отказал в возврате <code>{charge_id}</code>: {error}. Ничего не изменилось.",
+        "refund_done": (
+            "✅ Платёж <code>{charge_id}</code> возвращён пользователю <code>{user_id}</code>; его тариф завершён."
+        ),
+        "refund_already": (
+            "Telegram уже вернул <code>{charge_id}</code>; тариф пользователя <code>{user_id}</code> завершён."
+        ),
+        "refund_notice": "↩ Ваш платёж звёздами возвращён, тариф завершён.",
         "throttled": "⏳ Вы действуете слишком быстро. Подождите несколько секунд, и следующее нажатие сработает.",
         # ---- пресеты (bot/routers/presets.py)
         "presets_title": (
@@ -568,6 +724,15 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
     },
 }
+
+
+def money(amount: Decimal, currency: str) -> str:
+    """An amount as the screens show it: 750 ⭐, 0.09 SOL, $15 (or $12.50)."""
+    if currency == "XTR":
+        return f"{int(amount)} ⭐"
+    if currency == "USD":
+        return f"${int(amount)}" if amount == amount.to_integral_value() else f"${amount.quantize(Decimal('0.01'))}"
+    return f"{amount.normalize():f} {currency}"
 
 
 def pick_language(language_code: str | None) -> str:

@@ -532,6 +532,10 @@ class PaymentLedger:
             await self.store.plan_changed(telegram_id)
         return revoked
 
+    async def payer(self, rail: Rail, external_id: str) -> int | None:
+        """Who made the payment; None when it is unknown (a refund asks before returning money)."""
+        return await self._owner(rail, external_id)
+
     async def refund(self, rail: Rail, external_id: str) -> int | None:
         """Mark the payment refunded and end its payer's plan; the payer's id, None when the
         payment is unknown."""

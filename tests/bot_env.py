@@ -17,9 +17,10 @@ from aiogram import Dispatcher
 from aiogram.types import TelegramObject, Update
 
 from bot.config import Settings
-from bot.container import build_services
+from bot.container import Services, build_services
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate
+from bot.notices import NoticeDelivery
 from bot.runtime import build_dispatcher, create_bot
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
@@ -78,6 +79,7 @@ class BotEnv:
     store: SubscriberStore
     stores: Stores
     dispatcher: Dispatcher
+    services: Services
     sender: MessageSender
     handled: HandledUpdates = field(default_factory=HandledUpdates)
 
@@ -193,14 +195,16 @@ async def running_bot(
     *,
     flood_gate: FloodGate | None = None,
     paced: bool = False,
+    notices: bool = False,
     sender_options: dict[str, Any] | None = None,
     limits: RateLimits | None = None,
     **dependencies: Any,
 ) -> AsyncIterator[BotEnv]:
     """The handlers queue messages on a started MessageSender (built with `sender_options`), as in
     production; with `paced` it also paces their own requests, as in production, which a long
-    scripted conversation in one chat would otherwise wait on. The double enforces no limits
-    unless `limits` says so."""
+    scripted conversation in one chat would otherwise wait on. With `notices` the payments
+    notices (receipts, ...) are delivered as the runtime delivers them. The double enforces no
+    limits unless `limits` says so."""
     async with FakeTelegramServer(limits=limits or RateLimits.unlimited()) as server:
         settings = Settings(
             _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url, admin_ids=[ADMIN]
@@ -226,14 +230,20 @@ async def running_bot(
             sender=sender,
             **dependencies,
         )
-        env = BotEnv(server, store, stores, dispatcher, sender)
+        env = BotEnv(server, store, stores, dispatcher, services, sender)
         env.handled.attach(dispatcher)
+        delivery = NoticeDelivery(stores.redis, sender, store) if notices else None
+        if delivery is not None:
+            await delivery.start()
         polling = asyncio.create_task(dispatcher.start_polling(bot, handle_signals=False))
         try:
             yield env
         finally:
             await dispatcher.stop_polling()
             await asyncio.wait_for(polling, timeout=10)
+            if delivery is not None:
+                await delivery.stop()
             await sender.stop(drain=True, timeout=10)
             await bot.session.close()
+            await services.stars.close()
             await services.ledger.writer.stop()

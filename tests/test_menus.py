@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from aiogram.fsm.state import default_state
 from aiogram.fsm.storage.base import StorageKey
 
-from bot.callbacks import MAX_CALLBACK_BYTES, FilterCB, LanguageCB, MenuCB, PlanCB, PresetCB, PrivacyCB
+from bot.callbacks import MAX_CALLBACK_BYTES, FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PresetCB, PrivacyCB
 from bot.fsm_storage import SESSION_TTL_SECONDS, ManagedRedisStorage, fsm_keys
 from bot.keyboards import MAIN_SCREENS
 from bot.middlewares.throttling import FloodGate
@@ -370,6 +370,11 @@ def test_callback_data_fits_telegrams_64_bytes() -> None:
         LanguageCB(code="en"),
         PrivacyCB(action="confirm"),
         PlanCB(code="x" * 40),
+        PayCB(action="buy", plan="x" * 40, rail="nowpayments"),
+        PayCB(action="monthly", plan="x" * 40),
+        PayCB(action="refresh", order="x" * 12),  # order ids are 12 characters (ledger.new_order_id)
+        PayCB(action="cancel", order="x" * 12),
+        PayCB(action="unsub_ok"),
     ):
         assert len(data.pack().encode()) <= MAX_CALLBACK_BYTES, data
 

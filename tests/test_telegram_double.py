@@ -665,6 +665,51 @@ async def test_invoice_and_stars_payment_flow(bot: Bot, server: FakeTelegramServ
         await bot.refund_star_payment(user_id=61, telegram_payment_charge_id="charge-1")
 
 
+async def test_stars_subscription_link_renewal_and_cancellation(bot: Bot, server: FakeTelegramServer) -> None:
+    link = await bot.create_invoice_link(
+        title="Monthly",
+        description="30 days, renewed",
+        payload="sub:month:61",
+        currency="XTR",
+        prices=[LabeledPrice(label="Monthly", amount=750)],
+        subscription_period=30 * 24 * 3600,
+    )
+    (made,) = server.invoice_links
+    assert made["url"] == link and made["subscription_period"] == 2592000 and made["total_amount"] == 750
+    for period, currency, amount in ((7 * 24 * 3600, "XTR", 750), (2592000, "USD", 750), (2592000, "XTR", 10001)):
+        with pytest.raises(TelegramBadRequest, match="SUBSCRIPTION_"):
+            await bot.create_invoice_link(
+                title="t",
+                description="d",
+                payload="p",
+                currency=currency,
+                provider_token="" if currency == "XTR" else "provider",
+                prices=[LabeledPrice(label="a", amount=amount)],
+                subscription_period=period,
+            )
+
+    server.inject_successful_payment(
+        61, "XTR", 750, "sub:month:61", "sub-1", subscription_expiration_date=1_900_000_000, is_first_recurring=True
+    )
+    server.inject_successful_payment(
+        61, "XTR", 750, "sub:month:61", "sub-2", subscription_expiration_date=1_902_592_000
+    )
+    first, renewal = await bot.get_updates()
+    assert first.message is not None and first.message.successful_payment is not None
+    assert renewal.message is not None and renewal.message.successful_payment is not None
+    assert first.message.successful_payment.is_first_recurring and first.message.successful_payment.is_recurring
+    assert renewal.message.successful_payment.is_recurring and not renewal.message.successful_payment.is_first_recurring
+    assert renewal.message.successful_payment.subscription_expiration_date == 1_902_592_000
+
+    assert await bot.edit_user_star_subscription(user_id=61, telegram_payment_charge_id="sub-1", is_canceled=True)
+    assert server.subscription_edits == [(61, "sub-1", True)]
+    with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
+        await bot.edit_user_star_subscription(user_id=62, telegram_payment_charge_id="sub-1", is_canceled=True)
+    server.inject_successful_payment(61, "XTR", 250, "order", "one-off")
+    with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):  # not a subscription's payment
+        await bot.edit_user_star_subscription(user_id=61, telegram_payment_charge_id="one-off", is_canceled=True)
+
+
 async def test_commands(bot: Bot, server: FakeTelegramServer) -> None:
     commands = [
         BotCommand(command="start", description="Subscribe"),

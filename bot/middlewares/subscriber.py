@@ -2,7 +2,8 @@
 
 Registered as an inner middleware (it runs only when a handler matched, so updates nobody handles
 cost no store lookups). The user is loaded through the dispatcher's `store` (SubscriberStore),
-and registered on first contact. Banned users' updates are dropped without an answer.
+and registered on first contact. Banned users' updates are dropped without an answer, except a
+successful payment, which is money taken and is credited all the same.
 
 If the stores cannot answer, the handler still runs, with a minimal Subscriber built from the
 Telegram user and ``subscriber_loaded=False`` in data: a user gets a reply, never a traceback.
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware, Router
-from aiogram.types import TelegramObject, User
+from aiogram.types import Message, TelegramObject, User
 
 from bot.texts import pick_language
 from services.subscribers import PG_FAILURES, StoreUnavailable, Subscriber, SubscriberStore
@@ -35,7 +36,8 @@ class SubscriberMiddleware(BaseMiddleware):
             return await handler(event, data)
         store: SubscriberStore = data["store"]
         subscriber, first_contact = await _load(store, user)
-        if subscriber is not None and subscriber.status == "banned":
+        paid = isinstance(event, Message) and event.successful_payment is not None
+        if subscriber is not None and subscriber.status == "banned" and not paid:
             logger.info("dropped an update from banned user %s", user.id)
             return None
         data["subscriber_loaded"] = subscriber is not None

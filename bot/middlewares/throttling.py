@@ -92,6 +92,8 @@ class ThrottlingMiddleware(BaseMiddleware):
         settings = data.get("settings")
         if settings is not None and user.id in settings.admin_id_set:
             return await handler(event, data)  # admins are trusted, and a bulk /grant is not a flood
+        if isinstance(event, Message) and event.successful_payment is not None:
+            return await handler(event, data)  # Telegram's word that money was paid: never dropped
         verdict = self.gate.check(user.id)
         if verdict == "pass":
             return await handler(event, data)

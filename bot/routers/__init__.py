@@ -21,6 +21,7 @@ from bot.routers import (
     errors,
     filters,
     membership,
+    payments,
     presets,
     replay,
     settings,
@@ -30,6 +31,8 @@ from bot.routers import (
 
 def get_routers() -> list[Router]:
     user_routers = [
+        # First: a successful payment is credited whatever flow the user is in.
+        payments.build_router(),
         settings.build_router(),
         filters.build_router(),
         replay.build_router(),

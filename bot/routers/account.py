@@ -26,8 +26,11 @@ from bot.config import Settings
 from bot.fsm_storage import fsm_keys
 from bot.routers.filters import filter_lines
 from bot.routers.screens import acknowledge, show, with_notice
-from bot.texts import LANGUAGE_NAMES, text
+from bot.texts import LANGUAGE_NAMES, money, text
 from domain.plans import Plan
+from domain.stars import StarsSubscription, offers_subscription
+from payments.checkout import CheckoutService
+from payments.stars import StarsPayments, subscription_key
 from services.accounts import AccountFigures, AccountService, PaySupportGate, paysupport_key, plan_expiry_text
 from services.sender import Lane, MessageSender, OutgoingMessage
 from services.subscribers import StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
@@ -41,7 +44,13 @@ PAYSUPPORT_MAX = 1500  # characters of a support request forwarded to the admins
 
 
 def status_text(
-    subscriber: Subscriber, figures: AccountFigures | None, language: str, now: datetime, invite_link: str | None
+    subscriber: Subscriber,
+    figures: AccountFigures | None,
+    language: str,
+    now: datetime,
+    invite_link: str | None,
+    subscription: StarsSubscription | None = None,
+    subscription_price: int | None = None,
 ) -> str:
     lines = [text("status_title", language)]
     expiry = plan_expiry_text(subscriber.plan_expires_at, now)
@@ -51,6 +60,13 @@ def status_text(
         lines.append(text("status_plan_admin", language))
     else:
         lines.append(text("status_plan_none", language))
+    if subscription is not None and subscription.expires_at is not None and subscription.is_live(now):
+        date = subscription.expires_at.strftime("%Y-%m-%d")
+        if subscription.canceled:
+            lines.append(text("status_subscription_canceled", language, date=date))
+        else:
+            price = money(Decimal(subscription_price), "XTR") if subscription_price else "⭐"
+            lines.append(text("status_subscription", language, amount=price, date=date))
     lines.append(text("status_alerts_paused" if subscriber.paused else "status_alerts_on", language))
     if figures is not None:
         lines.append(text("status_alerts_today", language, count=figures.alerts_today))
@@ -72,22 +88,43 @@ async def status(
     language: str,
     bot: Bot,
     accounts: AccountService,
+    stars: StarsPayments,
     subscriber_loaded: bool = True,
 ) -> None:
     await acknowledge(event)
     if not subscriber_loaded:
         await show(event, text("unavailable", language), keyboards.back_only(language))
         return
+    now = datetime.now(UTC)
     try:
-        figures = await accounts.figures(subscriber.telegram_id, datetime.now(UTC))
+        figures = await accounts.figures(subscriber.telegram_id, now)
         code = await accounts.referral_code(subscriber.telegram_id)
         me = await bot.me()
         link = f"https://t.me/{me.username}?start=ref_{code}" if me.username else None
     except StoreUnavailable:
         figures, link = None, None
+    subscription, price = await _subscription(stars, accounts, subscriber.telegram_id)
+    renews = subscription is not None and subscription.renews(now)
     await show(
-        event, status_text(subscriber, figures, language, datetime.now(UTC), link), keyboards.back_only(language)
+        event,
+        status_text(subscriber, figures, language, now, link, subscription, price),
+        keyboards.status(language, cancel_autorenew=renews),
     )
+
+
+async def _subscription(
+    stars: StarsPayments, accounts: AccountService, telegram_id: int
+) -> tuple[StarsSubscription | None, int | None]:
+    """The user's Stars subscription and its monthly price; (None, None) when they have none or
+    the stores cannot say."""
+    try:
+        subscription = await stars.subscription(telegram_id)
+        if subscription is None:
+            return None, None
+        plan = next((plan for plan in await accounts.plans() if plan.code == subscription.plan_code), None)
+    except StoreUnavailable:
+        return None, None
+    return subscription, plan.price_stars if plan else None
 
 
 # ---------------------------------------------------------------------------------- /language
@@ -154,13 +191,19 @@ async def plans_screen(
     return body, keyboards.plans([(plan.code, plan.title) for plan in offered], language)
 
 
-async def plan_screen(accounts: AccountService, code: str, language: str) -> tuple[str, InlineKeyboardMarkup]:
-    """One plan's card; an unknown code gets the list with a line saying so."""
+async def plan_screen(
+    accounts: AccountService, checkout: CheckoutService, code: str, language: str
+) -> tuple[str, InlineKeyboardMarkup]:
+    """One plan's card with a buy button per rail it is offered on (and the monthly
+    subscription where there is one); an unknown code gets the list with a line saying so."""
     try:
         for plan in await accounts.plans():
             if plan.code == code:
-                body = f"{plan_card(plan, language)}\n\n{text('plan_how_to_pay', language)}"
-                return body, keyboards.back_only(language, "plans")
+                rails = checkout.rails(plan)
+                monthly = offers_subscription(plan)
+                choose = f"{text('plan_choose_rail', language)}\n" if rails or monthly else ""
+                body = f"{plan_card(plan, language)}\n\n{choose}{text('plan_how_to_pay', language)}"
+                return body, keyboards.plan_card(plan, rails, monthly, language)
     except StoreUnavailable:
         return text("unavailable", language), keyboards.back_only(language)
     return await plans_screen(accounts, language, intro=text("plan_unknown", language, code=html.escape(code)))
@@ -180,9 +223,10 @@ async def one_plan(
     callback_data: PlanCB,
     language: str,
     accounts: AccountService,
+    checkout: CheckoutService,
 ) -> None:
     await acknowledge(callback)
-    await show(callback, *await plan_screen(accounts, callback_data.code, language))
+    await show(callback, *await plan_screen(accounts, checkout, callback_data.code, language))
 
 
 # ---------------------------------------------------------------------------------- /privacy
@@ -210,7 +254,11 @@ async def privacy_action(
         return
     await state.clear()
     chat_id = callback.message.chat.id if callback.message else subscriber.telegram_id
-    keys = [*fsm_keys(chat_id, subscriber.telegram_id), paysupport_key(subscriber.telegram_id)]
+    keys = [
+        *fsm_keys(chat_id, subscriber.telegram_id),
+        paysupport_key(subscriber.telegram_id),
+        subscription_key(subscriber.telegram_id),
+    ]
     try:
         await accounts.delete_everything(subscriber.telegram_id, keys)
     except StoreUnavailable:

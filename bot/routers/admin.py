@@ -1,4 +1,5 @@
-"""Admin commands: /grant USER_ID DAYS and /revoke USER_ID.
+"""Admin commands: /grant USER_ID DAYS, /revoke USER_ID and /refund CHARGE_ID (a Stars payment:
+Telegram returns the Stars first, then the ledger marks it refunded and ends the payer's plan).
 
 Everyone else who tries any admin-only command of docs/contract.md is refused with a short reply, and
 the attempt goes to bot.log (warning) and activity_log ('admin_refused'). The refusal handler
@@ -7,17 +8,21 @@ matches non-admins only, so admins' commands pass on to whichever router impleme
 
 from __future__ import annotations
 
+import html
 import logging
 from datetime import UTC, datetime
 
-from aiogram import Router
-from aiogram.exceptions import TelegramAPIError
+from aiogram import Bot, Router
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.filters_admin import IsAdmin
 from bot.texts import pick_language, text
+from domain.messages import Lane, OutgoingMessage
 from payments.ledger import PaymentLedger, PaymentsUnavailable
+from payments.stars import StarsPayments
+from services.sender import MessageSender
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.admin")
@@ -28,6 +33,7 @@ ADMIN_COMMANDS = (
     "broadcast",
     "grant",
     "revoke",
+    "refund",
     "ban",
     "unban",
     "health",
@@ -36,6 +42,7 @@ ADMIN_COMMANDS = (
 )
 MAX_DAYS = 3650
 MAX_USER_ID = 2**63 - 1  # bigint
+MAX_CHARGE_ID = 256  # characters of a telegram_payment_charge_id we accept
 
 
 def parse_user_id(raw: str) -> int | None:
@@ -110,6 +117,65 @@ async def revoke(
     await message.answer(text("revoke_done" if revoked else "revoke_none", language, user_id=user_id))
 
 
+async def refund(
+    message: Message,
+    command: CommandObject,
+    language: str,
+    store: SubscriberStore,
+    stars: StarsPayments,
+    bot: Bot,
+    sender: MessageSender,
+) -> None:
+    parts = (command.args or "").split()
+    charge_id = parts[0] if len(parts) == 1 and len(parts[0]) <= MAX_CHARGE_ID else None
+    if charge_id is None:
+        await message.answer(text("refund_usage", language))
+        return
+    shown = html.escape(charge_id)
+    admin_id = message.from_user.id if message.from_user else 0
+    try:
+        payer = await stars.payer(charge_id)
+    except (StoreUnavailable, PaymentsUnavailable):
+        await message.answer(text("unavailable", language))
+        return
+    if payer is None:
+        await message.answer(text("refund_unknown", language, charge_id=shown))
+        return
+    already = False
+    try:
+        await bot.refund_star_payment(user_id=payer, telegram_payment_charge_id=charge_id)
+    except TelegramBadRequest as exc:
+        # Refunded at Telegram before (a /refund cut short after it): the ledger still has to
+        # end the plan; any other refusal leaves everything as it was.
+        if "CHARGE_ALREADY_REFUNDED" not in exc.message:
+            logger.warning("admin %s: Telegram refused to refund %s of %s: %s", admin_id, charge_id, payer, exc)
+            await message.answer(text("refund_failed", language, charge_id=shown, error=html.escape(exc.message)))
+            return
+        already = True
+    except TelegramAPIError as exc:
+        logger.warning("admin %s: the refund of %s of %s failed: %s", admin_id, charge_id, payer, exc)
+        await message.answer(text("refund_failed", language, charge_id=shown, error=html.escape(str(exc))))
+        return
+    try:
+        await stars.refund(charge_id, refunded_by=admin_id)
+    except (StoreUnavailable, PaymentsUnavailable) as exc:
+        # The Stars went back; the plan ends when the admin repeats /refund (Telegram then says
+        # "already refunded" and the ledger catches up).
+        logger.error("Stars payment %s of %s refunded at Telegram, ledger not updated (%r)", charge_id, payer, exc)
+        await message.answer(text("unavailable", language))
+        return
+    logger.warning("admin %s refunded Stars payment %s of user %s", admin_id, charge_id, payer)
+    await store.log_activity(admin_id, "refund", {"telegram_id": payer, "charge_id": charge_id}, subject=payer)
+    await message.answer(text("refund_already" if already else "refund_done", language, charge_id=shown, user_id=payer))
+    if not already:
+        try:
+            target = await store.get(payer)
+        except StoreUnavailable:
+            target = None
+        notice = text("refund_notice", pick_language(target.language if target else None))
+        sender.submit(OutgoingMessage(payer, notice, lane=Lane.PAYMENT, kind="refund_notice"))
+
+
 async def refuse(message: Message, command: CommandObject, language: str, store: SubscriberStore) -> None:
     user_id = message.from_user.id if message.from_user else None
     logger.warning("user %s is not an admin and tried /%s", user_id, command.command)
@@ -124,5 +190,6 @@ def build_router() -> Router:
     router = Router(name="admin")
     router.message(Command("grant"), IsAdmin())(grant)
     router.message(Command("revoke"), IsAdmin())(revoke)
+    router.message(Command("refund"), IsAdmin())(refund)
     router.message(Command(*ADMIN_COMMANDS), ~IsAdmin())(refuse)
     return router

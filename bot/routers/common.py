@@ -22,6 +22,7 @@ from bot.routers.account import plan_screen
 from bot.routers.screens import acknowledge, show
 from bot.routers.trial import trial_button, with_button
 from bot.texts import pick_language, text
+from payments.checkout import CheckoutService
 from payments.ledger import PaymentLedger
 from services.accounts import AccountService, parse_start_payload
 from services.subscribers import Subscriber
@@ -36,6 +37,7 @@ async def start(
     language: str,
     state: FSMContext,
     accounts: AccountService,
+    checkout: CheckoutService,
     settings: Settings,
     ledger: PaymentLedger,
     first_contact: bool = False,
@@ -54,7 +56,7 @@ async def start(
         ),
     )
     if link is not None and link[0] == "plan":
-        card, markup = await plan_screen(accounts, link[1], language)
+        card, markup = await plan_screen(accounts, checkout, link[1], language)
         await message.answer(card, reply_markup=markup)
 
 

@@ -2,7 +2,8 @@
 
 getMe, getUpdates (offset and long-poll semantics), sendMessage, sendPhoto, sendInvoice,
 createInvoiceLink, the edits, deleteMessage, sendChatAction, answerCallbackQuery,
-answerPreCheckoutQuery, refundStarPayment, the command methods and webhook delivery; and
+answerPreCheckoutQuery, refundStarPayment, editUserStarSubscription, the command methods and
+webhook delivery; and
 `_execute`, which runs one call: authorization, forced errors, the handler, the answer.
 """
 
@@ -29,6 +30,9 @@ MAX_TEXT_LENGTH: Final[int] = 4096
 MAX_CAPTION_LENGTH: Final[int] = 1024
 MAX_CALLBACK_DATA_BYTES: Final[int] = 64
 MAX_CALLBACK_ANSWER_LENGTH: Final[int] = 200
+# Telegram Stars subscriptions: the only period Telegram accepts, and the highest price.
+SUBSCRIPTION_PERIOD: Final[int] = 30 * 24 * 3600
+MAX_SUBSCRIPTION_STARS: Final[int] = 10_000
 _BOT_COMMAND_RE: Final[re.Pattern[str]] = re.compile(r"^[a-z0-9_]{1,32}$")
 _SECRET_TOKEN_RE: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
@@ -99,6 +103,8 @@ class BotApiMethods(FloodControl):
     answered_callbacks: list[AnsweredCallback]
     answered_pre_checkouts: list[AnsweredPreCheckout]
     refunds: list[tuple[int, str]]
+    invoice_links: list[JsonDict]
+    subscription_edits: list[tuple[int, str, bool]]
     chat_actions: list[tuple[int, str]]
     requests: Counter[str]
     calls: deque[ApiCall]
@@ -600,7 +606,16 @@ class BotApiMethods(FloodControl):
 
     def _create_invoice_link(self, state: _BotState, params: _Params) -> str:
         invoice = self._invoice_fields(params)
-        return f"https://t.me/$FakeInvoice{abs(hash(invoice['payload'])) % 10**12}"
+        period = params.get_int("subscription_period")
+        if params.present("subscription_period"):
+            # A subscription: Stars only, 30 days only, at most 10000 Stars a period.
+            if invoice["currency"] != "XTR" or period != SUBSCRIPTION_PERIOD:
+                raise _bad_request("SUBSCRIPTION_PERIOD_INVALID")
+            if invoice["total_amount"] > MAX_SUBSCRIPTION_STARS:
+                raise _bad_request("SUBSCRIPTION_PRICE_INVALID")
+        url = f"https://t.me/$FakeInvoice{abs(hash(invoice['payload'])) % 10**12}"
+        self.invoice_links.append({**invoice, "subscription_period": period, "url": url})
+        return url
 
     def _stored_bot_message(self, state: _BotState, params: _Params, missing: str) -> tuple[int, int, JsonDict]:
         if params.present("inline_message_id"):
@@ -765,6 +780,17 @@ class BotApiMethods(FloodControl):
             raise _bad_request("CHARGE_ALREADY_REFUNDED")
         self._charges[charge_id] = (charge[0], True)
         self.refunds.append((charge[0], charge_id))
+        return True
+
+    def _edit_user_star_subscription(self, state: _BotState, params: _Params) -> bool:
+        user_id = params.get_int("user_id")
+        charge_id = params.get_str("telegram_payment_charge_id") or ""
+        if not params.present("is_canceled"):
+            raise _bad_request('parameter "is_canceled" is required')
+        charge = self._charges.get(charge_id)
+        if charge is None or charge[0] != user_id or charge_id not in self._subscription_charges:
+            raise _bad_request("CHARGE_NOT_FOUND")
+        self.subscription_edits.append((charge[0], charge_id, params.get_bool("is_canceled")))
         return True
 
     def _set_my_commands(self, state: _BotState, params: _Params) -> bool:

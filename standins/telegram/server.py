@@ -99,6 +99,10 @@ class FakeTelegramServer(BotApiMethods):
         self.answered_callbacks: list[AnsweredCallback] = []
         self.answered_pre_checkouts: list[AnsweredPreCheckout] = []
         self.refunds: list[tuple[int, str]] = []
+        # createInvoiceLink's invoices (with "url" and "subscription_period"), oldest first.
+        self.invoice_links: list[JsonDict] = []
+        # editUserStarSubscription calls: (user id, charge id, is_canceled).
+        self.subscription_edits: list[tuple[int, str, bool]] = []
         self.chat_actions: list[tuple[int, str]] = []
         self.requests: Counter[str] = Counter()
         self.stats: ServerStats = ServerStats()
@@ -115,6 +119,7 @@ class FakeTelegramServer(BotApiMethods):
         self._migrated: dict[int, int] = {}
         self._files: dict[str, PhotoInfo] = {}
         self._charges: dict[str, tuple[int, bool]] = {}  # charge id -> (user id, refunded)
+        self._subscription_charges: set[str] = set()  # charges of recurring payments
         self._next_update_id: int = 1
         self._next_file_number: int = 1
         self._forced: list[_ForcedErrors] = []
@@ -140,6 +145,7 @@ class FakeTelegramServer(BotApiMethods):
             ("answerPreCheckoutQuery", self._answer_pre_checkout_query),
             ("createInvoiceLink", self._create_invoice_link),
             ("refundStarPayment", self._refund_star_payment),
+            ("editUserStarSubscription", self._edit_user_star_subscription),
             ("setMyCommands", self._set_my_commands),
             ("getMyCommands", self._get_my_commands),
             ("deleteMyCommands", self._delete_my_commands),
@@ -279,6 +285,8 @@ class FakeTelegramServer(BotApiMethods):
         self.answered_callbacks.clear()
         self.answered_pre_checkouts.clear()
         self.refunds.clear()
+        self.invoice_links.clear()
+        self.subscription_edits.clear()
         self.chat_actions.clear()
         self.requests.clear()
         self.calls.clear()

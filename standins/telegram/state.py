@@ -110,6 +110,7 @@ class ServerState:
     _gone: dict[int, str]
     _migrated: dict[int, int]
     _charges: dict[str, tuple[int, bool]]
+    _subscription_charges: set[str]
     _next_update_id: int
     _changed: _Pulse
 
@@ -323,9 +324,15 @@ class ServerState:
         telegram_payment_charge_id: str,
         *,
         provider_payment_charge_id: str = "",
+        subscription_expiration_date: int | None = None,
+        is_first_recurring: bool = False,
         bot_id: int | None = None,
     ) -> int:
-        """The service message Telegram sends after a successful payment (refundable later)."""
+        """The service message Telegram sends after a successful payment (refundable later).
+
+        A payment of a Stars subscription (first or renewal) has `subscription_expiration_date`;
+        Telegram marks it is_recurring, and the first one is_first_recurring as well.
+        """
         state = self._injection_state(bot_id)
         user = self.add_user(user_id, language_code=None)
         payment: JsonDict = {
@@ -335,6 +342,12 @@ class ServerState:
             "telegram_payment_charge_id": telegram_payment_charge_id,
             "provider_payment_charge_id": provider_payment_charge_id,
         }
+        if subscription_expiration_date is not None:
+            payment["subscription_expiration_date"] = subscription_expiration_date
+            payment["is_recurring"] = True
+            if is_first_recurring:
+                payment["is_first_recurring"] = True
+            self._subscription_charges.add(telegram_payment_charge_id)
         message: JsonDict = {
             "message_id": state.next_message_id(user_id),
             "from": user,
