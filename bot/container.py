@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import Any
 
+from domain.plans import Rail
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from payments.checkout import CheckoutService, InvoiceMaker, SolRequester
@@ -48,6 +50,7 @@ def build_services(
     referral_days: int = 0,
     sol: SolRequester | None = None,
     nowpayments: InvoiceMaker | None = None,
+    sol_order_minutes: int | None = None,
 ) -> Services:
     """Every handler-facing service, once; call after the stores are started. The payments
     ledger's writer (`ledger.writer`) is started, and `stars` closed, by whoever runs the
@@ -63,6 +66,12 @@ def build_services(
         replay=FilterReplay(postgres),
         paysupport=PaySupportGate(redis),
         ledger=ledger,
-        checkout=CheckoutService(ledger, accounts.plans, sol=sol, nowpayments=nowpayments),
+        checkout=CheckoutService(
+            ledger,
+            accounts.plans,
+            sol=sol,
+            nowpayments=nowpayments,
+            order_ttl={Rail.SOL: timedelta(minutes=sol_order_minutes)} if sol_order_minutes else None,
+        ),
         stars=StarsPayments(ledger, accounts.plans, redis, postgres),
     )

@@ -49,12 +49,13 @@ from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from managers.stream import StreamManager, SubscriptionSet
 from payments.ledger import PaymentLedger
-from payments.nowpayments import NowPaymentsClient, ipn_callback_url
+from payments.nowpayments import NowPaymentsClient, invoice_maker, ipn_callback_url
 from payments.nowpayments_ipn import NowPaymentsIpn, Underpaid
 from payments.records import NoticeKind, PaymentNotice
 from payments.reminders import PlanReminders
 from payments.sol_rpc import SolRpc
 from payments.sol_watcher import SolOutcome, SolWatcher
+from payments.solana_pay import sol_requester
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
@@ -355,8 +356,21 @@ class Runtime:
         caches = CacheRegistry(redis)
         await caches.start()
         self._stack.push_async_callback(caches.stop)
+        settings = self.settings
+        nowpayments_client = self._nowpayments_client()
         services = build_services(
-            redis, postgres, caches, self.settings.admin_id_set, referral_days=self.settings.referral_days
+            redis,
+            postgres,
+            caches,
+            settings.admin_id_set,
+            referral_days=settings.referral_days,
+            sol_order_minutes=settings.sol_order_minutes,
+            sol=sol_requester(settings.sol_receiver) if settings.sol_receiver else None,
+            nowpayments=(
+                invoice_maker(nowpayments_client, ipn_callback_url(settings.public_base_url or ""))
+                if nowpayments_client
+                else None
+            ),
         )
         writer = services.ledger.writer
         await writer.start()
@@ -401,7 +415,7 @@ class Runtime:
 
         self._stack.push_async_callback(stop_delivery)
         await self._start_payments(services, sender)
-        nowpayments = self._nowpayments_rail(services.ledger)
+        nowpayments = self._nowpayments_rail(services.ledger, nowpayments_client)
         sol = await self._sol_rail(services.ledger)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
         service = CallPipeline(
@@ -459,7 +473,8 @@ class Runtime:
         scheduler.start()
         self._stack.callback(scheduler.shutdown, wait=False)
 
-    def _nowpayments_rail(self, ledger: PaymentLedger) -> NowPaymentsRail | None:
+    def _nowpayments_client(self) -> NowPaymentsClient | None:
+        """With NOWPAYMENTS_API_KEY, NOWPAYMENTS_IPN_SECRET and PUBLIC_BASE_URL, the API client."""
         settings = self.settings
         if not (settings.nowpayments_api_key and settings.nowpayments_ipn_secret and settings.public_base_url):
             return None
@@ -467,6 +482,12 @@ class Runtime:
             settings.nowpayments_api_url, settings.nowpayments_api_key.get_secret_value(), self.api_limit
         )
         self._stack.push_async_callback(client.close)
+        return client
+
+    def _nowpayments_rail(self, ledger: PaymentLedger, client: NowPaymentsClient | None) -> NowPaymentsRail | None:
+        settings = self.settings
+        if client is None or settings.nowpayments_ipn_secret is None or settings.public_base_url is None:
+            return None
 
         async def underpaid(notice: Underpaid) -> None:
             values = {"paid": f"{notice.paid:f}", "missing": f"{notice.missing:f}", "currency": notice.currency}

@@ -12,11 +12,12 @@ and a rail without its callable (no SOL_RECEIVER, no NOWPAYMENTS_API_KEY) is not
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from domain.plans import Order, Plan, Rail
-from payments.ledger import PaymentLedger
+from payments.ledger import ORDER_TTL, PaymentLedger
 from services.subscribers import StoreUnavailable
 
 logger = logging.getLogger("alertbot.payments")
@@ -64,11 +65,14 @@ class CheckoutService:
         *,
         sol: SolRequester | None = None,
         nowpayments: InvoiceMaker | None = None,
+        order_ttl: Mapping[Rail, timedelta] | None = None,
     ) -> None:
         self.ledger = ledger
         self._plans = plans
         self.sol = sol
         self.nowpayments = nowpayments
+        # How long an order waits for its payment, per rail (the ledger's default otherwise).
+        self.order_ttl = dict(order_ttl or {})
 
     def rails(self, plan: Plan) -> list[Rail]:
         """The rails the plan is offered on, in the order the buttons show them."""
@@ -92,7 +96,7 @@ class CheckoutService:
             raise UnknownPlan(plan_code)
         if rail not in self.rails(plan):
             raise RailNotOffered(f"plan {plan_code} is not offered on {rail}")
-        order = await self.ledger.create_order(telegram_id, plan, rail)
+        order = await self.ledger.create_order(telegram_id, plan, rail, ttl=self.order_ttl.get(rail, ORDER_TTL))
         try:
             return await self._request(order, plan)
         except Exception as exc:

@@ -14,12 +14,14 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, NamedTuple
 
 import aiohttp
+
+from domain.plans import Order
 
 logger = logging.getLogger("alertbot.nowpayments")
 
@@ -297,3 +299,20 @@ def _gateway_error(status: int, answer: Any, raw: bytes) -> NowPaymentsError:
         )
     text = raw.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
     return NowPaymentsError(status, text or "no message")
+
+
+def invoice_maker(client: NowPaymentsClient, callback_url: str) -> Callable[[Order], Awaitable[str]]:
+    """What the checkout calls for a NOWPayments order: an invoice in USD whose IPNs carry the
+    order id; returns the invoice page's URL."""
+
+    async def make(order: Order) -> str:
+        invoice = await client.create_invoice(
+            price_amount=order.amount,
+            price_currency="usd",
+            order_id=order.id,
+            order_description=f"{order.plan_code}, {order.days} days",
+            ipn_callback_url=callback_url,
+        )
+        return invoice.url
+
+    return make

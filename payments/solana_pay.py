@@ -7,6 +7,7 @@ chain in clear: the order id, nothing about the user. No I/O; the QR image is ma
 from __future__ import annotations
 
 import io
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Final
@@ -15,6 +16,9 @@ from urllib.parse import quote
 import segno
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
+
+from domain.plans import Order
+from payments.checkout import SolPaymentRequest
 
 __all__ = [
     "SOL_DECIMALS",
@@ -119,3 +123,16 @@ class TransferRequest:
 
     def qr_png(self, *, scale: int = 8) -> bytes:
         return qr_png(self.url, scale=scale)
+
+
+def sol_requester(receiver: str, label: str = "Token Alert Bot") -> Callable[[Order], Awaitable[SolPaymentRequest]]:
+    """What the checkout calls for a SOL order: a transfer request to `receiver` with a fresh
+    reference, the order id as its memo."""
+
+    async def request(order: Order) -> SolPaymentRequest:
+        transfer = TransferRequest.build(
+            receiver, order.amount, label=label, message=f"{order.plan_code}, {order.days} days", memo=order.id
+        )
+        return SolPaymentRequest(transfer.url, qr_png(transfer.url), transfer.reference)
+
+    return request
