@@ -101,6 +101,45 @@ async def _conversation(telegram: FakeTelegramServer, out: TextIO) -> None:
         await _exchange(telegram, out, action, value, replies)
 
 
+# Then Alice buys a month with Telegram Stars: the plan, the invoice, and Telegram's part played
+# by the local Bot API (her confirmation, the pre-checkout query, the payment).
+PURCHASE: tuple[tuple[str, str, int], ...] = (
+    ("say", "/plans", 1),
+    ("press", "1 month", 0),
+    ("press", "with Telegram Stars", 1),
+)
+
+
+async def _buy_with_stars(telegram: FakeTelegramServer, out: TextIO) -> None:
+    for action, value, replies in PURCHASE:
+        await _exchange(telegram, out, action, value, replies)
+    invoice = next(r for r in reversed(telegram.messages_to(DEMO_USER_ID)) if r.method == "sendInvoice")
+    assert invoice.invoice is not None
+    amount, payload = int(invoice.invoice["total_amount"]), str(invoice.params.get("payload"))
+    _show(out, DEMO_USER_NAME, f"pays {amount} ⭐ in Telegram")
+    sent_before = len(telegram.messages_to(DEMO_USER_ID))
+    update_id = telegram.inject_pre_checkout(DEMO_USER_ID, "XTR", amount, payload)
+    await telegram.wait_for(
+        lambda: any(a.update_id == update_id for a in telegram.answered_pre_checkouts), timeout=REPLY_TIMEOUT
+    )
+    answer = next(a for a in telegram.answered_pre_checkouts if a.update_id == update_id)
+    _show(
+        out,
+        "Telegram",
+        "pre-checkout: " + ("confirmed by the bot" if answer.ok else f"refused: {answer.error_message}"),
+    )
+    telegram.inject_successful_payment(DEMO_USER_ID, "XTR", amount, payload, f"demo-charge-{int(time.time())}")
+
+    def receipt() -> SentRecord | None:
+        return next((r for r in telegram.messages_to(DEMO_USER_ID)[sent_before:] if "🧾" in (r.text or "")), None)
+
+    await telegram.wait_for(lambda: receipt() is not None, timeout=REPLY_TIMEOUT)
+    record = receipt()
+    assert record is not None
+    _show(out, "bot", terminal_text(record.raw_text or ""))
+    print("", file=out)
+
+
 async def _exchange(telegram: FakeTelegramServer, out: TextIO, action: str, value: str, replies: int) -> None:
     """One step of the conversation: the user says or presses `value`; show what the bot answered."""
     sent_before = len(telegram.messages_to(DEMO_USER_ID))
@@ -125,7 +164,14 @@ async def _exchange(telegram: FakeTelegramServer, out: TextIO, action: str, valu
     shown += [record.message_id for record in telegram.messages_to(DEMO_USER_ID)[sent_before:]]
     for message_id in shown:
         message = telegram.message(DEMO_USER_ID, message_id) or {}
-        _show(out, "bot", terminal_text(message.get("text") or ""), message.get("reply_markup"))
+        if "invoice" in message:
+            invoice = message["invoice"]
+            body = f"🧾 invoice: {invoice['title']}, {invoice['total_amount']} ⭐\n[Pay {invoice['total_amount']} ⭐]"
+            _show(out, "bot", body)
+            continue
+        _show(
+            out, "bot", terminal_text(message.get("text") or message.get("caption") or ""), message.get("reply_markup")
+        )
     print("", file=out)
 
 
@@ -184,6 +230,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             started = time.perf_counter()
             await runtime.begin_receiving()
             await _conversation(telegram, out)
+            await _buy_with_stars(telegram, out)
             [stream] = runtime.streams
             # Print each alert as it is delivered, until the whole feed is processed and sent.
             while True:

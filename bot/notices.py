@@ -40,6 +40,8 @@ def word(notice: PaymentNotice, language: str) -> tuple[str, InlineKeyboardMarku
         values["plan_end"] = _moment(values["plan_end"])
     if "verdict" in values:
         values["why"] = text(f"verdict_{values['verdict'] or 'not_received'}", language)
+    if values.get("currency") == "XTR":  # Telegram Stars
+        values["currency"] = "⭐"
     if "signature" in values:
         values["signature"] = values["signature"][:8] + "…"
     body = text(f"notice_{notice.kind.value}", language, **values)

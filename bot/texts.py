@@ -205,7 +205,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "You can write again in {seconds} s; the answer to the first comes here."
         ),
         "plans_title": "<b>Plans</b>\nA plan turns alerts on for its days; days add up.",
-        "notice_receipt": "🧾 <b>Payment received</b>\nPlan: {plan}\n"
+        "notice_receipt": "🧾 <b>Payment received</b>\nPlan: {days} days of alerts\n"
         "Paid: {amount} {currency}\nAlerts are on until {plan_end}.",
         "notice_partial": "⚠️ We received {paid} {currency}, which is {missing} {currency} short of the price. "
         "Send the rest to the same payment request and the order completes.",
@@ -560,7 +560,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "Написать снова можно через {seconds} с; ответ на первое придёт сюда."
         ),
         "plans_title": "<b>Тарифы</b>\nТариф включает оповещения на свой срок; дни суммируются.",
-        "notice_receipt": "🧾 <b>Оплата получена</b>\nТариф: {plan}\n"
+        "notice_receipt": "🧾 <b>Оплата получена</b>\nТариф: оповещения на {days} дн.\n"
         "Оплачено: {amount} {currency}\nОповещения включены до {plan_end}.",
         "notice_partial": "⚠️ Получено {paid} {currency}, не хватает {missing} {currency} до цены. "
         "Отправьте остаток по тому же запросу на оплату, и заказ будет оплачен.",

@@ -170,12 +170,17 @@ REMINDERS: tuple[tuple[str, timedelta], ...] = (
 LATE_NOTICE = timedelta(days=2)
 
 
-def due_reminder(plan_end: datetime, now: datetime, sent: frozenset[str]) -> str | None:
+def due_reminder(plan_end: datetime, now: datetime, sent: frozenset[str], set_at: datetime | None = None) -> str | None:
     """The reminder to send now for a plan ending at `plan_end`, given those already sent for
-    that end: only the latest one due, so a bot that was down two days sends "1d", not both."""
+    that end: only the latest one due, so a bot that was down two days sends "1d", not both.
+    A reminder that was already due when the end was set (`set_at`: a 3-day trial has no "3 days
+    left") is not sent."""
     if now >= plan_end + LATE_NOTICE:
         return None
     due = [kind for kind, before in REMINDERS if now >= plan_end - before]
     if not due or due[-1] in sent:
         return None
-    return due[-1]
+    latest = due[-1]
+    if set_at is not None and plan_end - dict(REMINDERS)[latest] <= set_at:
+        return None
+    return latest

@@ -35,7 +35,7 @@ from domain.plans import (
 )
 from managers.redis_manager import RedisManager
 from payments.notices import NoticeBoard
-from payments.pg_writer import PG_FAILURES, PLAN_ENDS_KEY, QUEUE_KEY, SEEN_KEY, PaymentsWriter
+from payments.pg_writer import PG_FAILURES, PLAN_ENDS_KEY, PLAN_SET_AT_KEY, QUEUE_KEY, SEEN_KEY, PaymentsWriter
 from payments.records import CreditOutcome, CreditResult, NoticeKind, PaymentNotice, payment_entry
 from services.subscribers import SubscriberStore, UnknownSubscriber, subscriber_key
 
@@ -177,7 +177,7 @@ return 1
 
 # The credit: all or nothing, reads before writes.
 # KEYS: seen hash, subscriber hash, order hash (or the seen hash when no order), open zset, queue,
-#       plan ends zset.
+#       plan ends zset, plan set-at hash.
 # ARGV: seen field, now epoch, days, amount units, tolerance units, order id ('' none),
 #       telegram id, payment json.
 # Reply: {outcome, reason, plan start, plan end, paid units, days}.
@@ -214,6 +214,7 @@ if outcome == 'credited' then
   local finish = start + days * 86400
   redis.call('HSET', KEYS[2], 'plan_expires_at', string.format('%.6f', finish))
   redis.call('ZADD', KEYS[6], finish, ARGV[7])
+  redis.call('HSET', KEYS[7], ARGV[7], ARGV[2])
   start_at = string.format('%.6f', start)
   end_at = string.format('%.6f', finish)
 end
@@ -596,6 +597,7 @@ class PaymentLedger:
                 open_orders_key(payment.rail) if payment.rail in (Rail.STARS, Rail.SOL, Rail.NOWPAYMENTS) else SEEN_KEY,
                 QUEUE_KEY,
                 PLAN_ENDS_KEY,
+                PLAN_SET_AT_KEY,
             ],
             [
                 seen_field(payment.rail, payment.external_id),

@@ -39,6 +39,7 @@ CONSUMER = "writer"
 REBUILT_KEY = "payments:rebuilt"
 SEEN_KEY = "payments:seen"  # field "rail:external_id" -> "outcome|telegram_id"
 PLAN_ENDS_KEY = "plans:ends"  # telegram id -> plan end (epoch), for reminders
+PLAN_SET_AT_KEY = "plans:set_at"  # telegram id -> when the plan end was last moved (epoch)
 BATCH = 100
 RETRY_MIN = 0.2
 RETRY_MAX = 5.0
@@ -55,7 +56,7 @@ _REFUSED: tuple[type[BaseException], ...] = (
     TypeError,
 )
 
-__all__ = ["PG_FAILURES", "PLAN_ENDS_KEY", "QUEUE_KEY", "SEEN_KEY", "PaymentsWriter"]
+__all__ = ["PG_FAILURES", "PLAN_ENDS_KEY", "PLAN_SET_AT_KEY", "QUEUE_KEY", "SEEN_KEY", "PaymentsWriter"]
 
 
 def _order_from_row(row: Mapping[str, Any]) -> Order:

@@ -14,7 +14,7 @@ from typing import Any
 
 from domain.plans import LATE_NOTICE, REMINDERS, due_reminder
 from managers.redis_manager import RedisManager
-from payments.pg_writer import PLAN_ENDS_KEY
+from payments.pg_writer import PLAN_ENDS_KEY, PLAN_SET_AT_KEY
 from payments.records import NoticeKind, Notify, PaymentNotice
 
 logger = logging.getLogger("alertbot.payments")
@@ -50,7 +50,9 @@ class PlanReminders:
             key = claim_key(telegram_id, score)
             async with self.redis.guarded() as client:
                 claimed = frozenset(str(kind) for kind in await client.smembers(key))
-                kind = due_reminder(datetime.fromtimestamp(score, UTC), now, claimed)
+                set_at = await client.hget(PLAN_SET_AT_KEY, str(telegram_id))
+                moved = datetime.fromtimestamp(float(set_at), UTC) if set_at else None
+                kind = due_reminder(datetime.fromtimestamp(score, UTC), now, claimed, moved)
                 if kind is None or not await client.sadd(key, kind):
                     continue
                 await client.expire(key, CLAIM_SECONDS)

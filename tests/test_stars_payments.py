@@ -188,7 +188,7 @@ async def test_a_stars_purchase_from_plans_to_an_active_plan_and_a_refund_ends_i
     subscriber = await env.store.get(301)
     assert subscriber is not None and subscriber.has_active_plan(datetime.now(UTC))
     assert receipt.text is not None
-    assert "Payment received" in receipt.text and "Plan: month" in receipt.text and "750 XTR" in receipt.text
+    assert "Payment received" in receipt.text and "Plan: 30 days of alerts" in receipt.text and "750 ⭐" in receipt.text
     assert end.strftime("%Y-%m-%d %H:%M UTC") in receipt.text
     paid = await env.services.ledger.order(order_id)
     assert paid is not None and paid.status is OrderStatus.PAID
@@ -244,7 +244,7 @@ async def test_the_same_successful_payment_twice_is_credited_once(env: BotEnv) -
     assert (await pre_checkout(env, 302, 250, order_id)).ok
     before = datetime.now(UTC)
     first = await pay(env, chat, 250, order_id, "charge-302")
-    assert first.text is not None and "Payment received" in first.text and "Plan: week" in first.text
+    assert first.text is not None and "Payment received" in first.text and "Plan: 7 days of alerts" in first.text
     await pay_again(env, chat, 250, order_id, "charge-302")
     assert len(receipts(chat)) == 1
     assert near(await plan_end(env, 302), before + 7 * DAY)  # 7 days, not 14
@@ -341,7 +341,7 @@ async def test_a_monthly_subscription_renews_once_per_charge_and_is_cancelled_fr
         subscription_expiration_date=period_end,
         is_first_recurring=True,
     )
-    assert first.text is not None and "Payment received" in first.text and "Plan: month" in first.text
+    assert first.text is not None and "Payment received" in first.text and "Plan: 30 days of alerts" in first.text
     assert near(await plan_end(env, 307), now + 30 * DAY)
 
     status = await chat.ask("/status")
