@@ -420,6 +420,11 @@ class PaymentLedger:
             except PG_FAILURES as pg_exc:
                 raise PaymentsUnavailable(f"no store took {payment.rail} {payment.external_id}: {pg_exc!r}") from pg_exc
         self._log_credit(payment, result)
+        if result.outcome is CreditOutcome.REJECTED:
+            # Money that bought nothing: its record stays for support to settle by hand.
+            await self.record_event(
+                payment.rail, payment.external_id, f"rejected: {result.reason}", payment.raw, order_id=payment.order_id
+            )
         if result.outcome is CreditOutcome.CREDITED:
             await self.store.plan_changed(payment.telegram_id)
         if payment.rail in PAID_RAILS:

@@ -161,6 +161,9 @@ async def test_a_payment_for_someone_elses_or_an_already_paid_order_is_refused(l
     assert (await env.ledger.credit(payment("sigE", "0.09", order_id=order.id))).outcome is CreditOutcome.CREDITED
     late = await env.ledger.credit(payment("sigF", "0.09", order_id=order.id))
     assert late.outcome is CreditOutcome.REJECTED and "already paid" in late.reason
+    await env.writer.drained()  # the refused money is on record for support
+    kinds = [r["kind"] for r in await env.postgres.fetch("SELECT kind FROM payment_events WHERE external_id = 'sigF'")]
+    assert kinds == ["rejected: order already paid"]
 
 
 async def test_a_trial_is_given_once_per_user(ledger_env: Books) -> None:
@@ -275,7 +278,7 @@ async def test_with_redis_down_a_payment_goes_to_postgresql_and_the_plan_returns
                     raw = await stores.redis.hget(subscriber_key(USER), "plan_expires_at")
                     return bool(raw) and float(raw or 0) == pytest.approx(paid.plan_end.timestamp())  # type: ignore[union-attr]
 
-                await until(back_in_redis)
+                await until(back_in_redis, timeout=45)
                 assert await stores.redis.hget("payments:seen", "sol:sigRD") is not None
         finally:
             await caches.stop()
