@@ -3,6 +3,7 @@ local Solana node or NOWPayments stand-in, and gets the plan and a receipt in Te
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -141,7 +142,10 @@ async def test_a_plan_bought_in_sol_from_plans_to_receipt(running: tuple[Runtime
     assert await plan_is_active(runtime)
 
 
-async def test_a_plan_bought_through_nowpayments_from_plans_to_receipt(running: tuple[Runtime, User, Any]) -> None:
+async def test_a_plan_bought_through_nowpayments_from_plans_to_receipt(
+    running: tuple[Runtime, User, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     runtime, user, (_, gateway) = running
     await user.say("/plans")
     await user.press("1 month")
@@ -157,6 +161,10 @@ async def test_a_plan_bought_through_nowpayments_from_plans_to_receipt(running: 
     assert "15 USD" in (receipt.text or "")
     assert await plan_is_active(runtime)
     assert await gateway.pay(invoice.id, "finished", forged=True) == 401
+    # Every state change went to the payments log, and no secret to any log.
+    payments_log = [r.getMessage() for r in caplog.records if r.name == "alertbot.payments"]
+    assert any("created" in line for line in payments_log) and any("credited" in line for line in payments_log)
+    assert API_KEY not in caplog.text and IPN_SECRET not in caplog.text
 
 
 def telegram_last(user: User) -> SentRecord:
