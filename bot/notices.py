@@ -4,7 +4,6 @@ acknowledges each once Telegram has taken it or refused it for good."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import Any
@@ -18,6 +17,7 @@ from domain.messages import Lane, OutgoingMessage
 from managers.redis_manager import RedisManager
 from payments.notices import NOTICES_KEY, decode
 from payments.records import NoticeKind, PaymentNotice
+from services.loops import BackgroundLoop
 from services.sender import MessageSender, Outcome
 from services.subscribers import StoreUnavailable, SubscriberStore
 
@@ -53,28 +53,17 @@ class NoticeDelivery:
         self.redis = redis
         self.sender = sender
         self.store = store
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loop = BackgroundLoop("payment-notices")
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="payment-notices")
+        self._loop.start(self._run)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        # The flag ends the loop even when the cancel is lost inside redis-py (Python 3.11).
-        self._stopping = True
-        task.cancel()
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            self._stopping = False
+        await self._loop.stop()
 
     async def _run(self) -> None:
         start_id = "0"  # first this consumer's entries left unacknowledged by the last run
-        while not self._stopping:
+        while not self._loop.stopping:
             try:
                 async with self.redis.guarded() as client:
                     try:

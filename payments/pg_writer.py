@@ -11,7 +11,6 @@ crash leaves it to be applied again (each entry is idempotent: payments are uniq
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +26,7 @@ from domain.plans import PAID_RAILS, Order, OrderStatus, Payment, Rail, covers, 
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from payments.records import CreditOutcome, CreditResult, payment_entry
+from services.loops import BackgroundLoop
 from services.subscribers import PG_FAILURES, SubscriberStore, subscriber_key
 
 logger = logging.getLogger("alertbot.payments")
@@ -90,9 +90,7 @@ class PaymentsWriter:
         self.redis = redis
         self.postgres = postgres
         self.store = store
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._wake = asyncio.Event()
+        self._loop = BackgroundLoop("payments-writer")
         self._idle = asyncio.Event()
         # Users whose plan PostgreSQL has and Redis may not (written while Redis was down).
         self._resync: set[int] = set()
@@ -106,27 +104,15 @@ class PaymentsWriter:
 
     async def start(self) -> None:
         await self.rebuild_if_lost()
-        self._task = asyncio.create_task(self._run(), name="payments-writer")
+        self._loop.start(self._run)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        # The flag ends the loop even when the cancel is lost: on Python 3.11 asyncio.wait_for
-        # (inside redis-py) swallows a cancel that lands as its inner call ends.
-        self._stopping = True
-        self._wake.set()
-        task.cancel()
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            self._stopping = False
+        await self._loop.stop()
 
     def poke(self) -> None:
         """Something was queued: look now rather than at the next poll."""
         self._idle.clear()
-        self._wake.set()
+        self._loop.wake.set()
 
     async def drained(self, timeout: float = 10.0) -> None:
         """Wait until every queued change is in PostgreSQL (tests, shutdown)."""
@@ -135,28 +121,26 @@ class PaymentsWriter:
 
     async def _run(self) -> None:
         delay = RETRY_MIN
-        while not self._stopping:
+        while not self._loop.stopping:
             try:
                 await self._ensure_group()
+                self._loop.wake.clear()  # a poke from here on means: look again before idling
                 busy = await self._pass()
                 if not busy:
                     await self._resync_plans()
-                    self._idle.set()
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), 1.0)
-                    except TimeoutError:
-                        pass
+                    if not self._loop.wake.is_set():
+                        self._idle.set()
+                        await self._loop.sleep(1.0)
                 delay = RETRY_MIN
             except asyncio.CancelledError:
                 raise
             except (*PG_FAILURES, *_REDIS_FAILURES) as exc:
                 logger.warning("payments queue waits for the stores (%r); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                await self._loop.sleep(delay)
                 delay = min(RETRY_MAX, delay * 2)
             except Exception:
                 logger.exception("payments writer failed; retrying")
-                await asyncio.sleep(RETRY_MAX)
+                await self._loop.sleep(RETRY_MAX)
 
     async def _ensure_group(self) -> None:
         async with self.redis.guarded() as client:

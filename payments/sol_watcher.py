@@ -5,7 +5,6 @@ signatures users paste; each outcome is a `SolOutcome` for the bot to word (docs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from payments.ledger import PaymentLedger, PaymentsUnavailable
 from payments.records import CreditOutcome
 from payments.sol_rpc import SolRpc, SolRpcUnavailable, check_signature
 from payments.sol_verify import MEMO_PROGRAMS, TransferCheck, Verdict, account_keys, check_transfer
+from services.loops import BackgroundLoop
 
 logger = logging.getLogger("alertbot.sol_watcher")
 
@@ -104,9 +104,7 @@ class SolWatcher:
         # Signatures already decided, per open order's reference: never read again while it is
         # open. Dropped with the order; the ledger's DUPLICATE keeps the once-ever promise anyway.
         self._checked: dict[str, set[str]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._stopping = False
+        self._loop = BackgroundLoop("sol-watcher")
         self.scans = 0  # passes completed
         self.last_error: str | None = None
 
@@ -282,41 +280,25 @@ class SolWatcher:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._loop.running
 
     def poke(self) -> None:
         """Scan now rather than at the next tick (a new order, a user saying they paid)."""
-        self._wake.set()
+        self._loop.wake.set()
 
     async def start(self) -> None:
-        if self.running:
-            return
-        self._task = asyncio.create_task(self._run(), name="sol-watcher")
+        self._loop.start(self._run)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        # The flag and the wake-up end the loop even if the cancellation is lost: on Python 3.11
-        # asyncio.wait_for (inside redis-py) swallows a cancel that lands as its inner call ends.
-        self._stopping = True
-        self._wake.set()
-        task.cancel()
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            self._stopping = False
+        await self._loop.stop()
 
     async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
+        while not self._loop.stopping:
+            self._loop.wake.clear()
             try:
                 await self.scan()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug or a store outage must not end the loop: payments would wait forever
                 logger.exception("sol watcher: pass failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
+            await self._loop.sleep(self.interval)
