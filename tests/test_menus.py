@@ -195,6 +195,9 @@ async def test_status_shows_plan_pause_filters_and_alerts_today(env: BotEnv) -> 
     assert "min_mcap = $100K" in status.text and "Оповещений сегодня: 0" in status.text
 
     await env.chat(ADMIN).ask("/grant 41 30")
+    await env.server.wait_for(  # the user's notice of the grant comes through the sender
+        lambda: any("Вам выдано" in (r.text or "") for r in chat.sent()), 10, description="the grant notice"
+    )
     postgres = env.stores.postgres
     await postgres.execute("INSERT INTO tokens (address) VALUES ('tok1'), ('tok2')")
     await postgres.execute(
