@@ -21,6 +21,10 @@ class Subscriber:
     first_name: str | None = None
     # The preset followed (services/presets.py): an admin's change of it replaces these filters.
     preset: str | None = None
+    # Follow-ups after an alert: the lowest multiple worth a message (2 = every threshold), 0 = none.
+    followup_min: int = 2
+    # The daily and best-of-day reports.
+    reports: bool = True
 
     def has_active_plan(self, now: datetime) -> bool:
         return self.plan_expires_at is not None and self.plan_expires_at > now

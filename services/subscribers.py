@@ -80,6 +80,8 @@ def _to_hash(sub: Subscriber) -> dict[str, str]:
     return {
         "filters": _filters_json(sub.filters),
         "paused": "1" if sub.paused else "0",
+        "followup_min": str(sub.followup_min),
+        "reports": "1" if sub.reports else "0",
         "status": sub.status,
         "is_admin": "1" if sub.is_admin else "0",
         "plan_expires_at": _epoch(sub.plan_expires_at),
@@ -107,6 +109,7 @@ def _from_epoch(raw: str | None) -> datetime | None:
 # (grants chain from the previous expiry, so the latest is when the plan runs out).
 _SELECT = """
 SELECT u.telegram_id, u.username, u.first_name, u.language, u.status, u.paused,
+       COALESCE(s.followup_min, 2) AS followup_min, COALESCE(s.reports, true) AS reports,
        COALESCE(s.filters, '{}'::jsonb) AS filters, s.preset_code AS preset,
        (SELECT max(sub.expires_at) FROM subscriptions sub
          WHERE sub.user_id = u.id AND sub.revoked_at IS NULL) AS plan_expires_at
@@ -353,6 +356,32 @@ class SubscriberStore:
         )
         return await self._changed(replace(current, paused=paused))
 
+    async def set_preferences(
+        self, telegram_id: int, *, followup_min: int | None = None, reports: bool | None = None
+    ) -> Subscriber:
+        """Which messages after an alert the subscriber wants: follow-ups from `followup_min` on
+        (0: none) and the reports; saved like the other settings."""
+        current = await self._require(telegram_id)
+        changed: dict[str, Any] = {}
+        if followup_min is not None and followup_min != current.followup_min:
+            changed["followup_min"] = followup_min
+        if reports is not None and reports != current.reports:
+            changed["reports"] = reports
+        if not changed:
+            return current
+        await self.redis.hset(
+            subscriber_key(telegram_id),
+            mapping={k: (("1" if v else "0") if isinstance(v, bool) else str(v)) for k, v in changed.items()},
+        )
+        now = self.clock().isoformat()
+        history = [
+            {"name": name, "old": getattr(current, name), "new": value, "source": "menu", "changed_at": now}
+            for name, value in changed.items()
+        ]
+        saved = await self._save_to_pg(telegram_id, preferences=changed, history=history)
+        settings_log.info("user %s %s%s", telegram_id, changed, "" if saved else " (postgres deferred)")
+        return await self._changed(replace(current, **changed))
+
     async def set_language(self, telegram_id: int, language: str, *, source: str = "menu") -> Subscriber:
         """The language the bot speaks to them, saved like a filter change (history row
         'language'; PostgreSQL deferred on failure)."""
@@ -459,6 +488,7 @@ class SubscriberStore:
         history: dict[str, Any] | list[dict[str, Any]] | None = None,
         preset_changed: bool = False,
         preset: str | None = None,
+        preferences: Mapping[str, Any] | None = None,
     ) -> bool:
         """Write the fields given (None = not changed; the preset only with `preset_changed`,
         since None is a value it can take) to PostgreSQL, or queue them for retry."""
@@ -471,6 +501,7 @@ class SubscriberStore:
             "history": history,
             # Wrapped so that "now follows nothing" differs from "following not changed".
             "preset": {"code": preset} if preset_changed else None,
+            "preferences": dict(preferences) if preferences else None,
         }
         try:
             await self._write_entry(entry)
@@ -503,6 +534,12 @@ class SubscriberStore:
         preset = None
         if preset_change is not None:
             preset = (stored["preset"] or None) if "preset" in stored else preset_change["code"]
+        preferences = entry.get("preferences")
+        if preferences:
+            # The values Redis holds now: a later change may have overtaken this one.
+            for name in list(preferences):
+                if name in stored:
+                    preferences[name] = int(stored[name]) if name == "followup_min" else stored[name] == "1"
         # One history row (entries queued before several were possible) or a list of them.
         history = entry.get("history")
         history_rows = [] if history is None else [history] if isinstance(history, Mapping) else list(history)
@@ -541,6 +578,19 @@ class SubscriberStore:
                     """,
                     user_id,
                     preset,
+                )
+            if preferences:
+                await conn.execute(
+                    """
+                    INSERT INTO user_settings (user_id, followup_min, reports)
+                    VALUES ($1, COALESCE($2, 2), COALESCE($3, true))
+                    ON CONFLICT (user_id) DO UPDATE
+                       SET followup_min = COALESCE($2, user_settings.followup_min),
+                           reports = COALESCE($3, user_settings.reports)
+                    """,
+                    user_id,
+                    preferences.get("followup_min"),
+                    preferences.get("reports"),
                 )
             for row in history_rows:
                 await conn.execute(
@@ -614,6 +664,8 @@ class SubscriberStore:
                 telegram_id=telegram_id,
                 filters=Filters.from_dict(json.loads(stored["filters"])),
                 paused=stored.get("paused") == "1",
+                followup_min=int(stored.get("followup_min") or 2),
+                reports=stored.get("reports", "1") == "1",
                 status=stored["status"],
                 # ADMIN_IDS decides, so a changed setting takes effect without touching the stores.
                 is_admin=telegram_id in self.admin_ids,
@@ -649,6 +701,8 @@ class SubscriberStore:
             telegram_id=int(row["telegram_id"]),
             filters=Filters.from_dict(row["filters"] or {}),
             paused=bool(row["paused"]),
+            followup_min=int(row["followup_min"]),
+            reports=bool(row["reports"]),
             status=row["status"],
             is_admin=int(row["telegram_id"]) in self.admin_ids,
             plan_expires_at=row["plan_expires_at"],

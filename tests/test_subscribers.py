@@ -240,3 +240,22 @@ async def test_a_language_chosen_while_postgres_is_down_is_written_later(
     assert tuple(row) == ("language", "en", "ru", "menu")
     assert await store.set_language(7, "ru") == saved  # no change, nothing written
     assert await stores.postgres.fetchval("SELECT count(*) FROM settings_history") == 1
+
+
+async def test_preferences_for_follow_ups_and_reports_are_kept_in_both_stores(
+    stores: Stores, store: SubscriberStore
+) -> None:
+    await register(store, 9)
+    sub = await store.get(9)
+    assert sub is not None and sub.followup_min == 2 and sub.reports
+    await store.set_preferences(9, followup_min=5, reports=False)
+    row = await stores.postgres.fetchrow(
+        "SELECT followup_min, reports FROM user_settings s JOIN users u ON u.id = s.user_id WHERE telegram_id = 9"
+    )
+    assert (row["followup_min"], row["reports"]) == (5, False)
+    await stores.redis.delete(subscriber_key(9))
+    fresh = SubscriberStore(stores.redis, stores.postgres, CacheRegistry(stores.redis), frozenset({ADMIN}))
+    again = await fresh.get(9)
+    assert again is not None and (again.followup_min, again.reports) == (5, False)
+    names = [r["name"] for r in await stores.postgres.fetch("SELECT name FROM settings_history ORDER BY id")]
+    assert names == ["followup_min", "reports"]
