@@ -43,10 +43,11 @@ from domain.events import (
 )
 from domain.filters import TokenFacts
 from domain.matching import SubscriberIndex
+from domain.messages import RenderedAlert
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger, ClaimRequest, ClaimResult
 from services.event_queue import EventQueue
-from services.outbox import Outbox, RenderedAlert
+from services.outbox import Outbox
 from services.persistence import PersistenceWriter
 
 logger = logging.getLogger("alertbot.pipeline")
@@ -356,7 +357,7 @@ class CallPipeline:
         if won and result.local and self.renderer is not None and plan.request.alert is not None:
             # Redis is down: to the sender directly, waiting while too many such alerts are unsent.
             # First, so nothing that fails below can leave these claims without their alerts.
-            await self.renderer.queue.publish(plan.request.alert.deliveries(won))
+            await self.renderer.queue.publish(plan.request.alert.for_chats(won))
         self.stats.matched += len(plan.matched)
         if self.persistence is not None:
             self.persistence.token(token, now)

@@ -18,8 +18,9 @@ from prometheus_client import generate_latest
 
 from domain.alert_text import render_alert, render_digest, render_digest_line
 from domain.events import CallerLine, Channel, TokenInfo
+from domain.messages import Alert
 from services.metrics import Metrics
-from services.outbox import GROUP, STREAM_KEY, Delivery, Outbox
+from services.outbox import GROUP, STREAM_KEY, Outbox, encode_alert
 from services.sender import DigestPolicy, Lane, MessageSender, Outcome, OutgoingMessage
 from standins.telegram import FakeTelegramServer, RateLimits
 from tests.conftest import Stores
@@ -56,11 +57,10 @@ async def start_engine(
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
-def alerts(count: int, *, first_chat: int = 1_000, token: str = "T" * 40 + "pump") -> list[Delivery]:
+def alerts(count: int, *, first_chat: int = 1_000, token: str = "T" * 40 + "pump") -> list[Alert]:
     """One token's alert to `count` chats."""
     return [
-        Delivery(token=token, chat_id=first_chat + i, html=f"<b>alert</b> {i}", priority=Lane.PAID_ALERT)
-        for i in range(count)
+        Alert(token=token, chat_id=first_chat + i, html=f"<b>alert</b> {i}", lane=Lane.PAID_ALERT) for i in range(count)
     ]
 
 
@@ -128,7 +128,7 @@ async def test_entries_answered_before_a_crash_are_not_sent_again(server: FakeTe
     async with stores.redis.guarded() as client:
         await client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
         for delivery in batch:
-            await client.xadd(STREAM_KEY, delivery.fields())
+            await client.xadd(STREAM_KEY, encode_alert(delivery))
         await client.xreadgroup(GROUP, "sender-a", {STREAM_KEY: ">"}, count=100)
     for delivery in batch[:12]:
         await stores.postgres.execute(
@@ -150,7 +150,7 @@ async def test_sends_a_dead_consumer_left_are_claimed_by_another(server: FakeTel
     async with stores.redis.guarded() as client:
         await client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
         for delivery in batch:
-            await client.xadd(STREAM_KEY, delivery.fields())
+            await client.xadd(STREAM_KEY, encode_alert(delivery))
         await client.xreadgroup(GROUP, "sender-dead", {STREAM_KEY: ">"}, count=100)  # then it died
     engine = await start_engine(server.create_bot(), stores, consumer="sender-b", claim_idle=0.05, paid_broadcast=True)
     await until(lambda: len(server.sent) >= 10)
@@ -238,17 +238,17 @@ def solana_address(seed: int) -> str:
     return "".join(rng.choice(BASE58) for _ in range(40)) + "pump"
 
 
-def rendered_alert(chat_id: int, seed: int) -> Delivery:
+def rendered_alert(chat_id: int, seed: int) -> Alert:
     token = TokenInfo(
         address=solana_address(seed), symbol=f"TOK{seed}", name=f"Token number {seed}", market_cap_usd=40_000.0 + seed
     )
     callers = [CallerLine(Channel(f"-100{seed}", "Alpha Calls", "alphacalls"))]
     seen = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-    return Delivery(
+    return Alert(
         token=token.address,
         chat_id=chat_id,
         html=render_alert(token, callers, seen_at=seen),
-        priority=Lane.PAID_ALERT,
+        lane=Lane.PAID_ALERT,
         digest_line=render_digest_line(token, callers, seen_at=seen),
     )
 
@@ -336,7 +336,7 @@ async def test_a_live_consumers_held_entries_stay_its_own_while_a_dead_ones_are_
             orphans = alerts(10, first_chat=7_000)
             async with stores.redis.guarded() as client:
                 for delivery in orphans:
-                    await client.xadd(STREAM_KEY, delivery.fields())
+                    await client.xadd(STREAM_KEY, encode_alert(delivery))
                 await client.xreadgroup(GROUP, "sender-dead", {STREAM_KEY: ">"}, count=100)  # then it died
 
             other = await start_engine(bot_b, stores, consumer="sender-b", claim_idle=claim_idle)

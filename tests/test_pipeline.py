@@ -275,4 +275,4 @@ def test_the_outbox_routes_paid_plans_first_and_keeps_the_frames_wall_clock_time
         23: Lane.FREE_ALERT,
     }
     assert alert.received_at == received_at
-    assert alert.delivery(22).message().received_at == received_at
+    assert alert.for_chat(22).received_at == received_at
