@@ -20,7 +20,7 @@ from domain.alert_text import render_alert, render_digest, render_digest_line
 from domain.events import CallerLine, Channel, TokenInfo
 from domain.messages import Alert
 from services.metrics import Metrics
-from services.outbox import GROUP, STREAM_KEY, Outbox, encode_alert
+from services.outbox import GROUP, STREAM_KEY, Outbox, decode_alert, encode_alert
 from services.sender import DigestPolicy, Lane, MessageSender, Outcome, OutgoingMessage
 from standins.telegram import FakeTelegramServer, RateLimits
 from tests.conftest import Stores
@@ -95,6 +95,32 @@ async def until(predicate: object, timeout: float = 20.0) -> None:
 async def stream_length(stores: Stores) -> int:
     async with stores.redis.guarded() as client:
         return int(await client.xlen(STREAM_KEY))
+
+
+def test_the_stream_entries_a_running_deployment_holds_are_read_as_they_were_written() -> None:
+    # The entry format is the outbox's contract with entries already in a live stream: these
+    # are entries as the bot has always written them, with and without the optional fields.
+    full = {
+        "token": "T" * 40 + "pump",
+        "chat": "-1001234567890",
+        "html": "<b>alert</b>",
+        "priority": "11",
+        "digest": "one line",
+        "photo": "https://img.example/t.png",
+        "received_at": "1795000000.125",
+    }
+    bare = {"token": "T" * 40 + "pump", "chat": "42", "html": "<b>alert</b>", "priority": "10"}
+    assert decode_alert(full) == Alert(
+        token="T" * 40 + "pump",
+        chat_id=-1001234567890,
+        html="<b>alert</b>",
+        lane=Lane.FREE_ALERT,
+        digest_line="one line",
+        photo_url="https://img.example/t.png",
+        received_at=1_795_000_000.125,
+    )
+    assert decode_alert(bare) == Alert(token="T" * 40 + "pump", chat_id=42, html="<b>alert</b>", lane=Lane.PAID_ALERT)
+    assert encode_alert(decode_alert(full)) == full and encode_alert(decode_alert(bare)) == bare
 
 
 async def test_a_restart_in_the_middle_of_a_broadcast_delivers_every_alert_exactly_once(
