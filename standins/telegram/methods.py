@@ -1,6 +1,7 @@
 """The Bot API methods, with Telegram's checks and error wording.
 
-getMe, getUpdates (offset and long-poll semantics), sendMessage, sendPhoto, sendInvoice,
+getMe, getUpdates (offset and long-poll semantics), sendMessage, sendPhoto, sendDocument
+(uploads), sendInvoice,
 createInvoiceLink, the edits, deleteMessage, sendChatAction, answerCallbackQuery,
 answerPreCheckoutQuery, refundStarPayment, editUserStarSubscription, the command methods and
 webhook delivery; and
@@ -22,7 +23,14 @@ import aiohttp
 
 from standins.telegram.html import EntityParseError, _trim, _utf16_len, parse_html
 from standins.telegram.limits import FloodControl
-from standins.telegram.records import AnsweredCallback, AnsweredPreCheckout, ApiCall, PhotoInfo, SentRecord
+from standins.telegram.records import (
+    AnsweredCallback,
+    AnsweredPreCheckout,
+    ApiCall,
+    DocumentInfo,
+    PhotoInfo,
+    SentRecord,
+)
 from standins.telegram.state import _BotState
 from standins.telegram.wire import JsonDict, _ApiError, _bad_request, _Params, _Upload, _WithDescription
 
@@ -304,6 +312,7 @@ class BotApiMethods(FloodControl):
         echo_markup: JsonDict | None = None,
         photo: PhotoInfo | None = None,
         invoice: JsonDict | None = None,
+        document: DocumentInfo | None = None,
     ) -> JsonDict:
         """Store and record an accepted send; returns the Message the API answers with."""
         paid = params.get_bool("allow_paid_broadcast")
@@ -341,6 +350,7 @@ class BotApiMethods(FloodControl):
             wall_time=time.time(),
             params=dict(params.raw),
             message=message,
+            document=document,
         )
         self.sent.append(record)
         self.stats.sent += 1
@@ -496,6 +506,59 @@ class BotApiMethods(FloodControl):
             markup=markup,
             echo_markup=echo,
             photo=photo,
+        )
+
+    def _send_document(self, state: _BotState, params: _Params) -> JsonDict:
+        """A file the bot uploads (multipart, or attach://); file_ids and URLs are not modelled."""
+        chat_id = self._resolve_chat_id(params)
+        caption, entities = self._formatted_text(
+            params, "caption", "caption_entities", required=False, max_length=MAX_CAPTION_LENGTH
+        )
+        markup, echo = self._reply_markup(params)
+        upload = params.files.get("document")
+        value = params.get_str("document")
+        if upload is None and value and value.startswith("attach://"):
+            upload = params.files.get(value[len("attach://") :])
+        if upload is None:
+            raise _bad_request("there is no document in the request")
+        if not upload.content:
+            raise _bad_request("file must be non-empty")
+        self._check_reachable(chat_id)
+        self._check_limits(state, chat_id, paid=params.get_bool("allow_paid_broadcast"), per_chat=True)
+        number = self._next_file_number
+        self._next_file_number += 1
+        document = DocumentInfo(
+            file_id=f"BQACAgFake{number:08d}",
+            file_unique_id=f"AgADFake{number:08d}",
+            file_name=upload.filename,
+            mime_type=upload.content_type,
+            content=upload.content,
+        )
+        content: JsonDict = {
+            "document": {
+                "file_id": document.file_id,
+                "file_unique_id": document.file_unique_id,
+                "file_size": document.size,
+                **({"file_name": document.file_name} if document.file_name else {}),
+                **({"mime_type": document.mime_type} if document.mime_type else {}),
+            }
+        }
+        if caption is not None:
+            content["caption"] = caption
+            if entities:
+                content["caption_entities"] = entities
+        return self._deliver(
+            state,
+            "sendDocument",
+            chat_id,
+            params,
+            content,
+            caption=caption,
+            raw_text=params.get_str("caption"),
+            entities=entities,
+            markup=markup,
+            echo_markup=echo,
+            document=document,
         )
 
     def _photo(self, params: _Params) -> PhotoInfo:

@@ -1,6 +1,7 @@
 """What the local Bot API observed, as plain values for tests and benches to read.
 
-Accepted sends and edits (`SentRecord`, with the photo a sendPhoto carried as `PhotoInfo`),
+Accepted sends and edits (`SentRecord`, with the photo a sendPhoto carried as `PhotoInfo` and
+the file a sendDocument uploaded as `DocumentInfo`),
 answered callback and pre-checkout queries, every API call as answered (`ApiCall`), and the
 counters in `ServerStats`.
 """
@@ -56,6 +57,21 @@ class PhotoInfo:
 
 
 @dataclass(frozen=True)
+class DocumentInfo:
+    """The file a sendDocument uploaded, bytes and all."""
+
+    file_id: str
+    file_unique_id: str
+    file_name: str | None
+    mime_type: str | None
+    content: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+
+@dataclass(frozen=True)
 class SentRecord:
     """One accepted send (or edit, in `FakeTelegramServer.edits`), as the server stored it.
 
@@ -81,6 +97,7 @@ class SentRecord:
     wall_time: float
     params: JsonDict
     message: JsonDict
+    document: DocumentInfo | None = None
 
     @property
     def body(self) -> str:

@@ -136,6 +136,7 @@ class FakeTelegramServer(BotApiMethods):
             ("getUpdates", self._get_updates),
             ("sendMessage", self._send_message),
             ("sendPhoto", self._send_photo),
+            ("sendDocument", self._send_document),
             ("sendInvoice", self._send_invoice),
             ("editMessageText", self._edit_message_text),
             ("editMessageReplyMarkup", self._edit_message_reply_markup),
