@@ -14,13 +14,14 @@ from domain.subscriber import Subscriber
 
 class Lane(IntEnum):
     """Priorities, lower first: a user's own answers and payment confirmations, then admin
-    messages, then alerts, paid plans before free ones."""
+    messages, then alerts, paid plans before free ones, and an admin's broadcast last."""
 
     REPLY = 0
     PAYMENT = 1
     ADMIN = 2
     PAID_ALERT = 10
     FREE_ALERT = 11
+    BROADCAST = 12
 
 
 def alert_lane(subscriber: Subscriber | None, now: datetime) -> Lane:
