@@ -56,3 +56,19 @@ class PayCB(CallbackData, prefix="b1"):
     plan: str = ""
     rail: str = ""
     order: str = ""
+
+
+class AdminCB(CallbackData, prefix="a1"):
+    """Admins' screens: menu, stats, payments, channels, export; on a user's record (`user`):
+    grant30, revoke, ban, unban."""
+
+    action: str
+    user: int = 0
+
+
+class BroadcastCB(CallbackData, prefix="bc1"):
+    """A broadcast preview: aud (choose `audience`), send, cancel."""
+
+    action: str
+    id: str
+    audience: str = ""

@@ -7,11 +7,12 @@ from decimal import Decimal
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.callbacks import FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB
+from bot.callbacks import AdminCB, BroadcastCB, FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB
 from bot.texts import LANGUAGE_NAMES, money, text
 from domain.filters import FILTER_SPECS, Filters
 from domain.plans import PAID_RAILS, Order, Plan, Rail
 from domain.stars import STARS_CURRENCY
+from services.admin_queries import Audience
 
 MAIN_SCREENS = ("filters", "presets", "plans", "status", "language", "help")
 
@@ -170,5 +171,69 @@ def unsubscribe_confirm(language: str) -> InlineKeyboardMarkup:
                 _button(text("button_unsub_confirm", language), PayCB(action="unsub_ok").pack()),
                 _button(text("button_keep", language), MenuCB(screen="status").pack()),
             ]
+        ]
+    )
+
+
+# ------------------------------------------------------------------ admins
+
+ADMIN_SCREENS = {
+    "stats": "button_admin_stats",
+    "payments": "button_admin_payments",
+    "channels": "button_admin_channels",
+    "export": "button_admin_export",
+}
+AUDIENCE_LABELS: dict[Audience, str] = {
+    Audience.ALL: "audience_all",
+    Audience.PAYING: "audience_paying",
+    Audience.TRIAL: "audience_trial",
+    Audience.FREE: "audience_free",
+}
+
+
+def admin_menu(language: str) -> InlineKeyboardMarkup:
+    buttons = [_button(text(label, language), AdminCB(action=screen).pack()) for screen, label in ADMIN_SCREENS.items()]
+    return InlineKeyboardMarkup(inline_keyboard=_rows(buttons, 2))
+
+
+def admin_back(language: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[[_button(text("button_admin_menu", language), AdminCB(action="menu").pack())]]
+    )
+
+
+def admin_user(telegram_id: int, banned: bool, language: str) -> InlineKeyboardMarkup:
+    """Grant 30 days and revoke, then ban or unban (whichever applies)."""
+    ban = ("unban", "button_unban") if banned else ("ban", "button_ban")
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                _button(text("button_grant_30", language), AdminCB(action="grant30", user=telegram_id).pack()),
+                _button(text("button_revoke_plan", language), AdminCB(action="revoke", user=telegram_id).pack()),
+            ],
+            [_button(text(ban[1], language), AdminCB(action=ban[0], user=telegram_id).pack())],
+        ]
+    )
+
+
+def broadcast_preview(
+    broadcast_id: str, chosen: Audience, sizes: dict[Audience, int], language: str
+) -> InlineKeyboardMarkup:
+    """An audience button each (with its size, the chosen one ticked), then send and cancel."""
+    audiences = [
+        _button(
+            f"{'✓ ' if audience is chosen else ''}{text(label, language)} ({sizes.get(audience, 0)})",
+            BroadcastCB(action="aud", id=broadcast_id, audience=audience.value).pack(),
+        )
+        for audience, label in AUDIENCE_LABELS.items()
+    ]
+    send = text("button_broadcast_send", language, count=sizes.get(chosen, 0))
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            *_rows(audiences, 2),
+            [
+                _button(send, BroadcastCB(action="send", id=broadcast_id).pack()),
+                _button(text("button_cancel", language), BroadcastCB(action="cancel", id=broadcast_id).pack()),
+            ],
         ]
     )

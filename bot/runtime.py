@@ -26,11 +26,13 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.types import BotCommand
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import BotCommand, BotCommandScopeChat
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
+from bot.broadcasts import BroadcastProgress
 from bot.config import Settings, SettingsError, require
 from bot.container import Services, build_services
 from bot.fsm_storage import ManagedRedisStorage
@@ -57,6 +59,7 @@ from payments.sol_rpc import SolRpc
 from payments.sol_watcher import SolOutcome, SolWatcher
 from payments.solana_pay import sol_requester
 from services.alert_renderer import AlertRenderer
+from services.broadcast import Broadcasts
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger, seed_from_history
@@ -92,8 +95,34 @@ MENU_COMMANDS: tuple[str, ...] = (
 )
 
 
+# What admins see besides: descriptions are texts "admincmd_<command>".
+ADMIN_MENU_COMMANDS: tuple[str, ...] = (
+    "admin",
+    "stats",
+    "user",
+    "payments",
+    "channels",
+    "export",
+    "broadcast",
+    "ban",
+    "unban",
+    "grant",
+    "revoke",
+    "refund",
+)
+
+
 def bot_commands(language: str) -> list[BotCommand]:
     return [BotCommand(command=name, description=text(f"cmd_{name}", language)) for name in MENU_COMMANDS]
+
+
+def admin_commands(language: str) -> list[BotCommand]:
+    """The subscribers' menu and the admins' commands (a chat's own menu replaces the default)."""
+    extra = [name for name in ADMIN_MENU_COMMANDS if name not in MENU_COMMANDS]
+    return [
+        *bot_commands(language),
+        *(BotCommand(command=name, description=text(f"admincmd_{name}", language)) for name in extra),
+    ]
 
 
 PIPELINE_WORKERS = 4
@@ -156,6 +185,7 @@ class Parts:
     persistence: PersistenceWriter
     sender: MessageSender
     delivery: Outbox
+    broadcasts: Broadcasts
     service: CallPipeline
     workers: ProcessingWorkers
     dispatcher: Dispatcher
@@ -346,9 +376,24 @@ class Runtime:
             for language in TEXTS:
                 if language != DEFAULT_LANGUAGE:
                     await bot.set_my_commands(bot_commands(language), language_code=language)
+            await self._set_admin_commands(bot)
         except BaseException:
             await self._stack.aclose()
             raise
+
+    async def _set_admin_commands(self, bot: Bot) -> None:
+        """Each admin's chat gets a menu with the admin commands too, in each language."""
+        for admin_id in sorted(self.settings.admin_id_set):
+            scope = BotCommandScopeChat(chat_id=admin_id)
+            try:
+                await bot.set_my_commands(admin_commands(DEFAULT_LANGUAGE), scope=scope)
+                for language in TEXTS:
+                    if language != DEFAULT_LANGUAGE:
+                        await bot.set_my_commands(admin_commands(language), scope=scope, language_code=language)
+            except TelegramAPIError as exc:
+                # Telegram knows no chat with an admin who never wrote to the bot; the commands
+                # work all the same, only the menu does not show them.
+                logger.warning("command menu of admin %s not set: %s", admin_id, exc)
 
     async def _start_pipeline(self, redis: RedisManager, postgres: PostgresManager, bot: Bot) -> Parts:
         """Subscribers, matching, dedup, persistence, sending and the dispatcher; the feeds start
@@ -414,6 +459,17 @@ class Runtime:
             await self._stop_delivery(delivery, sender, drain=redis.embedded)
 
         self._stack.push_async_callback(stop_delivery)
+        # Stopped before the sender (the stack unwinds in reverse): no recipient is handed to a
+        # sender that is stopping.
+        broadcasts = Broadcasts(
+            redis,
+            sender,
+            services.admin_queries.audience,
+            on_progress=BroadcastProgress(bot),
+            consumer=self.consumer_name,
+        )
+        await broadcasts.start()
+        self._stack.push_async_callback(broadcasts.stop)
         await self._start_payments(services, sender)
         nowpayments = self._nowpayments_rail(services.ledger, nowpayments_client)
         sol = await self._sol_rail(services.ledger)
@@ -438,7 +494,9 @@ class Runtime:
         }
         for name, provider in components.items():
             self.metrics.components.add(name, provider)
-        dispatcher = build_dispatcher(services, settings=settings, redis=redis, metrics=self.metrics, sender=sender)
+        dispatcher = build_dispatcher(
+            services, settings=settings, redis=redis, metrics=self.metrics, sender=sender, broadcasts=broadcasts
+        )
         return Parts(
             redis=redis,
             postgres=postgres,
@@ -449,6 +507,7 @@ class Runtime:
             persistence=persistence,
             sender=sender,
             delivery=delivery,
+            broadcasts=broadcasts,
             service=service,
             workers=workers,
             dispatcher=dispatcher,

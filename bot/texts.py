@@ -86,6 +86,107 @@ TEXTS: dict[str, dict[str, str]] = {
         "grant_notice": "🎁 You were given {days} days of alerts. Your plan is active until {expires}.",
         "revoke_done": "✅ Revoked the plan of <code>{user_id}</code>.",
         "revoke_none": "<code>{user_id}</code> has no active plan; nothing changed.",
+        "admin_menu": (
+            "🛠 <b>Admin</b>\n"
+            "/stats: users, plans, alerts, deliveries, revenue\n"
+            "/user USER_ID: a user's record, with grant, revoke and ban buttons\n"
+            "/ban USER_ID, /unban USER_ID: stop or restore everything the bot sends them\n"
+            "/payments: recent payments by rail and status\n"
+            "/channels: the channels' figures with the calls behind them\n"
+            "/export: users, subscriptions and payments as CSV files\n"
+            "/broadcast TEXT: a message to every user, or to a group of them\n"
+            "/grant USER_ID DAYS, /revoke USER_ID, /refund CHARGE_ID"
+        ),
+        "button_admin_stats": "📊 Statistics",
+        "button_admin_payments": "💳 Payments",
+        "button_admin_channels": "📡 Channels",
+        "button_admin_export": "📦 Export CSV",
+        "button_admin_menu": "⬅ Admin menu",
+        "stats_title": "📊 <b>Statistics</b>, {moment}",
+        "stats_users": (
+            "<b>Users</b>: {total}: active {active} (alerts paused {paused}), banned {banned}, "
+            "blocked the bot {blocked}; new in 7 days: {new}"
+        ),
+        "stats_plans": "<b>Live plans</b>: {plans}",
+        "stats_none": "none",
+        "stats_alerts": "<b>Alerts</b>: today {today}, last 7 days {week}",
+        "stats_deliveries": "<b>Deliveries today</b>: sent {sent}, recipient gone {gone}, failed {failed}",
+        "stats_revenue": "<b>Revenue</b> (confirmed payments: all time; last 30 days):",
+        "stats_revenue_line": "• {rail}: {count} for {amount}; {count_30d} for {amount_30d}",
+        "stats_revenue_none": "• none yet",
+        "user_usage": "<b>Usage:</b> <code>/user USER_ID</code>: a numeric Telegram user id.",
+        "user_title": "👤 <b>User</b> <code>{user_id}</code> {name}",
+        "user_profile": "Language: {lang} · status: {status} · since {since} · last seen {seen}",
+        "user_status_paused": "{status}, alerts paused",
+        "user_plan": "<b>Plan</b>: {plan} until {expires}",
+        "user_no_plan": "<b>Plan</b>: none",
+        "user_alerts": (
+            "<b>Alerts</b>: {total} (last 7 days {week}); deliveries: sent {sent}, gone {gone}, failed {failed}"
+        ),
+        "user_filters": "<b>Filters</b>:",
+        "user_filters_none": "<b>Filters</b>: none, every call passes",
+        "user_payments": "<b>Payments</b>, latest first:",
+        "user_payments_none": "<b>Payments</b>: none",
+        "never": "never",
+        "payment_line": "• {moment} · {rail} · {amount} · {status}{plan}",
+        "payment_line_user": "• {moment} · <code>{user_id}</code> · {rail} · {amount} · {status}{plan}",
+        "button_grant_30": "🎁 Grant 30 days",
+        "button_revoke_plan": "⛔ Revoke the plan",
+        "button_ban": "🚫 Ban",
+        "button_unban": "✅ Unban",
+        "ban_usage": "<b>Usage:</b> <code>/ban USER_ID</code>: a numeric Telegram user id.",
+        "unban_usage": "<b>Usage:</b> <code>/unban USER_ID</code>: a numeric Telegram user id.",
+        "ban_done": "🚫 <code>{user_id}</code> is banned: no alerts, no broadcasts, no answers.",
+        "ban_already": "<code>{user_id}</code> is banned already; nothing changed.",
+        "ban_admin": "<code>{user_id}</code> is an admin (ADMIN_IDS) and cannot be banned.",
+        "unban_done": "✅ <code>{user_id}</code> is no longer banned.",
+        "unban_not_banned": "<code>{user_id}</code> is not banned; nothing changed.",
+        "admin_channels_title": "📡 <b>Channels</b>, most calls first (N: calls the bot has seen)",
+        "admin_channels_line": "• {name}: N={calls}, win rate {win_rate}, average gain {avg_gain}",
+        "admin_channels_none": "No channel has called a token yet.",
+        "payments_title": "💳 <b>Payments</b>",
+        "payments_counts": "<b>By rail and status</b>:",
+        "payments_counts_line": "• {rail}: {statuses}",
+        "payments_recent": "<b>Latest</b>:",
+        "payments_none": "No payments yet.",
+        "export_caption": "{table}: {rows} row(s)",
+        "export_sending": "Sending the CSV files…",
+        "broadcast_usage": (
+            "<b>Usage:</b> <code>/broadcast TEXT</code>: the text, formatting included, goes to the "
+            "audience you choose on the preview, once you press Send."
+        ),
+        "broadcast_too_long": "❌ The text has {length} characters; a broadcast takes at most {limit}.",
+        "broadcast_preview": (
+            "📣 <b>Broadcast preview</b>: to {audience}, {count} user(s). Choose the audience, then send.\n\n{html}"
+        ),
+        "audience_all": "everyone",
+        "audience_paying": "users with a plan",
+        "audience_trial": "users on the trial",
+        "audience_free": "users without a plan",
+        "button_broadcast_send": "📣 Send to {count}",
+        "broadcast_cancelled": "Broadcast cancelled; nothing was sent.",
+        "broadcast_gone": "This broadcast was sent or cancelled already.",
+        "broadcast_sending": "Sending…",
+        "broadcast_progress": (
+            "📣 <b>Broadcast</b> to {audience}: {handled} of {total}\n"
+            "✅ sent {sent} · 🚫 blocked {blocked} · ❌ failed {failed}"
+        ),
+        "broadcast_done": (
+            "📣 <b>Broadcast finished</b> to {audience}: {total} recipient(s)\n"
+            "✅ sent {sent} · 🚫 blocked {blocked} · ❌ failed {failed}"
+        ),
+        "admincmd_admin": "Admin menu",
+        "admincmd_stats": "Users, plans, alerts, revenue",
+        "admincmd_user": "A user's record: /user USER_ID",
+        "admincmd_payments": "Recent payments",
+        "admincmd_channels": "Channel figures",
+        "admincmd_export": "Users, subscriptions, payments as CSV",
+        "admincmd_broadcast": "Message users: /broadcast TEXT",
+        "admincmd_ban": "Ban a user: /ban USER_ID",
+        "admincmd_unban": "Lift a ban: /unban USER_ID",
+        "admincmd_grant": "Give days: /grant USER_ID DAYS",
+        "admincmd_revoke": "End a plan: /revoke USER_ID",
+        "admincmd_refund": "Refund Stars: /refund CHARGE_ID",
         "accepted_min_mcap": _ACCEPTED_EN["min_mcap"],
         "accepted_max_mcap": _ACCEPTED_EN["max_mcap"],
         "accepted_min_liquidity": _ACCEPTED_EN["min_liquidity"],
@@ -440,6 +541,109 @@ TEXTS: dict[str, dict[str, str]] = {
         "grant_notice": "🎁 Вам выдано дней оповещений: {days}. Ваш тариф активен до {expires}.",
         "revoke_done": "✅ Тариф пользователя <code>{user_id}</code> отозван.",
         "revoke_none": "У <code>{user_id}</code> нет активного тарифа; ничего не изменилось.",
+        "admin_menu": (
+            "🛠 <b>Администрирование</b>\n"
+            "/stats: пользователи, тарифы, оповещения, доставка, выручка\n"
+            "/user USER_ID: карточка пользователя с кнопками выдачи, отзыва и бана\n"
+            "/ban USER_ID, /unban USER_ID: прекратить или вернуть всё, что бот ему отправляет\n"
+            "/payments: последние платежи по способам и статусам\n"
+            "/channels: показатели каналов и число звонков за ними\n"
+            "/export: пользователи, подписки и платежи в файлах CSV\n"
+            "/broadcast ТЕКСТ: сообщение всем пользователям или их части\n"
+            "/grant USER_ID ДНИ, /revoke USER_ID, /refund CHARGE_ID"
+        ),
+        "button_admin_stats": "📊 Статистика",
+        "button_admin_payments": "💳 Платежи",
+        "button_admin_channels": "📡 Каналы",
+        "button_admin_export": "📦 Выгрузить CSV",
+        "button_admin_menu": "⬅ Меню администратора",
+        "stats_title": "📊 <b>Статистика</b>, {moment}",
+        "stats_users": (
+            "<b>Пользователи</b>: {total}: активны {active} (оповещения на паузе {paused}), забанены {banned}, "
+            "заблокировали бота {blocked}; новых за 7 дней: {new}"
+        ),
+        "stats_plans": "<b>Действующие тарифы</b>: {plans}",
+        "stats_none": "нет",
+        "stats_alerts": "<b>Оповещения</b>: сегодня {today}, за 7 дней {week}",
+        "stats_deliveries": "<b>Доставка сегодня</b>: отправлено {sent}, получатель недоступен {gone}, ошибки {failed}",
+        "stats_revenue": "<b>Выручка</b> (подтверждённые платежи: за всё время; за 30 дней):",
+        "stats_revenue_line": "• {rail}: {count} на {amount}; {count_30d} на {amount_30d}",
+        "stats_revenue_none": "• пока нет",
+        "user_usage": "<b>Как использовать:</b> <code>/user USER_ID</code>: числовой id пользователя Telegram.",
+        "user_title": "👤 <b>Пользователь</b> <code>{user_id}</code> {name}",
+        "user_profile": "Язык: {lang} · статус: {status} · с {since} · последний визит {seen}",
+        "user_status_paused": "{status}, оповещения на паузе",
+        "user_plan": "<b>Тариф</b>: {plan} до {expires}",
+        "user_no_plan": "<b>Тариф</b>: нет",
+        "user_alerts": (
+            "<b>Оповещения</b>: {total} (за 7 дней {week}); доставка: отправлено {sent}, "
+            "недоступен {gone}, ошибки {failed}"
+        ),
+        "user_filters": "<b>Фильтры</b>:",
+        "user_filters_none": "<b>Фильтры</b>: нет, проходит любой звонок",
+        "user_payments": "<b>Платежи</b>, сначала новые:",
+        "user_payments_none": "<b>Платежи</b>: нет",
+        "never": "никогда",
+        "payment_line": "• {moment} · {rail} · {amount} · {status}{plan}",
+        "payment_line_user": "• {moment} · <code>{user_id}</code> · {rail} · {amount} · {status}{plan}",
+        "button_grant_30": "🎁 Выдать 30 дней",
+        "button_revoke_plan": "⛔ Отозвать тариф",
+        "button_ban": "🚫 Забанить",
+        "button_unban": "✅ Разбанить",
+        "ban_usage": "<b>Как использовать:</b> <code>/ban USER_ID</code>: числовой id пользователя Telegram.",
+        "unban_usage": "<b>Как использовать:</b> <code>/unban USER_ID</code>: числовой id пользователя Telegram.",
+        "ban_done": "🚫 <code>{user_id}</code> забанен: ни оповещений, ни рассылок, ни ответов.",
+        "ban_already": "<code>{user_id}</code> уже забанен; ничего не изменилось.",
+        "ban_admin": "<code>{user_id}</code> — администратор (ADMIN_IDS), его нельзя забанить.",
+        "unban_done": "✅ <code>{user_id}</code> больше не забанен.",
+        "unban_not_banned": "<code>{user_id}</code> не забанен; ничего не изменилось.",
+        "admin_channels_title": "📡 <b>Каналы</b>, больше звонков — выше (N: звонков, которые видел бот)",
+        "admin_channels_line": "• {name}: N={calls}, доля успешных {win_rate}, средний рост {avg_gain}",
+        "admin_channels_none": "Ни один канал ещё не звонил.",
+        "payments_title": "💳 <b>Платежи</b>",
+        "payments_counts": "<b>По способам и статусам</b>:",
+        "payments_counts_line": "• {rail}: {statuses}",
+        "payments_recent": "<b>Последние</b>:",
+        "payments_none": "Платежей пока нет.",
+        "export_caption": "{table}: строк {rows}",
+        "export_sending": "Отправляю файлы CSV…",
+        "broadcast_usage": (
+            "<b>Как использовать:</b> <code>/broadcast ТЕКСТ</code>: текст вместе с оформлением уйдёт "
+            "выбранной в предпросмотре аудитории, когда вы нажмёте «Отправить»."
+        ),
+        "broadcast_too_long": "❌ В тексте {length} символов; рассылка принимает не больше {limit}.",
+        "broadcast_preview": (
+            "📣 <b>Предпросмотр рассылки</b>: {audience}, пользователей: {count}. "
+            "Выберите аудиторию и отправьте.\n\n{html}"
+        ),
+        "audience_all": "все",
+        "audience_paying": "с тарифом",
+        "audience_trial": "на пробном периоде",
+        "audience_free": "без тарифа",
+        "button_broadcast_send": "📣 Отправить: {count}",
+        "broadcast_cancelled": "Рассылка отменена; ничего не отправлено.",
+        "broadcast_gone": "Эта рассылка уже отправлена или отменена.",
+        "broadcast_sending": "Отправляю…",
+        "broadcast_progress": (
+            "📣 <b>Рассылка</b> ({audience}): {handled} из {total}\n"
+            "✅ отправлено {sent} · 🚫 заблокировали {blocked} · ❌ ошибки {failed}"
+        ),
+        "broadcast_done": (
+            "📣 <b>Рассылка завершена</b> ({audience}): получателей {total}\n"
+            "✅ отправлено {sent} · 🚫 заблокировали {blocked} · ❌ ошибки {failed}"
+        ),
+        "admincmd_admin": "Меню администратора",
+        "admincmd_stats": "Пользователи, тарифы, оповещения, выручка",
+        "admincmd_user": "Карточка пользователя: /user USER_ID",
+        "admincmd_payments": "Последние платежи",
+        "admincmd_channels": "Показатели каналов",
+        "admincmd_export": "Пользователи, подписки, платежи в CSV",
+        "admincmd_broadcast": "Рассылка: /broadcast ТЕКСТ",
+        "admincmd_ban": "Забанить: /ban USER_ID",
+        "admincmd_unban": "Снять бан: /unban USER_ID",
+        "admincmd_grant": "Выдать дни: /grant USER_ID ДНИ",
+        "admincmd_revoke": "Завершить тариф: /revoke USER_ID",
+        "admincmd_refund": "Вернуть звёзды: /refund CHARGE_ID",
         "accepted_min_mcap": "сумма в USD, например 50000, 50k или 1.5m",
         "accepted_max_mcap": "сумма в USD, например 500k или 2m",
         "accepted_min_liquidity": "сумма в USD, например 10k",

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiogram import Dispatcher
 from aiogram.types import TelegramObject, Update
 
+from bot.broadcasts import BroadcastProgress
 from bot.config import Settings
 from bot.container import Services, build_services
 from bot.middlewares.flood_control import PacedRequestsMiddleware
@@ -24,6 +25,7 @@ from bot.notices import NoticeDelivery
 from bot.runtime import build_dispatcher, create_bot
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
+from services.broadcast import Broadcasts
 from services.sender import MessageSender
 from services.subscribers import SubscriberStore
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, RateLimits, SentRecord
@@ -81,6 +83,7 @@ class BotEnv:
     dispatcher: Dispatcher
     services: Services
     sender: MessageSender
+    broadcasts: Broadcasts
     handled: HandledUpdates = field(default_factory=HandledUpdates)
 
     def chat(self, user_id: int, language_code: str = "en", first_name: str = "Ann") -> Chat:
@@ -198,14 +201,19 @@ async def running_bot(
     notices: bool = False,
     sender_options: dict[str, Any] | None = None,
     limits: RateLimits | None = None,
+    broadcast_options: dict[str, Any] | None = None,
+    server: FakeTelegramServer | None = None,
     **dependencies: Any,
 ) -> AsyncIterator[BotEnv]:
     """The handlers queue messages on a started MessageSender (built with `sender_options`), as in
     production; with `paced` it also paces their own requests, as in production, which a long
     scripted conversation in one chat would otherwise wait on. With `notices` the payments
-    notices (receipts, ...) are delivered as the runtime delivers them. The double enforces no
-    limits unless `limits` says so."""
-    async with FakeTelegramServer(limits=limits or RateLimits.unlimited()) as server:
+    notices (receipts, ...) are delivered as the runtime delivers them. Broadcasts run as in the
+    runtime (built with `broadcast_options`). The double enforces no limits unless `limits`
+    says so; a test that restarts the bot passes its own `server`, which outlives both."""
+    async with AsyncExitStack() as outer:
+        if server is None:
+            server = await outer.enter_async_context(FakeTelegramServer(limits=limits or RateLimits.unlimited()))
         settings = Settings(
             _env_file=None, bot_token=DEFAULT_TOKEN, telegram_api_url=server.base_url, admin_ids=[ADMIN]
         )
@@ -222,15 +230,24 @@ async def running_bot(
             for middleware in bot.session.middleware:
                 if isinstance(middleware, PacedRequestsMiddleware):
                     middleware.attach(sender)
+        broadcasts = Broadcasts(
+            stores.redis,
+            sender,
+            services.admin_queries.audience,
+            on_progress=BroadcastProgress(bot),
+            **(broadcast_options or {}),
+        )
+        await broadcasts.start()
         dispatcher = build_dispatcher(
             services,
             settings=settings,
             redis=stores.redis,
             flood_gate=gate,
             sender=sender,
+            broadcasts=broadcasts,
             **dependencies,
         )
-        env = BotEnv(server, store, stores, dispatcher, services, sender)
+        env = BotEnv(server, store, stores, dispatcher, services, sender, broadcasts)
         env.handled.attach(dispatcher)
         delivery = NoticeDelivery(stores.redis, sender, store) if notices else None
         if delivery is not None:
@@ -243,6 +260,7 @@ async def running_bot(
             await asyncio.wait_for(polling, timeout=10)
             if delivery is not None:
                 await delivery.stop()
+            await broadcasts.stop()
             await sender.stop(drain=True, timeout=10)
             await bot.session.close()
             await services.stars.close()

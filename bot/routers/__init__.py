@@ -16,7 +16,9 @@ from bot.middlewares.subscriber import attach_subscriber_middleware
 from bot.routers import (
     account,
     admin,
+    admin_panel,
     alerts_control,
+    broadcast,
     common,
     errors,
     filters,
@@ -36,6 +38,9 @@ def get_routers() -> list[Router]:
         settings.build_router(),
         filters.build_router(),
         replay.build_router(),
+        # Admins' screens before the subscribers' commands of the same name (/channels).
+        admin_panel.build_router(),
+        broadcast.build_router(),
         alerts_control.build_router(),
         account.build_router(),
         presets.build_router(),

@@ -1,9 +1,11 @@
 """Admin commands: /grant USER_ID DAYS, /revoke USER_ID and /refund CHARGE_ID (a Stars payment:
 Telegram returns the Stars first, then the ledger marks it refunded and ends the payer's plan).
+The admins' screens are in bot.routers.admin_panel, broadcasts in bot.routers.broadcast.
 
-Everyone else who tries any admin-only command of docs/contract.md is refused with a short reply, and
-the attempt goes to bot.log (warning) and activity_log ('admin_refused'). The refusal handler
-matches non-admins only, so admins' commands pass on to whichever router implements them.
+Everyone else who tries any admin-only command (ADMIN_COMMANDS), or presses an admin's button,
+is refused with a short reply, and the attempt goes to bot.log (warning) and activity_log
+('admin_refused'). The refusal handlers match non-admins only, so admins' commands pass on to
+whichever router implements them.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from datetime import UTC, datetime
 
 from aiogram import Bot, Router
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from aiogram.filters import Command, CommandObject
-from aiogram.types import Message
+from aiogram.filters import Command, CommandObject, or_f
+from aiogram.types import CallbackQuery, Message
 
+from bot.callbacks import AdminCB, BroadcastCB
 from bot.filters_admin import IsAdmin
 from bot.texts import pick_language, text
 from domain.messages import Lane, OutgoingMessage
@@ -27,9 +30,13 @@ from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubsc
 
 logger = logging.getLogger("alertbot.admin")
 
+# /channels is not among them: subscribers have their own (the admins' view comes first for admins).
 ADMIN_COMMANDS = (
     "admin",
     "stats",
+    "user",
+    "payments",
+    "export",
     "broadcast",
     "grant",
     "revoke",
@@ -79,19 +86,16 @@ async def grant(
         admin_id, "grant", {"telegram_id": user_id, "days": days, "expires_at": expires.isoformat()}, subject=user_id
     )
     await message.answer(text("grant_done", language, user_id=user_id, days=days, expires=format_moment(expires)))
-    await _notify(message, store, user_id, days, expires)
+    if message.bot is not None and user_id != admin_id:
+        await notify_grant(message.bot, store, user_id, days, expires)
 
 
-async def _notify(message: Message, store: SubscriberStore, user_id: int, days: int, expires: datetime) -> None:
+async def notify_grant(bot: Bot, store: SubscriberStore, user_id: int, days: int, expires: datetime) -> None:
     """Tell the user about their gift; best effort (they may have blocked the bot)."""
-    if message.bot is None or message.from_user is None or user_id == message.from_user.id:
-        return
     try:
         target = await store.get(user_id)
         language = pick_language(target.language if target else None)
-        await message.bot.send_message(
-            user_id, text("grant_notice", language, days=days, expires=format_moment(expires))
-        )
+        await bot.send_message(user_id, text("grant_notice", language, days=days, expires=format_moment(expires)))
     except (TelegramAPIError, StoreUnavailable) as exc:
         logger.info("could not tell %s about their grant: %r", user_id, exc)
 
@@ -186,10 +190,19 @@ async def refuse(message: Message, command: CommandObject, language: str, store:
     await message.answer(text("admin_only", language))
 
 
+async def refuse_press(callback: CallbackQuery, language: str, store: SubscriberStore) -> None:
+    """An admin's button pressed by someone else (a forwarded screen, forged data)."""
+    user_id = callback.from_user.id
+    logger.warning("user %s is not an admin and pressed %s", user_id, callback.data)
+    await store.log_activity(user_id, "admin_refused", {"button": (callback.data or "")[:64]})
+    await callback.answer(text("admin_only", language), show_alert=True)
+
+
 def build_router() -> Router:
     router = Router(name="admin")
     router.message(Command("grant"), IsAdmin())(grant)
     router.message(Command("revoke"), IsAdmin())(revoke)
     router.message(Command("refund"), IsAdmin())(refund)
     router.message(Command(*ADMIN_COMMANDS), ~IsAdmin())(refuse)
+    router.callback_query(or_f(AdminCB.filter(), BroadcastCB.filter()), ~IsAdmin())(refuse_press)
     return router
