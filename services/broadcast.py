@@ -90,11 +90,12 @@ redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 return 1
 """
 
-# KEYS: claimed, done, todo. ARGV: consumer. Its claims without an outcome, back in front.
+# KEYS: claimed, done, todo. ARGV: consumer. Its claims without an outcome, back in front (in
+# the order claimed, as far as the hash keeps it).
 _REQUEUE_LUA = """
 local claims = redis.call('HGETALL', KEYS[1])
 local moved = 0
-for i = 1, #claims, 2 do
+for i = #claims - 1, 1, -2 do
   local recipient, owner = claims[i], claims[i + 1]
   if owner == ARGV[1] then
     redis.call('HDEL', KEYS[1], recipient)

@@ -17,12 +17,23 @@ import redis.asyncio as aioredis
 from aiogram.fsm.state import default_state
 from aiogram.fsm.storage.base import StorageKey
 
-from bot.callbacks import MAX_CALLBACK_BYTES, FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PresetCB, PrivacyCB
+from bot.callbacks import (
+    MAX_CALLBACK_BYTES,
+    AdminCB,
+    BroadcastCB,
+    FilterCB,
+    LanguageCB,
+    MenuCB,
+    PayCB,
+    PlanCB,
+    PresetCB,
+    PrivacyCB,
+)
 from bot.fsm_storage import SESSION_TTL_SECONDS, ManagedRedisStorage, fsm_keys
 from bot.keyboards import MAIN_SCREENS
 from bot.middlewares.throttling import FloodGate
 from bot.routers.account import paysupport_key
-from bot.runtime import MENU_COMMANDS
+from bot.runtime import ADMIN_MENU_COMMANDS, MENU_COMMANDS
 from bot.texts import TEXTS
 from domain.filters import FILTER_SPECS, REASON_KINDS, FilterValueError
 from managers.redis_manager import RedisManager
@@ -378,6 +389,8 @@ def test_callback_data_fits_telegrams_64_bytes() -> None:
         PayCB(action="refresh", order="x" * 12),  # order ids are 12 characters (ledger.new_order_id)
         PayCB(action="cancel", order="x" * 12),
         PayCB(action="unsub_ok"),
+        AdminCB(action="grant30", user=2**63 - 1),  # the largest user id /user takes
+        BroadcastCB(action="aud", id="x" * 8, audience="paying"),  # broadcast ids are 8 characters
     ):
         assert len(data.pack().encode()) <= MAX_CALLBACK_BYTES, data
 
@@ -389,6 +402,7 @@ def _text_keys_used() -> set[str]:
         "label_": tuple(FILTER_SPECS),
         "accepted_": tuple(FILTER_SPECS),
         "cmd_": MENU_COMMANDS,
+        "admincmd_": ADMIN_MENU_COMMANDS,
         "reason_": REASON_KINDS,
         "notice_": tuple(kind.value for kind in NoticeKind),
         "verdict_": tuple(verdict.value for verdict in Verdict),

@@ -143,7 +143,7 @@ def render_user(record: UserRecord, subscriber: Subscriber | None, language: str
         ),
     ]
     if plan_end is not None and plan_end > now:
-        plan = html.escape(record.plan or "grant")
+        plan = html.escape(record.plan) if record.plan else "–"  # PostgreSQL may not have it yet
         lines.append(text("user_plan", language, plan=plan, expires=format_moment(plan_end)))
     else:
         lines.append(text("user_no_plan", language))
