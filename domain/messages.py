@@ -3,7 +3,7 @@ subscriber's alert takes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
 from typing import Any
@@ -13,13 +13,14 @@ from domain.subscriber import Subscriber
 
 class Lane(IntEnum):
     """Priorities, lower first: a user's own answers and payment confirmations, then admin
-    messages, then alerts, paid plans before free ones."""
+    messages, then alerts, paid plans before free ones, then reports (they can wait)."""
 
     REPLY = 0
     PAYMENT = 1
     ADMIN = 2
     PAID_ALERT = 10
     FREE_ALERT = 11
+    REPORT = 20
 
 
 def alert_lane(subscriber: Subscriber | None, now: datetime) -> Lane:
@@ -32,8 +33,9 @@ def alert_lane(subscriber: Subscriber | None, now: datetime) -> Lane:
 class OutgoingMessage:
     """One message for the sender, as `submit` and `send_now` take it.
 
-    With `photo_url` it goes as that photo with `html` as its caption (or as text when the
-    caption is too long or Telegram cannot use the photo); `digest_line` lets it be merged into
+    With `photo_url`, or `photo_bytes` (an image uploaded with the message, such as a chart), it
+    goes as that photo with `html` as its caption (or as text when the caption is too long or
+    Telegram cannot use the photo); `digest_line` lets it be merged into
     a digest (see services.sender.DigestPolicy). `received_at` is the wall-clock time (time.time()) the feed frame
     behind it arrived: its send's latency is measured from it. `kind` and `token` name it in the
     sent log line, which never shows the body.
@@ -44,6 +46,7 @@ class OutgoingMessage:
     lane: int = Lane.PAID_ALERT
     reply_markup: Any = None
     photo_url: str | None = None
+    photo_bytes: bytes | None = field(default=None, repr=False)
     digest_line: str | None = None
     received_at: float | None = None
     kind: str = ""
