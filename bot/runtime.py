@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +37,7 @@ from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
 from bot.notices import NoticeDelivery
+from bot.reports import ReportJobs, utc_now
 from bot.routers import get_routers
 from bot.texts import DEFAULT_LANGUAGE, TEXTS, text
 from domain.alert_text import DigestPart, render_digest
@@ -67,6 +68,7 @@ from services.metrics import Metrics, NumbersProvider
 from services.outbox import Outbox
 from services.persistence import PersistenceWriter
 from services.pipeline import CallPipeline, ProcessingWorkers
+from services.reports import ReportStore
 from services.sender import DigestPolicy, MessageSender
 from services.sol_price import SolPriceSource
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
@@ -162,6 +164,9 @@ class Parts:
     # The payment rails the operator configured (NOWPAYMENTS_*, SOL_RECEIVER); None = off.
     nowpayments: NowPaymentsRail | None
     sol: SolWatcher | None
+    # The timed work (reminders, order expiry, reports): one scheduler, in UTC.
+    scheduler: AsyncIOScheduler
+    reports: ReportJobs
 
 
 class FeedHelper(Protocol):
@@ -205,6 +210,8 @@ class Runtime:
     feeds: tuple[Feed, ...] = ()  # built once, when receiving begins
     pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
     http_port: int | None = None
+    # What time it is for the reports (which slot is due); tests set it.
+    clock: Callable[[], datetime] = utc_now
     _parts: Parts | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _polling: asyncio.Task[None] | None = None
@@ -267,6 +274,14 @@ class Runtime:
     @property
     def workers(self) -> ProcessingWorkers:
         return self.parts.workers
+
+    @property
+    def scheduler(self) -> AsyncIOScheduler:
+        return self.parts.scheduler
+
+    @property
+    def reports(self) -> ReportJobs:
+        return self.parts.reports
 
     async def health(self) -> dict[str, Any]:
         """Every part's state in detail (URLs and last errors included, for logs and admins);
@@ -414,7 +429,9 @@ class Runtime:
             await self._stop_delivery(delivery, sender, drain=redis.embedded)
 
         self._stack.push_async_callback(stop_delivery)
-        await self._start_payments(services, sender)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        await self._start_payments(services, sender, scheduler)
+        reports = self._start_reports(services, postgres, sender, scheduler)
         nowpayments = self._nowpayments_rail(services.ledger, nowpayments_client)
         sol = await self._sol_rail(services.ledger)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
@@ -439,6 +456,9 @@ class Runtime:
         for name, provider in components.items():
             self.metrics.components.add(name, provider)
         dispatcher = build_dispatcher(services, settings=settings, redis=redis, metrics=self.metrics, sender=sender)
+        # Started once every part has added its jobs; shut down before the parts they use stop.
+        scheduler.start()
+        self._stack.callback(scheduler.shutdown, wait=False)
         return Parts(
             redis=redis,
             postgres=postgres,
@@ -454,24 +474,36 @@ class Runtime:
             dispatcher=dispatcher,
             nowpayments=nowpayments,
             sol=sol,
+            scheduler=scheduler,
+            reports=reports,
         )
 
-    async def _start_payments(self, services: Services, sender: MessageSender) -> None:
+    async def _start_payments(self, services: Services, sender: MessageSender, scheduler: AsyncIOScheduler) -> None:
         """Payment notices to the sender, and the timed work: reminders before plans end, and
         orders whose time ran out."""
         notices = NoticeDelivery(services.ledger.redis, sender, services.store)
         await notices.start()
         self._stack.push_async_callback(notices.stop)
         reminders = PlanReminders(services.ledger.redis, services.ledger.notices.post)
-        scheduler = AsyncIOScheduler(timezone=UTC)
         soon = datetime.now(UTC) + timedelta(seconds=5)
         for job, seconds in (
             (reminders.run_once, REMINDER_SECONDS),
             (services.ledger.expire_orders, ORDER_SWEEP_SECONDS),
         ):
             scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
-        scheduler.start()
-        self._stack.callback(scheduler.shutdown, wait=False)
+
+    def _start_reports(
+        self, services: Services, postgres: PostgresManager, sender: MessageSender, scheduler: AsyncIOScheduler
+    ) -> ReportJobs:
+        """The reports on their UTC slots, and at once the ones missed while the bot was down."""
+        reports = ReportJobs(
+            ReportStore(postgres), services.store, sender, admin_ids=self.settings.admin_id_set, clock=self.clock
+        )
+        self._stack.push_async_callback(reports.close)
+        reports.schedule(scheduler)
+        # No limit on lateness: the runs themselves check which reports are still due.
+        scheduler.add_job(reports.catch_up, "date", run_date=datetime.now(UTC), misfire_grace_time=None)
+        return reports
 
     def _nowpayments_client(self) -> NowPaymentsClient | None:
         """With NOWPAYMENTS_API_KEY, NOWPAYMENTS_IPN_SECRET and PUBLIC_BASE_URL, the API client."""

@@ -78,6 +78,44 @@ TEXTS: dict[str, dict[str, str]] = {
         "resumed": "▶️ Alerts resumed.",
         "already_active": "Alerts are already on.",
         "resumed_no_plan": "You have no active plan, so no alerts will come yet: see /plans.",
+        # The reports (bot/reports.py) and their switch (bot/routers/reports.py).
+        "report_period_day": "24 h to {date} {time} UTC",
+        "report_period_week": "7 days to {date} {time} UTC",
+        "report_na": "n/a",
+        "report_more": "…and {count} more",
+        "report_daily_title": "📊 <b>Your alerts of the day</b>\n{period}",
+        "report_daily_summary": "Alerts: {alerts} · reached 2x: {won}",
+        "report_daily_best": "Best: <b>{symbol}</b> {peak}",
+        "report_daily_line": "{n}. <b>{symbol}</b>: peak {peak} · now {now}",
+        "report_daily_chart": "Your alerts · {date}",
+        "report_best_title": "🏆 <b>Best of the day</b>\n{period}",
+        "report_best_tokens": "<b>Tokens</b>, peak since their first call:",
+        "report_best_token_line": "{n}. <b>{symbol}</b>: {peak} · now {now} · channels: {channels}",
+        "report_best_channels": "<b>Channels</b>, calls that reached 2x (at least {min} calls):",
+        "report_best_channel_line": "{n}. {name}: {won}/{measured} · best {best}",
+        "report_best_chart": "Best tokens · {date}",
+        "report_weekly_title": "📅 <b>Channels of the week</b>\n{period}",
+        "report_weekly_line": "{n}. {name}: {rate} won ({won}/{measured}) · mean {mean} · median {median}",
+        "report_weekly_note": (
+            "A call won when its token reached 2x after it. Channels with at least {min} measured "
+            "calls; the mean counts a call at most {cap}."
+        ),
+        "report_weekly_chart": "Win rate · week to {date}",
+        "report_chart_peak": "peak",
+        "report_chart_now": "now",
+        "button_reports": "📊 Reports: {state}",
+        "reports_state_on": "on",
+        "reports_state_off": "off",
+        "reports_screen": (
+            "<b>Reports</b>\n"
+            "• every day at 20:00 UTC: your alerts of the last 24 hours, with each token's peak and "
+            "current multiple since your alert (nothing on a day without alerts);\n"
+            "• at 21:00 UTC: the day's best tokens and channels;\n"
+            "• on Mondays at 09:00 UTC: the channels of the week.\n\n"
+            "Reports are <b>{state}</b>."
+        ),
+        "button_reports_on": "Turn reports on",
+        "button_reports_off": "Turn reports off",
         "admin_only": "⛔ This command is for admins only.",
         "grant_usage": "<b>Usage:</b> <code>/grant USER_ID DAYS</code>: a numeric Telegram user id and 1..3650 days.",
         "revoke_usage": "<b>Usage:</b> <code>/revoke USER_ID</code>: a numeric Telegram user id.",
@@ -429,6 +467,44 @@ TEXTS: dict[str, dict[str, str]] = {
         "resumed": "▶️ Оповещения возобновлены.",
         "already_active": "Оповещения уже включены.",
         "resumed_no_plan": "У вас нет активного тарифа, поэтому оповещения пока не придут: смотрите /plans.",
+        # Отчёты (bot/reports.py) и их переключатель (bot/routers/reports.py).
+        "report_period_day": "24 ч до {date} {time} UTC",
+        "report_period_week": "7 дней до {date} {time} UTC",
+        "report_na": "н/д",
+        "report_more": "…и ещё {count}",
+        "report_daily_title": "📊 <b>Ваши оповещения за день</b>\n{period}",
+        "report_daily_summary": "Оповещений: {alerts} · дошли до 2x: {won}",
+        "report_daily_best": "Лучший: <b>{symbol}</b> {peak}",
+        "report_daily_line": "{n}. <b>{symbol}</b>: пик {peak} · сейчас {now}",
+        "report_daily_chart": "Ваши оповещения · {date}",
+        "report_best_title": "🏆 <b>Лучшее за день</b>\n{period}",
+        "report_best_tokens": "<b>Токены</b>, пик после первого колла:",
+        "report_best_token_line": "{n}. <b>{symbol}</b>: {peak} · сейчас {now} · каналов: {channels}",
+        "report_best_channels": "<b>Каналы</b>, коллы с 2x (не меньше {min} коллов):",
+        "report_best_channel_line": "{n}. {name}: {won}/{measured} · лучший {best}",
+        "report_best_chart": "Лучшие токены · {date}",
+        "report_weekly_title": "📅 <b>Каналы за неделю</b>\n{period}",
+        "report_weekly_line": "{n}. {name}: успешных {rate} ({won}/{measured}) · среднее {mean} · медиана {median}",
+        "report_weekly_note": (
+            "Колл успешен, если токен после него дошёл до 2x. Каналы, у которых измерено не меньше {min} "
+            "коллов; в среднем каждый колл считается не больше чем {cap}."
+        ),
+        "report_weekly_chart": "Доля успешных · неделя до {date}",
+        "report_chart_peak": "пик",
+        "report_chart_now": "сейчас",
+        "button_reports": "📊 Отчёты: {state}",
+        "reports_state_on": "включены",
+        "reports_state_off": "выключены",
+        "reports_screen": (
+            "<b>Отчёты</b>\n"
+            "• каждый день в 20:00 UTC: ваши оповещения за последние 24 часа, с пиковым и текущим "
+            "множителем каждого токена после оповещения (в день без оповещений отчёта нет);\n"
+            "• в 21:00 UTC: лучшие токены и каналы дня;\n"
+            "• по понедельникам в 09:00 UTC: каналы за неделю.\n\n"
+            "Отчёты <b>{state}</b>."
+        ),
+        "button_reports_on": "Включить отчёты",
+        "button_reports_off": "Выключить отчёты",
         "admin_only": "⛔ Эта команда только для администраторов.",
         "grant_usage": (
             "<b>Как использовать:</b> <code>/grant USER_ID ДНИ</code>: числовой id пользователя Telegram "

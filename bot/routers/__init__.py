@@ -24,6 +24,7 @@ from bot.routers import (
     payments,
     presets,
     replay,
+    reports,
     settings,
     trial,
 )
@@ -38,6 +39,7 @@ def get_routers() -> list[Router]:
         replay.build_router(),
         alerts_control.build_router(),
         account.build_router(),
+        reports.build_router(),
         presets.build_router(),
         admin.build_router(),
         trial.build_router(),
