@@ -83,6 +83,7 @@ MENU_COMMANDS: tuple[str, ...] = (
     "presets",
     "status",
     "plans",
+    "channels",
     "pause",
     "resume",
     "language",
