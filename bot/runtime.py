@@ -58,6 +58,7 @@ from payments.sol_watcher import SolOutcome, SolWatcher
 from payments.solana_pay import sol_requester
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
+from services.channel_stats import REFRESH_MINUTES, ChannelStatistics
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger, seed_from_history
 from services.event_queue import EventQueue
@@ -419,6 +420,7 @@ class Runtime:
         nowpayments = self._nowpayments_rail(services.ledger, nowpayments_client)
         sol = await self._sol_rail(services.ledger)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
+        await self._start_channel_stats(postgres, channels)
         service = CallPipeline(
             index=self.index,
             ledger=ledger,
@@ -471,6 +473,29 @@ class Runtime:
             (services.ledger.expire_orders, ORDER_SWEEP_SECONDS),
         ):
             scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
+        scheduler.start()
+        self._stack.callback(scheduler.shutdown, wait=False)
+
+    async def _start_channel_stats(self, postgres: PostgresManager, channels: ChannelDirectory) -> None:
+        """The bot's own channel figures, recomputed every REFRESH_MINUTES (the first soon after
+        start); changed ones reach the channel directory, so filters use them at once."""
+        statistics = ChannelStatistics(postgres, channels)
+
+        async def refresh() -> None:
+            try:
+                await statistics.refresh()
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next run catches up
+                logger.warning("channel statistics not refreshed: %s: %s", type(exc).__name__, exc)
+
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            refresh,
+            "interval",
+            minutes=REFRESH_MINUTES,
+            next_run_time=datetime.now(UTC) + timedelta(seconds=5),
+            max_instances=1,
+            coalesce=True,
+        )
         scheduler.start()
         self._stack.callback(scheduler.shutdown, wait=False)
 
