@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -206,6 +206,8 @@ class Runtime:
     queue: EventQueue = field(default_factory=EventQueue)
     feeds: tuple[Feed, ...] = ()  # built once, when receiving begins
     pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
+    # Timed work (reminders, order expiry, channel statistics, reports), UTC; started with the parts.
+    scheduler: AsyncIOScheduler = field(default_factory=lambda: AsyncIOScheduler(timezone=UTC))
     http_port: int | None = None
     _parts: Parts | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
@@ -341,6 +343,8 @@ class Runtime:
             bot = create_bot(token, self.settings.telegram_api_url, self.pacing)
             self._stack.push_async_callback(bot.session.close)
             self._parts = await self._start_pipeline(redis, postgres, bot)
+            self.scheduler.start()
+            self._stack.callback(self.scheduler.shutdown, wait=False)
             await self._start_http()
             # The default list in English, and each language's own for users whose Telegram
             # speaks it (Telegram picks by the user's language_code).
@@ -466,15 +470,8 @@ class Runtime:
         await notices.start()
         self._stack.push_async_callback(notices.stop)
         reminders = PlanReminders(services.ledger.redis, services.ledger.notices.post)
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        soon = datetime.now(UTC) + timedelta(seconds=5)
-        for job, seconds in (
-            (reminders.run_once, REMINDER_SECONDS),
-            (services.ledger.expire_orders, ORDER_SWEEP_SECONDS),
-        ):
-            scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
-        scheduler.start()
-        self._stack.callback(scheduler.shutdown, wait=False)
+        self._every(REMINDER_SECONDS, reminders.run_once)
+        self._every(ORDER_SWEEP_SECONDS, services.ledger.expire_orders)
 
     async def _start_channel_stats(self, postgres: PostgresManager, channels: ChannelDirectory) -> None:
         """The bot's own channel figures, recomputed every REFRESH_MINUTES (the first soon after
@@ -487,17 +484,13 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next run catches up
                 logger.warning("channel statistics not refreshed: %s: %s", type(exc).__name__, exc)
 
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(
-            refresh,
-            "interval",
-            minutes=REFRESH_MINUTES,
-            next_run_time=datetime.now(UTC) + timedelta(seconds=5),
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.start()
-        self._stack.callback(scheduler.shutdown, wait=False)
+        self._every(REFRESH_MINUTES * 60, refresh)
+
+    def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+        """`job` on the runtime's scheduler every `seconds`, the first run soon after start; a run
+        still going when the next is due is not doubled, and runs missed while busy are one."""
+        soon = datetime.now(UTC) + timedelta(seconds=5)
+        self.scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
 
     def _nowpayments_client(self) -> NowPaymentsClient | None:
         """With NOWPAYMENTS_API_KEY, NOWPAYMENTS_IPN_SECRET and PUBLIC_BASE_URL, the API client."""
