@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -59,6 +59,7 @@ from payments.sol_watcher import SolOutcome, SolWatcher
 from payments.solana_pay import sol_requester
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
+from services.channel_stats import REFRESH_MINUTES, ChannelStatistics
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger, seed_from_history
 from services.event_queue import EventQueue
@@ -85,6 +86,7 @@ MENU_COMMANDS: tuple[str, ...] = (
     "presets",
     "status",
     "plans",
+    "channels",
     "pause",
     "resume",
     "language",
@@ -164,8 +166,6 @@ class Parts:
     # The payment rails the operator configured (NOWPAYMENTS_*, SOL_RECEIVER); None = off.
     nowpayments: NowPaymentsRail | None
     sol: SolWatcher | None
-    # The timed work (reminders, order expiry, reports): one scheduler, in UTC.
-    scheduler: AsyncIOScheduler
     reports: ReportJobs
 
 
@@ -209,6 +209,8 @@ class Runtime:
     queue: EventQueue = field(default_factory=EventQueue)
     feeds: tuple[Feed, ...] = ()  # built once, when receiving begins
     pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
+    # Timed work (reminders, order expiry, channel statistics, reports), UTC; started with the parts.
+    scheduler: AsyncIOScheduler = field(default_factory=lambda: AsyncIOScheduler(timezone=UTC))
     http_port: int | None = None
     # What time it is for the reports (which slot is due); tests set it.
     clock: Callable[[], datetime] = utc_now
@@ -274,10 +276,6 @@ class Runtime:
     @property
     def workers(self) -> ProcessingWorkers:
         return self.parts.workers
-
-    @property
-    def scheduler(self) -> AsyncIOScheduler:
-        return self.parts.scheduler
 
     @property
     def reports(self) -> ReportJobs:
@@ -354,6 +352,8 @@ class Runtime:
             bot = create_bot(token, self.settings.telegram_api_url, self.pacing)
             self._stack.push_async_callback(bot.session.close)
             self._parts = await self._start_pipeline(redis, postgres, bot)
+            self.scheduler.start()
+            self._stack.callback(self.scheduler.shutdown, wait=False)
             await self._start_http()
             # The default list in English, and each language's own for users whose Telegram
             # speaks it (Telegram picks by the user's language_code).
@@ -429,12 +429,12 @@ class Runtime:
             await self._stop_delivery(delivery, sender, drain=redis.embedded)
 
         self._stack.push_async_callback(stop_delivery)
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        await self._start_payments(services, sender, scheduler)
-        reports = self._start_reports(services, postgres, sender, scheduler)
+        await self._start_payments(services, sender)
+        reports = self._start_reports(services, postgres, sender)
         nowpayments = self._nowpayments_rail(services.ledger, nowpayments_client)
         sol = await self._sol_rail(services.ledger)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
+        await self._start_channel_stats(postgres, channels)
         service = CallPipeline(
             index=self.index,
             ledger=ledger,
@@ -456,9 +456,6 @@ class Runtime:
         for name, provider in components.items():
             self.metrics.components.add(name, provider)
         dispatcher = build_dispatcher(services, settings=settings, redis=redis, metrics=self.metrics, sender=sender)
-        # Started once every part has added its jobs; shut down before the parts they use stop.
-        scheduler.start()
-        self._stack.callback(scheduler.shutdown, wait=False)
         return Parts(
             redis=redis,
             postgres=postgres,
@@ -474,35 +471,47 @@ class Runtime:
             dispatcher=dispatcher,
             nowpayments=nowpayments,
             sol=sol,
-            scheduler=scheduler,
             reports=reports,
         )
 
-    async def _start_payments(self, services: Services, sender: MessageSender, scheduler: AsyncIOScheduler) -> None:
+    async def _start_payments(self, services: Services, sender: MessageSender) -> None:
         """Payment notices to the sender, and the timed work: reminders before plans end, and
         orders whose time ran out."""
         notices = NoticeDelivery(services.ledger.redis, sender, services.store)
         await notices.start()
         self._stack.push_async_callback(notices.stop)
         reminders = PlanReminders(services.ledger.redis, services.ledger.notices.post)
-        soon = datetime.now(UTC) + timedelta(seconds=5)
-        for job, seconds in (
-            (reminders.run_once, REMINDER_SECONDS),
-            (services.ledger.expire_orders, ORDER_SWEEP_SECONDS),
-        ):
-            scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
+        self._every(REMINDER_SECONDS, reminders.run_once)
+        self._every(ORDER_SWEEP_SECONDS, services.ledger.expire_orders)
 
-    def _start_reports(
-        self, services: Services, postgres: PostgresManager, sender: MessageSender, scheduler: AsyncIOScheduler
-    ) -> ReportJobs:
+    async def _start_channel_stats(self, postgres: PostgresManager, channels: ChannelDirectory) -> None:
+        """The bot's own channel figures, recomputed every REFRESH_MINUTES (the first soon after
+        start); changed ones reach the channel directory, so filters use them at once."""
+        statistics = ChannelStatistics(postgres, channels)
+
+        async def refresh() -> None:
+            try:
+                await statistics.refresh()
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next run catches up
+                logger.warning("channel statistics not refreshed: %s: %s", type(exc).__name__, exc)
+
+        self._every(REFRESH_MINUTES * 60, refresh)
+
+    def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+        """`job` on the runtime's scheduler every `seconds`, the first run soon after start; a run
+        still going when the next is due is not doubled, and runs missed while busy are one."""
+        soon = datetime.now(UTC) + timedelta(seconds=5)
+        self.scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
+
+    def _start_reports(self, services: Services, postgres: PostgresManager, sender: MessageSender) -> ReportJobs:
         """The reports on their UTC slots, and at once the ones missed while the bot was down."""
         reports = ReportJobs(
             ReportStore(postgres), services.store, sender, admin_ids=self.settings.admin_id_set, clock=self.clock
         )
         self._stack.push_async_callback(reports.close)
-        reports.schedule(scheduler)
+        reports.schedule(self.scheduler)
         # No limit on lateness: the runs themselves check which reports are still due.
-        scheduler.add_job(reports.catch_up, "date", run_date=datetime.now(UTC), misfire_grace_time=None)
+        self.scheduler.add_job(reports.catch_up, "date", run_date=datetime.now(UTC), misfire_grace_time=None)
         return reports
 
     def _nowpayments_client(self) -> NowPaymentsClient | None:

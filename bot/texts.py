@@ -36,6 +36,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/pause, /resume: stop and restart alerts\n"
             "/plans: plans and prices\n"
             "/status: your plan and settings\n"
+            "/channels: the calling channels with the best win rate\n"
             "/language: choose the language\n"
             "/paysupport: help with a payment\n"
             "/privacy: what is stored about you, and deleting it"
@@ -166,6 +167,21 @@ TEXTS: dict[str, dict[str, str]] = {
         "cmd_help": "What the bot can do",
         "cmd_privacy": "What is stored; delete your data",
         "cmd_paysupport": "Help with a payment",
+        "cmd_channels": "Channels with the best win rate",
+        "channels_title": "📊 <b>Channels with the best win rate</b>",
+        "channels_line": (
+            "{rank}. {name}: <b>{rate}</b> of {resolved} resolved calls reached 2x · avg {avg} · median {median}{open}"
+        ),
+        "channels_open": " · {count} still open",
+        "channels_none": "No channel has {min} resolved calls yet.",
+        "channels_few_title": "<b>Too few resolved calls to rank yet</b> (fewer than {min}):",
+        "channels_few_line": "• {name}: {wins} of {resolved} reached 2x",
+        "channels_rules": (
+            "<i>Measured by the bot against the price at each call. A call is resolved once it reaches 2x "
+            "(a win) or its 7 days are over (a loss); younger calls are still open. The average caps "
+            "each call's peak at {cap}.</i>"
+        ),
+        "channels_unavailable": "Channel statistics cannot be read right now. Please try again in a minute.",
         # ---- menus (bot/keyboards.py, bot/routers/settings.py, bot/routers/account.py)
         "menu_title": "<b>Main menu</b>\nWhat would you like to do?",
         "menu_filters": "🎯 Filters",
@@ -423,6 +439,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/pause, /resume: остановить и возобновить оповещения\n"
             "/plans: тарифы и цены\n"
             "/status: ваш тариф и настройки\n"
+            "/channels: каналы с лучшим винрейтом\n"
             "/language: выбрать язык\n"
             "/paysupport: помощь с оплатой\n"
             "/privacy: какие данные о вас хранятся и как их удалить"
@@ -558,6 +575,22 @@ TEXTS: dict[str, dict[str, str]] = {
         "cmd_help": "Что умеет бот",
         "cmd_privacy": "Какие данные хранятся; удалить их",
         "cmd_paysupport": "Помощь с оплатой",
+        "cmd_channels": "Каналы с лучшим винрейтом",
+        "channels_title": "📊 <b>Каналы с лучшим винрейтом</b>",
+        "channels_line": (
+            "{rank}. {name}: винрейт <b>{rate}</b> (завершённых коллов: {resolved}) · в среднем {avg} "
+            "· медиана {median}{open}"
+        ),
+        "channels_open": " · ещё открыто: {count}",
+        "channels_none": "Пока ни у одного канала нет {min} завершённых коллов.",
+        "channels_few_title": "<b>Пока мало завершённых коллов для рейтинга</b> (меньше {min}):",
+        "channels_few_line": "• {name}: 2x у {wins} из {resolved}",
+        "channels_rules": (
+            "<i>Считает сам бот от цены в момент колла. Колл завершён, когда дал 2x (успех) "
+            "или прошло 7 дней (неудача); более свежие ещё открыты. В среднем пик каждого колла "
+            "учитывается не выше {cap}.</i>"
+        ),
+        "channels_unavailable": "Статистика каналов сейчас недоступна. Пожалуйста, попробуйте через минуту.",
         # ---- меню
         "menu_title": "<b>Главное меню</b>\nЧто вы хотите сделать?",
         "menu_filters": "🎯 Фильтры",

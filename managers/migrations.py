@@ -1,16 +1,9 @@
 """Schema migrations: plain SQL files in `migrations/`, applied once each, in order.
 
-Files are named ``NNNN_description.sql`` and applied in numeric order of NNNN. Each runs in its
-own transaction together with its row in ``schema_migrations``, so a migration is either wholly
-applied and recorded or not at all. A session-level advisory lock is held for the whole run, so
-processes that start together apply each migration once: the later ones wait, then find nothing
-left to do. An applied migration whose file has since changed stops the run with a
-`MigrationError` naming the file — never edit an applied migration, add a new one.
-
-A migration must not contain statements that cannot run inside a transaction block
-(``CREATE INDEX CONCURRENTLY``, ``VACUUM``, ...) nor its own ``BEGIN``/``COMMIT``.
-
-Manual use: ``python -m managers.migrations DSN`` applies; ``--status`` lists.
+Each runs in one transaction with its ``schema_migrations`` row, under an advisory lock, so
+processes starting together apply it once; an applied file that changed stops the run. Manual
+use: ``python -m managers.migrations DSN`` applies; ``--status`` lists. Details:
+docs/architecture.md, "Migrations".
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from domain.alert_text import render_alert, render_digest_line
 from domain.matching import SubscriberIndex
-from domain.messages import alert_lane
-from services.outbox import Outbox, RenderedAlert
+from domain.messages import RenderedAlert, alert_lane
+from services.outbox import Outbox
 from services.pipeline import AlertBatch
 
 

@@ -17,9 +17,10 @@ from typing import Any
 from cachetools import TTLCache
 from redis.exceptions import NoScriptError
 
+from domain.messages import Alert, RenderedAlert
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager, RedisUnavailable
-from services.outbox import STREAM_KEY, Delivery, RenderedAlert
+from services.outbox import STREAM_KEY, encode_alert
 
 logger = logging.getLogger("alertbot.dedup")
 
@@ -46,7 +47,8 @@ WHERE a.created_at > now() - interval '14 days'
 # an id. Candidates are distinct. The caller matched with the assumed callers; matching only
 # grows as channels are added, so a claim made with a subset of the real callers is right.
 # Reply: {1 if claimed else 0, one '1' (won) or '0' per candidate in argument order, channel,
-# time, channel, time, ...}.
+# time, channel, time, ...}. Each entry has the fields services.outbox.encode_alert gives the
+# won chat's alert (RenderedAlert.for_chat), so the outbox reads it like any other.
 #
 # Redis keeps a script's earlier writes when a later command fails, so nothing is written until
 # it cannot fail: a key of the wrong type fails HGETALL or the first SMISMEMBER, before any
@@ -450,7 +452,7 @@ class AlertLedger:
         alerted = self._alerted.get(token)
         return [user for user in user_ids if user not in alerted] if alerted else user_ids
 
-    async def write_back(self, unsent: Sequence[Delivery] = ()) -> list[Delivery]:
+    async def write_back(self, unsent: Sequence[Alert] = ()) -> list[Alert]:
         """Write the calls and claims made while Redis was down, and `unsent` (alerts of that time
         the sender had not started), into Redis; one script per token, in one round trip.
 
@@ -459,15 +461,15 @@ class AlertLedger:
         script): the caller sends them directly; their token's claims stay for the next try.
         """
         pending, self._unsynced = self._unsynced, {}
-        by_token: dict[str, list[Delivery]] = {}
-        for delivery in unsent:
-            by_token.setdefault(delivery.token, []).append(delivery)
+        by_token: dict[str, list[Alert]] = {}
+        for alert in unsent:
+            by_token.setdefault(alert.token, []).append(alert)
         tokens = list(dict.fromkeys([*pending, *by_token]))
         if not tokens:
             return []
         calls: list[tuple[list[Any], list[bytes]]] = []
         sendable: list[str] = []
-        left: list[Delivery] = []
+        left: list[Alert] = []
         for token in tokens:
             try:
                 calls.append(
@@ -505,15 +507,15 @@ class AlertLedger:
             self._restore(refused)
         return left
 
-    def _write_back_args(self, pending: _Unsynced, unsent: list[Delivery]) -> list[bytes]:
+    def _write_back_args(self, pending: _Unsynced, unsent: list[Alert]) -> list[bytes]:
         args: list[bytes] = _encoded([REJECTED_TTL_SECONDS, ACCEPTED_TTL_SECONDS, len(pending.calls)])
         for channel, at in pending.calls.items():
             args += _encoded([channel, at.isoformat()])
         args += _encoded([len(pending.claims), *self._id_texts(sorted(pending.claims))])
-        for delivery in unsent:
-            fields = _encoded([part for pair in delivery.fields().items() for part in pair])
-            own = (delivery.token, delivery.chat_id) in self._written
-            args += _encoded([delivery.chat_id, 0 if own else 1, len(fields)]) + fields
+        for alert in unsent:
+            fields = _encoded([part for pair in encode_alert(alert).items() for part in pair])
+            own = (alert.token, alert.chat_id) in self._written
+            args += _encoded([alert.chat_id, 0 if own else 1, len(fields)]) + fields
         return args
 
     def _restore(self, pending: dict[str, _Unsynced]) -> None:

@@ -12,15 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from domain.messages import Alert
 from managers.postgres import PostgresManager, is_connection_failure
 from managers.redis_manager import RedisManager, RedisUnavailable
-from services.sender import MessageSender, Outcome, OutgoingMessage
+from services.sender import MessageSender, Outcome
 
 logger = logging.getLogger("alertbot.delivery")
 
@@ -67,84 +68,31 @@ WHERE (token_address, chat_id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]
 """
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One alert for one chat, as the stream keeps it."""
-
-    token: str
-    chat_id: int
-    html: str
-    priority: int
-    digest_line: str | None = None
-    photo_url: str | None = None
-    received_at: float | None = None  # wall-clock time of the frame, for the latency figures
-
-    def message(self) -> OutgoingMessage:
-        """What the sender takes for it."""
-        return OutgoingMessage(
-            chat_id=self.chat_id,
-            html=self.html,
-            lane=self.priority,
-            photo_url=self.photo_url,
-            digest_line=self.digest_line,
-            received_at=self.received_at,
-            kind="alert",
-            token=self.token,
-        )
-
-    def fields(self) -> dict[str, str]:
-        out = {"token": self.token, "chat": str(self.chat_id), "html": self.html, "priority": str(self.priority)}
-        if self.digest_line is not None:
-            out["digest"] = self.digest_line
-        if self.photo_url:
-            out["photo"] = self.photo_url
-        if self.received_at is not None:
-            out["received_at"] = repr(self.received_at)
-        return out
-
-    @classmethod
-    def from_fields(cls, fields: dict[str, str]) -> Delivery:
-        received = fields.get("received_at")
-        return cls(
-            token=fields["token"],
-            chat_id=int(fields["chat"]),
-            html=fields["html"],
-            priority=int(fields["priority"]),
-            digest_line=fields.get("digest"),
-            photo_url=fields.get("photo"),
-            received_at=float(received) if received else None,
-        )
+def encode_alert(alert: Alert) -> dict[str, str]:
+    """The stream entry of `alert`. The claim script (services.dedup) writes the same fields
+    itself; entries a running deployment holds must stay readable, so the names never change."""
+    out = {"token": alert.token, "chat": str(alert.chat_id), "html": alert.html, "priority": str(alert.lane)}
+    if alert.digest_line is not None:
+        out["digest"] = alert.digest_line
+    if alert.photo_url:
+        out["photo"] = alert.photo_url
+    if alert.received_at is not None:
+        out["received_at"] = repr(alert.received_at)
+    return out
 
 
-@dataclass(frozen=True)
-class RenderedAlert:
-    """One call's alert rendered once per language, and how it goes to each subscriber it may reach.
-
-    `texts` holds (html, digest line) per language; `routes` maps a chat to (index into `texts`,
-    lane). Made before the claim, so the claim script can write the won entries itself.
-    """
-
-    token: str
-    texts: tuple[tuple[str, str], ...]
-    routes: dict[int, tuple[int, int]]
-    photo_url: str | None = None
-    received_at: float | None = None  # wall-clock time of the frame
-
-    def delivery(self, chat_id: int) -> Delivery:
-        text, lane = self.routes[chat_id]
-        html, digest = self.texts[text]
-        return Delivery(
-            token=self.token,
-            chat_id=chat_id,
-            html=html,
-            priority=lane,
-            digest_line=digest,
-            photo_url=self.photo_url,
-            received_at=self.received_at,
-        )
-
-    def deliveries(self, chat_ids: Iterable[int]) -> list[Delivery]:
-        return [self.delivery(chat_id) for chat_id in chat_ids]
+def decode_alert(fields: Mapping[str, str]) -> Alert:
+    """The alert of a stream entry; KeyError or ValueError when it is not one."""
+    received = fields.get("received_at")
+    return Alert(
+        token=fields["token"],
+        chat_id=int(fields["chat"]),
+        html=fields["html"],
+        lane=int(fields["priority"]),
+        digest_line=fields.get("digest"),
+        photo_url=fields.get("photo"),
+        received_at=float(received) if received else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -153,7 +101,7 @@ class _Ack:
     its alert, or None for an entry that could not be read (there is nothing to record)."""
 
     entry_id: str
-    answered: tuple[Delivery, Outcome] | None
+    answered: tuple[Alert, Outcome] | None
 
 
 @dataclass
@@ -197,15 +145,15 @@ class Outbox:
         self.stats = DeliveryStats()
         self._published = asyncio.Event()
         self._acks: list[_Ack] = []
-        self._unrecorded: list[tuple[Delivery, Outcome]] = []  # rows PostgreSQL could not take yet
+        self._unrecorded: list[tuple[Alert, Outcome]] = []  # rows PostgreSQL could not take yet
         self._ack_wakeup = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._acker: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._in_hand: set[str] = set()  # entry ids handed to the sender and not acknowledged
         self.direct_limit = direct_limit
-        # Sent without the stream (Redis down), not answered yet: by id of the message the sender holds.
-        self._direct: dict[int, tuple[OutgoingMessage, Delivery]] = {}
+        # Sent without the stream (Redis down), not answered yet: by id of the alert the sender holds.
+        self._direct: dict[int, Alert] = {}
         self._direct_room = asyncio.Event()
         # The loops stop at a point between Redis commands: cancelling one inside redis-py's
         # connection pool can leave the pool's lock held (CPython 3.11) and hang every later call.
@@ -254,37 +202,37 @@ class Outbox:
 
     # ------------------------------------------------------------------ producing
 
-    async def publish(self, deliveries: Sequence[Delivery]) -> None:
+    async def publish(self, alerts: Sequence[Alert]) -> None:
         """Add alerts to the stream in one transaction; while Redis is down or refuses them, hand
         them to the sender directly.
 
         The direct path holds at most `direct_limit` unsent alerts; beyond that this waits for
         room, trying the stream again now and then, and never drops an alert.
         """
-        if not deliveries:
+        if not alerts:
             return
         while True:
             try:
                 async with self.redis.guarded() as client:
                     pipe = client.pipeline(transaction=True)
-                    for delivery in deliveries:
-                        pipe.xadd(STREAM_KEY, delivery.fields())  # type: ignore[arg-type]  # str keys are fine
+                    for alert in alerts:
+                        pipe.xadd(STREAM_KEY, encode_alert(alert))  # type: ignore[arg-type]  # str keys are fine
                     await pipe.execute()
             except RedisError as exc:  # unreachable, or refusing the stream: the alerts go anyway
                 if len(self._direct) < self.direct_limit:
                     logger.warning(
                         "Redis unavailable or refusing the stream (%s): %d alert(s) sent without the durable queue",
                         exc,
-                        len(deliveries),
+                        len(alerts),
                     )
-                    self.send_direct(deliveries)
+                    self.send_direct(alerts)
                     return
                 self.stats.direct_waits += 1
                 self._direct_room.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._direct_room.wait(), 0.5)
                 continue
-            self.notify_published(len(deliveries))
+            self.notify_published(len(alerts))
             return
 
     def notify_published(self, count: int) -> None:
@@ -298,35 +246,37 @@ class Outbox:
         """Alerts sent without the stream whose send Telegram has not answered yet."""
         return len(self._direct)
 
-    def send_direct(self, deliveries: Iterable[Delivery]) -> None:
+    def send_direct(self, alerts: Iterable[Alert]) -> None:
         """Hand alerts to the sender without the stream (Redis is down); no waiting for room."""
-        for delivery in deliveries:
-            self._submit_direct(delivery)
+        for alert in alerts:
+            self._submit_direct(alert)
             self.stats.direct += 1
 
-    def withdraw_direct(self) -> list[Delivery]:
+    def withdraw_direct(self) -> list[Alert]:
         """The direct alerts the sender has not started sending, taken back from it: Redis is
         back and they belong in the stream. The caller writes them there or sends them again."""
         if not self._direct:
             return []
         messages = self.sender.withdraw(lambda message: id(message) in self._direct)
-        taken = [self._direct.pop(id(message))[1] for message in messages]
+        taken = [self._direct.pop(id(message)) for message in messages]
         if taken:
             self._direct_room.set()
         return taken
 
-    def _submit_direct(self, delivery: Delivery) -> None:
-        message = delivery.message()
-        self._direct[id(message)] = (message, delivery)  # holding the message keeps its id unique
+    def _submit_direct(self, alert: Alert) -> None:
+        # A copy of its own per send, held here so its id stays unique while the sender has it,
+        # even should one alert be handed over twice.
+        sent = replace(alert)
+        self._direct[id(sent)] = sent
 
         async def done(outcome: Outcome) -> None:
-            if self._direct.pop(id(message), None) is not None:
+            if self._direct.pop(id(sent), None) is not None:
                 self._direct_room.set()
             # No entry to acknowledge, but the send is recorded like any other.
-            self._unrecorded.append((delivery, outcome))
+            self._unrecorded.append((sent, outcome))
             self._ack_wakeup.set()
 
-        self.sender.submit(message, on_done=done)
+        self.sender.submit(sent, on_done=done)
 
     # ------------------------------------------------------------------ consuming
 
@@ -428,30 +378,28 @@ class Outbox:
     async def _hand_over_checked(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         """Resumed entries: skip (and acknowledge) those PostgreSQL shows were answered."""
         self.stats.resumed += len(entries)
-        parsed: list[tuple[str, Delivery | None]] = [
+        parsed: list[tuple[str, Alert | None]] = [
             (entry_id, self._parse(entry_id, fields)) for entry_id, fields in entries if entry_id not in self._in_hand
         ]
-        delivered = await self._delivered([d for _, d in parsed if d is not None])
-        for entry_id, delivery in parsed:
-            if delivery is None:
+        delivered = await self._delivered([alert for _, alert in parsed if alert is not None])
+        for entry_id, alert in parsed:
+            if alert is None:
                 continue
-            if (delivery.token, delivery.chat_id) in delivered:
+            if (alert.token, alert.chat_id) in delivered:
                 self.stats.already_delivered += 1
-                self._acks.append(
-                    _Ack(entry_id, (delivery, Outcome(delivery.chat_id, "sent", reason="delivered before")))
-                )
+                self._acks.append(_Ack(entry_id, (alert, Outcome(alert.chat_id, "sent", reason="delivered before"))))
                 self._ack_wakeup.set()
             else:
-                self._submit(entry_id, delivery)
+                self._submit(entry_id, alert)
 
     def _hand_over(self, entry_id: str, fields: dict[str, str]) -> None:
-        delivery = self._parse(entry_id, fields)
-        if delivery is not None:
-            self._submit(entry_id, delivery)
+        alert = self._parse(entry_id, fields)
+        if alert is not None:
+            self._submit(entry_id, alert)
 
-    def _parse(self, entry_id: str, fields: dict[str, str]) -> Delivery | None:
+    def _parse(self, entry_id: str, fields: dict[str, str]) -> Alert | None:
         try:
-            return Delivery.from_fields(fields)
+            return decode_alert(fields)
         except (KeyError, ValueError) as exc:
             # Not something this code wrote: keeping it would block nothing but be re-read forever.
             self.stats.unreadable += 1
@@ -460,26 +408,24 @@ class Outbox:
             self._ack_wakeup.set()
             return None
 
-    async def _delivered(self, deliveries: list[Delivery]) -> set[tuple[str, int]]:
-        if not deliveries or self.postgres is None:
+    async def _delivered(self, alerts: list[Alert]) -> set[tuple[str, int]]:
+        if not alerts or self.postgres is None:
             return set()
         try:
-            rows = await self.postgres.fetch(
-                _DELIVERED_SQL, [d.token for d in deliveries], [d.chat_id for d in deliveries]
-            )
+            rows = await self.postgres.fetch(_DELIVERED_SQL, [a.token for a in alerts], [a.chat_id for a in alerts])
         except Exception as exc:  # noqa: BLE001 - without the records, sending again is the lesser harm
             logger.warning("delivery queue: could not read delivery records (%s); resending", exc)
             return set()
         return {(row["token_address"], row["chat_id"]) for row in rows}
 
-    def _submit(self, entry_id: str, delivery: Delivery) -> None:
+    def _submit(self, entry_id: str, alert: Alert) -> None:
         self._in_hand.add(entry_id)
 
         async def done(outcome: Outcome) -> None:
-            self._acks.append(_Ack(entry_id, (delivery, outcome)))
+            self._acks.append(_Ack(entry_id, (alert, outcome)))
             self._ack_wakeup.set()
 
-        self.sender.submit(delivery.message(), on_done=done)
+        self.sender.submit(alert, on_done=done)
 
     async def _keep_loop(self) -> None:
         """Claim the held entries again, well within claim_idle, so no other consumer takes them."""
@@ -543,7 +489,7 @@ class Outbox:
                 self._in_hand.discard(ack.entry_id)
             self.stats.acknowledged += len(batch)
 
-    async def _record(self, answered: list[tuple[Delivery, Outcome]]) -> None:
+    async def _record(self, answered: list[tuple[Alert, Outcome]]) -> None:
         """Write the delivery rows, with any an earlier PostgreSQL outage left unwritten.
 
         The entries are acknowledged either way: Telegram has answered, so sending again would
@@ -556,8 +502,8 @@ class Outbox:
         try:
             await self.postgres.execute(
                 _RECORD_SQL,
-                [d.token for d, _ in rows],
-                [d.chat_id for d, _ in rows],
+                [a.token for a, _ in rows],
+                [a.chat_id for a, _ in rows],
                 [o.status for _, o in rows],
                 [o.message_id for _, o in rows],
                 [o.digest for _, o in rows],

@@ -1,16 +1,9 @@
 """From an event to alerts: the token pipeline's decisions, with I/O only through its collaborators.
 
-For a call: remember the calling channel, gather every calling channel's latest statistics,
-match all subscribers at once (domain.matching), render the alert for the candidates once per
-language (the renderer), then record the call, claim the matches and queue their alerts in one
-Redis script (services.dedup); calls waiting together share that round trip.
-
-A call Redis refused (or any Redis error on its way) is tried again later with growing delays,
-from a bounded list: when it is full the workers wait, and the bounded event queue pushes back
-on the feed. A call is never dropped for a Redis error, and a claim never stands without its
-alert. While Redis is down the won alerts go to the sender directly (bounded as well); the
-upkeep task writes the outage's calls, claims and unsent alerts back when Redis answers.
-Persistence is fire-and-forget so nothing here waits for PostgreSQL.
+A call is matched against every subscriber at once, its alert rendered for the candidates, then
+recorded, claimed and queued in one Redis script (services.dedup); calls waiting together share
+that round trip. A call Redis refused is tried again later, never dropped. Details:
+docs/architecture.md, "Pipeline".
 """
 
 from __future__ import annotations
@@ -43,10 +36,11 @@ from domain.events import (
 )
 from domain.filters import TokenFacts
 from domain.matching import SubscriberIndex
+from domain.messages import RenderedAlert
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger, ClaimRequest, ClaimResult
 from services.event_queue import EventQueue
-from services.outbox import Outbox, RenderedAlert
+from services.outbox import Outbox
 from services.persistence import PersistenceWriter
 
 logger = logging.getLogger("alertbot.pipeline")
@@ -356,7 +350,7 @@ class CallPipeline:
         if won and result.local and self.renderer is not None and plan.request.alert is not None:
             # Redis is down: to the sender directly, waiting while too many such alerts are unsent.
             # First, so nothing that fails below can leave these claims without their alerts.
-            await self.renderer.queue.publish(plan.request.alert.deliveries(won))
+            await self.renderer.queue.publish(plan.request.alert.for_chats(won))
         self.stats.matched += len(plan.matched)
         if self.persistence is not None:
             self.persistence.token(token, now)

@@ -1,17 +1,8 @@
 """Presets: named filter sets that admins define and users apply with one tap or follow.
 
-Two halves:
-
-* pure helpers: `parse_preset_definition` reads what an admin types after /setpreset, e.g.
-  ``safe "Safe" "Proven channels only" min_mcap=50k min_liquidity=15k min_win_rate=45``, through
-  `domain.filters.set_filter`, so a preset can only hold what /set would accept;
-  `preset_definition` writes a preset back in that form (for the admin to copy and edit);
-* `PresetStore`: the business queries on the ``presets`` table (migrations/0004_presets.sql).
-
-Following lives with the subscriber (``user_settings.preset_code``, see services/subscribers.py);
-this module only answers "who follows a preset" for the admin flow that updates them.
-
-No Telegram imports here.
+Pure helpers read and write what an admin types after /setpreset (through domain.filters, so a
+preset holds only what /set accepts); `PresetStore` queries the ``presets`` table. No Telegram
+imports here. Details: docs/architecture.md, "Presets".
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ import redis.asyncio as aioredis
 
 from domain.events import CallEvent, Channel, ChannelStatsEvent, TokenInfo
 from domain.filters import Filters
+from domain.messages import Alert
 from managers.redis_manager import RedisManager
-from services.outbox import Delivery, Outbox
+from services.outbox import Outbox
 from services.sender import Lane, MessageSender
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample
@@ -277,8 +278,7 @@ async def test_while_redis_is_down_publishing_waits_for_room_in_the_direct_path(
             telegram.force_retry_after(1, duration=3600, methods=["sendMessage"])  # nothing gets answered
             queue = Outbox(redis, None, sender, consumer="sender-a", direct_limit=3)
             alerts = [
-                Delivery(token=address("D"), chat_id=500 + i, html=f"alert {i}", priority=Lane.PAID_ALERT)
-                for i in range(5)
+                Alert(token=address("D"), chat_id=500 + i, html=f"alert {i}", lane=Lane.PAID_ALERT) for i in range(5)
             ]
             await queue.publish(alerts[:3])  # the direct path is full now
             more = asyncio.create_task(queue.publish(alerts[3:]))
@@ -316,10 +316,7 @@ async def test_alerts_sent_while_redis_is_down_are_recorded_in_deliveries(redis_
             while redis.available:  # the breaker learns that Redis is gone
                 await redis.ping()
             await queue.publish(
-                [
-                    Delivery(token=address("R"), chat_id=700 + i, html=f"alert {i}", priority=Lane.PAID_ALERT)
-                    for i in range(4)
-                ]
+                [Alert(token=address("R"), chat_id=700 + i, html=f"alert {i}", lane=Lane.PAID_ALERT) for i in range(4)]
             )
             await telegram.wait_for_sent(4, timeout=30)
 

@@ -18,8 +18,9 @@ from prometheus_client import generate_latest
 
 from domain.alert_text import render_alert, render_digest, render_digest_line
 from domain.events import CallerLine, Channel, TokenInfo
+from domain.messages import Alert
 from services.metrics import Metrics
-from services.outbox import GROUP, STREAM_KEY, Delivery, Outbox
+from services.outbox import GROUP, STREAM_KEY, Outbox, decode_alert, encode_alert
 from services.sender import DigestPolicy, Lane, MessageSender, Outcome, OutgoingMessage
 from standins.telegram import FakeTelegramServer, RateLimits
 from tests.conftest import Stores
@@ -56,11 +57,10 @@ async def start_engine(
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
-def alerts(count: int, *, first_chat: int = 1_000, token: str = "T" * 40 + "pump") -> list[Delivery]:
+def alerts(count: int, *, first_chat: int = 1_000, token: str = "T" * 40 + "pump") -> list[Alert]:
     """One token's alert to `count` chats."""
     return [
-        Delivery(token=token, chat_id=first_chat + i, html=f"<b>alert</b> {i}", priority=Lane.PAID_ALERT)
-        for i in range(count)
+        Alert(token=token, chat_id=first_chat + i, html=f"<b>alert</b> {i}", lane=Lane.PAID_ALERT) for i in range(count)
     ]
 
 
@@ -97,6 +97,32 @@ async def stream_length(stores: Stores) -> int:
         return int(await client.xlen(STREAM_KEY))
 
 
+def test_the_stream_entries_a_running_deployment_holds_are_read_as_they_were_written() -> None:
+    # The entry format is the outbox's contract with entries already in a live stream: these
+    # are entries as the bot has always written them, with and without the optional fields.
+    full = {
+        "token": "T" * 40 + "pump",
+        "chat": "-1001234567890",
+        "html": "<b>alert</b>",
+        "priority": "11",
+        "digest": "one line",
+        "photo": "https://img.example/t.png",
+        "received_at": "1795000000.125",
+    }
+    bare = {"token": "T" * 40 + "pump", "chat": "42", "html": "<b>alert</b>", "priority": "10"}
+    assert decode_alert(full) == Alert(
+        token="T" * 40 + "pump",
+        chat_id=-1001234567890,
+        html="<b>alert</b>",
+        lane=Lane.FREE_ALERT,
+        digest_line="one line",
+        photo_url="https://img.example/t.png",
+        received_at=1_795_000_000.125,
+    )
+    assert decode_alert(bare) == Alert(token="T" * 40 + "pump", chat_id=42, html="<b>alert</b>", lane=Lane.PAID_ALERT)
+    assert encode_alert(decode_alert(full)) == full and encode_alert(decode_alert(bare)) == bare
+
+
 async def test_a_restart_in_the_middle_of_a_broadcast_delivers_every_alert_exactly_once(
     server: FakeTelegramServer, stores: Stores
 ) -> None:
@@ -128,7 +154,7 @@ async def test_entries_answered_before_a_crash_are_not_sent_again(server: FakeTe
     async with stores.redis.guarded() as client:
         await client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
         for delivery in batch:
-            await client.xadd(STREAM_KEY, delivery.fields())
+            await client.xadd(STREAM_KEY, encode_alert(delivery))
         await client.xreadgroup(GROUP, "sender-a", {STREAM_KEY: ">"}, count=100)
     for delivery in batch[:12]:
         await stores.postgres.execute(
@@ -150,7 +176,7 @@ async def test_sends_a_dead_consumer_left_are_claimed_by_another(server: FakeTel
     async with stores.redis.guarded() as client:
         await client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
         for delivery in batch:
-            await client.xadd(STREAM_KEY, delivery.fields())
+            await client.xadd(STREAM_KEY, encode_alert(delivery))
         await client.xreadgroup(GROUP, "sender-dead", {STREAM_KEY: ">"}, count=100)  # then it died
     engine = await start_engine(server.create_bot(), stores, consumer="sender-b", claim_idle=0.05, paid_broadcast=True)
     await until(lambda: len(server.sent) >= 10)
@@ -238,17 +264,17 @@ def solana_address(seed: int) -> str:
     return "".join(rng.choice(BASE58) for _ in range(40)) + "pump"
 
 
-def rendered_alert(chat_id: int, seed: int) -> Delivery:
+def rendered_alert(chat_id: int, seed: int) -> Alert:
     token = TokenInfo(
         address=solana_address(seed), symbol=f"TOK{seed}", name=f"Token number {seed}", market_cap_usd=40_000.0 + seed
     )
     callers = [CallerLine(Channel(f"-100{seed}", "Alpha Calls", "alphacalls"))]
     seen = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-    return Delivery(
+    return Alert(
         token=token.address,
         chat_id=chat_id,
         html=render_alert(token, callers, seen_at=seen),
-        priority=Lane.PAID_ALERT,
+        lane=Lane.PAID_ALERT,
         digest_line=render_digest_line(token, callers, seen_at=seen),
     )
 
@@ -336,7 +362,7 @@ async def test_a_live_consumers_held_entries_stay_its_own_while_a_dead_ones_are_
             orphans = alerts(10, first_chat=7_000)
             async with stores.redis.guarded() as client:
                 for delivery in orphans:
-                    await client.xadd(STREAM_KEY, delivery.fields())
+                    await client.xadd(STREAM_KEY, encode_alert(delivery))
                 await client.xreadgroup(GROUP, "sender-dead", {STREAM_KEY: ">"}, count=100)  # then it died
 
             other = await start_engine(bot_b, stores, consumer="sender-b", claim_idle=claim_idle)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from domain.filters import Filters
-from services.outbox import Delivery
+from domain.messages import Alert
 from services.sender import Lane
 from standins.feed_server import FeedServer
 from standins.telegram import FakeTelegramServer
@@ -76,9 +76,7 @@ async def test_filters_during_a_5000_message_broadcast_is_answered_ahead_of_the_
             assert runtime.delivery is not None
             await runtime.delivery.publish(
                 [
-                    Delivery(
-                        token="B" * 40 + "pump", chat_id=5_000_000 + i, html=f"alert {i}", priority=Lane.PAID_ALERT
-                    )
+                    Alert(token="B" * 40 + "pump", chat_id=5_000_000 + i, html=f"alert {i}", lane=Lane.PAID_ALERT)
                     for i in range(5_000)
                 ]
             )

@@ -11,13 +11,14 @@ import pytest
 from domain.events import CallEvent, Channel, ChannelStatsEvent, TokenInfo
 from domain.filters import Filters
 from domain.matching import SubscriberIndex
-from domain.messages import Lane
+from domain.messages import Lane, RenderedAlert
 from domain.subscriber import Subscriber
 from managers.redis_manager import RedisManager
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
 from services.channels import ChannelDirectory
-from services.dedup import AlertLedger
+from services.dedup import AlertLedger, ClaimRequest
+from services.outbox import STREAM_KEY, decode_alert, encode_alert
 from services.pipeline import AlertBatch, CallPipeline
 
 
@@ -275,4 +276,22 @@ def test_the_outbox_routes_paid_plans_first_and_keeps_the_frames_wall_clock_time
         23: Lane.FREE_ALERT,
     }
     assert alert.received_at == received_at
-    assert alert.delivery(22).message().received_at == received_at
+    assert alert.for_chat(22).received_at == received_at
+
+
+async def test_the_claim_script_writes_the_entries_the_outbox_encodes(redis: RedisManager) -> None:
+    # The script builds each won chat's entry itself; it must be the one encode_alert gives,
+    # so the outbox reads it like an entry it wrote, photo and receive time included.
+    texts = (("<b>en</b>", "en line"), ("<b>ru</b>", "ru line"))
+    routes = {31: (0, int(Lane.PAID_ALERT)), 32: (1, int(Lane.FREE_ALERT))}
+    alert = RenderedAlert("W" * 40 + "pump", texts, routes, "https://img.example/w.png", 1_795_000_000.125)
+    request = ClaimRequest(alert.token, GOOD.id, T0, {GOOD.id: T0}, [31, 32], alert)
+    [result] = await AlertLedger(redis).record_and_claim_many([request])
+    assert result.won == [31, 32]
+    async with redis.guarded() as client:
+        entries = await client.xrange(STREAM_KEY)
+    assert sorted((fields for _, fields in entries), key=lambda f: f["chat"]) == [
+        encode_alert(alert.for_chat(31)),
+        encode_alert(alert.for_chat(32)),
+    ]
+    assert [decode_alert(fields) for _, fields in entries] == alert.for_chats([31, 32])

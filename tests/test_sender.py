@@ -17,6 +17,7 @@ from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
+from domain.messages import Alert
 from services.sender import DeliveryError, Lane, MessageSender, OutgoingMessage
 from standins.tcp_proxy import TcpProxy
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, LocalAiohttpSession, RateLimits
@@ -178,17 +179,17 @@ async def test_send_now_returns_the_message_and_callbacks_see_latency(
         message = await sender.send_now(
             OutgoingMessage(9, "<b>secret body</b>", reply_markup=keyboard, lane=Lane.REPLY)
         )
-        sender.submit(OutgoingMessage(10, "alert", received_at=time.time(), token="8yZ1pump"))
+        sender.submit(Alert(chat_id=10, html="news", lane=Lane.PAID_ALERT, received_at=time.time(), token="8yZ1pump"))
     assert message.chat.id == 9 and message.text == "secret body"
     assert server.messages_to(9)[0].callback_data == ["mute"]
     assert [(c, m) for c, m, _ in seen] == [(9, message.message_id), (10, server.messages_to(10)[0].message_id)]
-    assert seen[1][2].token == "8yZ1pump"
+    assert isinstance(seen[1][2], Alert) and seen[1][2].token == "8yZ1pump"
     stats = sender.stats()
     assert stats["latency_max"] is not None and stats["latency_max"] >= 0
     lines = [r.getMessage() for r in caplog.records if r.name == "alertbot.sent"]
     assert len(lines) == 2
     assert "chat=10" in lines[1] and "token=8yZ1pump" in lines[1] and "latency_ms=" in lines[1]
-    assert all("secret" not in line and "alert" not in line for line in lines)  # never the body
+    assert all("secret" not in line and "news" not in line for line in lines)  # never the body
 
 
 async def test_server_errors_are_retried_with_backoff(server: FakeTelegramServer, bot: Bot) -> None:
@@ -342,7 +343,9 @@ async def test_latency_counts_from_the_frames_wall_clock_receive_time(
     # A frame received 30 s ago (say, before a restart): its alert's latency includes those 30 s.
     caplog.set_level(logging.INFO, logger="alertbot.sent")
     async with MessageSender(bot) as sender:
-        sender.submit(OutgoingMessage(11, "overdue news", received_at=time.time() - 30, kind="alert", token="8yZ2pump"))
+        sender.submit(
+            Alert(chat_id=11, html="overdue news", lane=Lane.PAID_ALERT, received_at=time.time() - 30, token="8yZ2pump")
+        )
     assert len(server.messages_to(11)) == 1
     latency = sender.stats()["latency_max"]
     assert latency is not None and 30 <= latency < 600
