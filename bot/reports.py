@@ -421,8 +421,10 @@ class ReportJobs:
             ]
             await self._prune(now)
         else:
-            calls = await self.reports.calls(start, end, now)
-            compose = compose_best if kind is ReportKind.BEST else compose_weekly
+            if kind is ReportKind.BEST:
+                calls, compose = await self.reports.calls(start, end, now), compose_best
+            else:
+                calls, compose = await self.reports.week_calls(start, end), compose_weekly
             per_language: dict[str, ReportContent | None] = {}
 
             def shared(language: str) -> ReportContent | None:

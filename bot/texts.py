@@ -98,8 +98,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "report_weekly_title": "📅 <b>Channels of the week</b>\n{period}",
         "report_weekly_line": "{n}. {name}: {rate} won ({won}/{measured}) · mean {mean} · median {median}",
         "report_weekly_note": (
-            "A call won when its token reached 2x after it. Channels with at least {min} measured "
-            "calls; the mean counts a call at most {cap}."
+            "A call won when its token has reached 2x since (the week's calls are young: so far). "
+            "Channels with at least {min} priced calls; the mean counts a call at most {cap}."
         ),
         "report_weekly_chart": "Win rate · week to {date}",
         "report_chart_peak": "peak",
@@ -503,8 +503,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "report_weekly_title": "📅 <b>Каналы за неделю</b>\n{period}",
         "report_weekly_line": "{n}. {name}: успешных {rate} ({won}/{measured}) · среднее {mean} · медиана {median}",
         "report_weekly_note": (
-            "Колл успешен, если токен после него дошёл до 2x. Каналы, у которых измерено не меньше {min} "
-            "коллов; в среднем каждый колл считается не больше чем {cap}."
+            "Колл успешен, если токен после него уже дошёл до 2x (коллы недели молоды: пока что). "
+            "Каналы, у которых не меньше {min} коллов с ценой; в среднем каждый колл считается не больше "
+            "чем {cap}."
         ),
         "report_weekly_chart": "Доля успешных · неделя до {date}",
         "report_chart_peak": "пик",

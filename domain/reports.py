@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
+from domain.channel_stats import GAIN_CAP, WIN_MULTIPLE
+
 
 class ReportKind(StrEnum):
     DAILY = "daily"  # a subscriber's alerts of the day
@@ -70,8 +72,8 @@ def report_day(slot: datetime) -> date:
 
 # ---------------------------------------------------------------------------------- multiples
 
-WIN_MULTIPLE = 2.0  # a call or an alert "won" when it reached 2x
-GAIN_CAP = 10.0  # one moonshot must not make a channel's average: gains are capped here
+# A call or an alert "won" when it reached 2x; gains are capped at 10x in means (one moonshot
+# must not make a channel's average): the channel statistics' own rules.
 
 
 def multiple(base: float | None, value: float | None) -> float | None:

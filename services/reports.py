@@ -16,6 +16,7 @@ from datetime import date, datetime
 
 import asyncpg
 
+from domain.channel_stats import CallOutcome
 from domain.reports import AlertResult, CallResult, Figures, ReportKind
 from managers.postgres import PostgresManager
 
@@ -120,6 +121,18 @@ SELECT pc.token_address, pc.channel_id, pc.called_at, pc.market_cap_usd, pc.pric
  ORDER BY pc.called_at
 """
 
+# The week's calls as the channel statistics job keeps them (call_outcomes: each call's base and
+# the highest value seen after it within 7 days, folded every few minutes while price history
+# lasts), so a week of calls costs no scan of a week of prices. Calls never priced are left out.
+WEEK_CALLS_SQL = """
+SELECT o.token_address, o.channel_id, o.called_at, o.base, o.peak, ch.name AS channel_name,
+       ch.username AS channel_username
+  FROM call_outcomes o
+  LEFT JOIN channels ch ON ch.id = o.channel_id
+ WHERE o.called_at > $1 AND o.called_at <= $2
+ ORDER BY o.called_at
+"""
+
 CLAIM_SQL = """
 INSERT INTO report_deliveries (kind, day, user_id)
 SELECT $1, $2, candidate FROM unnest($3::bigint[]) AS candidate
@@ -177,6 +190,11 @@ def _figures(row: asyncpg.Record) -> Figures:
     )
 
 
+def _channel_name(row: asyncpg.Record) -> str | None:
+    username = row["channel_username"]
+    return row["channel_name"] or (f"@{username}" if username else None)
+
+
 class ReportStore:
     """Business queries of the reports on PostgreSQL."""
 
@@ -217,16 +235,35 @@ class ReportStore:
         results = []
         for row in rows:
             figures = _figures(row)
-            username = row["channel_username"]
             results.append(
                 CallResult(
                     token_address=row["token_address"],
                     symbol=row["symbol"],
                     channel_id=row["channel_id"],
-                    channel_name=row["channel_name"] or (f"@{username}" if username else None),
+                    channel_name=_channel_name(row),
                     called_at=row["called_at"],
                     peak=figures.peak(),
                     current=figures.current(),
+                )
+            )
+        return results
+
+    async def week_calls(self, start: datetime, end: datetime) -> list[CallResult]:
+        """Every channel's calls in (`start`, `end`) with their peak so far, as the channel
+        statistics measure it (`current` is not kept there: None)."""
+        rows = await self.postgres.fetch(WEEK_CALLS_SQL, start, end, timeout=QUERY_TIMEOUT_SECONDS)
+        results = []
+        for row in rows:
+            outcome = CallOutcome(row["called_at"], float(row["base"]), _float(row["peak"]))
+            results.append(
+                CallResult(
+                    token_address=row["token_address"],
+                    symbol=None,
+                    channel_id=row["channel_id"],
+                    channel_name=_channel_name(row),
+                    called_at=row["called_at"],
+                    peak=outcome.multiple,
+                    current=None,
                 )
             )
         return results
