@@ -272,6 +272,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
                 if time.perf_counter() - started > FEED_TIMEOUT:
                     raise TimeoutError("the demo feed was not processed in time")
                 await asyncio.sleep(0.05)
+            alerts = {telegram_id: len(telegram.messages_to(telegram_id)) for telegram_id in names}
             await _evening_reports(runtime, telegram, names, out)
             assert runtime.service is not None
             stats = runtime.service.stats
@@ -283,8 +284,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             )
             print(f"  calls processed    : {stats.calls:,}", file=out)
             for telegram_id, name in names.items():
-                count = len(telegram.messages_to(telegram_id))
-                print(f"  alerts to {name:<17}: {count}", file=out)
+                print(f"  alerts to {name:<17}: {alerts[telegram_id]}", file=out)
             p50, p99 = (stats.latency_percentile(share) for share in (0.5, 0.99))
             print(
                 f"  frame → sender     : p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
