@@ -58,6 +58,12 @@ class PayCB(CallbackData, prefix="b1"):
     order: str = ""
 
 
+class ReportsCB(CallbackData, prefix="r1"):
+    """show (the reports screen), on, off."""
+
+    action: str
+
+
 class AdminCB(CallbackData, prefix="a1"):
     """Admins' screens: menu, stats, payments, channels, export; on a user's record (`user`):
     grant30, revoke, ban, unban."""

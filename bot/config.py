@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     alert_digest_threshold: int = Field(default=5, ge=2, le=100)
     # ...or once the oldest has waited this many seconds.
     alert_max_delay: float = Field(default=60.0, gt=0, le=3600)
+    # /channels ranks a channel only from this many resolved calls on (fewer are shown apart).
+    channels_min_resolved: int = Field(default=10, ge=1, le=10_000)
 
     @field_validator("admin_ids", "solana_rpc_url", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """The services handlers use, built once per runtime and handed to them through the dispatcher.
 
 Handlers ask for them by field name (`store`, `accounts`, `presets`, `replay`, `paysupport`, `ledger`,
-`checkout`, `stars`, `admin_queries`); they never see a store manager. Each service talks to the managers itself.
+`checkout`, `stars`, `channel_stats`, `admin_queries`); they never see a store manager. Each
+service talks to the managers itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from payments.stars import StarsPayments
 from services.accounts import AccountService, PaySupportGate
 from services.admin_queries import AdminQueries
 from services.cache import CacheRegistry
+from services.channel_stats import ChannelStatistics
 from services.presets import PresetStore
 from services.replay import FilterReplay
 from services.subscribers import SubscriberStore
@@ -36,6 +38,7 @@ class Services:
     ledger: PaymentLedger
     checkout: CheckoutService
     stars: StarsPayments
+    channel_stats: ChannelStatistics
     admin_queries: AdminQueries
 
     def workflow_data(self) -> dict[str, Any]:
@@ -76,5 +79,6 @@ def build_services(
             order_ttl={Rail.SOL: timedelta(minutes=sol_order_minutes)} if sol_order_minutes else None,
         ),
         stars=StarsPayments(ledger, accounts.plans, redis, postgres),
+        channel_stats=ChannelStatistics(postgres),
         admin_queries=AdminQueries(postgres),
     )

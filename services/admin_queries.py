@@ -1,4 +1,5 @@
-"""What admins ask of the stores: figures, one user's record, recent payments, exports, audiences.
+"""What admins ask of the stores: figures, one user's record, recent payments, exports, audiences
+(the channels' figures are services.channel_stats').
 
 Read from PostgreSQL, which holds every user, plan, payment, alert and delivery (a payment may
 reach it a moment after Redis has the plan). No Telegram imports: the admin routers only format
@@ -21,7 +22,6 @@ from managers.postgres import PostgresManager
 
 RECENT_PAYMENTS = 15
 USER_PAYMENTS = 5
-CHANNELS_LISTED = 20
 
 
 class Audience(StrEnum):
@@ -105,18 +105,6 @@ class UserRecord:
 class PaymentsSummary:
     counts: dict[tuple[str, str], int]  # (rail, status) -> payments
     recent: list[PaymentRow]
-
-
-@dataclass(frozen=True)
-class ChannelRow:
-    """A channel's figures and N, the calls the bot has seen from it."""
-
-    id: str
-    name: str | None
-    username: str | None
-    win_rate: float | None  # share 0..1
-    avg_gain: float | None
-    calls: int
 
 
 @dataclass(frozen=True)
@@ -280,30 +268,6 @@ class AdminQueries:
             counts={(row["rail"], row["status"]): int(row["n"]) for row in counts},
             recent=[_payment(row) for row in recent],
         )
-
-    async def channels(self, limit: int = CHANNELS_LISTED) -> list[ChannelRow]:
-        """The channels with the most calls seen, with the figures the directory holds for each.
-
-        Swap this for the bot's own channel statistics where they exist."""
-        rows = await self.postgres.fetch(
-            """
-            SELECT ch.id, ch.name, ch.username, ch.win_rate, ch.avg_gain, count(c.id) AS calls
-              FROM channels ch LEFT JOIN calls c ON c.channel_id = ch.id
-             GROUP BY ch.id ORDER BY calls DESC, ch.id LIMIT $1
-            """,
-            limit,
-        )
-        return [
-            ChannelRow(
-                id=row["id"],
-                name=row["name"],
-                username=row["username"],
-                win_rate=None if row["win_rate"] is None else float(row["win_rate"]),
-                avg_gain=None if row["avg_gain"] is None else float(row["avg_gain"]),
-                calls=int(row["calls"]),
-            )
-            for row in rows
-        ]
 
     async def audience(self, audience: Audience, now: datetime) -> list[int]:
         """The telegram ids a broadcast to `audience` goes to, in a stable order."""

@@ -211,7 +211,7 @@ ANSWERED = {
     "/stats": "Statistics",
     "/user 5": "User",
     "/payments": "No payments yet",
-    "/channels": "No channel has called",
+    "/channels": "No channel has a resolved call",
     "/broadcast Hello": "Broadcast preview",
     "/ban 5": "is banned",
     "/unban 5": "no longer banned",
@@ -235,7 +235,7 @@ async def test_every_admin_command_is_answered_for_an_admin_and_refused_for_anyo
     assert [record.method for record in exported] == ["sendDocument"] * 3
 
     # Every admin-only command is answered above, but /health (the monitoring's reply, not an
-    # admin screen); /channels is the subscribers' command too, so it is not admin-only.
+    # admin screen); /channels is the subscribers' command too (their own view), not admin-only.
     answered = {command.split()[0].lstrip("/") for command in ANSWERED} | {"export"}
     assert answered - {"channels"} == set(ADMIN_COMMANDS) - {"health"}
     refused = list(ADMIN_COMMANDS)
@@ -289,26 +289,43 @@ async def test_stats_shows_the_figures_of_the_rows(env: BotEnv) -> None:
 
 async def test_payments_and_channels_screens(env: BotEnv) -> None:
     await seed(env.stores.postgres, datetime.now(UTC))
-    postgres = env.stores.postgres
-    await postgres.execute(
-        "INSERT INTO channels (id, name, username, win_rate, avg_gain) VALUES "
-        "('-1001', 'Alpha <Calls>', 'alpha', 0.55, 2.3), ('-1002', NULL, NULL, NULL, NULL)"
-    )
-    for token in ("TokA", "TokB", "TokC"):
-        await postgres.execute(
-            "INSERT INTO calls (token_address, channel_id, called_at) VALUES ($1, '-1001', now())", token
-        )
-    await postgres.execute("INSERT INTO calls (token_address, channel_id, called_at) VALUES ('TokA', '-1002', now())")
     admin = env.chat(ADMIN)
     payments = await admin.ask("/payments")
     assert "• nowpayments: confirmed 1, pending 1" in payments.text
     assert "• stars: confirmed 1, refunded 1" in payments.text
     latest = payments.text.split("Latest:")[1].splitlines()[1:]
     assert len(latest) == 6 and "106 · nowpayments · $15 · pending · month" in latest[1]
-    channels = await admin.ask("/channels")
-    lines = channels.text.splitlines()
-    assert "Alpha <Calls> @alpha: N=3, win rate 55%, average gain 2.3x" in lines[2]
-    assert "-1002: N=1, win rate –, average gain –" in lines[3]
+
+    assert "No channel has a resolved call yet." in (await admin.ask("/channels")).text
+    # The channel statistics' figures (as their job writes them): the most measured first, all
+    # of them however few their resolved calls, each with N.
+    for channel_id, name, username, rate, resolved, wins, still_open, unpriced, avg, median in (
+        ("-1001", "Alpha <Calls>", "alpha", 0.5, 4, 2, 1, 0, 2.25, 1.9),
+        ("-1002", None, None, 0.45, 40, 18, 5, 2, 2.1, 1.6),
+        ("-1003", "Quiet", None, None, 0, 0, 3, 0, None, None),  # nothing resolved: not listed
+    ):
+        await env.stores.postgres.execute(
+            "INSERT INTO channels (id, name, username, computed_win_rate, computed_avg_gain, computed_median_gain,"
+            " computed_calls, computed_resolved, computed_wins, computed_unresolved, computed_unpriced, computed_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())",
+            channel_id,
+            name,
+            username,
+            rate,
+            avg,
+            median,
+            resolved + still_open + unpriced,
+            resolved,
+            wins,
+            still_open,
+            unpriced,
+        )
+    lines = (await admin.ask("/channels")).text.splitlines()
+    assert lines[0].startswith("📡 Channels by the bot's own figures") and len(lines) == 4
+    assert lines[2] == "• -1002: N=40, 2x 18 (45%), average 2.1x, median 1.6x; open 5, unpriced 2"
+    assert lines[3] == "• Alpha <Calls> @alpha: N=4, 2x 2 (50%), average 2.2x, median 1.9x; open 1, unpriced 0"
+    # A subscriber's /channels is still theirs.
+    assert "Channels with the best win rate" in (await env.chat(USER).ask("/channels")).text
 
 
 async def test_user_record_shows_the_plan_and_its_buttons_work(env: BotEnv) -> None:
@@ -431,7 +448,7 @@ async def test_admins_get_their_commands_in_a_menu_of_their_own(
                 scope = {"type": "chat", "chat_id": admin_id}
                 menu = [c["command"] for c in telegram.commands_for(scope)]
                 assert menu[: len(MENU_COMMANDS)] == list(MENU_COMMANDS)
-                assert set(menu[len(MENU_COMMANDS) :]) == set(ADMIN_MENU_COMMANDS)
+                assert set(menu[len(MENU_COMMANDS) :]) == set(ADMIN_MENU_COMMANDS) - set(MENU_COMMANDS)
                 russian = {c["command"]: c["description"] for c in telegram.commands_for(scope, language_code="ru")}
                 assert russian.keys() == set(menu) and russian["stats"] == TEXTS["ru"]["admincmd_stats"]
             # Everyone else keeps the subscribers' menu.

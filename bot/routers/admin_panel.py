@@ -1,5 +1,5 @@
 """The admins' screens: /admin (a menu), /stats, /user ID (with grant, revoke and ban buttons),
-/ban ID, /unban ID, /channels, /payments and /export (CSV files).
+/ban ID, /unban ID, /channels (the channel statistics with N), /payments and /export (CSV files).
 
 The figures come from services.admin_queries; this module only words them. Each handler
 matches admins only; the admin router refuses everyone else (bot.routers.admin).
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -21,16 +22,21 @@ from bot.callbacks import AdminCB
 from bot.config import Settings
 from bot.filters_admin import IsAdmin
 from bot.routers.admin import format_moment, notify_grant, parse_user_id
+from bot.routers.channels import channel_name
 from bot.routers.filters import filter_lines
+from bot.routers.replay import format_multiple
 from bot.routers.screens import acknowledge, show
 from bot.texts import money, text
+from domain.channel_stats import RatedChannel
 from payments.ledger import PaymentLedger, PaymentsUnavailable
-from services.admin_queries import EXPORTS, AdminQueries, ChannelRow, Overview, PaymentRow, UserRecord
+from services.admin_queries import EXPORTS, AdminQueries, Overview, PaymentRow, UserRecord
+from services.channel_stats import ChannelStatistics
 from services.subscribers import PG_FAILURES, StoreUnavailable, Subscriber, SubscriberStore, UnknownSubscriber
 
 logger = logging.getLogger("alertbot.admin")
 
 GRANT_BUTTON_DAYS = 30
+CHANNELS_LISTED = 25
 # What an admin's screen may fail on: PostgreSQL or Redis not answering.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (*PG_FAILURES, StoreUnavailable, PaymentsUnavailable, ConnectionError)
 
@@ -316,42 +322,53 @@ async def _ban_command(
 # ------------------------------------------------------------------ /channels
 
 
-def _channel_name(row: ChannelRow) -> str:
-    parts = []
-    if row.name:
-        parts.append(f"<b>{html.escape(row.name)}</b>")
-    if row.username:
-        parts.append(f"@{html.escape(row.username)}")
-    return " ".join(parts) or f"<code>{html.escape(row.id)}</code>"
+def most_measured(rated: Iterable[RatedChannel], limit: int = CHANNELS_LISTED) -> list[RatedChannel]:
+    """Channels with the most resolved calls first: the figures with the most behind them."""
+    measured = [entry for entry in rated if entry.figures is not None]
+
+    def key(entry: RatedChannel) -> tuple[int, float, str]:
+        f = entry.figures
+        assert f is not None
+        return (-f.resolved, -(f.win_rate or 0.0), entry.channel.id)
+
+    return sorted(measured, key=key)[:limit]
 
 
-def render_channels(rows: list[ChannelRow], language: str) -> str:
-    if not rows:
+def render_channels(rated: list[RatedChannel], language: str) -> str:
+    """The bot's own figures of each channel with N, the resolved calls behind them, and the
+    calls still open or without prices."""
+    if not rated:
         return text("admin_channels_none", language)
     lines = [text("admin_channels_title", language), ""]
-    for row in rows:
+    for entry in rated:
+        f = entry.figures
+        assert f is not None
         lines.append(
             text(
                 "admin_channels_line",
                 language,
-                name=_channel_name(row),
-                calls=row.calls,
-                win_rate="–" if row.win_rate is None else f"{row.win_rate * 100:.0f}%",
-                avg_gain="–" if row.avg_gain is None else f"{row.avg_gain:.1f}x",
+                name=channel_name(entry),
+                resolved=f.resolved,
+                wins=f.wins,
+                win_rate="–" if f.win_rate is None else f"{f.win_rate * 100:.0f}%",
+                avg="–" if f.avg_gain is None else format_multiple(f.avg_gain),
+                median="–" if f.median_gain is None else format_multiple(f.median_gain),
+                open=f.unresolved,
+                unpriced=f.unpriced,
             )
         )
     return "\n".join(lines)
 
 
-async def channels(event: Message | CallbackQuery, language: str, admin_queries: AdminQueries) -> None:
+async def channels(event: Message | CallbackQuery, language: str, channel_stats: ChannelStatistics) -> None:
     await acknowledge(event)
     try:
-        rows = await admin_queries.channels()
+        rated = await channel_stats.rated()
     except _UNAVAILABLE as exc:
         logger.warning("/channels (admin): the stores did not answer (%r)", exc)
         await show(event, text("unavailable", language))
         return
-    await show(event, render_channels(rows, language), keyboards.admin_back(language))
+    await show(event, render_channels(most_measured(rated), language), keyboards.admin_back(language))
 
 
 # ------------------------------------------------------------------ /payments
