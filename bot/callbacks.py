@@ -56,3 +56,9 @@ class PayCB(CallbackData, prefix="b1"):
     plan: str = ""
     rail: str = ""
     order: str = ""
+
+
+class FollowupCB(CallbackData, prefix="u1"):
+    """Follow-ups from this multiple on (0: none)."""
+
+    minimum: int

@@ -22,6 +22,7 @@ from bot.config import Settings
 from bot.logs import setup_logging
 from bot.runtime import Runtime
 from domain.filters import Filters, set_filter
+from standins.dexscreener import DexScreenerServer
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample
 from standins.telegram import FakeTelegramServer, SentRecord
@@ -190,10 +191,24 @@ async def _subscribers(runtime: Runtime) -> dict[int, str]:
     return names
 
 
+def _dexscreener_prices(dexscreener: DexScreenerServer, frames: list[dict[str, Any]]) -> None:
+    """The local DexScreener lists each token of the recording at its last recorded price, for
+    the follow-ups of tokens the feed stops pricing."""
+    for frame in frames:
+        if frame.get("type") == "price" and frame.get("price_usd"):
+            dexscreener.set_price(frame["address"], frame["price_usd"], frame.get("market_cap_usd"))
+
+
 async def run_demo(out: TextIO = sys.stdout) -> int:
     work = Path(tempfile.mkdtemp(prefix="abdemo"))
     frames = load_sample()
-    async with FakeTelegramServer() as telegram, FeedServer(frames, interval=FEED_INTERVAL) as feed:
+    dexscreener = DexScreenerServer()
+    _dexscreener_prices(dexscreener, frames)
+    async with (
+        FakeTelegramServer() as telegram,
+        FeedServer(frames, interval=FEED_INTERVAL) as feed,
+        dexscreener,
+    ):
         settings = Settings(
             _env_file=None,
             bot_token=DEMO_TOKEN,
@@ -202,6 +217,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             database_url=None,
             webhook_url=None,
             stream_url=feed.url,
+            dexscreener_url=dexscreener.url,
             admin_ids=[DEMO_ADMIN],
             http_port=_free_port(),
             log_dir=work / "logs",
@@ -212,6 +228,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
         print(f"  Bot API : local test server at {telegram.base_url} (enforces Telegram's limits)", file=out)
         print(f"  feed    : {len(frames):,} recorded frames from {feed.url}", file=out)
         print("  stores  : embedded PostgreSQL (migrations applied), embedded Redis stand-in", file=out)
+        print(f"  prices  : the feed's, and a local DexScreener at {dexscreener.url}", file=out)
         print(f"  logs    : {settings.log_dir}", file=out)
         print("", file=out)
         await runtime.start()
@@ -236,7 +253,9 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             while True:
                 for record in new_alerts():
                     shown += 1
-                    _show(out, f"→ {names[record.chat_id]}", terminal_text(record.raw_text or ""))
+                    # A follow-up (2x, 5x...) replies to its alert.
+                    arrow = "→" if record.reply_to is None else "↩"
+                    _show(out, f"{arrow} {names[record.chat_id]}", terminal_text(record.raw_text or ""))
                     print("", file=out)
                 if stream.stats.frames >= len(frames) and not new_alerts():
                     try:
@@ -258,8 +277,10 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             )
             print(f"  calls processed    : {stats.calls:,}", file=out)
             for telegram_id, name in names.items():
-                count = len(telegram.messages_to(telegram_id))
-                print(f"  alerts to {name:<17}: {count}", file=out)
+                received = telegram.messages_to(telegram_id)
+                followups = sum(1 for record in received if record.reply_to is not None)
+                print(f"  alerts to {name:<17}: {len(received) - followups}", file=out)
+                print(f"  follow-ups to {name:<13}: {followups}", file=out)
             p50, p99 = (stats.latency_percentile(share) for share in (0.5, 0.99))
             print(
                 f"  frame → sender     : p50 {p50 if p50 is not None else float('nan'):.2f} ms, "

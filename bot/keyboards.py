@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.callbacks import FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB
+from bot.callbacks import FilterCB, FollowupCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB
 from bot.texts import LANGUAGE_NAMES, money, text
 from domain.filters import FILTER_SPECS, Filters
 from domain.plans import PAID_RAILS, Order, Plan, Rail
@@ -155,8 +155,11 @@ def subscribe(link: str, stars: int, plan_code: str, language: str) -> InlineKey
     )
 
 
-def status(language: str, cancel_autorenew: bool) -> InlineKeyboardMarkup:
+def status(language: str, cancel_autorenew: bool, followups: str | None = None) -> InlineKeyboardMarkup:
+    """`followups`: the follow-up choice as the button shows it (None: no button)."""
     rows = []
+    if followups is not None:
+        rows.append([_button(text("button_followups", language, choice=followups), MenuCB(screen="followups").pack())])
     if cancel_autorenew:
         rows.append([_button(text("button_cancel_autorenew", language), PayCB(action="unsub").pack())])
     rows.append(back_row(language))
@@ -172,3 +175,12 @@ def unsubscribe_confirm(language: str) -> InlineKeyboardMarkup:
             ]
         ]
     )
+
+
+def followups(choices: Sequence[tuple[int, str]], current: int, language: str) -> InlineKeyboardMarkup:
+    """One button per (followup_min, label), the current one ticked; back to /status."""
+    buttons = [
+        _button(("✓ " if minimum == current else "") + label, FollowupCB(minimum=minimum).pack())
+        for minimum, label in choices
+    ]
+    return InlineKeyboardMarkup(inline_keyboard=[*_rows(buttons, 2), back_row(language, "status")])

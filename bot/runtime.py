@@ -33,6 +33,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[impo
 
 from bot.config import Settings, SettingsError, require
 from bot.container import Services, build_services
+from bot.followups import FollowUpNotifier, FollowUps
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
@@ -64,9 +65,11 @@ from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
 from services.metrics import Metrics, NumbersProvider
+from services.multiplier import MultiplierTracker
 from services.outbox import Outbox
 from services.persistence import PersistenceWriter
 from services.pipeline import CallPipeline, ProcessingWorkers
+from services.price_sources import DexScreenerPoller, TradeSubscriptions
 from services.sender import DigestPolicy, MessageSender
 from services.sol_price import SolPriceSource
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
@@ -205,6 +208,7 @@ class Runtime:
     feeds: tuple[Feed, ...] = ()  # built once, when receiving begins
     pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
     http_port: int | None = None
+    followups: FollowUps | None = None  # built by start()
     _parts: Parts | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _polling: asyncio.Task[None] | None = None
@@ -339,6 +343,7 @@ class Runtime:
             bot = create_bot(token, self.settings.telegram_api_url, self.pacing)
             self._stack.push_async_callback(bot.session.close)
             self._parts = await self._start_pipeline(redis, postgres, bot)
+            await self._start_followups(self._parts)
             await self._start_http()
             # The default list in English, and each language's own for users whose Telegram
             # speaks it (Telegram picks by the user's language_code).
@@ -472,6 +477,34 @@ class Runtime:
             scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
         scheduler.start()
         self._stack.callback(scheduler.shutdown, wait=False)
+
+    async def _start_followups(self, parts: Parts) -> None:
+        """Multiplier follow-ups: every price reaching the queue goes to the tracker; tokens no
+        source priced lately are asked of DexScreener (DEXSCREENER_URL), and with a PumpPortal
+        key their trades are subscribed on the PumpPortal stream once it runs."""
+        settings = self.settings
+        tracker = MultiplierTracker(parts.redis, parts.postgres, self.index, rules=settings.tracking_rules)
+        tracker.notify = FollowUpNotifier(parts.sender, self.index, tracker)
+        self.queue.price_listeners.append(tracker.on_price)
+        poller = None
+        if settings.dexscreener_url:
+            stale_after = timedelta(seconds=settings.price_stale_seconds)
+            poller = DexScreenerPoller(
+                settings.dexscreener_url,
+                lambda: tracker.stale(stale_after),
+                self.queue.put,
+                rate=settings.dexscreener_rate,
+                api_limit=self.api_limit,
+            )
+        trades = None
+        if settings.pumpportal_url and settings.pumpportal_api_key:
+            trades = TradeSubscriptions(
+                lambda: next((s for s in self.streams if s.name == "pumpportal"), None), tracker.addresses
+            )
+        self.followups = FollowUps(tracker, poller, trades)
+        await self.followups.start()
+        self._stack.push_async_callback(self.followups.stop)
+        self.metrics.components.add("followups", self.followups.numbers)
 
     def _nowpayments_client(self) -> NowPaymentsClient | None:
         """With NOWPAYMENTS_API_KEY, NOWPAYMENTS_IPN_SECRET and PUBLIC_BASE_URL, the API client."""
