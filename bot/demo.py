@@ -15,6 +15,7 @@ import socket
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -199,6 +200,48 @@ def _dexscreener_prices(dexscreener: DexScreenerServer, frames: list[dict[str, A
             dexscreener.set_price(frame["address"], frame["price_usd"], frame.get("market_cap_usd"))
 
 
+RUN_UPS = (2.4, 5.3)  # the multiples (of the highest alert market cap) three tokens then reach
+
+
+async def _run_ups(runtime: Runtime, feed: FeedServer, out: TextIO, chats: set[int]) -> int:
+    """Three tokens alerted to `chats` run up to 2.4x, then 5.3x: price frames on the feed, as the
+    feed would send them. Returns the frames pushed."""
+    assert runtime.followups is not None
+    tracker = runtime.followups.tracker
+    await tracker.sync()  # the alerts delivered just now
+
+    def alerted_to_them(address: str) -> bool:
+        track = tracker.get(address)
+        return track is not None and bool(chats & set(track.chats.tolist()))
+
+    risers = [address for address in tracker.addresses() if alerted_to_them(address)][:3]
+    print("Later that day, three of the alerted tokens run up:", file=out)
+    print("", file=out)
+    [stream] = runtime.streams
+    read = stream.stats.frames
+    pushed = 0
+    for multiple in RUN_UPS:
+        for address in risers:
+            track = tracker.get(address)
+            if track is None:
+                continue
+            market_cap = float(track.bases.max()) * multiple
+            now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            await feed.push(
+                {
+                    "type": "price",
+                    "address": address,
+                    "price_usd": market_cap / 1e9,
+                    "market_cap_usd": market_cap,
+                    "ts": now,
+                }
+            )
+            pushed += 1
+    await stream.wait_for(lambda: stream.stats.frames >= read + pushed, FEED_TIMEOUT)
+    await tracker.settled()
+    return pushed
+
+
 async def run_demo(out: TextIO = sys.stdout) -> int:
     work = Path(tempfile.mkdtemp(prefix="abdemo"))
     frames = load_sample()
@@ -250,6 +293,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             await _buy_with_stars(telegram, out)
             [stream] = runtime.streams
             # Print each alert as it is delivered, until the whole feed is processed and sent.
+            expected = len(frames)
             while True:
                 for record in new_alerts():
                     shown += 1
@@ -257,13 +301,17 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
                     arrow = "→" if record.reply_to is None else "↩"
                     _show(out, f"{arrow} {names[record.chat_id]}", terminal_text(record.raw_text or ""))
                     print("", file=out)
-                if stream.stats.frames >= len(frames) and not new_alerts():
+                if stream.stats.frames >= expected and not new_alerts():
                     try:
                         await runtime.drained(timeout=0.05)
                     except TimeoutError:
                         continue
                     if not new_alerts():
-                        break
+                        if expected > len(frames):
+                            break
+                        # Later that day: some alerted tokens run up, and their subscribers hear of it.
+                        expected += await _run_ups(runtime, feed, out, set(names))
+                        continue
                 if time.perf_counter() - started > FEED_TIMEOUT:
                     raise TimeoutError("the demo feed was not processed in time")
                 await asyncio.sleep(0.05)
@@ -279,8 +327,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             for telegram_id, name in names.items():
                 received = telegram.messages_to(telegram_id)
                 followups = sum(1 for record in received if record.reply_to is not None)
-                print(f"  alerts to {name:<17}: {len(received) - followups}", file=out)
-                print(f"  follow-ups to {name:<13}: {followups}", file=out)
+                print(f"  alerts to {name:<17}: {len(received) - followups} (+{followups} follow-ups)", file=out)
             p50, p99 = (stats.latency_percentile(share) for share in (0.5, 0.99))
             print(
                 f"  frame → sender     : p50 {p50 if p50 is not None else float('nan'):.2f} ms, "

@@ -3,6 +3,7 @@ PostgreSQL, the Telegram stand-in; and the tracker on its own with a clock of th
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -10,12 +11,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.runtime import Runtime
+from bot.followups import FollowUpNotifier
+from bot.runtime import Runtime, create_bot
+from domain.events import PriceEvent
 from domain.filters import Filters
+from domain.matching import SubscriberIndex
+from domain.multipliers import End, FollowUp, TrackingRules
 from domain.subscriber import Subscriber
+from managers.redis_manager import RedisManager
+from services.multiplier import MultiplierTracker
+from services.sender import MessageSender
 from standins.dexscreener import DexScreenerServer
 from standins.feed_server import FeedServer
-from standins.telegram import FakeTelegramServer, SentRecord
+from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, SentRecord
+from tests.conftest import Stores
 from tests.test_token_pipeline_e2e import CHANNEL_FRAMES, Member, bot_on_feed, call_frame, filters
 
 EAGER = Member(301, Filters())  # every token, every threshold
@@ -178,3 +187,118 @@ def as_subscriber(member: Member, followup_min: int = 2) -> Subscriber:
         plan_expires_at=datetime.now(UTC) + timedelta(days=30),
         followup_min=followup_min,
     )
+
+
+# ---------------------------------------------------------------------------------- the tracker alone
+
+T0 = datetime.now(UTC).replace(microsecond=0)
+BASE = 100_000.0
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def price(address: str, market_cap: float) -> PriceEvent:
+    return PriceEvent(address, market_cap / 1e9, market_cap, T0)
+
+
+async def test_two_trackers_on_one_redis_send_each_follow_up_once(redis_url: str) -> None:
+    """Two processes follow the same token and see the same prices: Redis lets one of them tell."""
+    index = SubscriberIndex([as_subscriber(EAGER), as_subscriber(FROM_FIVE, followup_min=5)])
+    redis = RedisManager.from_url(redis_url)
+    await redis.start()
+    async with FakeTelegramServer() as telegram:
+        bots = [create_bot(DEFAULT_TOKEN, telegram.base_url) for _ in range(2)]
+        senders = [MessageSender(bot) for bot in bots]
+        trackers = [MultiplierTracker(redis, None, index) for _ in range(2)]
+        for tracker, sender in zip(trackers, senders):
+            await sender.start()
+            tracker.notify = FollowUpNotifier(sender, index, tracker)
+            # Message 999 is no message of theirs: the follow-up goes without the reply.
+            tracker.add_entries(MOON, [EAGER.telegram_id, FROM_FIVE.telegram_id], [BASE, BASE], messages=[999, 999])
+        for market_cap in (250_000, 600_000, 150_000, 660_000, 1_200_000):
+            for tracker in trackers:
+                tracker.on_price(price(MOON, market_cap))
+            await asyncio.gather(*(tracker.settled() for tracker in trackers))
+        for sender, bot in zip(senders, bots):
+            await sender.stop(drain=True, timeout=10)
+            await bot.session.close()
+        told = sorted((r.chat_id, multiple_of(r)) for r in telegram.sent)
+        assert told == [(EAGER.telegram_id, 2), (EAGER.telegram_id, 5), (EAGER.telegram_id, 10)] + [
+            (FROM_FIVE.telegram_id, 5),
+            (FROM_FIVE.telegram_id, 10),
+        ]
+        assert all(r.reply_to is None for r in telegram.sent)
+        assert sum(t.stats.won for t in trackers) == 5 and sum(t.stats.lost for t in trackers) == 5
+    await redis.close()
+
+
+def followed(stores: Stores, rules: TrackingRules, clock: Clock) -> tuple[MultiplierTracker, list[FollowUp]]:
+    index = SubscriberIndex([as_subscriber(EAGER), as_subscriber(Member(305, Filters()))])
+    told: list[FollowUp] = []
+    return MultiplierTracker(stores.redis, stores.postgres, index, told.append, rules=rules, clock=clock), told
+
+
+async def test_following_ends_a_window_after_each_alert(stores: Stores) -> None:
+    clock = Clock(T0)
+    tracker, told = followed(stores, TrackingRules(window=timedelta(days=7), silent_after=timedelta(days=30)), clock)
+    tracker.add_entries(MOON, [EAGER.telegram_id], [BASE], alerted_at=[T0])
+    tracker.add_entries(MOON, [305], [BASE], alerted_at=[T0 + timedelta(days=3)])
+    assert tracker.entries == 2
+    clock.now = T0 + timedelta(days=7, hours=1)
+    assert tracker.sweep() == {}  # the first alert's week is over, the second's is not
+    assert tracker.entries == 1
+    tracker.on_price(price(MOON, 300_000))
+    await tracker.settled()
+    assert [(f.chat_id, f.multiple) for f in told] == [(305, 3)]
+    clock.now = T0 + timedelta(days=10)
+    assert tracker.sweep() == {MOON: End.WINDOW}
+    tracker.on_price(price(MOON, 2_000_000))
+    await tracker.settled()
+    assert len(told) == 1 and tracker.get(MOON) is None and tracker.entries == 0
+    # A later delivery of the ended token does not bring it back.
+    assert tracker.add_entries(MOON, [EAGER.telegram_id], [BASE]) == 0
+    await tracker.flush()
+    row = await stores.postgres.fetchrow(
+        "SELECT ended_at, end_reason FROM tracked_tokens WHERE token_address = $1", MOON
+    )
+    assert row is not None and row["end_reason"] == "window" and row["ended_at"] == clock.now
+
+
+async def test_a_token_far_below_its_peak_for_an_hour_is_dead(stores: Stores) -> None:
+    clock = Clock(T0)
+    tracker, told = followed(stores, TrackingRules(dead_share=0.1, dead_after=timedelta(hours=1)), clock)
+    tracker.add_entries(MOON, [EAGER.telegram_id], [BASE], alerted_at=[T0])
+    clock.now = T0 + timedelta(minutes=1)
+    tracker.on_price(price(MOON, 300_000))  # 3x: the peak
+    clock.now = T0 + timedelta(minutes=2)
+    tracker.on_price(price(MOON, 29_000))  # below 10% of the peak from here on
+    clock.now = T0 + timedelta(minutes=30)
+    tracker.on_price(price(MOON, 25_000))
+    clock.now = T0 + timedelta(hours=1, minutes=1)
+    assert tracker.sweep() == {}
+    clock.now = T0 + timedelta(hours=1, minutes=2)
+    assert tracker.sweep() == {MOON: End.DEAD}
+    tracker.on_price(price(MOON, 1_000_000))
+    await tracker.settled()
+    assert [f.multiple for f in told] == [3]
+    assert tracker.stats.ended_dead == 1
+
+
+async def test_a_token_without_any_price_for_a_day_is_silent_and_asked_for_meanwhile(stores: Stores) -> None:
+    clock = Clock(T0)
+    tracker, _ = followed(stores, TrackingRules(silent_after=timedelta(hours=24)), clock)
+    tracker.add_entries(ROCKET, [EAGER.telegram_id], [BASE], alerted_at=[T0])
+    clock.now = T0 + timedelta(seconds=59)
+    assert tracker.stale(timedelta(seconds=60)) == []
+    clock.now = T0 + timedelta(seconds=60)
+    assert tracker.stale(timedelta(seconds=60)) == [ROCKET]  # DexScreener is asked for it
+    clock.now = T0 + timedelta(hours=23, minutes=59)
+    assert tracker.sweep() == {}
+    clock.now = T0 + timedelta(hours=24)
+    assert tracker.sweep() == {ROCKET: End.SILENT}
