@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     alert_digest_threshold: int = Field(default=5, ge=2, le=100)
     # ...or once the oldest has waited this many seconds.
     alert_max_delay: float = Field(default=60.0, gt=0, le=3600)
+    # /channels ranks a channel only from this many resolved calls on (fewer are shown apart).
+    channels_min_resolved: int = Field(default=10, ge=1, le=10_000)
     # Follow-ups after an alert (2x, 3x, 5x...): each alert is followed this many days, and its
     # token no longer once dead: its market cap below FOLLOWUP_DEAD_SHARE of its peak for
     # FOLLOWUP_DEAD_MINUTES, or no price at all for FOLLOWUP_SILENT_HOURS.

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.callbacks import FilterCB, FollowupCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB
+from bot.callbacks import FilterCB, FollowupCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB, ReportsCB
 from bot.texts import LANGUAGE_NAMES, money, text
 from domain.filters import FILTER_SPECS, Filters
 from domain.plans import PAID_RAILS, Order, Plan, Rail
@@ -155,13 +155,19 @@ def subscribe(link: str, stars: int, plan_code: str, language: str) -> InlineKey
     )
 
 
-def status(language: str, cancel_autorenew: bool, followups: str | None = None) -> InlineKeyboardMarkup:
-    """`followups`: the follow-up choice as the button shows it (None: no button)."""
+def status(
+    language: str, cancel_autorenew: bool, reports: bool | None = None, followups: str | None = None
+) -> InlineKeyboardMarkup:
+    """`reports`: whether the subscriber gets reports (None: unknown, no button); `followups`: the
+    follow-up choice as its button shows it (None: no button)."""
     rows = []
     if followups is not None:
         rows.append([_button(text("button_followups", language, choice=followups), MenuCB(screen="followups").pack())])
     if cancel_autorenew:
         rows.append([_button(text("button_cancel_autorenew", language), PayCB(action="unsub").pack())])
+    if reports is not None:
+        state = text("reports_state_on" if reports else "reports_state_off", language)
+        rows.append([_button(text("button_reports", language, state=state), ReportsCB(action="show").pack())])
     rows.append(back_row(language))
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
@@ -175,6 +181,13 @@ def unsubscribe_confirm(language: str) -> InlineKeyboardMarkup:
             ]
         ]
     )
+
+
+def reports_menu(language: str, on: bool) -> InlineKeyboardMarkup:
+    """The reports switch, then back to /status."""
+    switch = ReportsCB(action="off" if on else "on").pack()
+    label = text("button_reports_off" if on else "button_reports_on", language)
+    return InlineKeyboardMarkup(inline_keyboard=[[_button(label, switch)], back_row(language, "status")])
 
 
 def followups(choices: Sequence[tuple[int, str]], current: int, language: str) -> InlineKeyboardMarkup:

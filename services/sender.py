@@ -43,7 +43,7 @@ from aiogram.exceptions import (
     TelegramUnauthorizedError,
 )
 from aiogram.methods.base import Response
-from aiogram.types import LinkPreviewOptions, Message, ReplyParameters
+from aiogram.types import BufferedInputFile, InputFile, LinkPreviewOptions, Message, ReplyParameters
 from aiolimiter import AsyncLimiter
 
 from domain.messages import Lane, OutgoingMessage, log_pairs
@@ -51,6 +51,7 @@ from domain.messages import Lane, OutgoingMessage, log_pairs
 __all__ = [
     "MessageSender",
     "DeliveryError",
+    "caption_fits",
     "DigestPolicy",
     "Lane",
     "OnDone",
@@ -163,6 +164,7 @@ class _Job:
     failures: int = 0  # transient failures so far
     chat_id: int = 0
     photo_url: str | None = None
+    photo_bytes: bytes | None = None
     digest_line: str | None = None  # set on alerts that may be merged into a digest
     part: str = ""  # a digest's "part/parts", for the log line
     on_done: OnDone | None = None
@@ -173,6 +175,7 @@ class _Job:
     def __post_init__(self) -> None:
         self.chat_id = int(self.message.chat_id)
         self.photo_url = self.message.photo_url
+        self.photo_bytes = self.message.photo_bytes
         self.digest_line = self.message.digest_line
 
     @property
@@ -695,10 +698,6 @@ class MessageSender:
             return min(allowed, self._bursts.ready_at(chat_id, now))
         return allowed
 
-    def _caption_fits(self, html: str) -> bool:
-        # Telegram counts a caption in UTF-16 code units: an emoji beyond U+FFFF takes two.
-        return _utf16_len(_visible_text(html)) <= CAPTION_LIMIT
-
     async def _send(self, job: _Job) -> Message:
         """The request itself: a photo with caption when the job has one that fits, else text."""
         paid = True if self.paid_broadcast else None  # None: the field is left out of the request
@@ -706,11 +705,14 @@ class MessageSender:
         reply_to = job.message.reply_to_message_id
         # A reply whose message was deleted goes as a plain message rather than not at all.
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
-        if job.photo_url and self._caption_fits(job.html):
+        photo: str | InputFile | None = job.photo_url
+        if photo is None and job.photo_bytes:
+            photo = BufferedInputFile(job.photo_bytes, filename="chart.png")
+        if photo is not None and caption_fits(job.html):
             try:
                 return await self._bot.send_photo(
                     chat_id=job.chat_id,
-                    photo=job.photo_url,
+                    photo=photo,
                     caption=job.html,
                     parse_mode=ParseMode.HTML,
                     reply_markup=job.reply_markup,
@@ -725,7 +727,7 @@ class MessageSender:
                 # alert matters, not the picture, and a text message takes four times as much.
                 self._counters.photo_fallbacks += 1
                 logger.info("photo for chat %s refused (%s); sending text", job.chat_id, exc.message)
-                job.photo_url = None
+                job.photo_url = job.photo_bytes = None
         return await self._bot.send_message(
             chat_id=job.chat_id,
             text=job.html,
@@ -1003,6 +1005,12 @@ _CAPTION_ERRORS = ("caption is too long", "media_caption_too_long")
 def _is_caption_error(message: str) -> bool:
     lowered = message.lower()
     return any(marker in lowered for marker in _CAPTION_ERRORS)
+
+
+def caption_fits(html: str) -> bool:
+    """Whether `html` fits a photo's caption. Telegram counts a caption in UTF-16 code units
+    (an emoji beyond U+FFFF takes two), after the tags are parsed."""
+    return _utf16_len(_visible_text(html)) <= CAPTION_LIMIT
 
 
 def _utf16_len(text: str) -> int:

@@ -110,7 +110,12 @@ async def status(
     await show(
         event,
         status_text(subscriber, figures, language, now, link, subscription, price),
-        keyboards.status(language, cancel_autorenew=renews, followups=choice_label(subscriber.followup_min, language)),
+        keyboards.status(
+            language,
+            cancel_autorenew=renews,
+            reports=subscriber.reports,
+            followups=choice_label(subscriber.followup_min, language),
+        ),
     )
 
 
