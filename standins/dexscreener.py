@@ -3,9 +3,9 @@
 ``GET /tokens/v1/{chainId}/{tokenAddresses}`` answers a JSON array of pair objects (chainId,
 dexId, url, pairAddress, baseToken, quoteToken, priceNative and priceUsd as decimal strings,
 txns, volume, priceChange, liquidity, fdv, marketCap, pairCreatedAt in milliseconds, info), the
-pairs of every listed address that trades; an unknown address simply has none. Like the real
-API it takes at most 30 addresses a request and 300 requests a minute: a longer list is a 400, a
-request over the rate a 429.
+pairs of every listed address that trades; an unknown address simply has none. The real API
+documents at most 30 addresses a request and 300 requests a minute; the stand-in answers a
+longer list with a 400 and a request over the rate with a 429 (Retry-After: 60).
 
 Tests set prices with `set_price` (one pair) or `add_pair` (several pairs of one token) and read
 what was asked in `requests` (the addresses of each request, in order).

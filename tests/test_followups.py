@@ -11,6 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.types import ReplyParameters
+
 from bot.followups import FollowUpNotifier
 from bot.runtime import Runtime, create_bot
 from domain.events import PriceEvent
@@ -302,3 +305,23 @@ async def test_a_token_without_any_price_for_a_day_is_silent_and_asked_for_meanw
     assert tracker.sweep() == {}
     clock.now = T0 + timedelta(hours=24)
     assert tracker.sweep() == {ROCKET: End.SILENT}
+
+
+async def test_the_local_bot_api_refuses_a_reply_to_a_missing_message_unless_allowed() -> None:
+    async with FakeTelegramServer() as telegram:
+        bot = create_bot(DEFAULT_TOKEN, telegram.base_url)
+        try:
+            first = await bot.send_message(5, "alert")
+            reply = await bot.send_message(5, "2x", reply_parameters=ReplyParameters(message_id=first.message_id))
+            assert reply.reply_to_message is not None and reply.reply_to_message.message_id == first.message_id
+            try:
+                await bot.send_message(5, "2x", reply_parameters=ReplyParameters(message_id=999))
+            except TelegramBadRequest as exc:
+                assert "message to be replied not found" in exc.message
+            else:
+                raise AssertionError("a reply to a missing message was accepted")
+            allowed = ReplyParameters(message_id=999, allow_sending_without_reply=True)
+            plain = await bot.send_message(5, "2x", reply_parameters=allowed)
+            assert plain.reply_to_message is None
+        finally:
+            await bot.session.close()
