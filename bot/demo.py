@@ -23,6 +23,7 @@ from bot.config import Settings
 from bot.logs import setup_logging
 from bot.runtime import Runtime
 from domain.filters import Filters, set_filter
+from domain.reports import ReportKind
 from standins.dexscreener import DexScreenerServer
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample
@@ -177,6 +178,28 @@ async def _exchange(telegram: FakeTelegramServer, out: TextIO, action: str, valu
     print("", file=out)
 
 
+async def _evening_reports(runtime: Runtime, telegram: FakeTelegramServer, names: dict[int, str], out: TextIO) -> None:
+    """The day's reports, run now rather than at 20:00 and 21:00 UTC: each subscriber's alerts with
+    their multiples so far, then the day's best tokens and channels, each with its chart."""
+    print("Evening reports (run now instead of at their hour)", file=out)
+    before = len(telegram.sent)
+    now = datetime.now(UTC)
+    for kind in (ReportKind.DAILY, ReportKind.BEST):
+        await runtime.reports.run(kind, now)
+    await runtime.drained()
+    shown: set[tuple[int, str]] = set()
+    for record in telegram.sent[before:]:
+        who = names.get(record.chat_id, DEMO_USER_NAME if record.chat_id == DEMO_USER_ID else None)
+        if who is None or record.method != "sendPhoto":
+            continue
+        title = (record.caption or "").splitlines()[0] if record.caption else ""
+        if (record.chat_id, title) in shown:
+            continue
+        shown.add((record.chat_id, title))
+        _show(out, f"→ {who}", f"[chart] {terminal_text(record.raw_text or '')}")
+        print("", file=out)
+
+
 async def _subscribers(runtime: Runtime) -> dict[int, str]:
     assert runtime.store is not None and runtime.index_sync is not None
     names: dict[int, str] = {}
@@ -315,6 +338,15 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
                 if time.perf_counter() - started > FEED_TIMEOUT:
                     raise TimeoutError("the demo feed was not processed in time")
                 await asyncio.sleep(0.05)
+            # Before the reports: alerts, and the follow-ups that reply to them.
+            followups = {
+                telegram_id: sum(1 for r in telegram.messages_to(telegram_id) if r.reply_to is not None)
+                for telegram_id in names
+            }
+            alerts = {
+                telegram_id: len(telegram.messages_to(telegram_id)) - followups[telegram_id] for telegram_id in names
+            }
+            await _evening_reports(runtime, telegram, names, out)
             assert runtime.service is not None
             stats = runtime.service.stats
             print("Summary", file=out)
@@ -325,9 +357,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             )
             print(f"  calls processed    : {stats.calls:,}", file=out)
             for telegram_id, name in names.items():
-                received = telegram.messages_to(telegram_id)
-                followups = sum(1 for record in received if record.reply_to is not None)
-                print(f"  alerts to {name:<17}: {len(received) - followups} (+{followups} follow-ups)", file=out)
+                print(f"  alerts to {name:<17}: {alerts[telegram_id]} (+{followups[telegram_id]} follow-ups)", file=out)
             p50, p99 = (stats.latency_percentile(share) for share in (0.5, 0.99))
             print(
                 f"  frame → sender     : p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
