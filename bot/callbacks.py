@@ -64,6 +64,12 @@ class ReportsCB(CallbackData, prefix="r1"):
     action: str
 
 
+class FollowupCB(CallbackData, prefix="u1"):
+    """Follow-ups from this multiple on (0: none)."""
+
+    minimum: int
+
+
 class AdminCB(CallbackData, prefix="a1"):
     """Admins' screens: menu, stats, payments, channels, export; on a user's record (`user`):
     grant30, revoke, ban, unban."""
