@@ -170,6 +170,9 @@ def _from_hash(broadcast_id: str, stored: Mapping[str, str]) -> Broadcast:
     )
 
 
+_AUDIENCE_CHANGED = object()
+
+
 # Shows a broadcast's progress; False when it could not and it is worth trying again.
 @contextlib.contextmanager
 def _unavailable() -> Iterator[None]:
@@ -290,19 +293,23 @@ class Broadcasts:
     async def cancel(self, broadcast_id: str) -> Broadcast | None:
         """The draft, cancelled; None when it is no draft (any more)."""
         with _unavailable():
-            return await self._leave_draft(broadcast_id, {"status": CANCELLED}, [])
+            cancelled = await self._leave_draft(broadcast_id, {"status": CANCELLED}, [])
+        return cancelled if isinstance(cancelled, Broadcast) else None
 
     async def confirm(self, broadcast_id: str, message_id: int, now: datetime | None = None) -> Broadcast | None:
         """Send the draft to its audience as it is now; progress shows in the admin's message
         `message_id`. None when it is no draft (any more): a second press sends nothing."""
         with _unavailable():
-            broadcast = await self._read(broadcast_id)
-            if broadcast is None or broadcast.status != DRAFT:
-                return None
-            recipients = await self.recipients(broadcast.audience, now or datetime.now(UTC))
-            fields = {"status": RUNNING, "message_id": str(message_id), "total": str(len(recipients))}
-            confirmed = await self._leave_draft(broadcast_id, fields, recipients)
-        if confirmed is None:
+            while True:
+                broadcast = await self._read(broadcast_id)
+                if broadcast is None or broadcast.status != DRAFT:
+                    return None
+                recipients = await self.recipients(broadcast.audience, now or datetime.now(UTC))
+                fields = {"status": RUNNING, "message_id": str(message_id), "total": str(len(recipients))}
+                confirmed = await self._leave_draft(broadcast_id, fields, recipients, audience=broadcast.audience)
+                if confirmed is not _AUDIENCE_CHANGED:
+                    break
+        if not isinstance(confirmed, Broadcast):
             return None
         logger.warning(
             "broadcast %s confirmed by %s: %d recipient(s) (%s)",
@@ -314,14 +321,19 @@ class Broadcasts:
         self._launch(broadcast_id)
         return confirmed
 
-    async def _leave_draft(self, broadcast_id: str, fields: dict[str, str], recipients: list[int]) -> Broadcast | None:
-        """Set `fields` (and queue `recipients`, running) only while the broadcast is a draft."""
+    async def _leave_draft(
+        self, broadcast_id: str, fields: dict[str, str], recipients: list[int], audience: Audience | None = None
+    ) -> Broadcast | object | None:
+        """Set `fields` (and queue `recipients`, running) only while the broadcast is a draft and,
+        given `audience`, still for that audience (else _AUDIENCE_CHANGED: read it again)."""
         key = record_key(broadcast_id)
         async with self.redis.guarded() as client:
             async with client.pipeline(transaction=True) as pipe:
                 await pipe.watch(key)
                 if await pipe.hget(key, "status") != DRAFT:
                     return None
+                if audience is not None and await pipe.hget(key, "audience") != audience.value:
+                    return _AUDIENCE_CHANGED  # chosen again while its recipients were read
                 pipe.multi()
                 for start in range(0, len(recipients), PUSH_CHUNK):
                     pipe.rpush(todo_key(broadcast_id), *recipients[start : start + PUSH_CHUNK])
@@ -332,7 +344,7 @@ class Broadcasts:
                 try:
                     await pipe.execute()
                 except redis.exceptions.WatchError:
-                    return None  # another press changed it first
+                    return _AUDIENCE_CHANGED if audience is not None else None  # changed meanwhile: look again
         return await self._read(broadcast_id)
 
     # ------------------------------------------------------------------ running
