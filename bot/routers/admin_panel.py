@@ -401,7 +401,9 @@ async def payments(event: Message | CallbackQuery, language: str, admin_queries:
 # ------------------------------------------------------------------ /export
 
 
-async def export(event: Message | CallbackQuery, language: str, admin_queries: AdminQueries) -> None:
+async def export(
+    event: Message | CallbackQuery, language: str, admin_queries: AdminQueries, store: SubscriberStore
+) -> None:
     """Users, subscriptions and payments, each a CSV file sent to the admin as a document."""
     await acknowledge(event, text("export_sending", language))
     target = event if isinstance(event, Message) else event.message
@@ -420,6 +422,7 @@ async def export(event: Message | CallbackQuery, language: str, admin_queries: A
             caption=text("export_caption", language, table=table, rows=exported.rows),
         )
     logger.warning("admin %s exported %s", _admin_id(event), ", ".join(EXPORTS))
+    await store.log_activity(_admin_id(event), "export", {"tables": list(EXPORTS)})
 
 
 def build_router() -> Router:
