@@ -26,7 +26,7 @@ from domain.filters import Filters, set_filter
 from domain.reports import ReportKind
 from standins.dexscreener import DexScreenerServer
 from standins.feed_server import FeedServer
-from standins.feedgen import load_sample
+from standins.feedgen import ending_at, load_sample
 from standins.telegram import FakeTelegramServer, SentRecord
 
 DEMO_TOKEN = "123456789:DEMO-token-for-the-local-bot-api-server"
@@ -267,7 +267,8 @@ async def _run_ups(runtime: Runtime, feed: FeedServer, out: TextIO, chats: set[i
 
 async def run_demo(out: TextIO = sys.stdout) -> int:
     work = Path(tempfile.mkdtemp(prefix="abdemo"))
-    frames = load_sample()
+    # The recording replayed as if it had just been made, so the times shown look current.
+    frames = ending_at(load_sample(), datetime.now(UTC))
     dexscreener = DexScreenerServer()
     _dexscreener_prices(dexscreener, frames)
     async with (

@@ -604,3 +604,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _shifted(value: Any, delta: timedelta) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return (moment + delta).isoformat().replace("+00:00", "Z")
+
+
+def ending_at(frames: list[Frame], end: datetime) -> list[Frame]:
+    """The frames with every time moved by one amount so the last happens at `end`: the recording
+    replayed as if it had just been made (call, price and token creation times alike)."""
+    times = [datetime.fromisoformat(t.replace("Z", "+00:00")) for f in frames if (t := frame_time(f))]
+    if not times:
+        return list(frames)
+    delta = end - max(times)
+    moved: list[Frame] = []
+    for frame in frames:
+        copy = dict(frame)
+        for key in ("called_at", "ts"):
+            if key in copy:
+                copy[key] = _shifted(copy[key], delta)
+        if isinstance(copy.get("token"), dict):
+            token = dict(copy["token"])
+            if "created_at" in token:
+                token["created_at"] = _shifted(token["created_at"], delta)
+            copy["token"] = token
+        moved.append(copy)
+    return moved
