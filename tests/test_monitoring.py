@@ -12,9 +12,12 @@ import pytest
 from bot.config import Settings
 from bot.runtime import Runtime
 from managers.redis_manager import RedisOptions
+from standins.feed_server import FeedServer
 from standins.tcp_proxy import TcpProxy
 from standins.telegram import DEFAULT_TOKEN, FakeTelegramServer, SentRecord
 from tests.test_runtime import free_port, through
+from tests.test_token_pipeline_e2e import ADMIN as FEED_ADMIN
+from tests.test_token_pipeline_e2e import bot_on_feed
 
 ADMINS = (7001, 7002)
 # The breaker probes again within a fraction of a second, so recovery is seen promptly.
@@ -113,3 +116,61 @@ async def test_a_start_says_how_the_previous_run_ended_in_the_admins_language(
             await telegram.wait_for_sent(to_admin(ADMINS[1], "завершился штатно"), timeout=10)
         finally:
             await second.stop()
+
+
+async def test_429s_that_keep_coming_are_one_incident_and_a_quiet_window_ends_it(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    async with FakeTelegramServer() as telegram:
+        # The next three sends are refused with 429: the start notices themselves run into them.
+        telegram.force_retry_after(1, count=3, methods=["sendMessage"])
+        runtime = Runtime(
+            settings(
+                telegram,
+                redis_url,
+                database_url,
+                tmp_path,
+                monitor_rate_limited_count=3,
+                monitor_burst_window_seconds=3,
+            )
+        )
+        await runtime.start()
+        try:
+            for admin in ADMINS:
+                await telegram.wait_for_sent(to_admin(admin, "Telegram keeps answering 429"), timeout=20)
+                await telegram.wait_for_sent(to_admin(admin, "No 429"), timeout=20)
+            checks = runtime.monitor.counts.checks
+            await runtime.monitor.wait_for_checks(checks + 12, timeout=20)
+            await runtime.drained()
+        finally:
+            await runtime.stop()
+    assert telegram.stats.rejected_429 == 3
+    for admin in ADMINS:
+        assert count(telegram, admin, "Telegram keeps answering 429") == 1
+        assert count(telegram, admin, "No 429") == 1
+        assert count(telegram, admin, "Bot started") == 1  # retried until Telegram took it
+
+
+async def test_a_feed_down_past_its_threshold_is_told_once_and_its_return_once(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    async with FakeTelegramServer() as telegram, FeedServer([]) as feed:
+        async with bot_on_feed(
+            feed,
+            telegram,
+            redis_url,
+            database_url,
+            tmp_path,
+            [],
+            monitor_interval_seconds=0.05,
+            monitor_stream_down_seconds=0.3,
+        ) as runtime:
+            feed.refuse_websocket()
+            await feed.drop_connections()
+            await telegram.wait_for_sent(to_admin(FEED_ADMIN, "Feed feed down"), timeout=20)
+            feed.refuse_websocket(False)
+            await telegram.wait_for_sent(to_admin(FEED_ADMIN, "Feed feed is back"), timeout=20)
+            checks = runtime.monitor.counts.checks
+            await runtime.monitor.wait_for_checks(checks + 12, timeout=20)
+    assert count(telegram, FEED_ADMIN, "Feed feed down") == 1
+    assert count(telegram, FEED_ADMIN, "Feed feed is back") == 1
