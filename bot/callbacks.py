@@ -56,3 +56,9 @@ class PayCB(CallbackData, prefix="b1"):
     plan: str = ""
     rail: str = ""
     order: str = ""
+
+
+class ReportsCB(CallbackData, prefix="r1"):
+    """show (the reports screen), on, off."""
+
+    action: str

@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     monitor_rate_limited_count: int = Field(default=10, ge=1)
     monitor_failures_count: int = Field(default=20, ge=1)
     monitor_start_notice: bool = True
+    # /channels ranks a channel only from this many resolved calls on (fewer are shown apart).
+    channels_min_resolved: int = Field(default=10, ge=1, le=10_000)
 
     @field_validator("admin_ids", "solana_rpc_url", mode="before")
     @classmethod

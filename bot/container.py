@@ -1,7 +1,7 @@
 """The services handlers use, built once per runtime and handed to them through the dispatcher.
 
 Handlers ask for them by field name (`store`, `accounts`, `presets`, `replay`, `paysupport`, `ledger`,
-`checkout`, `stars`); they never see a store manager. Each service talks to the managers itself.
+`checkout`, `stars`, `channel_stats`); they never see a store manager. Each service talks to the managers itself.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from payments.pg_writer import PaymentsWriter
 from payments.stars import StarsPayments
 from services.accounts import AccountService, PaySupportGate
 from services.cache import CacheRegistry
+from services.channel_stats import ChannelStatistics
 from services.presets import PresetStore
 from services.replay import FilterReplay
 from services.subscribers import SubscriberStore
@@ -35,6 +36,7 @@ class Services:
     ledger: PaymentLedger
     checkout: CheckoutService
     stars: StarsPayments
+    channel_stats: ChannelStatistics
 
     def workflow_data(self) -> dict[str, Any]:
         """Each service under its field name, for `Dispatcher(**...)`."""
@@ -74,4 +76,5 @@ def build_services(
             order_ttl={Rail.SOL: timedelta(minutes=sol_order_minutes)} if sol_order_minutes else None,
         ),
         stars=StarsPayments(ledger, accounts.plans, redis, postgres),
+        channel_stats=ChannelStatistics(postgres),
     )

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.callbacks import FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB
+from bot.callbacks import FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB, ReportsCB
 from bot.texts import LANGUAGE_NAMES, money, text
 from domain.filters import FILTER_SPECS, Filters
 from domain.plans import PAID_RAILS, Order, Plan, Rail
@@ -155,10 +155,14 @@ def subscribe(link: str, stars: int, plan_code: str, language: str) -> InlineKey
     )
 
 
-def status(language: str, cancel_autorenew: bool) -> InlineKeyboardMarkup:
+def status(language: str, cancel_autorenew: bool, reports: bool | None = None) -> InlineKeyboardMarkup:
+    """`reports`: whether the subscriber gets reports (None: unknown, no button)."""
     rows = []
     if cancel_autorenew:
         rows.append([_button(text("button_cancel_autorenew", language), PayCB(action="unsub").pack())])
+    if reports is not None:
+        state = text("reports_state_on" if reports else "reports_state_off", language)
+        rows.append([_button(text("button_reports", language, state=state), ReportsCB(action="show").pack())])
     rows.append(back_row(language))
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
@@ -172,3 +176,10 @@ def unsubscribe_confirm(language: str) -> InlineKeyboardMarkup:
             ]
         ]
     )
+
+
+def reports_menu(language: str, on: bool) -> InlineKeyboardMarkup:
+    """The reports switch, then back to /status."""
+    switch = ReportsCB(action="off" if on else "on").pack()
+    label = text("button_reports_off" if on else "button_reports_on", language)
+    return InlineKeyboardMarkup(inline_keyboard=[[_button(label, switch)], back_row(language, "status")])

@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +39,7 @@ from bot.middlewares.counting import UpdateCounter
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
 from bot.notices import NoticeDelivery
+from bot.reports import ReportJobs, utc_now
 from bot.routers import get_routers
 from bot.texts import DEFAULT_LANGUAGE, TEXTS, duration, text
 from domain.alert_text import DigestPart, render_digest
@@ -61,6 +62,7 @@ from payments.sol_watcher import SolOutcome, SolWatcher
 from payments.solana_pay import sol_requester
 from services.alert_renderer import AlertRenderer
 from services.cache import CacheRegistry
+from services.channel_stats import REFRESH_MINUTES, ChannelStatistics
 from services.channels import ChannelDirectory
 from services.dedup import AlertLedger, seed_from_history
 from services.event_queue import EventQueue
@@ -71,6 +73,7 @@ from services.monitoring import AdminNotice, Monitor, MonitorSettings
 from services.outbox import Outbox
 from services.persistence import PersistenceWriter
 from services.pipeline import CallPipeline, ProcessingWorkers
+from services.reports import ReportStore
 from services.sender import DigestPolicy, MessageSender
 from services.sol_price import SolPriceSource
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
@@ -87,6 +90,7 @@ MENU_COMMANDS: tuple[str, ...] = (
     "presets",
     "status",
     "plans",
+    "channels",
     "pause",
     "resume",
     "language",
@@ -169,6 +173,7 @@ class Parts:
     # The payment rails the operator configured (NOWPAYMENTS_*, SOL_RECEIVER); None = off.
     nowpayments: NowPaymentsRail | None
     sol: SolWatcher | None
+    reports: ReportJobs
 
 
 class FeedHelper(Protocol):
@@ -211,9 +216,13 @@ class Runtime:
     queue: EventQueue = field(default_factory=EventQueue)
     feeds: tuple[Feed, ...] = ()  # built once, when receiving begins
     pacing: PacedRequestsMiddleware = field(default_factory=PacedRequestsMiddleware)
+    # Timed work (reminders, order expiry, channel statistics, reports), UTC; started with the parts.
+    scheduler: AsyncIOScheduler = field(default_factory=lambda: AsyncIOScheduler(timezone=UTC))
     http_port: int | None = None
     # Options for the Redis manager (tests shorten the circuit breaker's cool-down).
     redis_options: RedisOptions | None = None
+    # What time it is for the reports (which slot is due); tests set it.
+    clock: Callable[[], datetime] = utc_now
     _parts: Parts | None = None
     _monitor: Monitor | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
@@ -288,6 +297,10 @@ class Runtime:
             raise RuntimeError("the runtime has not started")
         return self._monitor
 
+    @property
+    def reports(self) -> ReportJobs:
+        return self.parts.reports
+
     async def health(self) -> dict[str, Any]:
         """Every part's state in detail (URLs and last errors included, for logs and admins);
         /health shows only the public view of it (`services.http_api.public_health`), cached."""
@@ -359,6 +372,8 @@ class Runtime:
             bot = create_bot(token, self.settings.telegram_api_url, self.pacing)
             self._stack.push_async_callback(bot.session.close)
             self._parts = await self._start_pipeline(redis, postgres, bot)
+            self.scheduler.start()
+            self._stack.callback(self.scheduler.shutdown, wait=False)
             self._register_metrics()
             await self._start_http()
             await self._start_monitoring()
@@ -437,9 +452,11 @@ class Runtime:
 
         self._stack.push_async_callback(stop_delivery)
         await self._start_payments(services, sender)
+        reports = self._start_reports(services, postgres, sender)
         nowpayments = self._nowpayments_rail(services.ledger, nowpayments_client)
         sol = await self._sol_rail(services.ledger)
         channels = ChannelDirectory(redis, postgres, caches, persistence)
+        await self._start_channel_stats(postgres, channels)
         service = CallPipeline(
             index=self.index,
             ledger=ledger,
@@ -466,6 +483,7 @@ class Runtime:
             dispatcher=dispatcher,
             nowpayments=nowpayments,
             sol=sol,
+            reports=reports,
         )
 
     async def _start_payments(self, services: Services, sender: MessageSender) -> None:
@@ -475,15 +493,38 @@ class Runtime:
         await notices.start()
         self._stack.push_async_callback(notices.stop)
         reminders = PlanReminders(services.ledger.redis, services.ledger.notices.post)
-        scheduler = AsyncIOScheduler(timezone=UTC)
+        self._every(REMINDER_SECONDS, reminders.run_once)
+        self._every(ORDER_SWEEP_SECONDS, services.ledger.expire_orders)
+
+    async def _start_channel_stats(self, postgres: PostgresManager, channels: ChannelDirectory) -> None:
+        """The bot's own channel figures, recomputed every REFRESH_MINUTES (the first soon after
+        start); changed ones reach the channel directory, so filters use them at once."""
+        statistics = ChannelStatistics(postgres, channels)
+
+        async def refresh() -> None:
+            try:
+                await statistics.refresh()
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next run catches up
+                logger.warning("channel statistics not refreshed: %s: %s", type(exc).__name__, exc)
+
+        self._every(REFRESH_MINUTES * 60, refresh)
+
+    def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+        """`job` on the runtime's scheduler every `seconds`, the first run soon after start; a run
+        still going when the next is due is not doubled, and runs missed while busy are one."""
         soon = datetime.now(UTC) + timedelta(seconds=5)
-        for job, seconds in (
-            (reminders.run_once, REMINDER_SECONDS),
-            (services.ledger.expire_orders, ORDER_SWEEP_SECONDS),
-        ):
-            scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
-        scheduler.start()
-        self._stack.callback(scheduler.shutdown, wait=False)
+        self.scheduler.add_job(job, "interval", seconds=seconds, next_run_time=soon, max_instances=1, coalesce=True)
+
+    def _start_reports(self, services: Services, postgres: PostgresManager, sender: MessageSender) -> ReportJobs:
+        """The reports on their UTC slots, and at once the ones missed while the bot was down."""
+        reports = ReportJobs(
+            ReportStore(postgres), services.store, sender, admin_ids=self.settings.admin_id_set, clock=self.clock
+        )
+        self._stack.push_async_callback(reports.close)
+        reports.schedule(self.scheduler)
+        # No limit on lateness: the runs themselves check which reports are still due.
+        self.scheduler.add_job(reports.catch_up, "date", run_date=datetime.now(UTC), misfire_grace_time=None)
+        return reports
 
     def _nowpayments_client(self) -> NowPaymentsClient | None:
         """With NOWPAYMENTS_API_KEY, NOWPAYMENTS_IPN_SECRET and PUBLIC_BASE_URL, the API client."""

@@ -36,6 +36,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/pause, /resume: stop and restart alerts\n"
             "/plans: plans and prices\n"
             "/status: your plan and settings\n"
+            "/channels: the calling channels with the best win rate\n"
             "/language: choose the language\n"
             "/paysupport: help with a payment\n"
             "/privacy: what is stored about you, and deleting it"
@@ -78,6 +79,44 @@ TEXTS: dict[str, dict[str, str]] = {
         "resumed": "▶️ Alerts resumed.",
         "already_active": "Alerts are already on.",
         "resumed_no_plan": "You have no active plan, so no alerts will come yet: see /plans.",
+        # The reports (bot/reports.py) and their switch (bot/routers/reports.py).
+        "report_period_day": "24 h to {date} {time} UTC",
+        "report_period_week": "7 days to {date} {time} UTC",
+        "report_na": "n/a",
+        "report_more": "…and {count} more",
+        "report_daily_title": "📊 <b>Your alerts of the day</b>\n{period}",
+        "report_daily_summary": "Alerts: {alerts} · reached 2x: {won}",
+        "report_daily_best": "Best: <b>{symbol}</b> {peak}",
+        "report_daily_line": "{n}. <b>{symbol}</b>: peak {peak} · now {now}",
+        "report_daily_chart": "Your alerts · {date}",
+        "report_best_title": "🏆 <b>Best of the day</b>\n{period}",
+        "report_best_tokens": "<b>Tokens</b>, peak since their first call:",
+        "report_best_token_line": "{n}. <b>{symbol}</b>: {peak} · now {now} · channels: {channels}",
+        "report_best_channels": "<b>Channels</b>, calls that reached 2x (at least {min} calls):",
+        "report_best_channel_line": "{n}. {name}: {won}/{measured} · best {best}",
+        "report_best_chart": "Best tokens · {date}",
+        "report_weekly_title": "📅 <b>Channels of the week</b>\n{period}",
+        "report_weekly_line": "{n}. {name}: {rate} won ({won}/{measured}) · mean {mean} · median {median}",
+        "report_weekly_note": (
+            "A call won when its token has reached 2x since (the week's calls are young: so far). "
+            "Channels with at least {min} priced calls; the mean counts a call at most {cap}."
+        ),
+        "report_weekly_chart": "Win rate · week to {date}",
+        "report_chart_peak": "peak",
+        "report_chart_now": "now",
+        "button_reports": "📊 Reports: {state}",
+        "reports_state_on": "on",
+        "reports_state_off": "off",
+        "reports_screen": (
+            "<b>Reports</b>\n"
+            "• every day at 20:00 UTC: your alerts of the last 24 hours, with each token's peak and "
+            "current multiple since your alert (nothing on a day without alerts);\n"
+            "• at 21:00 UTC: the day's best tokens and channels;\n"
+            "• on Mondays at 09:00 UTC: the channels of the week.\n\n"
+            "Reports are <b>{state}</b>."
+        ),
+        "button_reports_on": "Turn reports on",
+        "button_reports_off": "Turn reports off",
         "admin_only": "⛔ This command is for admins only.",
         "grant_usage": "<b>Usage:</b> <code>/grant USER_ID DAYS</code>: a numeric Telegram user id and 1..3650 days.",
         "revoke_usage": "<b>Usage:</b> <code>/revoke USER_ID</code>: a numeric Telegram user id.",
@@ -128,6 +167,21 @@ TEXTS: dict[str, dict[str, str]] = {
         "cmd_help": "What the bot can do",
         "cmd_privacy": "What is stored; delete your data",
         "cmd_paysupport": "Help with a payment",
+        "cmd_channels": "Channels with the best win rate",
+        "channels_title": "📊 <b>Channels with the best win rate</b>",
+        "channels_line": (
+            "{rank}. {name}: <b>{rate}</b> of {resolved} resolved calls reached 2x · avg {avg} · median {median}{open}"
+        ),
+        "channels_open": " · {count} still open",
+        "channels_none": "No channel has {min} resolved calls yet.",
+        "channels_few_title": "<b>Too few resolved calls to rank yet</b> (fewer than {min}):",
+        "channels_few_line": "• {name}: {wins} of {resolved} reached 2x",
+        "channels_rules": (
+            "<i>Measured by the bot against the price at each call. A call is resolved once it reaches 2x "
+            "(a win) or its 7 days are over (a loss); younger calls are still open. The average caps "
+            "each call's peak at {cap}.</i>"
+        ),
+        "channels_unavailable": "Channel statistics cannot be read right now. Please try again in a minute.",
         # ---- menus (bot/keyboards.py, bot/routers/settings.py, bot/routers/account.py)
         "menu_title": "<b>Main menu</b>\nWhat would you like to do?",
         "menu_filters": "🎯 Filters",
@@ -433,6 +487,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "/pause, /resume: остановить и возобновить оповещения\n"
             "/plans: тарифы и цены\n"
             "/status: ваш тариф и настройки\n"
+            "/channels: каналы с лучшим винрейтом\n"
             "/language: выбрать язык\n"
             "/paysupport: помощь с оплатой\n"
             "/privacy: какие данные о вас хранятся и как их удалить"
@@ -477,6 +532,45 @@ TEXTS: dict[str, dict[str, str]] = {
         "resumed": "▶️ Оповещения возобновлены.",
         "already_active": "Оповещения уже включены.",
         "resumed_no_plan": "У вас нет активного тарифа, поэтому оповещения пока не придут: смотрите /plans.",
+        # Отчёты (bot/reports.py) и их переключатель (bot/routers/reports.py).
+        "report_period_day": "24 ч до {date} {time} UTC",
+        "report_period_week": "7 дней до {date} {time} UTC",
+        "report_na": "н/д",
+        "report_more": "…и ещё {count}",
+        "report_daily_title": "📊 <b>Ваши оповещения за день</b>\n{period}",
+        "report_daily_summary": "Оповещений: {alerts} · дошли до 2x: {won}",
+        "report_daily_best": "Лучший: <b>{symbol}</b> {peak}",
+        "report_daily_line": "{n}. <b>{symbol}</b>: пик {peak} · сейчас {now}",
+        "report_daily_chart": "Ваши оповещения · {date}",
+        "report_best_title": "🏆 <b>Лучшее за день</b>\n{period}",
+        "report_best_tokens": "<b>Токены</b>, пик после первого колла:",
+        "report_best_token_line": "{n}. <b>{symbol}</b>: {peak} · сейчас {now} · каналов: {channels}",
+        "report_best_channels": "<b>Каналы</b>, коллы с 2x (не меньше {min} коллов):",
+        "report_best_channel_line": "{n}. {name}: {won}/{measured} · лучший {best}",
+        "report_best_chart": "Лучшие токены · {date}",
+        "report_weekly_title": "📅 <b>Каналы за неделю</b>\n{period}",
+        "report_weekly_line": "{n}. {name}: успешных {rate} ({won}/{measured}) · среднее {mean} · медиана {median}",
+        "report_weekly_note": (
+            "Колл успешен, если токен после него уже дошёл до 2x (коллы недели молоды: пока что). "
+            "Каналы, у которых не меньше {min} коллов с ценой; в среднем каждый колл считается не больше "
+            "чем {cap}."
+        ),
+        "report_weekly_chart": "Доля успешных · неделя до {date}",
+        "report_chart_peak": "пик",
+        "report_chart_now": "сейчас",
+        "button_reports": "📊 Отчёты: {state}",
+        "reports_state_on": "включены",
+        "reports_state_off": "выключены",
+        "reports_screen": (
+            "<b>Отчёты</b>\n"
+            "• каждый день в 20:00 UTC: ваши оповещения за последние 24 часа, с пиковым и текущим "
+            "множителем каждого токена после оповещения (в день без оповещений отчёта нет);\n"
+            "• в 21:00 UTC: лучшие токены и каналы дня;\n"
+            "• по понедельникам в 09:00 UTC: каналы за неделю.\n\n"
+            "Отчёты <b>{state}</b>."
+        ),
+        "button_reports_on": "Включить отчёты",
+        "button_reports_off": "Выключить отчёты",
         "admin_only": "⛔ Эта команда только для администраторов.",
         "grant_usage": (
             "<b>Как использовать:</b> <code>/grant USER_ID ДНИ</code>: числовой id пользователя Telegram "
@@ -530,6 +624,22 @@ TEXTS: dict[str, dict[str, str]] = {
         "cmd_help": "Что умеет бот",
         "cmd_privacy": "Какие данные хранятся; удалить их",
         "cmd_paysupport": "Помощь с оплатой",
+        "cmd_channels": "Каналы с лучшим винрейтом",
+        "channels_title": "📊 <b>Каналы с лучшим винрейтом</b>",
+        "channels_line": (
+            "{rank}. {name}: винрейт <b>{rate}</b> (завершённых коллов: {resolved}) · в среднем {avg} "
+            "· медиана {median}{open}"
+        ),
+        "channels_open": " · ещё открыто: {count}",
+        "channels_none": "Пока ни у одного канала нет {min} завершённых коллов.",
+        "channels_few_title": "<b>Пока мало завершённых коллов для рейтинга</b> (меньше {min}):",
+        "channels_few_line": "• {name}: 2x у {wins} из {resolved}",
+        "channels_rules": (
+            "<i>Считает сам бот от цены в момент колла. Колл завершён, когда дал 2x (успех) "
+            "или прошло 7 дней (неудача); более свежие ещё открыты. В среднем пик каждого колла "
+            "учитывается не выше {cap}.</i>"
+        ),
+        "channels_unavailable": "Статистика каналов сейчас недоступна. Пожалуйста, попробуйте через минуту.",
         # ---- меню
         "menu_title": "<b>Главное меню</b>\nЧто вы хотите сделать?",
         "menu_filters": "🎯 Фильтры",

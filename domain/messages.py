@@ -14,13 +14,14 @@ from domain.subscriber import Subscriber
 
 class Lane(IntEnum):
     """Priorities, lower first: a user's own answers and payment confirmations, then admin
-    messages, then alerts, paid plans before free ones."""
+    messages, then alerts, paid plans before free ones, then reports (they can wait)."""
 
     REPLY = 0
     PAYMENT = 1
     ADMIN = 2
     PAID_ALERT = 10
     FREE_ALERT = 11
+    REPORT = 20
 
 
 def alert_lane(subscriber: Subscriber | None, now: datetime) -> Lane:
@@ -33,11 +34,12 @@ def alert_lane(subscriber: Subscriber | None, now: datetime) -> Lane:
 class OutgoingMessage:
     """One message for the sender, as `submit` and `send_now` take it.
 
-    With `photo_url` it goes as that photo with `html` as its caption (or as text when the
-    caption is too long or Telegram cannot use the photo); `digest_line` lets it be merged into
-    a digest (see services.sender.DigestPolicy). `received_at` is the wall-clock time (time.time())
-    the feed frame behind it arrived: its send's latency is measured from it. `kind` names it in
-    the sent log line, which never shows the body.
+    With `photo_url`, or `photo_bytes` (an image uploaded with the message, such as a chart), it
+    goes as that photo with `html` as its caption (or as text when the caption is too long or
+    Telegram cannot use the photo); `digest_line` lets it be merged into a digest (see
+    services.sender.DigestPolicy). `received_at` is the wall-clock time (time.time()) the feed
+    frame behind it arrived: its send's latency is measured from it. `kind` names it in the sent
+    log line, which never shows the body.
     """
 
     chat_id: int
@@ -45,6 +47,7 @@ class OutgoingMessage:
     lane: int = Lane.PAID_ALERT
     reply_markup: Any = None
     photo_url: str | None = None
+    photo_bytes: bytes | None = field(default=None, repr=False)
     digest_line: str | None = None
     received_at: float | None = None
     kind: str = ""

@@ -1,7 +1,11 @@
 """Calling channels and their latest statistics, from the fastest place that has them.
 
-In-process SmartCache (30 min) -> Redis `channel:{id}:info` (30 min, one MGET for all misses)
--> PostgreSQL (one query for what is left). A `channel` frame updates all three and drops the
+In-process SmartCache (30 min) -> Redis (30 min, one MGET for all misses) -> PostgreSQL (one
+query for what is left). Each channel has two Redis records: `channel:{id}:info`, as the feed
+describes it (names, and the figures of its `channel` frames), and `channel:{id}:figures`, the
+bot's own figures (services.channel_stats; "null" when it has none). Filters see the two merged
+by domain.channel_stats.effective_channel: the feed's figures where it gives them, the bot's
+elsewhere. A `channel` frame or a change of the bot's figures updates the record and drops the
 cached copy in every process, so per-channel filters always see the latest statistics.
 """
 
@@ -9,14 +13,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import cast
 
+from domain.channel_stats import ChannelFigures, RatedChannel
 from domain.events import Channel, ChannelStatsEvent
 from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager, RedisUnavailable
 from services.cache import CHANNELS, CacheRegistry
+from services.channel_stats import feed_channel_of_row, figures_of_row
 from services.persistence import PersistenceWriter
 
 logger = logging.getLogger("alertbot.channels")
@@ -28,7 +35,16 @@ def channel_info_key(channel_id: str) -> str:
     return f"channel:{channel_id}:info"
 
 
+def channel_figures_key(channel_id: str) -> str:
+    return f"channel:{channel_id}:figures"
+
+
 _FIELDS = ("id", "name", "username", "win_rate", "avg_gain", "calls")
+_CHANNELS_SQL = """
+SELECT id, name, username, win_rate, avg_gain, calls, computed_win_rate, computed_avg_gain, computed_median_gain,
+       computed_calls, computed_resolved, computed_wins, computed_unresolved, computed_unpriced
+FROM channels WHERE id = ANY($1::text[])
+"""
 
 
 def channel_to_json(channel: Channel) -> str:
@@ -38,6 +54,15 @@ def channel_to_json(channel: Channel) -> str:
 def channel_from_json(text: str) -> Channel:
     data = json.loads(text)
     return Channel(**{name: data.get(name) for name in _FIELDS})
+
+
+def figures_to_json(figures: ChannelFigures | None) -> str:
+    return json.dumps(None if figures is None else asdict(figures))
+
+
+def figures_from_json(text: str) -> ChannelFigures | None:
+    data = json.loads(text)
+    return None if data is None else ChannelFigures(**data)
 
 
 class ChannelDirectory:
@@ -55,7 +80,12 @@ class ChannelDirectory:
         self.persistence = persistence
 
     async def info(self, channel_ids: Sequence[str]) -> dict[str, Channel]:
-        found: dict[str, Channel] = {}
+        """Each known channel as filters see it (the feed's figures, else the bot's)."""
+        return {channel_id: rated.effective for channel_id, rated in (await self.records(channel_ids)).items()}
+
+    async def records(self, channel_ids: Sequence[str]) -> dict[str, RatedChannel]:
+        """Each known channel as the feed describes it, with the bot's figures beside it."""
+        found: dict[str, RatedChannel] = {}
         missing: list[str] = []
         for channel_id in channel_ids:
             cached = self.cache.get(channel_id)
@@ -67,39 +97,43 @@ class ChannelDirectory:
             await self._load(missing, found)
         return found
 
-    async def _load(self, missing: list[str], found: dict[str, Channel]) -> None:
+    async def _load(self, missing: list[str], found: dict[str, RatedChannel]) -> None:
+        described: dict[str, Channel] = {}  # in Redis without the bot's figures
         try:
+            keys = [key for c in missing for key in (channel_info_key(c), channel_figures_key(c))]
             async with self.redis.guarded() as client:
                 # decode_responses=True: text, or None for a missing key
-                values = cast(list[str | None], await client.mget([channel_info_key(c) for c in missing]))
-            for channel_id, value in zip(missing, values):
-                if value:
-                    found[channel_id] = channel_from_json(value)
+                values = cast(list[str | None], await client.mget(keys))
+            for position, channel_id in enumerate(missing):
+                info, figures = values[2 * position], values[2 * position + 1]
+                if info and figures:
+                    found[channel_id] = RatedChannel(channel_from_json(info), figures_from_json(figures))
                     self.cache.set(channel_id, found[channel_id])
+                elif info:
+                    described[channel_id] = channel_from_json(info)
         except RedisUnavailable:
             pass
         still = [c for c in missing if c not in found]
         if still and self.postgres is not None:
             try:
-                rows = await self.postgres.fetch(
-                    "SELECT id, name, username, win_rate, avg_gain, calls FROM channels WHERE id = ANY($1::text[])",
-                    still,
-                )
+                rows = await self.postgres.fetch(_CHANNELS_SQL, still)
             except Exception as exc:  # noqa: BLE001 - matching goes on with what is known
                 logger.warning("could not read channels from PostgreSQL: %s", exc)
-                return
+                rows = []
             for row in rows:
-                info = Channel(
-                    id=row["id"],
-                    name=row["name"],
-                    username=row["username"],
-                    win_rate=None if row["win_rate"] is None else float(row["win_rate"]),
-                    avg_gain=None if row["avg_gain"] is None else float(row["avg_gain"]),
-                    calls=row["calls"],
-                )
-                found[info.id] = info
-                self.cache.set(info.id, info)
-                await self._store_redis(info)
+                # Redis's description is the newer one: PostgreSQL is written behind it.
+                feed = described.pop(row["id"], None)
+                if feed is None:
+                    feed = feed_channel_of_row(row)
+                    await self._store_info(feed)
+                rated = RatedChannel(feed, figures_of_row(row))
+                await self._store_figures(rated.channel.id, rated.figures)
+                found[feed.id] = rated
+                self.cache.set(feed.id, rated)
+        for channel_id, feed in described.items():
+            found[channel_id] = RatedChannel(feed)
+            if self.postgres is None:  # nowhere else to find figures; with PostgreSQL, asked again
+                self.cache.set(channel_id, found[channel_id])
 
     async def callers(self, channel_ids: Iterable[str], named: dict[str, Channel]) -> list[Channel]:
         """Every calling channel as known now; one never described is known as `named` (by its call)
@@ -110,32 +144,56 @@ class ChannelDirectory:
 
     async def note_caller(self, called: Channel) -> Channel:
         """A call names its channel: remember a new channel, or a changed name or username."""
-        known = (await self.info([called.id])).get(called.id)
+        known = (await self.records([called.id])).get(called.id)
         if (
             known is None
-            or (called.name and called.name != known.name)
-            or (called.username and called.username != known.username)
+            or (called.name and called.name != known.channel.name)
+            or (called.username and called.username != known.channel.username)
         ):
-            merged = known.merged(called) if known else called
+            merged = RatedChannel(known.channel.merged(called), known.figures) if known else RatedChannel(called)
             await self._save(merged)
             if self.persistence is not None:
                 self.persistence.channel(called)
-            return merged
-        return known
+            return merged.effective
+        return known.effective
 
     async def update_stats(self, event: ChannelStatsEvent) -> Channel:
-        known = (await self.info([event.channel.id])).get(event.channel.id)
-        merged = known.merged(event.channel) if known else event.channel
+        known = (await self.records([event.channel.id])).get(event.channel.id)
+        merged = (
+            RatedChannel(known.channel.merged(event.channel), known.figures) if known else RatedChannel(event.channel)
+        )
         await self._save(merged)
         if self.persistence is not None:
             self.persistence.channel(event.channel, stats_at=datetime.now(UTC))
-        return merged
+        return merged.effective
 
-    async def _save(self, info: Channel) -> None:
-        await self._store_redis(info)
+    async def figures_changed(self, figures: Mapping[str, ChannelFigures]) -> None:
+        """The bot's figures of these channels changed (services.channel_stats): stored in Redis,
+        and dropped from every process's cache."""
+        items = list(figures.items())
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            try:
+                async with self.redis.guarded() as client:
+                    pipe = client.pipeline(transaction=False)
+                    for channel_id, value in chunk:
+                        pipe.set(channel_figures_key(channel_id), figures_to_json(value), ex=CHANNEL_INFO_TTL_SECONDS)
+                    await pipe.execute()
+            except RedisUnavailable:
+                # One by one through the manager, which keeps them until Redis is back.
+                for channel_id, value in chunk:
+                    await self._store_figures(channel_id, value)
+            for channel_id, _ in chunk:
+                await self.caches.invalidate(CHANNELS.name, channel_id)
+
+    async def _save(self, rated: RatedChannel) -> None:
+        await self._store_info(rated.channel)
         # Drop every process's copy first, then keep ours: others reload from Redis.
-        await self.caches.invalidate(CHANNELS.name, info.id)
-        self.cache.set(info.id, info)
+        await self.caches.invalidate(CHANNELS.name, rated.channel.id)
+        self.cache.set(rated.channel.id, rated)
 
-    async def _store_redis(self, info: Channel) -> None:
+    async def _store_info(self, info: Channel) -> None:
         await self.redis.set(channel_info_key(info.id), channel_to_json(info), ex=CHANNEL_INFO_TTL_SECONDS)
+
+    async def _store_figures(self, channel_id: str, figures: ChannelFigures | None) -> None:
+        await self.redis.set(channel_figures_key(channel_id), figures_to_json(figures), ex=CHANNEL_INFO_TTL_SECONDS)

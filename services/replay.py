@@ -8,19 +8,22 @@ docs/architecture.md, "Filter replay".
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 import asyncpg
 
+from domain.channel_stats import RatedChannel
 from domain.events import Channel
 from domain.filters import Filters, TokenFacts, token_matches
 from managers.postgres import PostgresManager
+from services.channel_stats import feed_channel_of_row, figures_of_row, load_snapshots, rated_of_snapshot
 
 logger = logging.getLogger("alertbot.replay")
 
@@ -35,6 +38,8 @@ LOAD_TIMEOUT_SECONDS = 30.0
 MIGRATION_NAME = "replay_history"
 
 Basis = Literal["price", "market_cap"]
+# Per channel, its statistics as each recorded day began (as filters saw it), by day.
+Snapshots = Mapping[str, Sequence[tuple[date, Channel]]]
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ def replay(
     channels: Mapping[str, Channel],
     *,
     window_start: datetime | None = None,
+    snapshots: Snapshots | None = None,
 ) -> ReplayResult:
     """The alerts `filters` would have given on `calls`, and which of them reached 2x.
 
@@ -105,6 +111,8 @@ def replay(
     call describes it (token-level filters), with every distinct channel that called it so far
     (per-channel filters, min_channels), and it alerts the first time it passes, once.
     A channel missing from `channels` is known by its id only, so it fails any statistics filter.
+    With `snapshots`, each call sees its callers' statistics of the call's (UTC) day: the latest
+    snapshot at or before that day, else the channel as `channels` has it (today's).
 
     Calls at or before `window_start` are history: they make callers, and a token that would
     have alerted then is not alerted again, but only alerts after `window_start` are counted.
@@ -127,13 +135,26 @@ def replay(
         if call.channel_id not in token_callers:
             token_callers[call.channel_id] = channels.get(call.channel_id) or Channel(call.channel_id)
             first_called.setdefault(address, {})[call.channel_id] = call.called_at
-        if not token_matches(filters, call.facts(), call.called_at, token_callers.values()):
+        seen: Iterable[Channel] = token_callers.values()
+        if snapshots:
+            day = call.called_at.astimezone(UTC).date()
+            seen = [_as_of(snapshots, channel, day) for channel in token_callers.values()]
+        if not token_matches(filters, call.facts(), call.called_at, seen):
             continue
         decided.add(address)
         if window_start is not None and call.called_at <= window_start:
             continue  # alerted before the window: the window never sees it
         alerts.append(_alert(call, tuple(first_called[address]), prices.get(address, ())))
     return ReplayResult(alerts=len(alerts), reached_2x=sum(1 for a in alerts if a.reached_2x), tokens=tuple(alerts))
+
+
+def _as_of(snapshots: Snapshots, channel: Channel, day: date) -> Channel:
+    """`channel` as its latest snapshot at or before `day` has it; as it is when there is none."""
+    days = snapshots.get(channel.id)
+    if not days:
+        return channel
+    position = bisect.bisect_right(days, day, key=lambda item: item[0])
+    return days[position - 1][1] if position else channel
 
 
 def _alert(call: ReplayCall, channel_ids: tuple[str, ...], points: Sequence[PricePoint]) -> ReplayAlert:
@@ -174,8 +195,9 @@ class ReplayDay:
     end: datetime
     calls: tuple[ReplayCall, ...]  # the window's tokens' calls, from `lookback` before it on
     prices: Mapping[str, tuple[PricePoint, ...]]
-    channels: Mapping[str, Channel]
+    channels: Mapping[str, Channel]  # as filters see them now
     history_start: datetime | None  # from when calls and prices are both recorded; None: no calls
+    snapshots: Snapshots = field(default_factory=dict)  # the calling channels' statistics by day
 
     @property
     def complete(self) -> bool:
@@ -229,7 +251,11 @@ WHERE (price_usd IS NOT NULL AND (later_price IS NULL OR price_usd > later_price
    OR (market_cap_usd IS NOT NULL AND (later_mcap IS NULL OR market_cap_usd > later_mcap))
 ORDER BY token_address, ts
 """
-CHANNELS_SQL = "SELECT id, username, win_rate, avg_gain FROM channels WHERE id = ANY($1::text[])"
+CHANNELS_SQL = """
+SELECT id, name, username, win_rate, avg_gain, calls, computed_win_rate, computed_avg_gain, computed_median_gain,
+       computed_calls, computed_resolved, computed_wins, computed_unresolved, computed_unpriced
+FROM channels WHERE id = ANY($1::text[])
+"""
 # Recording is complete from when this history began (migration 0003) and calls were kept.
 HISTORY_START_SQL = """
 SELECT (SELECT applied_at FROM schema_migrations WHERE name = $1) AS recorded_from,
@@ -245,10 +271,10 @@ async def load_replay_day(
     postgres: PostgresManager, now: datetime, hours: int = DEFAULT_HOURS, *, lookback: timedelta = DEFAULT_LOOKBACK
 ) -> ReplayDay:
     """The calls of the `hours` before `now` (and their tokens' earlier calls), the price points
-    that matter after them, and the calling channels' current statistics.
+    that matter after them, and the calling channels' statistics: current, and each day's
+    snapshot over the calls' days (services.channel_stats).
 
-    Channel statistics are today's (no history is kept of them); see the module docstring.
-    Read in one repeatable-read transaction, so the four queries see the same moment.
+    Read in one repeatable-read transaction, so the queries see the same moment.
     """
     start = now - timedelta(hours=hours)
     async with postgres.acquire(timeout=LOAD_TIMEOUT_SECONDS) as conn:
@@ -257,10 +283,14 @@ async def load_replay_day(
             price_rows = await conn.fetch(PRICES_SQL, start, now, timeout=LOAD_TIMEOUT_SECONDS)
             channel_ids = sorted({row["channel_id"] for row in call_rows})
             channel_rows = await conn.fetch(CHANNELS_SQL, channel_ids, timeout=LOAD_TIMEOUT_SECONDS)
+            first_day = min((row["called_at"] for row in call_rows), default=now).astimezone(UTC).date()
+            snapshot_rows = await load_snapshots(
+                conn, channel_ids, first_day, now.astimezone(UTC).date(), timeout=LOAD_TIMEOUT_SECONDS
+            )
             history = await conn.fetchrow(HISTORY_START_SQL, MIGRATION_NAME, timeout=LOAD_TIMEOUT_SECONDS)
     # A busy day is tens of thousands of rows: built in a worker thread, so the event loop (and
     # the alerts it sends) keeps getting its turns meanwhile.
-    return await asyncio.to_thread(_build_day, start, now, call_rows, price_rows, channel_rows, history)
+    return await asyncio.to_thread(_build_day, start, now, call_rows, price_rows, channel_rows, snapshot_rows, history)
 
 
 def _build_day(
@@ -269,6 +299,7 @@ def _build_day(
     call_rows: Sequence[asyncpg.Record],
     price_rows: Sequence[asyncpg.Record],
     channel_rows: Sequence[asyncpg.Record],
+    snapshot_rows: Sequence[asyncpg.Record],
     history: asyncpg.Record | None,
 ) -> ReplayDay:
     calls = tuple(
@@ -291,11 +322,12 @@ def _build_day(
             PricePoint(row["ts"], _float(row["price_usd"]), _float(row["market_cap_usd"]))
         )
     channels = {
-        row["id"]: Channel(
-            row["id"], username=row["username"], win_rate=_float(row["win_rate"]), avg_gain=_float(row["avg_gain"])
-        )
-        for row in channel_rows
+        row["id"]: RatedChannel(feed_channel_of_row(row), figures_of_row(row)).effective for row in channel_rows
     }
+    snapshots: dict[str, list[tuple[date, Channel]]] = {}
+    for row in snapshot_rows:  # by channel, then day
+        current = channels.get(row["channel_id"]) or Channel(row["channel_id"])
+        snapshots.setdefault(current.id, []).append((row["day"], rated_of_snapshot(row, current).effective))
     first_call: datetime | None = history["first_call"] if history is not None else None
     recorded_from: datetime | None = history["recorded_from"] if history is not None else None
     history_start = None if first_call is None else max(first_call, recorded_from or first_call)
@@ -306,6 +338,7 @@ def _build_day(
         prices={k: tuple(v) for k, v in prices.items()},
         channels=channels,
         history_start=history_start,
+        snapshots={k: tuple(v) for k, v in snapshots.items()},
     )
 
 
@@ -365,7 +398,9 @@ async def replay_for(
     """`filters` replayed over the `hours` before `now`; `cache=None` reads the database afresh."""
     day = await cache.get(postgres, now, hours) if cache is not None else await load_replay_day(postgres, now, hours)
     # About 0.1 s of pure Python on a busy day: in a worker thread, for the same reason as above.
-    result = await asyncio.to_thread(replay, filters, day.calls, day.prices, day.channels, window_start=day.start)
+    result = await asyncio.to_thread(
+        replay, filters, day.calls, day.prices, day.channels, window_start=day.start, snapshots=day.snapshots
+    )
     return ReplayReport(result, day)
 
 

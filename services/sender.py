@@ -43,7 +43,7 @@ from aiogram.exceptions import (
     TelegramUnauthorizedError,
 )
 from aiogram.methods.base import Response
-from aiogram.types import LinkPreviewOptions, Message
+from aiogram.types import BufferedInputFile, InputFile, LinkPreviewOptions, Message
 from aiolimiter import AsyncLimiter
 
 from domain.messages import Lane, OutgoingMessage, log_pairs
@@ -52,6 +52,7 @@ from services.metrics import ANSWER_BUCKETS, FRAME_TO_SEND_BUCKETS, TimingHistog
 __all__ = [
     "MessageSender",
     "DeliveryError",
+    "caption_fits",
     "DigestPolicy",
     "Lane",
     "OnDone",
@@ -164,6 +165,7 @@ class _Job:
     failures: int = 0  # transient failures so far
     chat_id: int = 0
     photo_url: str | None = None
+    photo_bytes: bytes | None = None
     digest_line: str | None = None  # set on alerts that may be merged into a digest
     part: str = ""  # a digest's "part/parts", for the log line
     on_done: OnDone | None = None
@@ -174,6 +176,7 @@ class _Job:
     def __post_init__(self) -> None:
         self.chat_id = int(self.message.chat_id)
         self.photo_url = self.message.photo_url
+        self.photo_bytes = self.message.photo_bytes
         self.digest_line = self.message.digest_line
 
     @property
@@ -702,19 +705,18 @@ class MessageSender:
             return min(allowed, self._bursts.ready_at(chat_id, now))
         return allowed
 
-    def _caption_fits(self, html: str) -> bool:
-        # Telegram counts a caption in UTF-16 code units: an emoji beyond U+FFFF takes two.
-        return _utf16_len(_visible_text(html)) <= CAPTION_LIMIT
-
     async def _send(self, job: _Job) -> Message:
         """The request itself: a photo with caption when the job has one that fits, else text."""
         paid = True if self.paid_broadcast else None  # None: the field is left out of the request
         timeout = math.ceil(self._request_timeout)
-        if job.photo_url and self._caption_fits(job.html):
+        photo: str | InputFile | None = job.photo_url
+        if photo is None and job.photo_bytes:
+            photo = BufferedInputFile(job.photo_bytes, filename="chart.png")
+        if photo is not None and caption_fits(job.html):
             try:
                 return await self._bot.send_photo(
                     chat_id=job.chat_id,
-                    photo=job.photo_url,
+                    photo=photo,
                     caption=job.html,
                     parse_mode=ParseMode.HTML,
                     reply_markup=job.reply_markup,
@@ -728,7 +730,7 @@ class MessageSender:
                 # alert matters, not the picture, and a text message takes four times as much.
                 self._counters.photo_fallbacks += 1
                 logger.info("photo for chat %s refused (%s); sending text", job.chat_id, exc.message)
-                job.photo_url = None
+                job.photo_url = job.photo_bytes = None
         return await self._bot.send_message(
             chat_id=job.chat_id,
             text=job.html,
@@ -1009,6 +1011,12 @@ _CAPTION_ERRORS = ("caption is too long", "media_caption_too_long")
 def _is_caption_error(message: str) -> bool:
     lowered = message.lower()
     return any(marker in lowered for marker in _CAPTION_ERRORS)
+
+
+def caption_fits(html: str) -> bool:
+    """Whether `html` fits a photo's caption. Telegram counts a caption in UTF-16 code units
+    (an emoji beyond U+FFFF takes two), after the tags are parsed."""
+    return _utf16_len(_visible_text(html)) <= CAPTION_LIMIT
 
 
 def _utf16_len(text: str) -> int:

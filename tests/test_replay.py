@@ -7,7 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from aiogram import Bot, Dispatcher
@@ -437,6 +437,55 @@ async def test_history_older_than_a_week_is_pruned(stores: Stores) -> None:
     assert await stores.postgres.fetchval("SELECT count(*) FROM calls") == len(DAY_CALLS)
     assert await stores.postgres.fetchval("SELECT count(*) FROM token_prices") == 2
     assert await PersistenceWriter(stores.postgres, history_days=None).prune(NOW + timedelta(days=30)) == 0
+
+
+# ------------------------------------------------------------------------ the statistics of the time
+#
+# B's statistics as each day began (channel_stats_history): on 19 November the feed said 30%,
+# so SIX, alerted at -20h (19 Nov 16:00) only with B passing, does not alert, nor does FIVE at
+# -26h (19 Nov 10:00), before the window; on 20 November the feed had said nothing and the bot
+# measured 55%, so ONE, TWO and THREE (all on 20 Nov) alert as with today's 50%, and FIVE too, at
+# C's call at -1h, with A and B passing then: it reached 10x at -0.5h. A has no snapshot: today's
+# statistics.
+
+B_DAYS = [
+    (date(2026, 11, 19), Channel(B, name="Beta", username="betacalls", win_rate=0.3, avg_gain=2.0)),
+    (date(2026, 11, 20), Channel(B, name="Beta", username="betacalls", win_rate=0.55, avg_gain=2.0)),
+]
+
+
+def test_each_call_sees_its_days_statistics() -> None:
+    calls, prices, channels = replay_calls(NOW), replay_prices(NOW), replay_channels()
+    result = replay(FILTERS, calls, prices, channels, window_start=WINDOW, snapshots={B: B_DAYS})
+    assert by_symbol(result) == {"ONE": (-9, 1.8), "TWO": (-5, 2.5), "THREE": (-2, 1.6), "FIVE": (-1, 10.0)}
+    # Only days after the calls: today's statistics, as without snapshots.
+    later = {B: [(date(2026, 11, 21), Channel(B, win_rate=0.0))]}
+    assert replay(FILTERS, calls, prices, channels, window_start=WINDOW, snapshots=later).alerts == EXPECTED_ALERTS
+
+
+async def test_replay_reads_the_days_snapshots(stores: Stores) -> None:
+    postgres = stores.postgres
+    await write_day(postgres, NOW)
+    await record_history_since(postgres, NOW - timedelta(days=3))
+    for day, feed_rate, rate in ((date(2026, 11, 19), 0.3, 0.7), (date(2026, 11, 20), None, 0.55)):
+        await postgres.execute(
+            "INSERT INTO channel_stats_history (channel_id, day, feed_win_rate, feed_avg_gain, win_rate, avg_gain,"
+            " calls, resolved, wins, unresolved, unpriced, computed_at) VALUES ($1, $2, $3, 2.0, $4, 1.5, 20, 20, 11,"
+            " 0, 0, $5)",
+            B,
+            day,
+            feed_rate,
+            rate,
+            datetime.combine(day, datetime.min.time(), UTC),
+        )
+    report = await replay_for(postgres, FILTERS, NOW, cache=None)
+    assert [(d, c.win_rate) for d, c in report.day.snapshots[B]] == [(d, c.win_rate) for d, c in B_DAYS]
+    assert report.day.snapshots[B][0][1].username == "betacalls"
+    assert {a.symbol for a in report.result.tokens} == {"ONE", "TWO", "THREE", "FIVE"}
+    # No snapshot yet: the current statistics, as before.
+    await postgres.execute("DELETE FROM channel_stats_history")
+    report = await replay_for(postgres, FILTERS, NOW, cache=None)
+    assert (report.result.alerts, report.result.reached_2x) == (EXPECTED_ALERTS, EXPECTED_2X)
 
 
 # ------------------------------------------------------------------------------- (c) the button

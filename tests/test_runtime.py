@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -85,8 +85,10 @@ async def test_polling_answers_start_and_errors_never_reach_the_user(
         telegram.inject_message(USER + 1, "/help", language_code="ru")  # first contact in Russian
         [russian] = await telegram.wait_for_sent(lambda r: r.chat_id == USER + 1, timeout=10)
         assert "Что я умею" in (russian.text or "")
-        # The command menu: every subscriber command of the contract, in English and in Russian.
+        # The command menu: every subscriber command of the contract and /channels, in English
+        # and in Russian.
         subscriber_commands = {
+            "channels",
             "start",
             "help",
             "settings",
@@ -103,6 +105,36 @@ async def test_polling_answers_start_and_errors_never_reach_the_user(
         assert {c["command"] for c in telegram.commands} == subscriber_commands
         russian_menu = {c["command"]: c["description"] for c in telegram.commands_for(language_code="ru")}
         assert russian_menu.keys() == subscriber_commands and russian_menu["help"] == "Что умеет бот"
+    finally:
+        await runtime.stop()
+
+
+async def test_channel_statistics_are_computed_soon_after_start(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    runtime = Runtime(make_settings(telegram, redis_url, database_url, tmp_path))
+    await runtime.start()
+    try:
+        postgres = runtime.postgres
+        called = datetime.now(UTC) - timedelta(hours=1)
+        await postgres.execute("INSERT INTO channels (id) VALUES ('-1001')")
+        await postgres.execute("INSERT INTO tokens (address) VALUES ('T')")
+        await postgres.execute(
+            "INSERT INTO calls (token_address, channel_id, called_at, price_usd) VALUES ('T', '-1001', $1, 1.0)", called
+        )
+        await postgres.execute(
+            "INSERT INTO token_prices (token_address, ts, price_usd) VALUES ('T', $1, 2.5)",
+            called + timedelta(minutes=5),
+        )
+
+        async def computed() -> None:
+            while await postgres.fetchval("SELECT computed_wins FROM channels WHERE id = '-1001'") is None:
+                await asyncio.sleep(0.1)
+
+        # The scheduler's first run comes a few seconds after start.
+        await asyncio.wait_for(computed(), timeout=30)
+        row = await postgres.fetchrow("SELECT computed_win_rate, computed_resolved FROM channels WHERE id = '-1001'")
+        assert (float(row["computed_win_rate"]), row["computed_resolved"]) == (1.0, 1)
     finally:
         await runtime.stop()
 

@@ -108,7 +108,7 @@ async def status(
     await show(
         event,
         status_text(subscriber, figures, language, now, link, subscription, price),
-        keyboards.status(language, cancel_autorenew=renews),
+        keyboards.status(language, cancel_autorenew=renews, reports=subscriber.reports),
     )
 
 
