@@ -175,7 +175,6 @@ class Monitor:
 
     def levels(self) -> dict[str, float | None]:
         return {
-            "outbox_backlog": self.backlog,
             "memory_bytes": self.memory_used,
             "memory_limit_bytes": self.memory_limit,
             "redis_latency_ms": self.redis_latency_ms,
