@@ -484,6 +484,7 @@ def bot_env(
         DATABASE_URL=database_url,
         HTTP_PORT=str(http_port),
         LOG_DIR=str(log_dir),
+        DEXSCREENER_URL="",  # prices come from the feed here; no outside calls
     )
     return env
 

@@ -259,6 +259,7 @@ async def run(
             database_url=dsn,
             webhook_url=None,
             stream_url=None,
+            dexscreener_url=None,
             http_port=_free_port(),
             log_dir=work / "logs",
         )

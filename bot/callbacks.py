@@ -62,3 +62,9 @@ class ReportsCB(CallbackData, prefix="r1"):
     """show (the reports screen), on, off."""
 
     action: str
+
+
+class FollowupCB(CallbackData, prefix="u1"):
+    """Follow-ups from this multiple on (0: none)."""
+
+    minimum: int

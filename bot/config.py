@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from domain.multipliers import TrackingRules
 
 # What each setting expects, in the words an operator reads when it is wrong.
 EXPECTED: dict[str, str] = {
@@ -47,6 +50,13 @@ EXPECTED: dict[str, str] = {
     "MONITOR_RATE_LIMITED_COUNT": "a whole number, 1 or more",
     "MONITOR_FAILURES_COUNT": "a whole number, 1 or more",
     "MONITOR_START_NOTICE": "true or false",
+    "FOLLOWUP_DAYS": "a whole number of days 1..30",
+    "FOLLOWUP_DEAD_SHARE": "a share of the peak, 0 or more and below 1 (0: never dead by price)",
+    "FOLLOWUP_DEAD_MINUTES": "a whole number of minutes 1..10080",
+    "FOLLOWUP_SILENT_HOURS": "a whole number of hours 1..720",
+    "DEXSCREENER_URL": "an http(s) URL, or empty for no DexScreener polling",
+    "DEXSCREENER_RATE": "requests a minute, a whole number 1..300",
+    "PRICE_STALE_SECONDS": "seconds, a whole number 5..3600",
 }
 
 
@@ -133,6 +143,18 @@ class Settings(BaseSettings):
     monitor_start_notice: bool = True
     # /channels ranks a channel only from this many resolved calls on (fewer are shown apart).
     channels_min_resolved: int = Field(default=10, ge=1, le=10_000)
+    # Follow-ups after an alert (2x, 3x, 5x...): each alert is followed this many days, and its
+    # token no longer once dead: its market cap below FOLLOWUP_DEAD_SHARE of its peak for
+    # FOLLOWUP_DEAD_MINUTES, or no price at all for FOLLOWUP_SILENT_HOURS.
+    followup_days: int = Field(default=7, ge=1, le=30)
+    followup_dead_share: float = Field(default=0.1, ge=0, lt=1)
+    followup_dead_minutes: int = Field(default=60, ge=1, le=10080)
+    followup_silent_hours: int = Field(default=24, ge=1, le=720)
+    # A followed token with no price from the feed or PumpPortal for PRICE_STALE_SECONDS is asked
+    # of DexScreener's tokens endpoint (30 a request, DEXSCREENER_RATE requests a minute).
+    dexscreener_url: str | None = "https://api.dexscreener.com"
+    dexscreener_rate: int = Field(default=300, ge=1, le=300)
+    price_stale_seconds: int = Field(default=60, ge=5, le=3600)
 
     @field_validator("admin_ids", "solana_rpc_url", mode="before")
     @classmethod
@@ -156,7 +178,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return checked.rstrip("/")
 
-    @field_validator("stream_poll_url", "public_base_url", "webhook_url")
+    @field_validator("stream_poll_url", "public_base_url", "webhook_url", "dexscreener_url")
     @classmethod
     def _http_optional(cls, value: str | None) -> str | None:
         return _check_scheme(value, ("http", "https"))
@@ -205,6 +227,16 @@ class Settings(BaseSettings):
         if not (sep and head.isdigit() and tail):
             raise ValueError("not a bot token")
         return value
+
+    @property
+    def tracking_rules(self) -> TrackingRules:
+        """How long alerted tokens are followed for follow-ups."""
+        return TrackingRules(
+            window=timedelta(days=self.followup_days),
+            dead_share=self.followup_dead_share,
+            dead_after=timedelta(minutes=self.followup_dead_minutes),
+            silent_after=timedelta(hours=self.followup_silent_hours),
+        )
 
     @property
     def admin_id_set(self) -> frozenset[int]:

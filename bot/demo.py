@@ -15,6 +15,7 @@ import socket
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +23,8 @@ from bot.config import Settings
 from bot.logs import setup_logging
 from bot.runtime import Runtime
 from domain.filters import Filters, set_filter
+from domain.reports import ReportKind
+from standins.dexscreener import DexScreenerServer
 from standins.feed_server import FeedServer
 from standins.feedgen import load_sample
 from standins.telegram import FakeTelegramServer, SentRecord
@@ -175,6 +178,28 @@ async def _exchange(telegram: FakeTelegramServer, out: TextIO, action: str, valu
     print("", file=out)
 
 
+async def _evening_reports(runtime: Runtime, telegram: FakeTelegramServer, names: dict[int, str], out: TextIO) -> None:
+    """The day's reports, run now rather than at 20:00 and 21:00 UTC: each subscriber's alerts with
+    their multiples so far, then the day's best tokens and channels, each with its chart."""
+    print("Evening reports (run now instead of at their hour)", file=out)
+    before = len(telegram.sent)
+    now = datetime.now(UTC)
+    for kind in (ReportKind.DAILY, ReportKind.BEST):
+        await runtime.reports.run(kind, now)
+    await runtime.drained()
+    shown: set[tuple[int, str]] = set()
+    for record in telegram.sent[before:]:
+        who = names.get(record.chat_id, DEMO_USER_NAME if record.chat_id == DEMO_USER_ID else None)
+        if who is None or record.method != "sendPhoto":
+            continue
+        title = (record.caption or "").splitlines()[0] if record.caption else ""
+        if (record.chat_id, title) in shown:
+            continue
+        shown.add((record.chat_id, title))
+        _show(out, f"→ {who}", f"[chart] {terminal_text(record.raw_text or '')}")
+        print("", file=out)
+
+
 async def _subscribers(runtime: Runtime) -> dict[int, str]:
     assert runtime.store is not None and runtime.index_sync is not None
     names: dict[int, str] = {}
@@ -190,10 +215,66 @@ async def _subscribers(runtime: Runtime) -> dict[int, str]:
     return names
 
 
+def _dexscreener_prices(dexscreener: DexScreenerServer, frames: list[dict[str, Any]]) -> None:
+    """The local DexScreener lists each token of the recording at its last recorded price, for
+    the follow-ups of tokens the feed stops pricing."""
+    for frame in frames:
+        if frame.get("type") == "price" and frame.get("price_usd"):
+            dexscreener.set_price(frame["address"], frame["price_usd"], frame.get("market_cap_usd"))
+
+
+RUN_UPS = (2.4, 5.3)  # the multiples (of the highest alert market cap) three tokens then reach
+
+
+async def _run_ups(runtime: Runtime, feed: FeedServer, out: TextIO, chats: set[int]) -> int:
+    """Three tokens alerted to `chats` run up to 2.4x, then 5.3x: price frames on the feed, as the
+    feed would send them. Returns the frames pushed."""
+    assert runtime.followups is not None
+    tracker = runtime.followups.tracker
+    await tracker.sync()  # the alerts delivered just now
+
+    def alerted_to_them(address: str) -> bool:
+        track = tracker.get(address)
+        return track is not None and bool(chats & set(track.chats.tolist()))
+
+    risers = [address for address in tracker.addresses() if alerted_to_them(address)][:3]
+    print("Later that day, three of the alerted tokens run up:", file=out)
+    print("", file=out)
+    [stream] = runtime.streams
+    read = stream.stats.frames
+    pushed = 0
+    for multiple in RUN_UPS:
+        for address in risers:
+            track = tracker.get(address)
+            if track is None:
+                continue
+            market_cap = float(track.bases.max()) * multiple
+            now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            await feed.push(
+                {
+                    "type": "price",
+                    "address": address,
+                    "price_usd": market_cap / 1e9,
+                    "market_cap_usd": market_cap,
+                    "ts": now,
+                }
+            )
+            pushed += 1
+    await stream.wait_for(lambda: stream.stats.frames >= read + pushed, FEED_TIMEOUT)
+    await tracker.settled()
+    return pushed
+
+
 async def run_demo(out: TextIO = sys.stdout) -> int:
     work = Path(tempfile.mkdtemp(prefix="abdemo"))
     frames = load_sample()
-    async with FakeTelegramServer() as telegram, FeedServer(frames, interval=FEED_INTERVAL) as feed:
+    dexscreener = DexScreenerServer()
+    _dexscreener_prices(dexscreener, frames)
+    async with (
+        FakeTelegramServer() as telegram,
+        FeedServer(frames, interval=FEED_INTERVAL) as feed,
+        dexscreener,
+    ):
         settings = Settings(
             _env_file=None,
             bot_token=DEMO_TOKEN,
@@ -202,6 +283,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             database_url=None,
             webhook_url=None,
             stream_url=feed.url,
+            dexscreener_url=dexscreener.url,
             admin_ids=[DEMO_ADMIN],
             http_port=_free_port(),
             log_dir=work / "logs",
@@ -212,6 +294,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
         print(f"  Bot API : local test server at {telegram.base_url} (enforces Telegram's limits)", file=out)
         print(f"  feed    : {len(frames):,} recorded frames from {feed.url}", file=out)
         print("  stores  : embedded PostgreSQL (migrations applied), embedded Redis stand-in", file=out)
+        print(f"  prices  : the feed's, and a local DexScreener at {dexscreener.url}", file=out)
         print(f"  logs    : {settings.log_dir}", file=out)
         print("", file=out)
         await runtime.start()
@@ -233,21 +316,37 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             await _buy_with_stars(telegram, out)
             [stream] = runtime.streams
             # Print each alert as it is delivered, until the whole feed is processed and sent.
+            expected = len(frames)
             while True:
                 for record in new_alerts():
                     shown += 1
-                    _show(out, f"→ {names[record.chat_id]}", terminal_text(record.raw_text or ""))
+                    # A follow-up (2x, 5x...) replies to its alert.
+                    arrow = "→" if record.reply_to is None else "↩"
+                    _show(out, f"{arrow} {names[record.chat_id]}", terminal_text(record.raw_text or ""))
                     print("", file=out)
-                if stream.stats.frames >= len(frames) and not new_alerts():
+                if stream.stats.frames >= expected and not new_alerts():
                     try:
                         await runtime.drained(timeout=0.05)
                     except TimeoutError:
                         continue
                     if not new_alerts():
-                        break
+                        if expected > len(frames):
+                            break
+                        # Later that day: some alerted tokens run up, and their subscribers hear of it.
+                        expected += await _run_ups(runtime, feed, out, set(names))
+                        continue
                 if time.perf_counter() - started > FEED_TIMEOUT:
                     raise TimeoutError("the demo feed was not processed in time")
                 await asyncio.sleep(0.05)
+            # Before the reports: alerts, and the follow-ups that reply to them.
+            followups = {
+                telegram_id: sum(1 for r in telegram.messages_to(telegram_id) if r.reply_to is not None)
+                for telegram_id in names
+            }
+            alerts = {
+                telegram_id: len(telegram.messages_to(telegram_id)) - followups[telegram_id] for telegram_id in names
+            }
+            await _evening_reports(runtime, telegram, names, out)
             assert runtime.service is not None
             stats = runtime.service.stats
             print("Summary", file=out)
@@ -258,8 +357,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
             )
             print(f"  calls processed    : {stats.calls:,}", file=out)
             for telegram_id, name in names.items():
-                count = len(telegram.messages_to(telegram_id))
-                print(f"  alerts to {name:<17}: {count}", file=out)
+                print(f"  alerts to {name:<17}: {alerts[telegram_id]} (+{followups[telegram_id]} follow-ups)", file=out)
             p50, p99 = (stats.latency_percentile(share) for share in (0.5, 0.99))
             print(
                 f"  frame → sender     : p50 {p50 if p50 is not None else float('nan'):.2f} ms, "

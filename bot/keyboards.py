@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.callbacks import FilterCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB, ReportsCB
+from bot.callbacks import FilterCB, FollowupCB, LanguageCB, MenuCB, PayCB, PlanCB, PrivacyCB, ReportsCB
 from bot.texts import LANGUAGE_NAMES, money, text
 from domain.filters import FILTER_SPECS, Filters
 from domain.plans import PAID_RAILS, Order, Plan, Rail
@@ -155,9 +155,14 @@ def subscribe(link: str, stars: int, plan_code: str, language: str) -> InlineKey
     )
 
 
-def status(language: str, cancel_autorenew: bool, reports: bool | None = None) -> InlineKeyboardMarkup:
-    """`reports`: whether the subscriber gets reports (None: unknown, no button)."""
+def status(
+    language: str, cancel_autorenew: bool, reports: bool | None = None, followups: str | None = None
+) -> InlineKeyboardMarkup:
+    """`reports`: whether the subscriber gets reports (None: unknown, no button); `followups`: the
+    follow-up choice as its button shows it (None: no button)."""
     rows = []
+    if followups is not None:
+        rows.append([_button(text("button_followups", language, choice=followups), MenuCB(screen="followups").pack())])
     if cancel_autorenew:
         rows.append([_button(text("button_cancel_autorenew", language), PayCB(action="unsub").pack())])
     if reports is not None:
@@ -183,3 +188,12 @@ def reports_menu(language: str, on: bool) -> InlineKeyboardMarkup:
     switch = ReportsCB(action="off" if on else "on").pack()
     label = text("button_reports_off" if on else "button_reports_on", language)
     return InlineKeyboardMarkup(inline_keyboard=[[_button(label, switch)], back_row(language, "status")])
+
+
+def followups(choices: Sequence[tuple[int, str]], current: int, language: str) -> InlineKeyboardMarkup:
+    """One button per (followup_min, label), the current one ticked; back to /status."""
+    buttons = [
+        _button(("✓ " if minimum == current else "") + label, FollowupCB(minimum=minimum).pack())
+        for minimum, label in choices
+    ]
+    return InlineKeyboardMarkup(inline_keyboard=[*_rows(buttons, 2), back_row(language, "status")])

@@ -34,6 +34,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[impo
 
 from bot.config import Settings, SettingsError, require
 from bot.container import Services, build_services
+from bot.followups import FollowUpNotifier, FollowUps
 from bot.fsm_storage import ManagedRedisStorage
 from bot.middlewares.counting import UpdateCounter
 from bot.middlewares.flood_control import PacedRequestsMiddleware
@@ -70,9 +71,11 @@ from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
 from services.metrics import Metrics, NumbersProvider
 from services.monitoring import AdminNotice, Monitor, MonitorSettings
+from services.multiplier import MultiplierTracker
 from services.outbox import Outbox
 from services.persistence import PersistenceWriter
 from services.pipeline import CallPipeline, ProcessingWorkers
+from services.price_sources import DexScreenerPoller, TradeSubscriptions
 from services.reports import ReportStore
 from services.sender import DigestPolicy, MessageSender
 from services.sol_price import SolPriceSource
@@ -221,6 +224,7 @@ class Runtime:
     http_port: int | None = None
     # Options for the Redis manager (tests shorten the circuit breaker's cool-down).
     redis_options: RedisOptions | None = None
+    followups: FollowUps | None = None  # built by start()
     # What time it is for the reports (which slot is due); tests set it.
     clock: Callable[[], datetime] = utc_now
     _parts: Parts | None = None
@@ -372,6 +376,7 @@ class Runtime:
             bot = create_bot(token, self.settings.telegram_api_url, self.pacing)
             self._stack.push_async_callback(bot.session.close)
             self._parts = await self._start_pipeline(redis, postgres, bot)
+            await self._start_followups(self._parts)
             self.scheduler.start()
             self._stack.callback(self.scheduler.shutdown, wait=False)
             self._register_metrics()
@@ -525,6 +530,34 @@ class Runtime:
         # No limit on lateness: the runs themselves check which reports are still due.
         self.scheduler.add_job(reports.catch_up, "date", run_date=datetime.now(UTC), misfire_grace_time=None)
         return reports
+
+    async def _start_followups(self, parts: Parts) -> None:
+        """Multiplier follow-ups: every price reaching the queue goes to the tracker; tokens no
+        source priced lately are asked of DexScreener (DEXSCREENER_URL), and with a PumpPortal
+        key their trades are subscribed on the PumpPortal stream once it runs."""
+        settings = self.settings
+        tracker = MultiplierTracker(parts.redis, parts.postgres, self.index, rules=settings.tracking_rules)
+        tracker.notify = FollowUpNotifier(parts.sender, self.index, tracker)
+        self.queue.price_listeners.append(tracker.on_price)
+        poller = None
+        if settings.dexscreener_url:
+            stale_after = timedelta(seconds=settings.price_stale_seconds)
+            poller = DexScreenerPoller(
+                settings.dexscreener_url,
+                lambda: tracker.stale(stale_after),
+                self.queue.put,
+                rate=settings.dexscreener_rate,
+                api_limit=self.api_limit,
+            )
+        trades = None
+        if settings.pumpportal_url and settings.pumpportal_api_key:
+            trades = TradeSubscriptions(
+                lambda: next((s for s in self.streams if s.name == "pumpportal"), None), tracker.addresses
+            )
+        self.followups = FollowUps(tracker, poller, trades)
+        await self.followups.start()
+        self._stack.push_async_callback(self.followups.stop)
+        self.metrics.components.add("followups", self.followups.numbers)
 
     def _nowpayments_client(self) -> NowPaymentsClient | None:
         """With NOWPAYMENTS_API_KEY, NOWPAYMENTS_IPN_SECRET and PUBLIC_BASE_URL, the API client."""

@@ -226,6 +226,29 @@ TEXTS: dict[str, dict[str, str]] = {
         "status_preset": "Preset followed: {preset}",
         "status_filters_none": "Filters: none, every called token passes",
         "status_invite": "Invite friends: {link} ({count} joined)",
+        # ---- follow-ups after an alert (bot/followups.py, bot/routers/followups.py)
+        "followup": (
+            "🚀 <b>{multiple}x</b> on <b>{symbol}</b> since your alert\n"
+            "💰 Market cap: {base} → <b>{now}</b>\n"
+            "🏔 Peak so far: {peak}\n"
+            "<code>{address}</code>"
+        ),
+        "followup_unknown": "unknown",
+        "status_followups": "Follow-ups: {choice}",
+        "button_followups": "🔔 Follow-ups: {choice}",
+        "followups_title": (
+            "<b>Follow-ups</b>\n"
+            "After an alert I tell you when the token reaches 2x, 3x, 5x, 10x, 20x, 50x or 100x of "
+            "its market cap at your alert: once each, only the highest when it jumps past several, "
+            "as a reply to the alert, for 7 days or until the token dies.\n\n"
+            "Now: <b>{choice}</b>"
+        ),
+        "followups_saved": "✅ Follow-ups: {choice}",
+        "followups_choice_all": "every multiple",
+        "followups_choice_5": "from 5x",
+        "followups_choice_10": "from 10x",
+        "followups_choice_off": "off",
+        "followups_choice_from": "from {multiple}x",
         "language_title": "Choose your language:",
         "language_set": "✅ Language: English",
         "privacy": (
@@ -685,6 +708,29 @@ TEXTS: dict[str, dict[str, str]] = {
         "status_preset": "Пресет: {preset}",
         "status_filters_none": "Фильтры: нет, проходит каждый токен из коллов",
         "status_invite": "Пригласите друзей: {link} (пришло: {count})",
+        "followup": (
+            "🚀 <b>{multiple}x</b> по <b>{symbol}</b> с момента вашего оповещения\n"
+            "💰 Капитализация: {base} → <b>{now}</b>\n"
+            "🏔 Максимум: {peak}\n"
+            "<code>{address}</code>"
+        ),
+        "followup_unknown": "неизвестно",
+        "status_followups": "Иксы после оповещения: {choice}",
+        "button_followups": "🔔 Иксы: {choice}",
+        "followups_title": (
+            "<b>Иксы после оповещения</b>\n"
+            "После оповещения я сообщаю, когда капитализация токена вырастет в 2, 3, 5, 10, 20, 50 "
+            "или 100 раз от той, что была при вашем оповещении: о каждом иксе один раз, при скачке "
+            "через несколько только о самом большом, ответом на оповещение, 7 дней или пока токен "
+            "не умрёт.\n\n"
+            "Сейчас: <b>{choice}</b>"
+        ),
+        "followups_saved": "✅ Иксы после оповещения: {choice}",
+        "followups_choice_all": "все",
+        "followups_choice_5": "от 5x",
+        "followups_choice_10": "от 10x",
+        "followups_choice_off": "выключены",
+        "followups_choice_from": "от {multiple}x",
         "language_title": "Выберите язык:",
         "language_set": "✅ Язык: русский",
         "privacy": (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -470,3 +470,50 @@ def pumpportal_url(base: str, api_key: str | None) -> str:
         return base
     separator = "&" if "?" in base else "?"
     return f"{base}{separator}api-key={quote(api_key, safe='')}"
+
+
+# ---------------------------------------------------------------------------------- DexScreener
+
+DEXSCREENER_CHAIN = "solana"
+
+
+def parse_dexscreener_tokens(
+    payload: Any, asked: Iterable[str], now: datetime, received_at: float = 0.0
+) -> list[PriceEvent]:
+    """DexScreener's tokens endpoint answer (GET /tokens/v1/solana/{addresses}: a JSON array of
+    pairs) -> one PriceEvent per asked token it lists.
+
+    A token may trade in several pairs: the one with the most liquidity in USD where it is the
+    base token gives its price (`priceUsd`, a decimal string) and market cap (`marketCap`, else
+    `fdv`). Pairs of other chains or tokens, and pairs without a usable price, are skipped; an
+    answer that is no array raises FrameError. The pairs carry no time of their own: `now`."""
+    if not isinstance(payload, list):
+        raise FrameError("not a JSON array")
+    wanted = set(asked)
+    best: dict[str, tuple[float, float, float | None]] = {}  # address -> (liquidity, price, market cap)
+    for pair in payload:
+        if not isinstance(pair, Mapping) or pair.get("chainId") != DEXSCREENER_CHAIN:
+            continue
+        base = pair.get("baseToken")
+        address = base.get("address") if isinstance(base, Mapping) else None
+        if not isinstance(address, str) or address not in wanted:
+            continue
+        price = _positive(pair.get("priceUsd"))
+        if price is None:
+            continue
+        liquidity = pair.get("liquidity")
+        depth = (_non_negative(liquidity.get("usd")) if isinstance(liquidity, Mapping) else None) or 0.0
+        market_cap = _positive(pair.get("marketCap")) or _positive(pair.get("fdv"))
+        if address not in best or depth > best[address][0]:
+            best[address] = (depth, price, market_cap)
+    return [
+        PriceEvent(
+            address=address,
+            price_usd=price,
+            market_cap_usd=market_cap,
+            ts=now,
+            source="dexscreener",
+            received_at=received_at,
+        )
+        for address, (_, price, market_cap) in best.items()
+    ]

@@ -39,7 +39,8 @@ class OutgoingMessage:
     Telegram cannot use the photo); `digest_line` lets it be merged into a digest (see
     services.sender.DigestPolicy). `received_at` is the wall-clock time (time.time()) the feed
     frame behind it arrived: its send's latency is measured from it. `kind` names it in the sent
-    log line, which never shows the body.
+    log line, which never shows the body. With `reply_to_message_id` it replies to that message
+    of the chat, or goes as a plain message when the chat no longer has it.
     """
 
     chat_id: int
@@ -51,6 +52,7 @@ class OutgoingMessage:
     digest_line: str | None = None
     received_at: float | None = None
     kind: str = ""
+    reply_to_message_id: int | None = None
 
     def log_fields(self) -> str:
         """key=value pairs for the log line; never the message body, never a raw newline."""

@@ -96,9 +96,14 @@ class Figures:
     now_price: float | None = None
 
     def peak(self) -> float | None:
-        """The highest multiple since the start, at least 1x (the start itself counts)."""
-        found = _ratio(self.base_mcap, self.peak_mcap, self.base_price, self.peak_price)
-        return None if found is None else max(1.0, found)
+        """The highest multiple since the start: at least 1x (the start itself counts) and at
+        least the current one; None when the start has no figure to compare with."""
+        if self.base_mcap is None and self.base_price is None:
+            return None
+        seen = [
+            m for m in (_ratio(self.base_mcap, self.peak_mcap, self.base_price, self.peak_price), self.current()) if m
+        ]
+        return max([1.0, *seen])
 
     def current(self) -> float | None:
         return _ratio(self.base_mcap, self.now_mcap, self.base_price, self.now_price)

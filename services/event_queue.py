@@ -2,13 +2,15 @@
 
 Calls and creates are never dropped: when the queue is full the reader waits (back-pressure
 on the socket). Price updates of one token are merged while queued: only the newest matters,
-and a burst of trades must not crowd out the calls subscribers pay for.
+and a burst of trades must not crowd out the calls subscribers pay for. What needs every price,
+peaks included (the follow-ups tracker), listens at `put`, before any merge.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from domain.events import Event, PriceEvent
@@ -45,6 +47,8 @@ class EventQueue:
         self._not_empty = asyncio.Condition()
         self._not_full = asyncio.Condition()
         self.stats = QueueStats()
+        # Each hears every price as it arrives; none may await or raise.
+        self.price_listeners: list[Callable[[PriceEvent], None]] = []
 
     def qsize(self) -> int:
         return len(self._items)
@@ -63,8 +67,11 @@ class EventQueue:
         return True
 
     async def put(self, event: Event) -> None:
-        if isinstance(event, PriceEvent) and self._merged_into_queued(event):
-            return
+        if isinstance(event, PriceEvent):
+            for listener in self.price_listeners:
+                listener(event)
+            if self._merged_into_queued(event):
+                return
         if len(self._items) >= self.capacity:
             self.stats.waits += 1
             async with self._not_full:

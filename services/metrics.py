@@ -37,6 +37,7 @@ LEVELS: dict[str, frozenset[str]] = {
     "sender": frozenset({"pending", "in_flight", "paused_for", "telegram_reachable", "unreachable_for"}),
     "queue": frozenset({"max_depth"}),
     "cache": frozenset({"size", "hit_rate"}),
+    "followups": frozenset({"tokens", "entries", "claims_waiting"}),
 }
 # Per component, numbers not exported: percentiles over a sliding window, which neither only
 # grow nor add up across scrapes; the timing histograms below give them properly.

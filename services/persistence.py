@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -77,6 +78,11 @@ STATEMENTS: dict[str, tuple[str, ...]] = {
     "alert": (INSERT_ALERTS,),
 }
 PRUNE_PRICES = "DELETE FROM token_prices WHERE ts < $1"
+# Trades come many a second for a busy token: of these sources one price row per token is kept
+# per TRADE_POINT_SECONDS (the follow-ups tracker sees every trade all the same).
+THINNED_SOURCES = frozenset({"pumpportal"})
+TRADE_POINT_SECONDS = 10.0
+THINNED_TOKENS_MAX = 100_000
 HISTORY_DAYS = 7.0
 PRUNE_INTERVAL_SECONDS = 3600.0
 # Pruning after a long stop may delete days of rows at once: more than a query's usual bound.
@@ -142,6 +148,7 @@ class PersistenceWriter:
         self._task: asyncio.Task[None] | None = None
         self.stats = PersistenceStats()
         self._full_unlogged = 0  # rows dropped from a full buffer, not logged yet
+        self._point_kept: dict[str, float] = {}  # token -> monotonic time of its last thinned price row
         self._next_drop_log = 0.0
 
     # -- what the pipeline calls: never awaits -----------------------------------------------------
@@ -193,6 +200,13 @@ class PersistenceWriter:
         )
 
     def price(self, event: PriceEvent) -> None:
+        if event.source in THINNED_SOURCES:
+            now = time.monotonic()
+            if now - self._point_kept.get(event.address, -math.inf) < TRADE_POINT_SECONDS:
+                return
+            if len(self._point_kept) >= THINNED_TOKENS_MAX:
+                self._point_kept.clear()
+            self._point_kept[event.address] = now
         self._add("price", (event.address, event.price_usd, event.market_cap_usd, event.ts))
 
     def alerts(self, telegram_ids: list[int], token: TokenInfo, channel_ids: list[str], at: datetime) -> None:

@@ -43,7 +43,7 @@ from aiogram.exceptions import (
     TelegramUnauthorizedError,
 )
 from aiogram.methods.base import Response
-from aiogram.types import BufferedInputFile, InputFile, LinkPreviewOptions, Message
+from aiogram.types import BufferedInputFile, InputFile, LinkPreviewOptions, Message, ReplyParameters
 from aiolimiter import AsyncLimiter
 
 from domain.messages import Lane, OutgoingMessage, log_pairs
@@ -709,6 +709,9 @@ class MessageSender:
         """The request itself: a photo with caption when the job has one that fits, else text."""
         paid = True if self.paid_broadcast else None  # None: the field is left out of the request
         timeout = math.ceil(self._request_timeout)
+        reply_to = job.message.reply_to_message_id
+        # A reply whose message was deleted goes as a plain message rather than not at all.
+        reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
         photo: str | InputFile | None = job.photo_url
         if photo is None and job.photo_bytes:
             photo = BufferedInputFile(job.photo_bytes, filename="chart.png")
@@ -720,6 +723,7 @@ class MessageSender:
                     caption=job.html,
                     parse_mode=ParseMode.HTML,
                     reply_markup=job.reply_markup,
+                    reply_parameters=reply,
                     allow_paid_broadcast=paid,
                     request_timeout=timeout,
                 )
@@ -736,6 +740,7 @@ class MessageSender:
             text=job.html,
             parse_mode=ParseMode.HTML,
             reply_markup=job.reply_markup,
+            reply_parameters=reply,
             link_preview_options=self._link_preview,
             allow_paid_broadcast=paid,
             request_timeout=timeout,

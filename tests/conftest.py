@@ -28,6 +28,9 @@ from managers.postgres import PostgresManager
 from managers.redis_manager import RedisManager
 from services.cache import CacheRegistry
 
+# Tests never reach the real DexScreener: those that price through it point at the stand-in.
+os.environ.setdefault("DEXSCREENER_URL", "")
+
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Tests flush this logical database; keep it away from 0, where an operator's data may live.

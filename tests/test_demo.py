@@ -33,5 +33,8 @@ def test_demo_runs_the_pipeline_and_exits_0(tmp_path: Path) -> None:
     assert "alerts to Whale Watcher    : 6" in out
     assert "alerts to Consensus Trader : 8" in out
     assert "alerts to Quality Hunter   : 7" in out
-    assert "frames read        : 1,492" in out and "frame → sender     : p50" in out
+    # The recording's 1,492 frames, then six price frames: three alerted tokens run up, and their
+    # subscribers get follow-ups, each a reply to their alert.
+    assert "frames read        : 1,498" in out and "frame → sender     : p50" in out
+    assert "Later that day" in out and "since your alert" in out and "↩ " in out
     assert "demo finished." in out

@@ -25,6 +25,7 @@ from bot.callbacks import LanguageCB, MenuCB, PlanCB, PrivacyCB
 from bot.config import Settings
 from bot.fsm_storage import fsm_keys
 from bot.routers.filters import filter_lines
+from bot.routers.followups import choice_label
 from bot.routers.screens import acknowledge, show, with_notice
 from bot.texts import LANGUAGE_NAMES, money, text
 from domain.plans import Plan
@@ -68,6 +69,7 @@ def status_text(
             price = money(Decimal(subscription_price), "XTR") if subscription_price else "⭐"
             lines.append(text("status_subscription", language, amount=price, date=date))
     lines.append(text("status_alerts_paused" if subscriber.paused else "status_alerts_on", language))
+    lines.append(text("status_followups", language, choice=choice_label(subscriber.followup_min, language)))
     if figures is not None:
         lines.append(text("status_alerts_today", language, count=figures.alerts_today))
     if subscriber.preset:
@@ -108,7 +110,12 @@ async def status(
     await show(
         event,
         status_text(subscriber, figures, language, now, link, subscription, price),
-        keyboards.status(language, cancel_autorenew=renews, reports=subscriber.reports),
+        keyboards.status(
+            language,
+            cancel_autorenew=renews,
+            reports=subscriber.reports,
+            followups=choice_label(subscriber.followup_min, language),
+        ),
     )
 
 

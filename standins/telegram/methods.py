@@ -430,13 +430,37 @@ class BotApiMethods(FloodControl):
             return kind not in _DEFAULT_EXCLUDED_UPDATES
         return kind in allowed
 
+    def _reply_to(self, state: _BotState, chat_id: int, params: _Params) -> JsonDict | None:
+        """The message a send replies to (reply_parameters, or the older reply_to_message_id),
+        as Telegram echoes it in `reply_to_message`; None when it replies to nothing. A missing
+        message is a 400 unless the send allows going without the reply."""
+        reply = params.get_json("reply_parameters", "can't parse reply parameters JSON object")
+        if reply is None and params.present("reply_to_message_id"):
+            reply = {
+                "message_id": params.get_int("reply_to_message_id"),
+                "allow_sending_without_reply": params.get_bool("allow_sending_without_reply"),
+            }
+        if reply is None:
+            return None
+        if not isinstance(reply, dict) or not isinstance(reply.get("message_id"), int):
+            raise _bad_request("can't parse reply parameters JSON object")
+        stored = state.messages.get((chat_id, reply["message_id"]))
+        if stored is None:
+            if reply.get("allow_sending_without_reply"):
+                return None
+            raise _bad_request("message to be replied not found")
+        return dict(stored[0])
+
     def _send_message(self, state: _BotState, params: _Params) -> JsonDict:
         chat_id = self._resolve_chat_id(params)
         text, entities = self._formatted_text(params, "text", "entities", required=True, max_length=MAX_TEXT_LENGTH)
         markup, echo = self._reply_markup(params)
         self._check_reachable(chat_id)
+        replied = self._reply_to(state, chat_id, params)
         self._check_limits(state, chat_id, paid=params.get_bool("allow_paid_broadcast"), per_chat=True)
         content: JsonDict = {"text": text}
+        if replied is not None:
+            content["reply_to_message"] = replied
         if entities:
             content["entities"] = entities
         preview = params.get_json("link_preview_options", "can't parse link preview options JSON object")
@@ -465,6 +489,7 @@ class BotApiMethods(FloodControl):
         markup, echo = self._reply_markup(params)
         photo = self._photo(params)
         self._check_reachable(chat_id)
+        replied = self._reply_to(state, chat_id, params)
         self._check_limits(state, chat_id, paid=params.get_bool("allow_paid_broadcast"), per_chat=True)
         if photo.source != "file_id":
             # Later sends may reuse the file_id; the registry needn't keep the bytes.
@@ -484,6 +509,8 @@ class BotApiMethods(FloodControl):
             content["caption"] = caption
             if entities:
                 content["caption_entities"] = entities
+        if replied is not None:
+            content["reply_to_message"] = replied
         return self._deliver(
             state,
             "sendPhoto",

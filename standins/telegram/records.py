@@ -92,6 +92,12 @@ class SentRecord:
         """All callback_data values of the inline keyboard, row by row."""
         return _callback_datas(self.reply_markup)
 
+    @property
+    def reply_to(self) -> int | None:
+        """The id of the message this one replies to (None: a plain message)."""
+        replied = self.message.get("reply_to_message")
+        return int(replied["message_id"]) if isinstance(replied, dict) else None
+
 
 @dataclass(frozen=True)
 class AnsweredCallback:
