@@ -174,3 +174,23 @@ async def test_a_feed_down_past_its_threshold_is_told_once_and_its_return_once(
             await runtime.monitor.wait_for_checks(checks + 12, timeout=20)
     assert count(telegram, FEED_ADMIN, "Feed feed down") == 1
     assert count(telegram, FEED_ADMIN, "Feed feed is back") == 1
+
+
+async def test_memory_past_its_share_of_the_limit_is_told_once(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    async with FakeTelegramServer() as telegram:
+        # A 1 MB limit: the process is past 80% of it from the first check on, and stays there.
+        runtime = Runtime(settings(telegram, redis_url, database_url, tmp_path, monitor_memory_limit_mb=1))
+        await runtime.start()
+        try:
+            for admin in ADMINS:
+                [told] = await telegram.wait_for_sent(to_admin(admin, "Memory at"), timeout=10)
+                assert "of 1 MB" in (told.text or "")
+            checks = runtime.monitor.counts.checks
+            await runtime.monitor.wait_for_checks(checks + 12, timeout=20)
+            await runtime.drained()
+        finally:
+            await runtime.stop()
+    for admin in ADMINS:
+        assert count(telegram, admin, "Memory at") == 1
