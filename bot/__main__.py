@@ -52,9 +52,15 @@ async def _run() -> int:
     # Imported only once the settings are known good, so a bad setting answers at once.
     from bot.logs import setup_logging
     from bot.runtime import Runtime
+    from managers.redis_manager import RedisTooOld
 
     setup_logging(settings.log_dir, settings.secrets())
-    await Runtime(settings).serve_until_signalled()
+    try:
+        await Runtime(settings).serve_until_signalled()
+    except RedisTooOld as exc:
+        # The operator's server, not a fault of the bot: one line, like a bad setting.
+        print(f"alertbot: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     return EXIT_OK
 
 

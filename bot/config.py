@@ -38,6 +38,18 @@ EXPECTED: dict[str, str] = {
     "ALERT_MAX_DELAY": "seconds, more than 0 and at most 3600",
     "SOL_AMOUNT_TOLERANCE": "an amount of SOL, 0 or more",
     "SOL_ORDER_MINUTES": "a whole number of minutes 1..1440",
+    "METRICS_TOKEN": "a secret of at least 16 characters that Prometheus sends as a bearer token",
+    "CONSUMER_NAME": "a name for this instance: letters, digits, '.', '_' or '-', at most 64",
+    "MONITOR_INTERVAL_SECONDS": "seconds between health checks, more than 0 and at most 3600",
+    "MONITOR_REDIS_DOWN_SECONDS": "seconds, 0 or more",
+    "MONITOR_STREAM_DOWN_SECONDS": "seconds, 0 or more",
+    "MONITOR_QUEUE_PERCENT": "a percentage, more than 0 and at most 100",
+    "MONITOR_MEMORY_PERCENT": "a percentage, more than 0 and at most 100",
+    "MONITOR_MEMORY_LIMIT_MB": "megabytes, 0 for the container's limit (or the machine's memory)",
+    "MONITOR_BURST_WINDOW_SECONDS": "seconds, more than 0 and at most 86400",
+    "MONITOR_RATE_LIMITED_COUNT": "a whole number, 1 or more",
+    "MONITOR_FAILURES_COUNT": "a whole number, 1 or more",
+    "MONITOR_START_NOTICE": "true or false",
     "FOLLOWUP_DAYS": "a whole number of days 1..30",
     "FOLLOWUP_DEAD_SHARE": "a share of the peak, 0 or more and below 1 (0: never dead by price)",
     "FOLLOWUP_DEAD_MINUTES": "a whole number of minutes 1..10080",
@@ -110,6 +122,25 @@ class Settings(BaseSettings):
     alert_digest_threshold: int = Field(default=5, ge=2, le=100)
     # ...or once the oldest has waited this many seconds.
     alert_max_delay: float = Field(default=60.0, gt=0, le=3600)
+    # Operations beyond the contract's table:
+    # /metrics answers only requests that carry this as a bearer token (unset: open).
+    metrics_token: SecretStr | None = None
+    # This instance's name as a reader of the alert queue; stable across restarts, so a restart
+    # resumes the sends it had taken (default: sender-<host name>).
+    consumer_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # Monitoring: how often it checks, and after how long (or from what share) the admins hear.
+    monitor_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    monitor_redis_down_seconds: float = Field(default=300.0, ge=0)
+    monitor_stream_down_seconds: float = Field(default=60.0, ge=0)
+    monitor_queue_percent: float = Field(default=80.0, gt=0, le=100)
+    monitor_memory_percent: float = Field(default=80.0, gt=0, le=100)
+    monitor_memory_limit_mb: int = Field(default=0, ge=0)
+    # 429s or failed deliveries keep coming: this many within the window opens an incident,
+    # a whole window without one closes it.
+    monitor_burst_window_seconds: float = Field(default=300.0, gt=0, le=86400)
+    monitor_rate_limited_count: int = Field(default=10, ge=1)
+    monitor_failures_count: int = Field(default=20, ge=1)
+    monitor_start_notice: bool = True
     # /channels ranks a channel only from this many resolved calls on (fewer are shown apart).
     channels_min_resolved: int = Field(default=10, ge=1, le=10_000)
     # Follow-ups after an alert (2x, 3x, 5x...): each alert is followed this many days, and its
@@ -173,6 +204,20 @@ class Settings(BaseSettings):
         _check_scheme(value.get_secret_value(), ("postgresql", "postgres"))
         return value
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("too short")
+        return value
+
+    @field_validator("consumer_name", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
     @field_validator("bot_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
@@ -200,7 +245,13 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value in force, so log redaction can hide them wherever they appear."""
         values: list[str] = []
-        for name in ("bot_token", "pumpportal_api_key", "nowpayments_api_key", "nowpayments_ipn_secret"):
+        for name in (
+            "bot_token",
+            "pumpportal_api_key",
+            "nowpayments_api_key",
+            "nowpayments_ipn_secret",
+            "metrics_token",
+        ):
             secret = getattr(self, name)
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())

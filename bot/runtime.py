@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import logging
 import signal
 import socket
@@ -37,20 +38,22 @@ from bot.config import Settings, SettingsError, require
 from bot.container import Services, build_services
 from bot.followups import FollowUpNotifier, FollowUps
 from bot.fsm_storage import ManagedRedisStorage
+from bot.middlewares.counting import UpdateCounter
 from bot.middlewares.flood_control import PacedRequestsMiddleware
 from bot.middlewares.throttling import FloodGate, attach_throttling
 from bot.notices import NoticeDelivery
 from bot.reports import ReportJobs, utc_now
 from bot.routers import get_routers
-from bot.texts import DEFAULT_LANGUAGE, TEXTS, text
+from bot.texts import DEFAULT_LANGUAGE, TEXTS, duration, text
 from domain.alert_text import DigestPart, render_digest
 from domain.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
 from domain.matching import SubscriberIndex
+from managers.circuit_breaker import CircuitState
 from managers.embedded_postgres import start_embedded_postgres
 from managers.embedded_redis import EmbeddedRedisUnavailable, start_embedded_redis
 from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
-from managers.redis_manager import RedisManager
+from managers.redis_manager import RedisManager, RedisOptions
 from managers.stream import StreamManager, SubscriptionSet
 from payments.ledger import PaymentLedger
 from payments.nowpayments import NowPaymentsClient, invoice_maker, ipn_callback_url
@@ -70,6 +73,7 @@ from services.event_queue import EventQueue
 from services.http_api import ServingFlag, build_http_app
 from services.index_sync import IndexSync
 from services.metrics import Metrics, NumbersProvider
+from services.monitoring import AdminNotice, Monitor, MonitorSettings
 from services.multiplier import MultiplierTracker
 from services.outbox import Outbox
 from services.persistence import PersistenceWriter
@@ -162,6 +166,9 @@ def build_dispatcher(
     if "storage" not in dependencies and redis is not None:
         dependencies["storage"] = ManagedRedisStorage(redis)
     dispatcher = Dispatcher(**services.workflow_data(), settings=settings, **dependencies)
+    metrics = dependencies.get("metrics")
+    if isinstance(metrics, Metrics):
+        dispatcher.update.outer_middleware(UpdateCounter(metrics))
     attach_throttling(dispatcher, flood_gate)
     dispatcher.include_routers(*get_routers())
     return dispatcher
@@ -245,12 +252,19 @@ class Runtime:
     # Timed work (reminders, order expiry, channel statistics, reports), UTC; started with the parts.
     scheduler: AsyncIOScheduler = field(default_factory=lambda: AsyncIOScheduler(timezone=UTC))
     http_port: int | None = None
+    # Options for the Redis manager (tests shorten the circuit breaker's cool-down).
+    redis_options: RedisOptions | None = None
     followups: FollowUps | None = None  # built by start()
     # What time it is for the reports (which slot is due); tests set it.
     clock: Callable[[], datetime] = utc_now
     _parts: Parts | None = None
+    _monitor: Monitor | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _polling: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.settings.consumer_name:
+            self.consumer_name = self.settings.consumer_name
 
     @property
     def streams(self) -> list[StreamManager]:
@@ -312,6 +326,12 @@ class Runtime:
         return self.parts.workers
 
     @property
+    def monitor(self) -> Monitor:
+        if self._monitor is None:
+            raise RuntimeError("the runtime has not started")
+        return self._monitor
+
+    @property
     def reports(self) -> ReportJobs:
         return self.parts.reports
 
@@ -371,7 +391,7 @@ class Runtime:
         await postgres.start()
         self._stack.push_async_callback(postgres.close)
 
-        redis = RedisManager.from_url(redis_url)
+        redis = RedisManager.from_url(redis_url, self.redis_options)
         await redis.start()
         self._stack.push_async_callback(redis.close)
         self.metrics.components.add("redis", redis.metrics)
@@ -389,7 +409,9 @@ class Runtime:
             await self._start_followups(self._parts)
             self.scheduler.start()
             self._stack.callback(self.scheduler.shutdown, wait=False)
+            self._register_metrics()
             await self._start_http()
+            await self._start_monitoring()
             # The default list in English, and each language's own for users whose Telegram
             # speaks it (Telegram picks by the user's language_code).
             await bot.set_my_commands(bot_commands(DEFAULT_LANGUAGE))
@@ -506,16 +528,6 @@ class Runtime:
         workers = ProcessingWorkers(self.queue, service, self.pipeline_workers)
         await workers.start()
         self._stack.push_async_callback(workers.stop)
-        components: dict[str, NumbersProvider] = {
-            "pipeline": service.stats.numbers,
-            "queue": self.queue.stats.numbers,
-            "sender": sender.stats,
-            "cache": caches.stats,
-            "delivery": delivery.stats.numbers,
-            "persistence": persistence.stats.numbers,
-        }
-        for name, provider in components.items():
-            self.metrics.components.add(name, provider)
         dispatcher = build_dispatcher(
             services, settings=settings, redis=redis, metrics=self.metrics, sender=sender, broadcasts=broadcasts
         )
@@ -717,14 +729,123 @@ class Runtime:
                 self._stack.push_async_callback(helper.stop)
             await feed.stream.start()
             self._stack.push_async_callback(feed.stream.stop)
-        self.metrics.components.add(
-            "stream", lambda: {k: v for s in self.streams for k, v in s.stats.numbers().items()}
+
+    def _register_metrics(self) -> None:
+        """What /metrics shows: each component's counters and levels, read at scrape time."""
+        parts = self.parts
+        components = self.metrics.components
+        counters: dict[str, NumbersProvider] = {
+            "pipeline": parts.service.stats.numbers,
+            "queue": self.queue.stats.numbers,
+            "sender": parts.sender.stats,
+            "delivery": parts.delivery.stats.numbers,
+            "persistence": parts.persistence.stats.numbers,
+        }
+        for name, provider in counters.items():
+            components.add(name, provider)
+        redis = parts.redis
+        circuit = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+        components.add_levels(
+            "redis",
+            lambda: {
+                "up": redis.available,
+                "circuit_state": circuit[redis.breaker.state],  # 0 closed, 1 half-open, 2 open
+                "pending_writes": len(redis.pending),
+                "fallback_keys": len(redis.fallback),
+            },
         )
+        components.add_levels("queue", self.queue.health)  # size, capacity
+        components.add_levels("persistence", lambda: {"pending": parts.persistence.pending()})
+        components.add_each("cache", "cache", lambda: {name: c.stats() for name, c in parts.caches.caches.items()})
+        # The feeds start with receiving; read whichever run at scrape time.
+        components.add_each("stream", "feed", lambda: {s.name: s.stats.numbers() for s in self.streams})
+        components.add_each(
+            "stream",
+            "feed",
+            lambda: {
+                s.name: {
+                    "connected": s.connected,
+                    "polling": s.polling,
+                    "last_frame_age_seconds": s.health()["last_frame_age_s"],
+                }
+                for s in self.streams
+            },
+            all_levels=True,
+        )
+        ledger = parts.services.ledger
+        components.add_counter(
+            "alertbot_payments", "Payments handled, by rail and outcome", ("rail", "outcome"), lambda: ledger.counts
+        )
+        components.add_histogram(
+            "alertbot_frame_to_send_seconds",
+            "Seconds from a feed frame's arrival to Telegram's answer to the alert it caused",
+            parts.sender.frame_to_send,
+        )
+        components.add_histogram(
+            "alertbot_telegram_answer_seconds", "Seconds Telegram took to answer a send", parts.sender.answer_time
+        )
+
+    async def _start_monitoring(self) -> None:
+        """Health checks every MONITOR_INTERVAL_SECONDS, the heartbeat, and the admins told of incidents."""
+        parts = self.parts
+        settings = self.settings
+        limit = settings.monitor_memory_limit_mb * 2**20 or None
+        monitor = Monitor(
+            parts.redis,
+            self.queue,
+            parts.sender,
+            parts.delivery,
+            lambda: self.streams,
+            admins=settings.admin_id_set,
+            words=self._admin_words,
+            settings=MonitorSettings(
+                interval=settings.monitor_interval_seconds,
+                redis_down=settings.monitor_redis_down_seconds,
+                stream_down=settings.monitor_stream_down_seconds,
+                queue_percent=settings.monitor_queue_percent,
+                memory_percent=settings.monitor_memory_percent,
+                memory_limit=limit,
+                burst_window=settings.monitor_burst_window_seconds,
+                rate_limited_count=settings.monitor_rate_limited_count,
+                failures_count=settings.monitor_failures_count,
+                start_notice=settings.monitor_start_notice,
+            ),
+            instance=self.consumer_name,
+            version=_package_version(),
+        )
+        await monitor.start()
+        self._stack.push_async_callback(monitor.stop)
+        self._monitor = monitor
+        components = self.metrics.components
+        components.add("monitor", lambda: dict(vars(monitor.counts)))
+        components.add_levels("monitor", monitor.levels)
+        components.add_levels("outbox", lambda: {"pending": monitor.backlog})
+        components.add_each("incident", "kind", monitor.open_incidents, all_levels=True)
+
+    def _admin_words(self, chat_id: int, notice: AdminNotice) -> str:
+        """A monitoring notice in the admin's language."""
+        subscriber = self.index.get(chat_id)
+        language = subscriber.language if subscriber else DEFAULT_LANGUAGE
+        values = {
+            key: duration(value, language) if key in ("duration", "window") else value
+            for key, value in notice.values.items()
+        }
+        if notice.kind == "started":
+            previous = text(f"monitor_previous_{values['previous']}", language, at=values["at"])
+            return text(
+                "monitor_started", language, instance=values["instance"], version=values["version"], previous=previous
+            )
+        return text(notice.key, language, **values)
 
     async def _start_http(self) -> None:
         rail = self.parts.nowpayments
+        token = self.settings.metrics_token
         app = build_http_app(
-            self.health, self.serving, self.metrics.registry, nowpayments_ipn_handler=rail.ipn if rail else None
+            self.health,
+            self.serving,
+            self.metrics.registry,
+            nowpayments_ipn_handler=rail.ipn if rail else None,
+            metrics_token=token.get_secret_value() if token else None,
         )
         if self.settings.webhook_url:
             path = urlsplit(self.settings.webhook_url).path or "/webhook"
@@ -818,3 +939,10 @@ class Runtime:
             await self.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("token-alert-bot")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

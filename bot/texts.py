@@ -383,6 +383,54 @@ TEXTS: dict[str, dict[str, str]] = {
         "paysupport_sent": "✅ Sent to the team. You will get the answer in this chat.",
         "paysupport_to_admin": "💬 <b>Payment support</b> from {user} (<code>{user_id}</code>):\n{message}",
         "paysupport_no_admins": "No one can take payment questions right now. Please try again later.",
+        # What monitoring tells the admins: one message when an incident opens, one when it is over.
+        "monitor_started": "🔄 <b>Bot started</b> on <code>{instance}</code> (version {version}). {previous}",
+        "monitor_previous_first": "First start of this instance.",
+        "monitor_previous_clean": "The previous run stopped cleanly at {at}.",
+        "monitor_previous_unclean": "⚠ The previous run ended without a clean stop; last seen {at}.",
+        "monitor_previous_unknown": "Redis is unreachable, so how the previous run ended is unknown.",
+        "monitor_redis_opened": (
+            "🔴 <b>Redis unhealthy</b> for {duration} on <code>{instance}</code>. The bot answers from memory "
+            "and sends alerts directly; details in rediserror.log."
+        ),
+        "monitor_redis_recovered": "🟢 <b>Redis is back</b> on <code>{instance}</code> after {duration}.",
+        "monitor_stream_opened": (
+            "🔴 <b>Feed {feed} down</b> for {duration} on <code>{instance}</code>: no frames arrive. "
+            "It keeps reconnecting on its own."
+        ),
+        "monitor_stream_recovered": "🟢 <b>Feed {feed} is back</b> on <code>{instance}</code> after {duration}.",
+        "monitor_queue_opened": (
+            "🟠 <b>Event queue {percent}% full</b> ({depth} of {capacity}) on <code>{instance}</code>: "
+            "processing falls behind the feed."
+        ),
+        "monitor_queue_recovered": (
+            "🟢 <b>Event queue</b> on <code>{instance}</code> back to {percent}% ({depth} of {capacity}) "
+            "after {duration}."
+        ),
+        "monitor_memory_opened": (
+            "🟠 <b>Memory at {percent}%</b> of the limit ({used_mb} of {limit_mb} MB) on <code>{instance}</code>."
+        ),
+        "monitor_memory_recovered": (
+            "🟢 <b>Memory</b> on <code>{instance}</code> back to {percent}% ({used_mb} of {limit_mb} MB) "
+            "after {duration}."
+        ),
+        "monitor_rate_limited_opened": (
+            "🟠 <b>Telegram keeps answering 429</b>: {count} in the last {window} on <code>{instance}</code>. "
+            "Sending pauses as long as Telegram asks."
+        ),
+        "monitor_rate_limited_recovered": (
+            "🟢 <b>No 429</b> from Telegram for {window} on <code>{instance}</code>; the incident lasted {duration}."
+        ),
+        "monitor_failures_opened": (
+            "🟠 <b>Deliveries keep failing</b>: {count} in the last {window} on <code>{instance}</code>; "
+            "see bot.log (alertbot.sender)."
+        ),
+        "monitor_failures_recovered": (
+            "🟢 <b>No failed delivery</b> for {window} on <code>{instance}</code>; the incident lasted {duration}."
+        ),
+        "duration_seconds": "{n} s",
+        "duration_minutes": "{n} min",
+        "duration_hours": "{h} h {m} min",
         "paysupport_wait": (
             "⏳ Your last message reached the team less than a minute ago, so this one was not sent. "
             "You can write again in {seconds} s; the answer to the first comes here."
@@ -925,6 +973,57 @@ TEXTS: dict[str, dict[str, str]] = {
         "paysupport_sent": "✅ Отправлено команде. Ответ придёт в этот чат.",
         "paysupport_to_admin": "💬 <b>Вопрос по оплате</b> от {user} (<code>{user_id}</code>):\n{message}",
         "paysupport_no_admins": "Сейчас некому принять вопрос по оплате. Пожалуйста, попробуйте позже.",
+        "monitor_started": "🔄 <b>Бот запущен</b> на <code>{instance}</code> (версия {version}). {previous}",
+        "monitor_previous_first": "Первый запуск этого экземпляра.",
+        "monitor_previous_clean": "Предыдущий запуск завершился штатно в {at}.",
+        "monitor_previous_unclean": (
+            "⚠ Предыдущий запуск оборвался без штатной остановки; последний раз был на связи {at}."
+        ),
+        "monitor_previous_unknown": "Redis недоступен, поэтому неизвестно, как завершился предыдущий запуск.",
+        "monitor_redis_opened": (
+            "🔴 <b>Redis неисправен</b> уже {duration} на <code>{instance}</code>. Бот отвечает из памяти "
+            "и отправляет оповещения напрямую; подробности в rediserror.log."
+        ),
+        "monitor_redis_recovered": "🟢 <b>Redis снова работает</b> на <code>{instance}</code> спустя {duration}.",
+        "monitor_stream_opened": (
+            "🔴 <b>Поток {feed} недоступен</b> уже {duration} на <code>{instance}</code>: кадры не приходят. "
+            "Бот продолжает переподключаться сам."
+        ),
+        "monitor_stream_recovered": (
+            "🟢 <b>Поток {feed} снова работает</b> на <code>{instance}</code> спустя {duration}."
+        ),
+        "monitor_queue_opened": (
+            "🟠 <b>Очередь событий заполнена на {percent}%</b> ({depth} из {capacity}) на <code>{instance}</code>: "
+            "обработка отстаёт от потока."
+        ),
+        "monitor_queue_recovered": (
+            "🟢 <b>Очередь событий</b> на <code>{instance}</code> снова заполнена на {percent}% "
+            "({depth} из {capacity}), спустя {duration}."
+        ),
+        "monitor_memory_opened": (
+            "🟠 <b>Память: {percent}%</b> лимита ({used_mb} из {limit_mb} МБ) на <code>{instance}</code>."
+        ),
+        "monitor_memory_recovered": (
+            "🟢 <b>Память</b> на <code>{instance}</code> снова {percent}% ({used_mb} из {limit_mb} МБ), "
+            "спустя {duration}."
+        ),
+        "monitor_rate_limited_opened": (
+            "🟠 <b>Telegram продолжает отвечать 429</b>: {count} за последние {window} на <code>{instance}</code>. "
+            "Отправка ждёт столько, сколько просит Telegram."
+        ),
+        "monitor_rate_limited_recovered": (
+            "🟢 <b>Ответов 429 нет</b> уже {window} на <code>{instance}</code>; инцидент длился {duration}."
+        ),
+        "monitor_failures_opened": (
+            "🟠 <b>Доставки продолжают срываться</b>: {count} за последние {window} на <code>{instance}</code>; "
+            "см. bot.log (alertbot.sender)."
+        ),
+        "monitor_failures_recovered": (
+            "🟢 <b>Сорванных доставок нет</b> уже {window} на <code>{instance}</code>; инцидент длился {duration}."
+        ),
+        "duration_seconds": "{n} с",
+        "duration_minutes": "{n} мин",
+        "duration_hours": "{h} ч {m} мин",
         "paysupport_wait": (
             "⏳ Ваше прошлое сообщение ушло команде меньше минуты назад, поэтому это не отправлено. "
             "Написать снова можно через {seconds} с; ответ на первое придёт сюда."
@@ -1103,6 +1202,17 @@ def money(amount: Decimal, currency: str) -> str:
     if currency == "USD":
         return f"${int(amount)}" if amount == amount.to_integral_value() else f"${amount.quantize(Decimal('0.01'))}"
     return f"{amount.normalize():f} {currency}"
+
+
+def duration(seconds: float, language: str | None = None) -> str:
+    """A duration as the admins read it: 45 s, 5 min, 2 h 5 min (in the language's words)."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return text("duration_seconds", language, n=whole)
+    if whole < 3600:
+        return text("duration_minutes", language, n=whole // 60)
+    hours, minutes = divmod(whole // 60, 60)
+    return text("duration_hours", language, h=hours, m=minutes)
 
 
 def pick_language(language_code: str | None) -> str:

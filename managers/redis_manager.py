@@ -51,9 +51,27 @@ FAILURES: tuple[type[BaseException], ...] = (
 
 Value = str | bytes | int | float
 
+# The oldest Redis the bot works with: the alert queue takes over abandoned entries with
+# XAUTOCLAIM, which Redis 6.2 introduced.
+MIN_REDIS_VERSION = (6, 2)
+
 
 class RedisUnavailable(redis.exceptions.ConnectionError, ConnectionError):
     """Redis cannot be used right now (circuit open or manager closed); raised instead of waiting."""
+
+
+class RedisTooOld(RuntimeError):
+    """The server is older than MIN_REDIS_VERSION; `str()` is the one line shown to the operator."""
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'6.2.14' -> (6, 2, 14); what is not a number ends it ('7.2.4-rc1' -> (7, 2))."""
+    parts: list[int] = []
+    for piece in text.strip().split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)
 
 
 def _url_password(url: str | None) -> str | None:
@@ -156,6 +174,7 @@ class RedisManager:
         self._closed = False
         self.last_latency_ms: float | None = None
         self.last_error: str | None = None
+        self.server_version: str | None = None  # once read from INFO
 
     @classmethod
     def from_url(
@@ -202,7 +221,20 @@ class RedisManager:
         self._closed = False
         self._wake.clear()
         try:
-            latency = await self._timed_ping()
+            try:
+                latency = await self._timed_ping()
+            except redis.exceptions.ResponseError as exc:
+                if "HELLO" not in str(exc).upper():
+                    raise
+                # The client speaks RESP3 (HELLO 3), which Redis has understood since 6.0.
+                raise RedisTooOld(self._too_old(await self._version_over_resp2())) from None
+            await self._check_version()
+        except RedisTooOld:
+            self._started = False
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+            raise
         except FAILURES as exc:
             self._note_error("start", exc)
             self.breaker.trip()
@@ -551,6 +583,11 @@ class RedisManager:
             with contextlib.suppress(Exception):
                 await self._client.connection_pool.disconnect(inuse_connections=False)
             latency = await self._timed_ping()
+            if self.server_version is None:
+                try:
+                    await self._check_version()
+                except RedisTooOld as exc:  # found when it first answered, after the start
+                    self._log(errors_log, logging.ERROR, "%s", exc)
             await self._reconcile()
             ok = True
         except FAILURES as exc:
@@ -649,6 +686,45 @@ class RedisManager:
             self._log(performance_log, logging.INFO, "redis ping %.2f ms (%s)", latency, self.safe_url)
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    async def _check_version(self) -> None:
+        """Refuse a server older than MIN_REDIS_VERSION (RedisTooOld), in one line that says why."""
+        if self.embedded:
+            return  # the in-process stand-in implements what the bot uses
+        try:
+            info = await self._client.info("server")
+        except redis.exceptions.ResponseError as exc:  # INFO renamed or refused by a proxy
+            self._log(errors_log, logging.WARNING, "could not read the Redis version (%s); not checked", exc)
+            self.server_version = ""
+            return
+        self.server_version = version = str(info.get("redis_version", ""))
+        if version_tuple(version) < MIN_REDIS_VERSION:
+            raise RedisTooOld(self._too_old(version))
+
+    def _too_old(self, version: str) -> str:
+        needed = ".".join(map(str, MIN_REDIS_VERSION))
+        return (
+            f"Redis at {self.safe_url} is version {version or 'unknown'}; the bot needs Redis {needed} or newer "
+            "(its alert queue uses XAUTOCLAIM)"
+        )
+
+    async def _version_over_resp2(self) -> str:
+        """The version of a server too old for RESP3, asked on a connection of its own in RESP2."""
+        client = aioredis.Redis.from_url(
+            self._url or "",
+            protocol=2,
+            decode_responses=True,
+            socket_timeout=self.options.socket_timeout,
+            socket_connect_timeout=self.options.socket_connect_timeout,
+        )
+        try:
+            info = await client.info("server")
+            return str(info.get("redis_version", "")) or "older than 6.0"
+        except (redis.exceptions.RedisError, OSError):
+            return "older than 6.0"
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def _timed_ping(self) -> float:
         started = time.perf_counter()

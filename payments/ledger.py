@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -277,6 +278,9 @@ class PaymentLedger:
         self.referral_days = referral_days
         self.clock = clock
         self._scripts: dict[str, Any] = {}
+        # Payments handled since start, by (rail, outcome: credited, partial, duplicate, rejected,
+        # refunded): for /metrics.
+        self.counts: Counter[tuple[str, ...]] = Counter()
         writer.on_paid = self._reward_referrer
 
     # ------------------------------------------------------------------ orders
@@ -410,6 +414,7 @@ class PaymentLedger:
         store takes it."""
         if await self.writer.known(payment.rail, payment.external_id):
             await self._mark_seen(payment)
+            self.counts[(payment.rail.value, CreditOutcome.DUPLICATE.value)] += 1
             return CreditResult(CreditOutcome.DUPLICATE)
         try:
             result = await self._credit_in_redis(payment, tolerance)
@@ -420,6 +425,7 @@ class PaymentLedger:
             except PG_FAILURES as pg_exc:
                 raise PaymentsUnavailable(f"no store took {payment.rail} {payment.external_id}: {pg_exc!r}") from pg_exc
         self._log_credit(payment, result)
+        self.counts[(payment.rail.value, result.outcome.value)] += 1
         if result.outcome is CreditOutcome.REJECTED:
             # Money that bought nothing: its record stays for support to settle by hand.
             await self.record_event(
@@ -550,6 +556,7 @@ class PaymentLedger:
             return None
         await self._queue({"kind": "refund", "rail": rail.value, "external_id": external_id})
         await self.revoke(owner, reason=f"refund of {rail} {external_id}")
+        self.counts[(rail.value, "refunded")] += 1
         logger.info("payment %s %s refunded", rail, external_id)
         return owner
 

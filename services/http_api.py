@@ -12,11 +12,15 @@ not ok. Host names, URLs and error texts stay in the logs, where the components 
 `POST /ipn/nowpayments` hands the raw body and its `x-nowpayments-sig` header to the IPN handler
 it is given and answers the HTTP status the handler returns (401 for a forgery, 5xx to have
 NOWPayments try again later); without a handler the route does not exist.
+
+With a metrics token, /metrics answers 401 unless the request carries `Authorization: Bearer
+<token>` (compared in constant time); /health stays public for load balancers and probes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,6 +37,7 @@ IpnHandler = Callable[[bytes, str | None], Awaitable[int]]
 HEALTH_KEY = web.AppKey("health_provider", object)
 SERVING_KEY = web.AppKey("serving", object)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+METRICS_TOKEN_KEY = web.AppKey("metrics_token", object)
 NOWPAYMENTS_IPN_KEY = web.AppKey("nowpayments_ipn", object)
 
 NOWPAYMENTS_IPN_PATH = "/ipn/nowpayments"
@@ -146,7 +151,17 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def bearer_matches(header: str | None, token: str) -> bool:
+    """Whether an Authorization header carries exactly `token` as its bearer token."""
+    scheme, _, given = (header or "").partition(" ")
+    # compare_digest takes as long for a near miss as for a wild guess.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 async def metrics(request: web.Request) -> web.Response:
+    token = request.app[METRICS_TOKEN_KEY]
+    if isinstance(token, str) and not bearer_matches(request.headers.get("Authorization"), token):
+        return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     output = generate_latest(request.app[REGISTRY_KEY])
     return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -170,8 +185,10 @@ def build_http_app(
     health_ttl: float = HEALTH_TTL_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     nowpayments_ipn_handler: IpnHandler | None = None,
+    metrics_token: str | None = None,
 ) -> web.Application:
     app = web.Application()
+    app[METRICS_TOKEN_KEY] = metrics_token or None
     app[HEALTH_KEY] = HealthCache(health_provider, health_ttl, clock)
     app[SERVING_KEY] = serving
     app[REGISTRY_KEY] = registry

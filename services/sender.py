@@ -47,6 +47,7 @@ from aiogram.types import BufferedInputFile, InputFile, LinkPreviewOptions, Mess
 from aiolimiter import AsyncLimiter
 
 from domain.messages import Lane, OutgoingMessage, log_pairs
+from services.metrics import ANSWER_BUCKETS, FRAME_TO_SEND_BUCKETS, TimingHistogram
 
 __all__ = [
     "MessageSender",
@@ -199,6 +200,7 @@ class _Job:
 @dataclass
 class _Counters:
     sent: int = 0
+    alerts_sent: int = 0  # token alerts Telegram took, each alert of a digest counted
     retried: int = 0
     rate_limited: int = 0
     failed: int = 0
@@ -276,6 +278,10 @@ class MessageSender:
         self._outage_pause = 0.0  # the pause between probes while unreachable
         self._seq = itertools.count()
         self._counters = _Counters()
+        # For /metrics: the time from each alert's feed frame to Telegram's answer, and how long
+        # Telegram takes to answer a send request, whatever the answer.
+        self.frame_to_send = TimingHistogram(FRAME_TO_SEND_BUCKETS)
+        self.answer_time = TimingHistogram(ANSWER_BUCKETS)
 
         self._wakeup = asyncio.Event()  # a chat may have become ready
         self._progress = asyncio.Event()  # a send finished (or the pacer ended); stop(drain=True) re-checks
@@ -436,6 +442,7 @@ class MessageSender:
 
         return {
             "sent": counters.sent,
+            "alerts_sent": counters.alerts_sent,
             "retried": counters.retried,
             "rate_limited": counters.rate_limited,
             "failed": counters.failed,
@@ -747,9 +754,11 @@ class MessageSender:
         migrated: str | None = None
         try:
             token = _SENDING.set(True)
+            asked = time.perf_counter()
             try:
                 message = await self._send(job)
             finally:
+                self.answer_time.observe(time.perf_counter() - asked)
                 _SENDING.reset(token)
         except TelegramRetryAfter as exc:
             self._answered()
@@ -876,11 +885,13 @@ class MessageSender:
 
     async def _succeeded(self, job: _Job, message: Message) -> None:
         self._counters.sent += 1
+        self._counters.alerts_sent += sum(1 for one in job.members or [job] if one.message.kind == "alert")
         latency: float | None = None
         received_at = job.message.received_at
         if received_at:
             latency = max(0.0, time.time() - received_at)
             self._counters.latencies.append(latency)
+            self.frame_to_send.observe(latency)
         sent_logger.info(
             "chat=%s message_id=%s%s %s",
             job.chat_id,

@@ -173,7 +173,7 @@ async def test_a_full_buffer_drops_the_oldest_rows_and_counts_and_logs_every_one
             metrics = Metrics()  # wired as the runtime wires it
             metrics.components.add("persistence", lambda: writer.stats.__dict__)
             exported = generate_latest(metrics.registry).decode()
-            assert "alertbot_persistence_dropped_full 30.0" in exported
+            assert "alertbot_persistence_dropped_full_total 30.0" in exported
             await proxy.resume()
             await eventually(lambda: writer.pending() == 0 and writer.stats.written == 50)
             ids = {r["id"] for r in await postgres.fetch("SELECT id FROM channels")}

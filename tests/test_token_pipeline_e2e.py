@@ -67,6 +67,8 @@ async def bot_on_feed(
     members: Iterable[Member],
     **settings_overrides: Any,
 ) -> AsyncIterator[Runtime]:
+    # The admin's "bot started" message would count among the messages these tests tally.
+    settings_overrides.setdefault("monitor_start_notice", False)
     settings = Settings(
         _env_file=None,
         bot_token=DEFAULT_TOKEN,

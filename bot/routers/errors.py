@@ -9,12 +9,15 @@ from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import ErrorEvent
 
 from bot.texts import pick_language, text
+from services.metrics import Metrics
 
 logger = logging.getLogger("alertbot.handlers")
 
 
-async def on_error(event: ErrorEvent) -> bool:
+async def on_error(event: ErrorEvent, metrics: Metrics | None = None) -> bool:
     update = event.update
+    if metrics is not None:
+        metrics.handler_errors.inc()
     logger.error("handler failed on update %s: %r", update.update_id, event.exception, exc_info=event.exception)
     message = update.message or (update.callback_query.message if update.callback_query else None)
     user = (
