@@ -529,7 +529,13 @@ class Runtime:
         await workers.start()
         self._stack.push_async_callback(workers.stop)
         dispatcher = build_dispatcher(
-            services, settings=settings, redis=redis, metrics=self.metrics, sender=sender, broadcasts=broadcasts
+            services,
+            settings=settings,
+            redis=redis,
+            metrics=self.metrics,
+            sender=sender,
+            broadcasts=broadcasts,
+            health=self.health,
         )
         return Parts(
             redis=redis,

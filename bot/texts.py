@@ -118,6 +118,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "button_reports_on": "Turn reports on",
         "button_reports_off": "Turn reports off",
         "admin_only": "⛔ This command is for admins only.",
+        "health_title": "🩺 <b>Health: {status}</b>",
         "grant_usage": "<b>Usage:</b> <code>/grant USER_ID DAYS</code>: a numeric Telegram user id and 1..3650 days.",
         "revoke_usage": "<b>Usage:</b> <code>/revoke USER_ID</code>: a numeric Telegram user id.",
         "user_unknown": "User <code>{user_id}</code> is unknown: they have to send /start to the bot first.",
@@ -701,6 +702,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "button_reports_on": "Включить отчёты",
         "button_reports_off": "Выключить отчёты",
         "admin_only": "⛔ Эта команда только для администраторов.",
+        "health_title": "🩺 <b>Состояние: {status}</b>",
         "grant_usage": (
             "<b>Как использовать:</b> <code>/grant USER_ID ДНИ</code>: числовой id пользователя Telegram "
             "и от 1 до 3650 дней."

@@ -238,6 +238,11 @@ async def running_bot(
             **(broadcast_options or {}),
         )
         await broadcasts.start()
+
+        async def health() -> dict[str, Any]:
+            return {"redis": stores.redis.health(), "postgres": await stores.postgres.health()}
+
+        dependencies.setdefault("health", health)
         dispatcher = build_dispatcher(
             services,
             settings=settings,

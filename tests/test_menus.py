@@ -406,6 +406,7 @@ def _text_keys_used() -> set[str]:
         "reason_": REASON_KINDS,
         "notice_": tuple(kind.value for kind in NoticeKind),
         "verdict_": tuple(verdict.value for verdict in Verdict),
+        "monitor_previous_": ("first", "clean", "unclean", "unknown"),  # domain.incidents.previous_run
     }
     keys: set[str] = set()
     for path in [*ROOT.glob("bot/**/*.py")]:

@@ -25,6 +25,7 @@ from bot.texts import pick_language, text
 from domain.messages import Lane, OutgoingMessage
 from payments.ledger import PaymentLedger, PaymentsUnavailable
 from payments.stars import StarsPayments
+from services.http_api import HealthProvider, fixed_reason, overall_status
 from services.sender import MessageSender
 from services.subscribers import StoreUnavailable, SubscriberStore, UnknownSubscriber
 
@@ -198,8 +199,29 @@ async def refuse_press(callback: CallbackQuery, language: str, store: Subscriber
     await callback.answer(text("admin_only", language), show_alert=True)
 
 
+async def health(message: Message, language: str, health: HealthProvider) -> None:
+    """Every part's state as the service sees it; unlike the public /health endpoint, admins also
+    see the last error a part reported."""
+    parts = await health()
+    lines = [text("health_title", language, status=overall_status(parts))]
+    for name, state in parts.items():
+        if not isinstance(state, dict):
+            continue
+        status = str(state.get("status", "?"))
+        line = f"• {html.escape(name)}: {html.escape(status)}"
+        reason = fixed_reason(name, state)
+        if reason:
+            line += f" ({html.escape(reason)})"
+        error = state.get("last_error")
+        if error and status != "ok":
+            line += f"\n  <code>{html.escape(str(error))[:200]}</code>"
+        lines.append(line)
+    await message.answer("\n".join(lines))
+
+
 def build_router() -> Router:
     router = Router(name="admin")
+    router.message(Command("health"), IsAdmin())(health)
     router.message(Command("grant"), IsAdmin())(grant)
     router.message(Command("revoke"), IsAdmin())(revoke)
     router.message(Command("refund"), IsAdmin())(refund)
