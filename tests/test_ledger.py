@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -23,9 +22,8 @@ from payments.pg_writer import DEAD_KEY, QUEUE_KEY, REBUILT_KEY, PaymentsWriter
 from payments.records import CreditOutcome
 from services.cache import CacheRegistry
 from services.subscribers import SubscriberStore, subscriber_key
-from standins.tcp_proxy import TcpProxy
 from tests.conftest import Stores
-from tests.test_redis_manager import FAST
+from tests.outages import postgres_behind_proxy, redis_behind_proxy
 
 MONTH = Plan("month", "1 month", 30, 750, Decimal("0.09"), Decimal(15))
 USER = 501
@@ -225,98 +223,59 @@ async def test_cancelled_and_expired_orders_leave_the_open_list(ledger_env: Book
 async def test_with_postgresql_down_a_payment_and_a_grant_take_effect_at_once_and_their_rows_follow(
     stores: Stores,
 ) -> None:
-    target = urlsplit(stores.database_url)
-    async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
-        postgres = PostgresManager(
-            stores.database_url.replace(target.netloc, f"{target.username}@127.0.0.1:{proxy.port}"),
-            min_size=1,
-            max_size=2,
-        )
-        await postgres.start()
-        try:
-            async with books(stores.redis, postgres, stores.caches) as env:
-                await env.store.register(USER, username=None, first_name="Pat", language_code="en")
-                order = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefPG")
-                await env.writer.drained()
-                await proxy.stop_forwarding()
-                paid = await env.ledger.credit(payment("sigPG", "0.09", order_id=order.id))
-                assert paid.outcome is CreditOutcome.CREDITED
-                granted = await env.ledger.grant(USER, 5, granted_by=1)
-                assert await plan_end(env) == granted  # active at once
-                assert await count(stores.postgres, "SELECT count(*) FROM subscriptions") == 0
-                await proxy.resume()
-                await env.writer.drained(timeout=30)
-                assert await pg_plan_end(stores.postgres) == granted
-                assert await count(stores.postgres, "SELECT count(*) FROM payments") == 2
-        finally:
-            await postgres.close()
+    async with postgres_behind_proxy(stores.database_url) as (proxy, postgres):
+        async with books(stores.redis, postgres, stores.caches) as env:
+            await env.store.register(USER, username=None, first_name="Pat", language_code="en")
+            order = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefPG")
+            await env.writer.drained()
+            await proxy.stop_forwarding()
+            paid = await env.ledger.credit(payment("sigPG", "0.09", order_id=order.id))
+            assert paid.outcome is CreditOutcome.CREDITED
+            granted = await env.ledger.grant(USER, 5, granted_by=1)
+            assert await plan_end(env) == granted  # active at once
+            assert await count(stores.postgres, "SELECT count(*) FROM subscriptions") == 0
+            await proxy.resume()
+            await env.writer.drained(timeout=30)
+            assert await pg_plan_end(stores.postgres) == granted
+            assert await count(stores.postgres, "SELECT count(*) FROM payments") == 2
 
 
 async def test_with_redis_down_a_payment_goes_to_postgresql_and_the_plan_returns_to_redis(stores: Stores) -> None:
-    parts = urlsplit(stores.redis_url)
-    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
-        proxied = urlunsplit((parts.scheme, f"{proxy.listen_host}:{proxy.port}", parts.path, "", ""))
-        redis = RedisManager.from_url(proxied, FAST)
-        await redis.start()
-        caches = CacheRegistry(redis)
-        await caches.start()
-        try:
-            async with books(redis, stores.postgres, caches) as env:
-                await env.store.register(USER, username=None, first_name="Pat", language_code="en")
-                order = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefRD")
-                await env.writer.drained()
-                await proxy.stop_forwarding()
-                paid = await env.ledger.credit(payment("sigRD", "0.09", order_id=order.id))
-                assert paid.outcome is CreditOutcome.CREDITED and paid.plan_end is not None
-                assert await pg_plan_end(stores.postgres) == paid.plan_end
-                assert (await env.ledger.credit(payment("sigRD", "0.09", order_id=order.id))).outcome is (
-                    CreditOutcome.DUPLICATE
-                )
-                await proxy.resume()
+    async with redis_behind_proxy(stores.redis_url) as (proxy, redis, caches):
+        async with books(redis, stores.postgres, caches) as env:
+            await env.store.register(USER, username=None, first_name="Pat", language_code="en")
+            order = await env.ledger.create_order(USER, MONTH, Rail.SOL, reference="RefRD")
+            await env.writer.drained()
+            await proxy.stop_forwarding()
+            paid = await env.ledger.credit(payment("sigRD", "0.09", order_id=order.id))
+            assert paid.outcome is CreditOutcome.CREDITED and paid.plan_end is not None
+            assert await pg_plan_end(stores.postgres) == paid.plan_end
+            again = await env.ledger.credit(payment("sigRD", "0.09", order_id=order.id))
+            assert again.outcome is CreditOutcome.DUPLICATE
+            await proxy.resume()
+            end = paid.plan_end.timestamp()
 
-                async def back_in_redis() -> bool:
-                    raw = await stores.redis.hget(subscriber_key(USER), "plan_expires_at")
-                    return bool(raw) and float(raw or 0) == pytest.approx(paid.plan_end.timestamp())  # type: ignore[union-attr]
+            async def back_in_redis() -> bool:
+                raw = await stores.redis.hget(subscriber_key(USER), "plan_expires_at")
+                return bool(raw) and float(raw or 0) == pytest.approx(end)
 
-                await until(back_in_redis, timeout=45)
-                assert await stores.redis.hget("payments:seen", "sol:sigRD") is not None
-        finally:
-            await caches.stop()
-            await redis.close()
+            await until(back_in_redis, timeout=45)
+            assert await stores.redis.hget("payments:seen", "sol:sigRD") is not None
 
 
 async def test_with_both_stores_down_a_credit_says_so_and_changes_nothing(stores: Stores) -> None:
-    target = urlsplit(stores.database_url)
-    parts = urlsplit(stores.redis_url)
     async with (
-        TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as pg_proxy,
-        TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as redis_proxy,
+        postgres_behind_proxy(stores.database_url) as (pg_proxy, postgres),
+        redis_behind_proxy(stores.redis_url) as (redis_proxy, redis, caches),
+        books(redis, postgres, caches) as env,
     ):
-        postgres = PostgresManager(
-            stores.database_url.replace(target.netloc, f"{target.username}@127.0.0.1:{pg_proxy.port}"),
-            min_size=1,
-            max_size=2,
-        )
-        await postgres.start()
-        redis = RedisManager.from_url(
-            urlunsplit((parts.scheme, f"{redis_proxy.listen_host}:{redis_proxy.port}", parts.path, "", "")), FAST
-        )
-        await redis.start()
-        caches = CacheRegistry(redis)
-        await caches.start()
-        try:
-            async with books(redis, postgres, caches) as env:
-                await env.store.register(USER, username=None, first_name="Pat", language_code="en")
-                await pg_proxy.stop_forwarding()
-                await redis_proxy.stop_forwarding()
-                with pytest.raises(PaymentsUnavailable):
-                    await env.ledger.credit(payment("sigXX", "0.09"))
-                await pg_proxy.resume()
-                await redis_proxy.resume()
-        finally:
-            await caches.stop()
-            await redis.close()
-            await postgres.close()
+        await env.store.register(USER, username=None, first_name="Pat", language_code="en")
+        await pg_proxy.stop_forwarding()
+        await redis_proxy.stop_forwarding()
+        with pytest.raises(PaymentsUnavailable):
+            await env.ledger.credit(payment("sigXX", "0.09"))
+        await pg_proxy.resume()
+        await redis_proxy.resume()
     assert await count(stores.postgres, "SELECT count(*) FROM payments") == 0
 
 

@@ -7,14 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from urllib.parse import urlsplit
 
 import pytest
 
 from bot.callbacks import MenuCB
 from bot.notices import NoticeDelivery
 from domain.plans import Payment, Plan, Rail
-from managers.postgres import PostgresManager
 from payments.ledger import PaymentLedger
 from payments.notices import NOTICES_KEY, NoticeBoard
 from payments.pg_writer import PaymentsWriter
@@ -22,10 +20,10 @@ from payments.records import CreditOutcome, NoticeKind, PaymentNotice
 from payments.reminders import PlanReminders
 from services.sender import MessageSender
 from services.subscribers import SubscriberStore
-from standins.tcp_proxy import TcpProxy
 from standins.telegram import FakeTelegramServer
 from tests.bot_env import ADMIN, BotEnv, running_bot
 from tests.conftest import Stores
+from tests.outages import postgres_behind_proxy, with_postgres
 
 USER = 601
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -147,30 +145,19 @@ async def test_notices_reach_the_user_in_their_language_once_and_survive_a_resta
 
 
 async def test_grant_works_while_postgresql_is_down_and_its_row_follows(stores: Stores) -> None:
-    target = urlsplit(stores.database_url)
-    async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
-        postgres = PostgresManager(
-            stores.database_url.replace(target.netloc, f"{target.username}@127.0.0.1:{proxy.port}"),
-            min_size=1,
-            max_size=2,
-        )
-        await postgres.start()
-        proxied = Stores(stores.redis, postgres, stores.caches, stores.database_url, stores.redis_url)
-        try:
-            async with running_bot(proxied) as env:
-                chat = env.chat(USER)
-                await chat.ask("/start")
-                await proxy.stop_forwarding()
-                answer = await env.chat(ADMIN).ask(f"/grant {USER} 5")
-                assert "Granted 5 days" in answer.text
-                sub = await env.store.get(USER)
-                assert sub is not None and sub.has_active_plan(datetime.now(UTC))
-                await proxy.resume()
-                rows = "SELECT count(*) FROM subscriptions WHERE source = 'grant'"
-                for _ in range(300):
-                    if await stores.postgres.fetchval(rows):
-                        break
-                    await asyncio.sleep(0.05)
-                assert await stores.postgres.fetchval(rows) == 1
-        finally:
-            await postgres.close()
+    async with postgres_behind_proxy(stores.database_url) as (proxy, postgres):
+        async with running_bot(with_postgres(stores, postgres)) as env:
+            chat = env.chat(USER)
+            await chat.ask("/start")
+            await proxy.stop_forwarding()
+            answer = await env.chat(ADMIN).ask(f"/grant {USER} 5")
+            assert "Granted 5 days" in answer.text
+            sub = await env.store.get(USER)
+            assert sub is not None and sub.has_active_plan(datetime.now(UTC))
+            await proxy.resume()
+            rows = "SELECT count(*) FROM subscriptions WHERE source = 'grant'"
+            for _ in range(300):
+                if await stores.postgres.fetchval(rows):
+                    break
+                await asyncio.sleep(0.05)
+            assert await stores.postgres.fetchval(rows) == 1

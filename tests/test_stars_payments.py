@@ -10,24 +10,19 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from bot.callbacks import PayCB
 from bot.texts import TEXTS
 from domain.plans import OrderStatus, Rail
-from managers.postgres import PostgresManager
-from managers.redis_manager import RedisManager
 from payments.checkout import CheckoutService, SolPaymentRequest
 from payments.notices import NOTICES_KEY
-from services.cache import CacheRegistry
-from standins.tcp_proxy import TcpProxy
 from standins.telegram import AnsweredPreCheckout, SentRecord
 from tests.bot_env import ADMIN, REPLY_TIMEOUT, BotEnv, Chat, running_bot
 from tests.conftest import Stores
+from tests.outages import postgres_behind_proxy, redis_behind_proxy
 from tests.test_ledger import until
-from tests.test_redis_manager import FAST
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -425,56 +420,37 @@ async def test_rails_are_offered_only_where_configured(env: BotEnv) -> None:
 async def test_a_payment_neither_store_takes_is_kept_and_credited_when_they_return(
     stores: Stores, caplog: pytest.LogCaptureFixture
 ) -> None:
-    target = urlsplit(stores.database_url)
-    parts = urlsplit(stores.redis_url)
     async with (
-        TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as pg_proxy,
-        TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as redis_proxy,
+        postgres_behind_proxy(stores.database_url) as (pg_proxy, postgres),
+        redis_behind_proxy(stores.redis_url) as (redis_proxy, redis, caches),
     ):
-        postgres = PostgresManager(
-            stores.database_url.replace(target.netloc, f"{target.username}@127.0.0.1:{pg_proxy.port}"),
-            min_size=1,
-            max_size=2,
-        )
-        await postgres.start()
-        redis = RedisManager.from_url(
-            urlunsplit((parts.scheme, f"{redis_proxy.listen_host}:{redis_proxy.port}", parts.path, "", "")), FAST
-        )
-        await redis.start()
-        caches = CacheRegistry(redis)
-        await caches.start()
         proxied = Stores(redis, postgres, caches, stores.database_url, stores.redis_url)
-        try:
-            async with running_bot(proxied, notices=True) as env:
-                env.services.stars.retry_min = 0.2
-                chat = env.chat(311)
-                invoice = await invoice_for(env, chat)
-                assert invoice.invoice is not None
-                order_id = invoice.invoice["payload"]
-                assert (await pre_checkout(env, 311, MONTH_STARS, order_id)).ok
-                await pg_proxy.stop_forwarding()
-                await redis_proxy.stop_forwarding()
-                with caplog.at_level("ERROR", logger="alertbot.payments"):
-                    answer = await pay(env, chat, MONTH_STARS, order_id, "charge-311")
-                assert answer.text == t("receipt_pending")
-                assert any("charge-311" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
-                assert env.services.stars.kept == ["charge-311"]
-                before = len(chat.sent())
-                await pg_proxy.resume()
-                await redis_proxy.resume()
-                later = await env.server.wait_for_sent(lambda r: r.chat_id == 311, count=before + 1, timeout=30)
-                assert "Payment received" in later[-1].text
-                stars = env.services.stars
+        async with running_bot(proxied, notices=True) as env:
+            env.services.stars.retry_min = 0.2
+            chat = env.chat(311)
+            invoice = await invoice_for(env, chat)
+            assert invoice.invoice is not None
+            order_id = invoice.invoice["payload"]
+            assert (await pre_checkout(env, 311, MONTH_STARS, order_id)).ok
+            await pg_proxy.stop_forwarding()
+            await redis_proxy.stop_forwarding()
+            with caplog.at_level("ERROR", logger="alertbot.payments"):
+                answer = await pay(env, chat, MONTH_STARS, order_id, "charge-311")
+            assert answer.text == t("receipt_pending")
+            assert any("charge-311" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+            assert env.services.stars.kept == ["charge-311"]
+            before = len(chat.sent())
+            await pg_proxy.resume()
+            await redis_proxy.resume()
+            later = await env.server.wait_for_sent(lambda r: r.chat_id == 311, count=before + 1, timeout=30)
+            assert "Payment received" in later[-1].text
+            stars = env.services.stars
 
-                async def nothing_kept() -> bool:
-                    return not stars.kept
+            async def nothing_kept() -> bool:
+                return not stars.kept
 
-                await until(nothing_kept)  # the retry ends just after sending its receipt
-                await env.services.ledger.writer.drained(timeout=30)
-        finally:
-            await caches.stop()
-            await redis.close()
-            await postgres.close()
+            await until(nothing_kept)  # the retry ends just after sending its receipt
+            await env.services.ledger.writer.drained(timeout=30)
     end = await stores.postgres.fetchval(
         "SELECT s.expires_at FROM subscriptions s JOIN users u ON u.id = s.user_id WHERE u.telegram_id = 311"
     )
