@@ -48,6 +48,7 @@ from bot.texts import DEFAULT_LANGUAGE, TEXTS, duration, text
 from domain.alert_text import DigestPart, render_digest
 from domain.feed_adapters import parse_alert_frame, pumpportal_parser, pumpportal_url
 from domain.matching import SubscriberIndex
+from domain.messages import Alert
 from managers.circuit_breaker import CircuitState
 from managers.embedded_postgres import start_embedded_postgres
 from managers.embedded_redis import EmbeddedRedisUnavailable, start_embedded_redis
@@ -673,11 +674,15 @@ class Runtime:
     async def _stop_delivery(self, delivery: Outbox, sender: MessageSender, *, drain: bool) -> None:
         """Stop handing out queued alerts, let the sends in flight finish and be acknowledged.
 
-        What is still queued stays in the Redis stream for the next start; only an embedded
-        Redis, which forgets everything, is worth draining first (`drain`).
+        Alerts still queued stay in the Redis stream for the next start, so they are taken back
+        unless the Redis is an embedded one, which forgets everything (`drain`). The rest of the
+        queue (replies, follow-ups, reports) exists only here: it is sent first, for as long as
+        `shutdown_drain_seconds` allows.
         """
         await delivery.stop_reading()
-        await sender.stop(drain=drain, timeout=self.shutdown_drain_seconds)
+        if not drain:
+            sender.withdraw(lambda message: isinstance(message, Alert))
+        await sender.stop(drain=True, timeout=self.shutdown_drain_seconds)
         await delivery.close()
 
     @staticmethod

@@ -421,3 +421,24 @@ async def test_pumpportal_is_asked_for_new_tokens_and_migrations_on_every_connec
             assert pumpportal.connection_count == 2
         finally:
             await runtime.stop()
+
+
+async def test_a_normal_stop_sends_what_only_the_sender_holds_and_leaves_alerts_to_the_stream(
+    telegram: FakeTelegramServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    from domain.messages import Alert, Lane, OutgoingMessage
+
+    runtime = Runtime(make_settings(telegram, redis_url, database_url, tmp_path))
+    await runtime.start()
+    try:
+        sender = runtime.sender
+        # One chat gets a few messages a second at most: most of these are still queued at stop.
+        for n in range(6):
+            sender.submit(OutgoingMessage(USER, f"notice {n}", lane=Lane.PAYMENT, kind="notice"))
+        sender.submit(Alert(USER + 1, "an alert", lane=Lane.PAID_ALERT, token="T" * 32))
+        assert sender.pending() >= 5
+    finally:
+        await runtime.stop()
+    texts = [record.text for record in telegram.messages_to(USER)]
+    assert texts == [f"notice {n}" for n in range(6)]  # all of them, in order
+    assert telegram.messages_to(USER + 1) == []  # the outbox stream keeps alerts for the next start
