@@ -14,7 +14,7 @@ from aiogram.types import InlineKeyboardMarkup
 from bot import keyboards
 from bot.texts import pick_language, text
 from domain.messages import Lane, OutgoingMessage
-from managers.redis_manager import RedisManager
+from managers.redis_manager import REDIS_ERRORS, RedisManager
 from payments.notices import NOTICES_KEY, decode
 from payments.records import NoticeKind, PaymentNotice
 from services.loops import BackgroundLoop
@@ -83,7 +83,7 @@ class NoticeDelivery:
                     start_id = ">"
             except asyncio.CancelledError:
                 raise
-            except (ConnectionError, redis.exceptions.RedisError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("payment notices wait for Redis (%r)", exc)
                 start_id = "0"
                 await asyncio.sleep(RETRY_SECONDS)
@@ -120,6 +120,6 @@ class NoticeDelivery:
             async with self.redis.guarded() as client:
                 await client.xack(NOTICES_KEY, GROUP, entry_id)
                 await client.xdel(NOTICES_KEY, entry_id)
-        except (ConnectionError, redis.exceptions.RedisError) as exc:
+        except REDIS_ERRORS as exc:
             # Sent, yet still pending: the next start sends it again. Said loudly.
             logger.warning("payment notice %s sent but not acknowledged (%r)", entry_id, exc)

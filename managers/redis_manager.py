@@ -47,6 +47,9 @@ FAILURES: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     OSError,
 )
+# What a caller of raw Redis commands (`guarded()`, scripts, streams) treats as "that did not
+# happen": Redis not there, or a command it refused. Such callers fall back or retry.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, redis.exceptions.RedisError)
 
 
 Value = str | bytes | int | float

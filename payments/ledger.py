@@ -21,8 +21,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-import redis.exceptions
-
 from domain.plans import (
     NOWPAYMENTS_STATUS_RANK,
     OPEN_STATUSES,
@@ -34,7 +32,7 @@ from domain.plans import (
     Rail,
     moves_forward,
 )
-from managers.redis_manager import RedisManager
+from managers.redis_manager import REDIS_ERRORS, RedisManager
 from payments.notices import NoticeBoard
 from payments.pg_writer import PG_FAILURES, PLAN_ENDS_KEY, PLAN_SET_AT_KEY, QUEUE_KEY, SEEN_KEY, PaymentsWriter
 from payments.records import CreditOutcome, CreditResult, NoticeKind, PaymentNotice, payment_entry
@@ -53,7 +51,6 @@ ORDER_KEEP_SECONDS = 90 * 24 * 3600
 UNITS = 10**9
 SECONDS_PER_DAY = 86400
 
-_REDIS_FAILURES: tuple[type[BaseException], ...] = (ConnectionError, redis.exceptions.RedisError)
 
 Clock = Callable[[], datetime]
 
@@ -341,7 +338,7 @@ class PaymentLedger:
     async def order(self, order_id: str) -> Order | None:
         try:
             stored = await self._redis_hgetall(order_key(order_id))
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             return await self.writer.order(order_id)
         if not stored:
             return await self.writer.order(order_id)
@@ -351,7 +348,7 @@ class PaymentLedger:
         try:
             async with self.redis.guarded() as client:
                 order_id = await client.get(reference_key(rail, reference))
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             return await self.writer.order_by_reference(rail, reference)
         if order_id is None:
             return await self.writer.order_by_reference(rail, reference)
@@ -364,7 +361,7 @@ class PaymentLedger:
         try:
             async with self.redis.guarded() as client:
                 ids = await client.zrangebyscore(open_orders_key(rail), since.timestamp(), "+inf")
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             return await self.writer.open_orders(rail, since)
         orders = [await self.order(str(order_id)) for order_id in ids]
         return [order for order in orders if order is not None and order.is_open(since)]
@@ -391,7 +388,7 @@ class PaymentLedger:
             try:
                 async with self.redis.guarded() as client:
                     ids = await client.zrangebyscore(open_orders_key(rail), "-inf", until.timestamp())
-            except _REDIS_FAILURES:
+            except REDIS_ERRORS:
                 return expired
             for order_id in ids:
                 order = await self.order(str(order_id))
@@ -418,7 +415,7 @@ class PaymentLedger:
             return CreditResult(CreditOutcome.DUPLICATE)
         try:
             result = await self._credit_in_redis(payment, tolerance)
-        except _REDIS_FAILURES as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("Redis is down (%r): crediting %s %s in PostgreSQL", exc, payment.rail, payment.external_id)
             try:
                 result = await self.writer.credit_directly(payment, tolerance, self.clock())
@@ -517,7 +514,7 @@ class PaymentLedger:
             async with self.redis.guarded() as client:
                 if await client.hexists(SEEN_KEY, field):
                     return True
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             pass
         return await self.writer.known(Rail.TRIAL, str(telegram_id))
 
@@ -534,7 +531,7 @@ class PaymentLedger:
                     [now.timestamp(), entry, telegram_id],
                 )
             )
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             try:
                 revoked = await self.writer.revoke_directly(telegram_id, now, reason)
             except PG_FAILURES as exc:
@@ -571,7 +568,7 @@ class PaymentLedger:
                 [GATEWAY_STATUS_KEY, QUEUE_KEY],
                 [seen_field(rail, external_id), status, entry, *ranks],
             )
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             current = await self.writer.gateway_status(rail, external_id)
             if not moves_forward(current, status):
                 return False
@@ -637,7 +634,7 @@ class PaymentLedger:
                 [order_key(order.id), open_orders_key(order.rail), ref, QUEUE_KEY],
                 [order.id, order.expires_at.timestamp(), keep, order_entry(order), *fields],
             )
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             try:
                 await self.writer.apply({"kind": "order", "data": order_entry(order)})
             except PG_FAILURES as exc:
@@ -650,7 +647,7 @@ class PaymentLedger:
         try:
             async with self.redis.guarded() as client:
                 await client.xadd(QUEUE_KEY, cast(Any, dict(fields)))
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             try:
                 await self.writer.apply(dict(fields))
             except PG_FAILURES as exc:
@@ -660,7 +657,7 @@ class PaymentLedger:
         try:
             async with self.redis.guarded() as client:
                 seen = await client.hget(SEEN_KEY, seen_field(rail, external_id))
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             seen = None
         if seen:
             return int(str(seen).split("|")[1])
@@ -672,7 +669,7 @@ class PaymentLedger:
                 await client.hsetnx(
                     SEEN_KEY, seen_field(payment.rail, payment.external_id), f"credited|{payment.telegram_id}"
                 )
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             pass
 
     async def _redis_hgetall(self, key: str) -> dict[str, str]:

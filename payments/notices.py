@@ -7,15 +7,12 @@ import json
 import logging
 from typing import Any, cast
 
-import redis.exceptions
-
-from managers.redis_manager import RedisManager
+from managers.redis_manager import REDIS_ERRORS, RedisManager
 from payments.records import NoticeKind, PaymentNotice
 
 logger = logging.getLogger("alertbot.payments")
 
 NOTICES_KEY = "payments:notices"
-_REDIS_FAILURES: tuple[type[BaseException], ...] = (ConnectionError, redis.exceptions.RedisError)
 
 
 def encode(notice: PaymentNotice) -> dict[str, str]:
@@ -39,7 +36,7 @@ class NoticeBoard:
         try:
             async with self.redis.guarded() as client:
                 await client.xadd(NOTICES_KEY, cast(Any, encode(notice)))
-        except _REDIS_FAILURES as exc:
+        except REDIS_ERRORS as exc:
             logger.warning(
                 "notice %s for user %s not queued (%r): %s", notice.kind, notice.telegram_id, exc, dict(notice.values)
             )

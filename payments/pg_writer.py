@@ -24,7 +24,7 @@ import redis.exceptions
 
 from domain.plans import PAID_RAILS, Order, OrderStatus, Payment, Rail, covers, paid_period
 from managers.postgres import PostgresManager
-from managers.redis_manager import RedisManager
+from managers.redis_manager import REDIS_ERRORS, RedisManager
 from payments.records import CreditOutcome, CreditResult, payment_entry
 from services.loops import BackgroundLoop
 from services.subscribers import PG_FAILURES, SubscriberStore, subscriber_key
@@ -45,7 +45,6 @@ RETRY_MIN = 0.2
 RETRY_MAX = 5.0
 SOURCES = {Rail.GRANT: "grant", Rail.TRIAL: "trial", Rail.REFERRAL: "referral"}
 
-_REDIS_FAILURES: tuple[type[BaseException], ...] = (ConnectionError, redis.exceptions.RedisError)
 # What retrying cannot fix.
 _REFUSED: tuple[type[BaseException], ...] = (
     asyncpg.DataError,
@@ -134,7 +133,7 @@ class PaymentsWriter:
                 delay = RETRY_MIN
             except asyncio.CancelledError:
                 raise
-            except (*PG_FAILURES, *_REDIS_FAILURES) as exc:
+            except (*PG_FAILURES, *REDIS_ERRORS) as exc:
                 logger.warning("payments queue waits for the stores (%r); retrying in %.1f s", exc, delay)
                 await self._loop.sleep(delay)
                 delay = min(RETRY_MAX, delay * 2)

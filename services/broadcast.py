@@ -29,7 +29,7 @@ from typing import Any, cast
 import redis.exceptions
 
 from domain.messages import Lane, OutgoingMessage
-from managers.redis_manager import RedisManager
+from managers.redis_manager import REDIS_ERRORS, RedisManager
 from services.admin_queries import Audience
 from services.loops import BackgroundLoop
 from services.sender import MessageSender, Outcome
@@ -47,7 +47,6 @@ PUSH_CHUNK = 1000
 DRAFT, RUNNING, DONE, CANCELLED = "draft", "running", "done", "cancelled"
 # The sender's outcome -> the count it adds to.
 _COUNTED = {"sent": "sent", "gone": "blocked", "failed": "failed"}
-_REDIS_FAILURES: tuple[type[BaseException], ...] = (ConnectionError, redis.exceptions.RedisError)
 
 
 class BroadcastsUnavailable(RuntimeError):
@@ -178,7 +177,7 @@ _AUDIENCE_CHANGED = object()
 def _unavailable() -> Iterator[None]:
     try:
         yield
-    except _REDIS_FAILURES as exc:
+    except REDIS_ERRORS as exc:
         raise BroadcastsUnavailable(repr(exc)) from exc
 
 
@@ -227,7 +226,7 @@ class Broadcasts:
         try:
             async with self.redis.guarded() as client:
                 running = sorted(str(item) for item in await client.smembers(RUNNING_KEY))
-        except _REDIS_FAILURES as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("running broadcasts not resumed now (%r); they resume at the next start", exc)
             return
         for broadcast_id in running:
@@ -238,7 +237,7 @@ class Broadcasts:
                     [claimed_key(broadcast_id), done_key(broadcast_id), todo_key(broadcast_id)],
                     [self.consumer],
                 )
-            except _REDIS_FAILURES as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("broadcast %s not resumed now (%r)", broadcast_id, exc)
                 continue
             logger.info("resuming broadcast %s (%d recipient(s) handed out again)", broadcast_id, moved)
@@ -392,7 +391,7 @@ class Broadcasts:
                 await loop.sleep(self.progress_seconds)
             except asyncio.CancelledError:
                 raise
-            except _REDIS_FAILURES as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("broadcast %s waits for Redis (%r)", broadcast_id, exc)
                 await loop.sleep(RETRY_SECONDS)
 
@@ -421,7 +420,7 @@ class Broadcasts:
                 [claimed_key(broadcast_id), done_key(broadcast_id), record_key(broadcast_id)],
                 [chat_id, _COUNTED[outcome.status]],
             )
-        except _REDIS_FAILURES as exc:
+        except REDIS_ERRORS as exc:
             # Its claim stays: the next start hands it out again. Said loudly.
             logger.warning(
                 "broadcast %s to %s %s but not acknowledged (%r)", broadcast_id, chat_id, outcome.status, exc

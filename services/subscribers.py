@@ -19,12 +19,11 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import asyncpg
-import redis.exceptions
 
 from domain.filters import Filters
 from domain.subscriber import Subscriber, language_of
 from managers.postgres import PostgresManager, PostgresNotStarted
-from managers.redis_manager import RedisManager
+from managers.redis_manager import REDIS_ERRORS, RedisManager
 from services.cache import CacheRegistry
 
 logger = logging.getLogger("alertbot.subscribers")
@@ -51,7 +50,6 @@ _PG_PERMANENT: tuple[type[BaseException], ...] = (
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.SyntaxOrAccessError,
 )
-_REDIS_FAILURES: tuple[type[BaseException], ...] = (ConnectionError, redis.exceptions.RedisError)
 # A deferred write that retrying cannot fix: malformed, or rejected by PostgreSQL.
 _ENTRY_REJECTED: tuple[type[BaseException], ...] = (*_PG_PERMANENT, KeyError, ValueError, TypeError)
 
@@ -473,7 +471,7 @@ class SubscriberStore:
         try:
             async with self.redis.guarded() as client:
                 remote = int(await client.llen(RETRY_KEY))
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             remote = 0
         return remote + len(self._local_retry)
 
@@ -611,7 +609,7 @@ class SubscriberStore:
         try:
             async with self.redis.guarded() as client:
                 await (client.lpush(RETRY_KEY, payload) if front else client.rpush(RETRY_KEY, payload))
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             # Both stores down: this process remembers it (lost only if it also restarts).
             (self._local_retry.appendleft if front else self._local_retry.append)(dict(entry))
 
@@ -621,7 +619,7 @@ class SubscriberStore:
         try:
             async with self.redis.guarded() as client:
                 raw = cast(str | None, await client.lpop(RETRY_KEY))  # one element, as text (decode_responses)
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             return None
         return json.loads(raw) if raw else None
 
@@ -654,7 +652,7 @@ class SubscriberStore:
     async def _from_redis(self, telegram_id: int) -> Subscriber | None:
         try:
             stored = await self.redis.hgetall(subscriber_key(telegram_id))
-        except _REDIS_FAILURES as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("Redis read of subscriber %s failed (%r); reading PostgreSQL", telegram_id, exc)
             return None
         if "status" not in stored or "filters" not in stored:
@@ -682,7 +680,7 @@ class SubscriberStore:
     async def _with_redis_plan(self, sub: Subscriber) -> Subscriber:
         try:
             raw = await self.redis.hget(subscriber_key(sub.telegram_id), "plan_expires_at")
-        except _REDIS_FAILURES:
+        except REDIS_ERRORS:
             return sub
         try:
             redis_plan = _from_epoch(raw)
