@@ -36,7 +36,7 @@ from managers.redis_manager import REDIS_ERRORS, RedisManager
 from payments.notices import NoticeBoard
 from payments.pg_writer import PG_FAILURES, PLAN_ENDS_KEY, PLAN_SET_AT_KEY, QUEUE_KEY, SEEN_KEY, PaymentsWriter
 from payments.records import CreditOutcome, CreditResult, NoticeKind, PaymentNotice, payment_entry
-from services.subscribers import SubscriberStore, UnknownSubscriber, subscriber_key
+from services.subscribers import SubscriberStore, UnknownSubscriber, epoch_text, from_epoch_text, subscriber_key
 
 logger = logging.getLogger("alertbot.payments")
 
@@ -83,10 +83,6 @@ def from_units(units: int | str) -> Decimal:
     return (Decimal(int(units)) / UNITS).normalize()
 
 
-def _epoch(moment: datetime) -> str:
-    return repr(moment.timestamp())
-
-
 def _moment(raw: str | float) -> datetime:
     return datetime.fromtimestamp(float(raw), UTC)
 
@@ -105,8 +101,8 @@ def order_to_hash(order: Order) -> dict[str, str]:
         "amount_units": str(to_units(order.amount)),
         "currency": order.currency,
         "status": order.status.value,
-        "created_at": _epoch(order.created_at),
-        "expires_at": _epoch(order.expires_at),
+        "created_at": epoch_text(order.created_at),
+        "expires_at": epoch_text(order.expires_at),
         "paid_units": str(to_units(order.paid_amount)),
         "reference": order.reference or "",
         "pay_url": order.pay_url or "",
@@ -621,7 +617,7 @@ class PaymentLedger:
         )
         outcome, reason, _start, end = (str(part) for part in reply[:4])
         order = await self.order(order_id) if order_id else None
-        return CreditResult(CreditOutcome(outcome), _moment(end) if end else None, order, reason)
+        return CreditResult(CreditOutcome(outcome), from_epoch_text(end), order, reason)
 
     async def _save_order(self, order: Order) -> None:
         keep = ORDER_KEEP_SECONDS

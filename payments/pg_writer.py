@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
@@ -27,7 +27,7 @@ from managers.postgres import PostgresManager
 from managers.redis_manager import REDIS_ERRORS, RedisManager
 from payments.records import CreditOutcome, CreditResult, payment_entry
 from services.loops import BackgroundLoop
-from services.subscribers import PG_FAILURES, SubscriberStore, subscriber_key
+from services.subscribers import PG_FAILURES, SubscriberStore, epoch_text, from_epoch_text, subscriber_key
 
 logger = logging.getLogger("alertbot.payments")
 
@@ -78,10 +78,6 @@ def _order_from_row(row: Mapping[str, Any]) -> Order:
 
 async def _nothing(telegram_id: int) -> None:
     return None
-
-
-def _moment(raw: str) -> datetime | None:
-    return datetime.fromtimestamp(float(raw), UTC) if raw else None
 
 
 class PaymentsWriter:
@@ -267,7 +263,7 @@ class PaymentsWriter:
                 self._resync.add(int(data["telegram_id"]))
             return
         if credited:
-            start, end = _moment(fields["plan_start"]), _moment(fields["plan_end"])
+            start, end = from_epoch_text(fields["plan_start"]), from_epoch_text(fields["plan_end"])
             await self._insert_subscription(conn, data, inserted, start, end)
 
     @staticmethod
@@ -412,9 +408,7 @@ class PaymentsWriter:
 
     async def _put_plan(self, telegram_id: int, end: datetime | None) -> None:
         async with self.redis.guarded() as client:
-            await client.hset(
-                subscriber_key(telegram_id), "plan_expires_at", "" if end is None else repr(end.timestamp())
-            )
+            await client.hset(subscriber_key(telegram_id), "plan_expires_at", epoch_text(end))
 
     async def _mark_payments(self, telegram_id: int | None = None) -> int:
         rows = await self.postgres.fetch(

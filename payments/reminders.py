@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from domain.plans import LATE_NOTICE, REMINDERS, due_reminder
 from managers.redis_manager import RedisManager
 from payments.pg_writer import PLAN_ENDS_KEY, PLAN_SET_AT_KEY
 from payments.records import NoticeKind, Notify, PaymentNotice
+from services.subscribers import from_epoch_text
 
 logger = logging.getLogger("alertbot.payments")
 
@@ -50,8 +51,8 @@ class PlanReminders:
             key = claim_key(telegram_id, score)
             async with self.redis.guarded() as client:
                 claimed = frozenset(str(kind) for kind in await client.smembers(key))
-                set_at = await client.hget(PLAN_SET_AT_KEY, str(telegram_id))
-                moved = datetime.fromtimestamp(float(set_at), UTC) if set_at else None
+                set_at = cast(str | None, await client.hget(PLAN_SET_AT_KEY, str(telegram_id)))
+                moved = from_epoch_text(set_at)
                 kind = due_reminder(datetime.fromtimestamp(score, UTC), now, claimed, moved)
                 if kind is None or not await client.sadd(key, kind):
                     continue

@@ -82,7 +82,7 @@ def _to_hash(sub: Subscriber) -> dict[str, str]:
         "reports": "1" if sub.reports else "0",
         "status": sub.status,
         "is_admin": "1" if sub.is_admin else "0",
-        "plan_expires_at": _epoch(sub.plan_expires_at),
+        "plan_expires_at": epoch_text(sub.plan_expires_at),
         "language": sub.language,
         "username": sub.username or "",
         "first_name": sub.first_name or "",
@@ -95,11 +95,13 @@ def _jsonb(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _epoch(moment: datetime | None) -> str:
+def epoch_text(moment: datetime | None) -> str:
+    """A moment as the subscriber hash (and the plan records beside it) keep one: epoch seconds
+    as text, "" for none."""
     return "" if moment is None else repr(moment.timestamp())
 
 
-def _from_epoch(raw: str | None) -> datetime | None:
+def from_epoch_text(raw: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(raw), UTC) if raw else None
 
 
@@ -667,7 +669,7 @@ class SubscriberStore:
                 status=stored["status"],
                 # ADMIN_IDS decides, so a changed setting takes effect without touching the stores.
                 is_admin=telegram_id in self.admin_ids,
-                plan_expires_at=_from_epoch(stored.get("plan_expires_at")),
+                plan_expires_at=from_epoch_text(stored.get("plan_expires_at")),
                 language=stored.get("language") or "en",
                 username=stored.get("username") or None,
                 first_name=stored.get("first_name") or None,
@@ -683,7 +685,7 @@ class SubscriberStore:
         except REDIS_ERRORS:
             return sub
         try:
-            redis_plan = _from_epoch(raw)
+            redis_plan = from_epoch_text(raw)
         except ValueError:
             return sub
         if redis_plan is not None and (sub.plan_expires_at is None or redis_plan > sub.plan_expires_at):
