@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from standins.http_site import LocalSite
+
 MAX_ADDRESSES = 30
 RATE_PER_MINUTE = 300
 DEFAULT_TIMEOUT = 10.0
@@ -90,8 +92,7 @@ class DexScreenerServer:
         self.rejected_400 = 0
         self._window: deque[float] = deque()
         self._changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port = 0
+        self._site = LocalSite("DexScreener server")
 
     # ------------------------------------------------------------------ what tests set
 
@@ -110,17 +111,11 @@ class DexScreenerServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> DexScreenerServer:
         app = web.Application()
         app.router.add_get("/tokens/v1/{chain}/{addresses}", self._tokens)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
+        await self._site.start(app, host, port)
         return self
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._site.stop()
 
     async def __aenter__(self) -> DexScreenerServer:
         return await self.start()
@@ -130,7 +125,7 @@ class DexScreenerServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return self._site.origin
 
     async def wait_for_requests(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Until `count` requests have been answered with prices."""

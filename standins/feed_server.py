@@ -34,6 +34,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from standins.http_site import LocalSite
+
 Frame = dict[str, Any]
 FrameLike = Frame | str
 Reply = Callable[[Any], Iterable[FrameLike] | None]
@@ -101,31 +103,25 @@ class FeedPollServer(_Waitable):
         self.path = path
         self.requests = 0  # GETs answered, failures included
         self.status: int | None = None  # when set, every GET fails with this status
-        self._runner: web.AppRunner | None = None
-        self._host = ""
-        self.port = 0
+        self._site = LocalSite("poll server")
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> FeedPollServer:
         app = web.Application()
         app.router.add_get(self.path, self._handle)
         app.router.add_get("/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self._host, self.port = host, self._runner.addresses[0][1]
+        await self._site.start(app, host, port)
         return self
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-            self.port = 0
+        await self._site.stop()
+
+    @property
+    def port(self) -> int:
+        return self._site.port
 
     @property
     def url(self) -> str:
-        if not self.port:
-            raise RuntimeError("the poll server is not started")
-        return f"http://{self._host}:{self.port}{self.path}"
+        return self._site.origin + self.path
 
     def fail(self, status: int | None = HTTPStatus.SERVICE_UNAVAILABLE) -> None:
         """Make every GET answer ``status`` (None: answer normally again)."""

@@ -39,6 +39,7 @@ import aiohttp
 from aiohttp import web
 
 from standins.feed_server import _Waitable
+from standins.http_site import LocalSite
 
 __all__ = ["NowPaymentsServer", "SentIpn", "StandinInvoice", "sign_ipn"]
 
@@ -131,10 +132,8 @@ class NowPaymentsServer(_Waitable):
         self._invoice_ids = itertools.count(4_522_651_432)
         self._payment_ids = itertools.count(5_077_125_051)
         self._purchase_ids = itertools.count(6_084_744_717)
-        self._runner: web.AppRunner | None = None
+        self._site = LocalSite("NOWPayments server")
         self._session: aiohttp.ClientSession | None = None
-        self._host = ""
-        self.port = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -143,10 +142,7 @@ class NowPaymentsServer(_Waitable):
         app.router.add_post("/v1/invoice", self._create_invoice)
         app.router.add_get("/v1/status", self._status)
         app.router.add_get("/payment/", self._payment_page)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self._host, self.port = host, self._runner.addresses[0][1]
+        await self._site.start(app, host, port)
         self._session = aiohttp.ClientSession()
         return self
 
@@ -155,10 +151,7 @@ class NowPaymentsServer(_Waitable):
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-            self.port = 0
+        await self._site.stop()
 
     async def __aenter__(self) -> NowPaymentsServer:
         return await self.start()
@@ -169,10 +162,12 @@ class NowPaymentsServer(_Waitable):
         await self.stop()
 
     @property
+    def port(self) -> int:
+        return self._site.port
+
+    @property
     def origin(self) -> str:
-        if not self.port:
-            raise RuntimeError("the NOWPayments server is not started")
-        return f"http://{self._host}:{self.port}"
+        return self._site.origin
 
     @property
     def url(self) -> str:

@@ -50,6 +50,7 @@ from typing import Any, Final, Literal
 from aiohttp import web
 
 from standins.feed_server import _Waitable
+from standins.http_site import LocalSite
 
 __all__ = [
     "PRICE_UPDATE_LEN",
@@ -405,27 +406,23 @@ class SolanaRpcServer(_Waitable):
         self.max_in_flight = 0
         self._running = asyncio.Event()
         self._running.set()
-        self._runner: web.AppRunner | None = None
-        self._host = ""
-        self.port = 0
+        self._site = LocalSite("Solana RPC server")
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> SolanaRpcServer:
         app = web.Application()
         app.router.add_post(self.path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self._host, self.port = host, self._runner.addresses[0][1]
+        await self._site.start(app, host, port)
         return self
 
     async def stop(self) -> None:
         self.resume()  # held requests must not hold the shutdown up
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-            self.port = 0
+        await self._site.stop()
+
+    @property
+    def port(self) -> int:
+        return self._site.port
 
     async def __aenter__(self) -> SolanaRpcServer:
         return await self.start()
@@ -437,9 +434,7 @@ class SolanaRpcServer(_Waitable):
 
     @property
     def url(self) -> str:
-        if not self.port:
-            raise RuntimeError("the Solana RPC server is not started")
-        return f"http://{self._host}:{self.port}{self.path}"
+        return self._site.origin + self.path
 
     # --- what the tests do -----------------------------------------------------------------
 
