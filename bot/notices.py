@@ -12,7 +12,7 @@ import redis.exceptions
 from aiogram.types import InlineKeyboardMarkup
 
 from bot import keyboards
-from bot.texts import pick_language, text
+from bot.texts import format_moment, pick_language, text
 from domain.messages import Lane, OutgoingMessage
 from managers.redis_manager import REDIS_ERRORS, RedisManager
 from payments.notices import NOTICES_KEY, decode
@@ -29,15 +29,11 @@ RETRY_SECONDS = 2.0
 _RENEW = frozenset({NoticeKind.REMINDER_3D, NoticeKind.REMINDER_1D, NoticeKind.PLAN_ENDED, NoticeKind.PARTIAL})
 
 
-def _moment(raw: str) -> str:
-    return datetime.fromisoformat(raw).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def word(notice: PaymentNotice, language: str) -> tuple[str, InlineKeyboardMarkup | None]:
     """The notice's text in `language`, with a button to the plans where renewing is the point."""
     values = dict(notice.values)
     if "plan_end" in values:
-        values["plan_end"] = _moment(values["plan_end"])
+        values["plan_end"] = format_moment(datetime.fromisoformat(values["plan_end"]))
     if "verdict" in values:
         values["why"] = text(f"verdict_{values['verdict'] or 'not_received'}", language)
     if values.get("currency") == "XTR":  # Telegram Stars

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from domain.filters import FILTER_SPECS
@@ -1195,6 +1196,11 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
     },
 }
+
+
+def format_moment(moment: datetime) -> str:
+    """A moment as every message shows it: 2026-12-02 20:00 UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def money(amount: Decimal, currency: str) -> str:

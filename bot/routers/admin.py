@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiogram import Bot, Router
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
@@ -21,7 +21,7 @@ from aiogram.types import CallbackQuery, Message
 
 from bot.callbacks import AdminCB, BroadcastCB
 from bot.filters_admin import IsAdmin
-from bot.texts import pick_language, text
+from bot.texts import format_moment, pick_language, text
 from domain.messages import Lane, OutgoingMessage
 from payments.ledger import PaymentLedger, PaymentsUnavailable
 from payments.stars import StarsPayments
@@ -59,10 +59,6 @@ def parse_user_id(raw: str) -> int | None:
 
 def parse_days(raw: str) -> int | None:
     return int(raw) if raw.isdecimal() and len(raw) <= 5 and 1 <= int(raw) <= MAX_DAYS else None
-
-
-def format_moment(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 async def grant(

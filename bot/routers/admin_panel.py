@@ -21,12 +21,12 @@ from bot import keyboards
 from bot.callbacks import AdminCB
 from bot.config import Settings
 from bot.filters_admin import IsAdmin
-from bot.routers.admin import format_moment, notify_grant, parse_user_id
+from bot.routers.admin import notify_grant, parse_user_id
 from bot.routers.channels import channel_name
 from bot.routers.filters import filter_lines
 from bot.routers.replay import format_multiple
 from bot.routers.screens import acknowledge, show
-from bot.texts import money, text
+from bot.texts import format_moment, money, text
 from domain.channel_stats import RatedChannel
 from payments.ledger import PaymentLedger, PaymentsUnavailable
 from services.admin_queries import EXPORTS, AdminQueries, Overview, PaymentRow, UserRecord

@@ -23,7 +23,7 @@ from bot import keyboards
 from bot.callbacks import PayCB
 from bot.routers.account import plans_screen
 from bot.routers.screens import acknowledge, show, toast_text, with_notice
-from bot.texts import money, pick_language, text
+from bot.texts import format_moment, money, pick_language, text
 from domain.plans import OPEN_STATUSES, STARS_SUBSCRIPTION_SECONDS, Order, OrderStatus, Plan, Rail
 from domain.stars import STARS_CURRENCY, Refusal, StarsPaid, SubscriptionPayload, offers_subscription
 from payments.checkout import Checkout, CheckoutService, RailFailed, RailNotOffered, UnknownPlan
@@ -55,10 +55,6 @@ REFUSAL_TEXTS: dict[Refusal, str] = {
 }
 
 
-def moment(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
@@ -79,7 +75,7 @@ def order_text(checkout: Checkout, language: str, now: datetime) -> str:
     # An open order past its time is expired, whether or not the sweep has marked it yet.
     shown = order.status if is_open or order.status not in OPEN_STATUSES else OrderStatus.EXPIRED
     if is_open:
-        lines.append(text("order_expires", language, expires=moment(order.expires_at)))
+        lines.append(text("order_expires", language, expires=format_moment(order.expires_at)))
     lines.append(text("order_status", language, status=text(STATUS_TEXTS[shown], language)))
     if is_open:
         lines.append("")
@@ -264,7 +260,7 @@ async def unsubscribe(
     if subscription is None or not subscription.renews(now) or subscription.expires_at is None:
         await show(callback, text("unsub_none", language), keyboards.back_only(language, "status"))
         return
-    until = moment(subscription.expires_at)
+    until = format_moment(subscription.expires_at)
     if callback_data.action == "unsub":
         await show(callback, text("unsub_confirm", language, date=until), keyboards.unsubscribe_confirm(language))
         return

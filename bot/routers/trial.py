@@ -11,7 +11,7 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 from bot.callbacks import MenuCB
 from bot.config import Settings
 from bot.routers.screens import acknowledge, show
-from bot.texts import text
+from bot.texts import format_moment, text
 from domain.subscriber import Subscriber
 from payments.ledger import PaymentLedger, PaymentsUnavailable
 from services.subscribers import StoreUnavailable
@@ -55,7 +55,7 @@ async def start_trial(
     if end is None:
         await show(callback, text("trial_used", language))
         return
-    await show(callback, text("trial_started", language, plan_end=end.strftime("%Y-%m-%d %H:%M UTC")))
+    await show(callback, text("trial_started", language, plan_end=format_moment(end)))
 
 
 def build_router() -> Router:
